@@ -1,0 +1,310 @@
+"""The ``cardiostream`` command line: every part of the product, wired in one place."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from dataclasses import asdict
+from pathlib import Path
+
+from streamer import __version__
+
+log = logging.getLogger("cardiostream")
+
+DEFAULT_INGEST = "tcp://127.0.0.1:5555"
+DEFAULT_PUBLISH = "tcp://127.0.0.1:5556"
+
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit code 2."""
+
+
+def _clip_options() -> argparse.ArgumentParser:
+    """Options shared by every command that reads a clip."""
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("clip")
+    group.add_argument("clip", type=Path, help="DICOM file or folder of single-frame DICOM, "
+                       ".nii/.nii.gz, .avi/.mp4, .npz, or a .csrec recording")
+    group.add_argument("--spacing-mm", nargs=2, type=float, metavar=("ROW", "COL"),
+                       help="pixel spacing in mm when the file does not carry it (video)")
+    group.add_argument("--fps", type=float, help="frame rate to use instead of the file's")
+    group.add_argument("--modality", choices=("US", "MR"),
+                       help="modality when the file does not say (video)")
+    group.add_argument("--slice", type=int, dest="slice_index", metavar="K",
+                       help="slice of a 4-D NIfTI or DICOM series (default: the middle one)")
+    group.add_argument("--stream", help="stream name in the messages (default: file name)")
+    group.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
+    group.add_argument("--loop", type=int, default=1, metavar="N",
+                       help="play the clip N times in one stream (default 1)")
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cardiostream",
+        description="Real-time side-car for cardiac imaging: frames arrive over ZeroMQ, "
+                    "results (view, myocardium, strain, per-stage latency) leave over ZeroMQ, "
+                    "one per frame. See docs/protocol.md for the wire format.")
+    parser.add_argument("--version", action="version", version=f"cardiostream {__version__}")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                        help="log level of messages on stderr (default INFO)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    clip = _clip_options()
+
+    serve = commands.add_parser(
+        "serve", help="run the side-car",
+        description="Run the side-car: take frames on --ingest (PULL), publish results on "
+                    "--publish (XPUB). Live mode (default) always processes the newest frame "
+                    "and reports dropped ones in the next result; --lossless applies "
+                    "back-pressure to the sender and drops nothing. Prints one JSON line "
+                    "{\"event\":\"ready\",...} on stdout when listening and "
+                    "{\"event\":\"stopped\",...} after SIGINT/SIGTERM, having flushed every "
+                    "result already computed.")
+    serve.add_argument("--ingest", default=DEFAULT_INGEST,
+                       help=f"endpoint to bind for frames (default {DEFAULT_INGEST}; "
+                            "tcp://127.0.0.1:* picks a free port)")
+    serve.add_argument("--publish", default=DEFAULT_PUBLISH,
+                       help=f"endpoint to bind for results (default {DEFAULT_PUBLISH})")
+    serve.add_argument("--lossless", action="store_true",
+                       help="back-pressure instead of dropping (replay and analysis)")
+    serve.add_argument("--queue-frames", type=int, default=32, metavar="N",
+                       help="lossless mode: frames that may wait for the worker (default 32)")
+    serve.add_argument("--max-message-mb", type=float, default=64.0,
+                       help="larger messages are answered with a too_large error (default 64)")
+    serve.add_argument("--drain-timeout-s", type=float, default=30.0,
+                       help="lossless shutdown: time allowed to finish accepted frames")
+    serve.add_argument("--debug-delay-ms", type=float, default=0.0,
+                       help="TEST HOOK: add this delay to every frame (default 0 = off)")
+    serve.set_defaults(func=cmd_serve)
+
+    replay = commands.add_parser(
+        "replay", parents=[clip], help="send a clip to a side-car",
+        description="Send a clip as frame messages (with start and end messages around it) "
+                    "at its native frame rate, or --fps, or --max-rate.")
+    replay.add_argument("--to", required=True, metavar="ENDPOINT",
+                        help="the side-car's ingest endpoint, e.g. tcp://127.0.0.1:5555")
+    replay.add_argument("--max-rate", action="store_true",
+                        help="send as fast as the side-car accepts (ignores timing)")
+    replay.add_argument("--connect-timeout-s", type=float, default=10.0,
+                        help="give up when no side-car answers within this time")
+    replay.add_argument("--quiet", action="store_true", help="no progress bar")
+    replay.set_defaults(func=cmd_replay)
+
+    record = commands.add_parser(
+        "record", help="write a stream to a .csrec file that replay can send again",
+        description="Record messages with their arrival times. --from subscribes to a "
+                    "side-car's publish endpoint (results, errors, start/end); --listen binds "
+                    "in place of a side-car and records the frames sent to it. Stops on "
+                    "SIGINT/SIGTERM, --duration-s, --max-messages or --until-end.")
+    source = record.add_mutually_exclusive_group(required=True)
+    source.add_argument("--from", dest="from_endpoint", metavar="ENDPOINT",
+                        help="subscribe to a side-car's publish endpoint")
+    source.add_argument("--listen", metavar="ENDPOINT",
+                        help="bind here and record the frames a scanner/replay sends")
+    record.add_argument("--out", required=True, type=Path, help="output file (.csrec)")
+    record.add_argument("--kinds", help="comma-separated kinds to keep (default: all), e.g. "
+                        "frame,start,end")
+    record.add_argument("--duration-s", type=float, help="stop after this many seconds")
+    record.add_argument("--max-messages", type=int, help="stop after this many messages")
+    record.add_argument("--until-end", action="store_true",
+                        help="stop after the first end message")
+    record.set_defaults(func=cmd_record)
+
+    analyze = commands.add_parser(
+        "analyze", parents=[clip], help="run a clip through the pipeline in one process",
+        description="The side-car's pipeline without sockets: writes start, one result (or "
+                    "error) per frame and end as JSON lines, the same headers a subscriber "
+                    "receives.")
+    analyze.add_argument("--out", required=True, type=Path, help="output file (.jsonl)")
+    analyze.add_argument("--no-progress", action="store_true", help="no progress bar")
+    analyze.set_defaults(func=cmd_analyze)
+
+    demo = commands.add_parser(
+        "demo", help="start a side-car, replay a real echo clip into it, print results",
+        description="Starts `cardiostream serve` on free loopback ports, replays a clip "
+                    "(default: pydicom's real apical 4-chamber cine) at its native rate, "
+                    "prints one line per result with strain and latency, and stops the "
+                    "side-car.")
+    demo.add_argument("--clip", type=Path, help="clip to replay (default: pydicom's echo)")
+    demo.add_argument("--lossless", action="store_true", help="run the side-car lossless")
+    demo.add_argument("--loop", type=int, default=1, help="play the clip N times")
+    demo.add_argument("--max-frames", type=int, help="stop after N frames")
+    demo.add_argument("--debug-delay-ms", type=float, default=0.0,
+                      help="TEST HOOK: slow the side-car down by this much per frame")
+    demo.set_defaults(func=cmd_demo)
+
+    try:
+        from calib.cli import add_phantom_parser
+    except ImportError:  # the phantom generator is optional until calib/ lands
+        pass
+    else:
+        add_phantom_parser(commands)
+    return parser
+
+
+# --------------------------------------------------------------------------
+# commands
+
+
+def _open(args):
+    from streamer.io.clips import open_clip
+
+    return open_clip(args.clip, spacing_mm=tuple(args.spacing_mm) if args.spacing_mm else None,
+                     fps=args.fps, slice_index=args.slice_index)
+
+
+def _replay_config(args, **extra):
+    from streamer.replay import ReplayConfig
+
+    return ReplayConfig(stream=args.stream, fps=args.fps, loop=args.loop,
+                        modality=args.modality, max_frames=args.max_frames, **extra)
+
+
+def _progress(total: int | None, desc: str, disable: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="frame", disable=disable, file=sys.stderr)
+
+
+def _print_event(event: str, **fields) -> None:
+    print(json.dumps({"event": event, **fields}), flush=True)
+
+
+def cmd_serve(args) -> int:
+    from streamer.pipeline import PipelineConfig, build_pipeline
+    from streamer.sidecar import SideCar, SideCarConfig
+
+    config = SideCarConfig(ingest=args.ingest, publish=args.publish, lossless=args.lossless,
+                           queue_frames=args.queue_frames,
+                           max_message_bytes=int(args.max_message_mb * 1024 * 1024),
+                           drain_timeout_s=args.drain_timeout_s)
+    pipeline = build_pipeline(PipelineConfig(debug_delay_ms=args.debug_delay_ms))
+    sidecar = SideCar(config, pipeline).start()
+
+    def on_signal(signum, _frame) -> None:
+        log.info("%s: stopping (flushing results already computed)",
+                 signal.Signals(signum).name)
+        sidecar.request_stop()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    _print_event("ready", ingest=sidecar.ingest_endpoint, publish=sidecar.publish_endpoint,
+                 mode=config.mode, version=__version__)
+    while not sidecar.wait(0.2):
+        pass
+    stats = asdict(sidecar.stats)
+    stats.pop("started_at")
+    _print_event("stopped", stats=stats)
+    return 0
+
+
+def cmd_replay(args) -> int:
+    from streamer.replay import replay_to
+
+    with _open(args) as reader:
+        config = _replay_config(args, max_rate=args.max_rate)
+        total = reader.info.n_frames * args.loop
+        if args.max_frames:
+            total = min(total, args.max_frames)
+        with _progress(total, f"replay {args.clip.name}", args.quiet) as bar:
+            stats = replay_to(reader, args.to, config,
+                              connect_timeout_s=args.connect_timeout_s,
+                              on_frame=lambda _: bar.update(1))
+    log.info("sent %d frames in %.2f s (%.1f fps)", stats.frames, stats.elapsed_s,
+             stats.frames / stats.elapsed_s if stats.elapsed_s else float("nan"))
+    return 0
+
+
+def cmd_record(args) -> int:
+    from streamer.record import RecordConfig, RecordStats, record
+
+    kinds = tuple(k.strip() for k in args.kinds.split(",")) if args.kinds else None
+    config = RecordConfig(endpoint=args.listen or args.from_endpoint,
+                          listen=args.listen is not None, kinds=kinds,
+                          duration_s=args.duration_s, max_messages=args.max_messages,
+                          until_end=args.until_end)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    ready, stats, failure = threading.Event(), RecordStats(), []
+
+    def work() -> None:
+        try:
+            record(config, args.out, stop, ready=ready, stats=stats)
+        except BaseException as exc:  # reported in the main thread
+            failure.append(exc)
+
+    worker = threading.Thread(target=work, name="record", daemon=True)
+    worker.start()
+    announced = False
+    while worker.is_alive():  # the main thread stays free to take signals
+        worker.join(0.1)
+        if ready.is_set() and not announced:
+            announced = True
+            _print_event("recording", endpoint=stats.endpoint, out=str(args.out))
+            log.info("recording %s to %s (Ctrl-C to stop)", stats.endpoint, args.out)
+    if failure:
+        raise failure[0]
+    _print_event("recorded", out=str(args.out), messages=dict(stats.written),
+                 skipped_invalid=stats.skipped_invalid)
+    return 0
+
+
+def cmd_analyze(args) -> int:
+    from streamer.analyze import analyze
+    from streamer.pipeline import build_pipeline
+
+    with _open(args) as reader:
+        total = reader.info.n_frames * args.loop
+        if args.max_frames:
+            total = min(total, args.max_frames)
+        with _progress(total, f"analyze {args.clip.name}", args.no_progress) as bar:
+            summary = analyze(reader, args.out, build_pipeline(), _replay_config(args),
+                              on_frame=lambda _: bar.update(1))
+    _print_event("analyzed", out=str(args.out), frames=summary.frames,
+                 results=summary.results, errors=summary.errors,
+                 elapsed_s=round(summary.elapsed_s, 3))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from streamer.demo import DemoConfig, run_demo
+
+    return run_demo(DemoConfig(clip=args.clip, lossless=args.lossless, loop=args.loop,
+                               max_frames=args.max_frames,
+                               debug_delay_ms=args.debug_delay_ms))
+
+
+# --------------------------------------------------------------------------
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from streamer.io.clips import ClipError
+    from streamer.io.sockets import EndpointError
+    from streamer.replay import ReplayError
+
+    return (CLIError, ClipError, EndpointError, ReplayError, ValueError, OSError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except _user_errors() as exc:
+        log.debug("traceback of the error below", exc_info=True)
+        print(f"cardiostream {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

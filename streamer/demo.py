@@ -1,0 +1,113 @@
+"""``cardiostream demo``: a side-car process, a clip replayed into it, results printed live.
+
+The demo is the whole product in miniature, over real sockets: it starts
+``cardiostream serve`` as a child process on free loopback ports, subscribes to
+its results, replays a clip into it at the clip's own frame rate, prints one
+line per result (strain and latency), then stops the side-car with SIGINT and
+prints its final counts.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from streamer.io.clips import open_clip
+from streamer.io.sockets import ResultSubscriber, SubscriberConfig
+from streamer.replay import ReplayConfig, ReplayStats, replay_to
+from streamer.serve_process import SideCarProcess
+
+
+def default_clip() -> Path:
+    """pydicom's real apical 4-chamber echo cine (30 frames, 240x320 YBR colour)."""
+    from pydicom.data import get_testdata_file
+
+    return Path(get_testdata_file("examples_ybr_color.dcm"))
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    clip: Path | None = None
+    lossless: bool = False
+    loop: int = 1
+    max_frames: int | None = None
+    #: test hook passed to the side-car: extra delay per frame, ms
+    debug_delay_ms: float = 0.0
+    startup_timeout_s: float = 60.0
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def run_demo(config: DemoConfig, out: TextIO = sys.stdout) -> int:
+    clip = config.clip or default_clip()
+    with open_clip(clip) as reader:
+        info = reader.info
+        print(f"clip: {clip.name}  {info.n_frames} frames  {'x'.join(map(str, info.shape))} "
+              f"{info.dtype}  {_fmt(info.fps, '.1f')} fps  spacing_mm {info.spacing_mm}  "
+              f"{info.modality}", file=out)
+    args = ["--lossless"] if config.lossless else []
+    if config.debug_delay_ms:
+        args += ["--debug-delay-ms", str(config.debug_delay_ms)]
+    sidecar = SideCarProcess(args, config.startup_timeout_s)
+    print(f"side-car ({sidecar.ready['mode']}, pid {sidecar.process.pid}): ingest "
+          f"{sidecar.ready['ingest']}  publish {sidecar.ready['publish']}", file=out)
+    try:
+        subscriber = ResultSubscriber(SubscriberConfig(sidecar.ready["publish"]))
+        replay_stats: dict[str, ReplayStats] = {}
+        replay_error: list[BaseException] = []
+
+        def send() -> None:
+            try:
+                with open_clip(clip) as reader:
+                    replay_stats["stats"] = replay_to(
+                        reader, sidecar.ready["ingest"],
+                        ReplayConfig(loop=config.loop, max_frames=config.max_frames))
+            except BaseException as exc:  # reported below, in the main thread
+                replay_error.append(exc)
+
+        sender = threading.Thread(target=send, name="replay", daemon=True)
+        sender.start()
+        print(f"{'seq':>5} {'t_s':>7} {'view':>6} {'gls_pct':>8} {'dropped':>7} "
+              f"{'pipeline_ms':>11} {'e2e_ms':>7}  flags", file=out)
+        totals, e2e, dropped, errors, t_first = [], [], 0, 0, None
+        for message in subscriber.iter_until_end(timeout_s=30.0):
+            now_ns = time.time_ns()
+            if message.kind == "result":
+                t_first = message.t_acq_ns if t_first is None else t_first
+                total = message.latency_ms.get("total")
+                totals.append(total)
+                sent = message.latency_ms.get("transport")
+                e2e_ms = (now_ns - message.t_recv_ns) / 1e6 + (sent or 0.0)
+                e2e.append(e2e_ms)
+                dropped += message.dropped
+                view = message.view["label"] if message.view else None
+                print(f"{message.seq:>5} {(message.t_acq_ns - t_first) / 1e9:>7.3f} "
+                      f"{_fmt(view, '>6')} {_fmt(message.gls_pct, '>8.2f')} "
+                      f"{message.dropped:>7} {total:>11.2f} {e2e_ms:>7.2f}  "
+                      f"{','.join(message.flags)}", file=out)
+            elif message.kind == "error":
+                errors += 1
+                print(f"error {message.code}: {message.message}", file=out)
+        sender.join(30.0)
+        subscriber.close()
+        if replay_error:
+            raise replay_error[0]
+    finally:
+        stopped = sidecar.stop()
+    n = len(totals)
+    print(f"\n{replay_stats['stats'].frames} frames sent, {n} results, {dropped} dropped, "
+          f"{errors} errors", file=out)
+    if n:
+        q = statistics.quantiles(e2e, n=100) if n > 1 else e2e * 99
+        print(f"pipeline latency median {statistics.median(totals):.2f} ms; end-to-end "
+              f"(send -> result received) median {statistics.median(e2e):.2f} ms, "
+              f"p95 {q[94]:.2f} ms", file=out)
+    print(f"side-car stopped cleanly: {stopped['stats']}", file=out)
+    return 0

@@ -1,0 +1,1 @@
+"""Wire protocol, clip readers, recordings and ZeroMQ sources/sinks."""

@@ -1,0 +1,606 @@
+"""Wire protocol v1: the one encoder/decoder every sender and receiver uses.
+
+A message is a ZeroMQ multipart message. Part 0 is a small UTF-8 JSON object
+(the header); further parts are raw little-endian, C-contiguous arrays whose
+dtype and shape the header states. ``docs/protocol.md`` is the human-readable
+description of exactly what this module implements; keep the two together.
+
+Message kinds (``header["kind"]``):
+
+=========  =========================================  ===========
+kind       direction                                  array parts
+=========  =========================================  ===========
+frame      scanner / replay -> side-car               1 (pixels)
+start      scanner / replay -> side-car -> consumers  0
+end        scanner / replay -> side-car -> consumers  0
+result     side-car -> consumers, one per frame       0 or 1 (mask)
+beat       side-car -> consumers, one per cycle       0
+error      side-car -> consumers                      0
+hello      side-car -> each new subscriber            0
+=========  =========================================  ===========
+
+``encode`` turns a message object into a list of parts; ``decode`` turns
+received parts back into a message object or raises :class:`ProtocolError`
+with a machine-readable ``code`` and a sentence that says what was wrong.
+This module knows nothing of sockets: parts are anything that supports the
+buffer protocol (``bytes``, ``memoryview``, ``zmq.Frame``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence, Union
+
+import numpy as np
+import orjson
+
+PROTOCOL_VERSION = 1
+
+#: dtypes a frame or mask may carry, by the name used on the wire.
+WIRE_DTYPES: dict[str, np.dtype] = {
+    "uint8": np.dtype("<u1"),
+    "uint16": np.dtype("<u2"),
+    "int16": np.dtype("<i2"),
+    "float32": np.dtype("<f4"),
+}
+MODALITIES = ("US", "MR")
+#: frames larger than this are refused unless the receiver raises its limit.
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+#: the JSON header is meant to be small; anything larger is malformed.
+MAX_HEADER_BYTES = 256 * 1024
+MAX_SIDE_PX = 16384
+MAX_CHANNELS = 16
+
+Part = Union[bytes, bytearray, memoryview, Any]  # Any: zmq.Frame and other buffers
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow the protocol.
+
+    ``code`` is one of :data:`ERROR_CODES`; ``stream`` and ``seq`` are filled in
+    when the header was readable far enough to know them, so the error message
+    sent back can say which frame was bad.
+    """
+
+    def __init__(self, code: str, message: str, *, stream: str | None = None,
+                 seq: int | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.stream = stream
+        self.seq = seq
+
+
+#: error codes, with what each means (also listed in docs/protocol.md).
+ERROR_CODES = {
+    "malformed_header": "part 0 is not a UTF-8 JSON object of the protocol's form",
+    "unsupported_version": "header 'v' is not a protocol version this side-car speaks",
+    "unknown_kind": "header 'kind' is not one of the message kinds",
+    "bad_field": "a header field is missing or has the wrong type or value",
+    "bad_parts": "the number of parts does not match the kind",
+    "payload_size": "an array part's length disagrees with the header's shape x dtype",
+    "too_large": "the message is larger than the receiver's limit",
+    "bad_pixels": "the pixels are not usable (NaN or infinite values)",
+    "unexpected_kind": "a valid message that this receiver does not accept",
+    "stage_failed": "a processing stage raised an error on this frame",
+}
+
+
+# --------------------------------------------------------------------------
+# message objects
+
+
+@dataclass
+class FrameMessage:
+    """One image from a scanner or a replayed clip.
+
+    ``pixels`` is (rows, cols) greyscale, (rows, cols, 3) RGB colour, or
+    (rows, cols, C) multichannel with ``channels`` naming the last axis (MR
+    velocity mapping: magnitude plus velocity components).
+    """
+
+    stream: str
+    seq: int
+    t_acq_ns: int
+    modality: str
+    pixels: np.ndarray
+    spacing_mm: tuple[float, float]
+    fps: float
+    t_send_ns: int | None = None
+    ecg_r: bool | None = None
+    channels: tuple[str, ...] | None = None
+    view: str | None = None  # sender's hint, e.g. "a4c"
+
+    kind = "frame"
+
+
+@dataclass
+class StartMessage:
+    """Start of a stream; ``meta`` carries clip metadata (n_frames, fps, source ...)."""
+
+    stream: str
+    meta: dict = field(default_factory=dict)
+
+    kind = "start"
+
+
+@dataclass
+class EndMessage:
+    """End of a stream. From a sender ``n_frames`` is how many frames it sent;
+    the side-car's echo adds its own counts in ``meta`` (processed, dropped, errors)."""
+
+    stream: str
+    n_frames: int | None = None
+    meta: dict = field(default_factory=dict)
+
+    kind = "end"
+
+
+@dataclass
+class ResultMessage:
+    """The side-car's answer to one processed frame.
+
+    Fields left ``None`` were not computed for this frame (for example no
+    strain before the first end-diastole); ``flags`` says why where it matters.
+    ``latency_ms`` maps stage names to milliseconds spent in them.
+    """
+
+    stream: str
+    seq: int
+    t_acq_ns: int
+    latency_ms: dict[str, float]
+    t_recv_ns: int | None = None
+    t_result_ns: int | None = None
+    dropped: int = 0
+    flags: list[str] = field(default_factory=list)
+    view: dict | None = None  # {"label": str, "p": float}
+    points_mm: list | None = None  # 120 x [row, col]
+    gls_pct: float | None = None
+    regional_pct: dict[str, float] | None = None
+    beat: int | None = None
+    phase: str | None = None  # "ED" | "ES" | None
+    extra: dict = field(default_factory=dict)
+    mask: np.ndarray | None = None  # optional uint8 mask part
+
+    kind = "result"
+
+
+@dataclass
+class BeatMessage:
+    """One completed cardiac cycle."""
+
+    stream: str
+    beat: int
+    ed_seq: int
+    es_seq: int | None
+    peak_gls_pct: float | None
+    regional_peak_pct: dict[str, float] | None = None
+    extra: dict = field(default_factory=dict)
+
+    kind = "beat"
+
+
+@dataclass
+class ErrorMessage:
+    """What was wrong with which message. Sending one never stops the side-car."""
+
+    code: str
+    message: str
+    stream: str | None = None
+    seq: int | None = None
+
+    kind = "error"
+
+    @classmethod
+    def from_exception(cls, exc: ProtocolError) -> "ErrorMessage":
+        return cls(code=exc.code, message=exc.message, stream=exc.stream, seq=exc.seq)
+
+
+@dataclass
+class HelloMessage:
+    """Sent by the side-car to each new subscriber: proof that the subscription is live."""
+
+    service: str = "cardiostream"
+    version: str = ""
+    mode: str = ""
+
+    kind = "hello"
+
+
+Message = Union[FrameMessage, StartMessage, EndMessage, ResultMessage, BeatMessage,
+                ErrorMessage, HelloMessage]
+
+
+# --------------------------------------------------------------------------
+# encoding
+
+
+def _dumps(header: dict) -> bytes:
+    # orjson: ~10x faster than the json module on these small headers (the header is
+    # per-frame overhead). It writes NaN/inf as null; frame fields are checked first.
+    return orjson.dumps(header)
+
+
+#: numpy dtype.str -> wire name, both byte orders (dtype.name is slow on the hot path)
+_WIRE_NAME = {dt.str: name for name, dt in WIRE_DTYPES.items()}
+_WIRE_NAME.update({dt.newbyteorder(">").str: name for name, dt in WIRE_DTYPES.items()})
+
+
+def _wire_array(array: np.ndarray, what: str) -> tuple[np.ndarray, str]:
+    """Return (little-endian C-contiguous array, wire dtype name) or raise."""
+    name = _WIRE_NAME.get(array.dtype.str)
+    if name is None:
+        raise ProtocolError("bad_field", f"{what} dtype {array.dtype} is not one of "
+                            f"{sorted(WIRE_DTYPES)}")
+    wire = WIRE_DTYPES[name]
+    if array.dtype != wire or not array.flags.c_contiguous:
+        array = np.ascontiguousarray(array, dtype=wire)
+    return array, name
+
+
+def encode(message: Message) -> list[Part]:
+    """Encode a message object into multipart parts (part 0 the JSON header)."""
+    kind = message.kind
+    if kind == "frame":
+        pixels, dtype = _wire_array(message.pixels, "pixels")
+        numbers = (message.fps, *message.spacing_mm)
+        if not all(math.isfinite(n) and n > 0 for n in numbers):
+            raise ProtocolError("bad_field", f"fps {message.fps} and spacing_mm "
+                                f"{message.spacing_mm} must be positive finite numbers")
+        header = {
+            "v": PROTOCOL_VERSION, "kind": "frame", "stream": message.stream,
+            "seq": int(message.seq), "t_acq_ns": int(message.t_acq_ns),
+            "modality": message.modality, "shape": list(pixels.shape), "dtype": dtype,
+            "spacing_mm": [float(message.spacing_mm[0]), float(message.spacing_mm[1])],
+            "fps": float(message.fps),
+        }
+        if message.t_send_ns is not None:
+            header["t_send_ns"] = int(message.t_send_ns)
+        if message.ecg_r is not None:
+            header["ecg_r"] = bool(message.ecg_r)
+        if message.channels is not None:
+            header["channels"] = list(message.channels)
+        if message.view is not None:
+            header["view"] = message.view
+        return [_dumps(header), memoryview(pixels).cast("B")]
+    if kind == "start":
+        return [_dumps({"v": PROTOCOL_VERSION, "kind": "start", "stream": message.stream,
+                        "meta": message.meta})]
+    if kind == "end":
+        header = {"v": PROTOCOL_VERSION, "kind": "end", "stream": message.stream,
+                  "meta": message.meta}
+        if message.n_frames is not None:
+            header["n_frames"] = int(message.n_frames)
+        return [_dumps(header)]
+    if kind == "result":
+        header = result_header(message)
+        if message.mask is None:
+            return [_dumps(header)]
+        mask, dtype = _wire_array(message.mask, "mask")
+        header["mask"] = {"shape": list(mask.shape), "dtype": dtype}
+        return [_dumps(header), memoryview(mask).cast("B")]
+    if kind == "beat":
+        return [_dumps({
+            "v": PROTOCOL_VERSION, "kind": "beat", "stream": message.stream,
+            "beat": message.beat, "ed_seq": message.ed_seq, "es_seq": message.es_seq,
+            "peak_gls_pct": message.peak_gls_pct,
+            "regional_peak_pct": message.regional_peak_pct, **message.extra})]
+    if kind == "error":
+        header = {"v": PROTOCOL_VERSION, "kind": "error", "code": message.code,
+                  "message": message.message}
+        if message.stream is not None:
+            header["stream"] = message.stream
+        if message.seq is not None:
+            header["seq"] = message.seq
+        return [_dumps(header)]
+    if kind == "hello":
+        return [_dumps({"v": PROTOCOL_VERSION, "kind": "hello", "service": message.service,
+                        "version": message.version, "mode": message.mode})]
+    raise TypeError(f"not a protocol message: {message!r}")
+
+
+def result_header(message: ResultMessage) -> dict:
+    """The JSON header of a result (also what ``analyze`` writes, one per line)."""
+    header = {
+        "v": PROTOCOL_VERSION, "kind": "result", "stream": message.stream,
+        "seq": int(message.seq), "t_acq_ns": int(message.t_acq_ns),
+        "t_recv_ns": message.t_recv_ns, "t_result_ns": message.t_result_ns,
+        "latency_ms": {k: round(float(v), 4) for k, v in message.latency_ms.items()},
+        "dropped": int(message.dropped), "flags": list(message.flags),
+        "view": message.view, "points_mm": message.points_mm, "gls_pct": message.gls_pct,
+        "regional_pct": message.regional_pct, "beat": message.beat, "phase": message.phase,
+    }
+    header.update(message.extra)
+    return header
+
+
+# --------------------------------------------------------------------------
+# decoding
+
+
+def _nbytes(part: Part) -> int:
+    return memoryview(part).nbytes
+
+
+def decode(parts: Sequence[Part], *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+           ) -> Message:
+    """Decode received parts into a message object.
+
+    Arrays are zero-copy views on the received buffers (read-only). Raises
+    :class:`ProtocolError` for anything that does not follow the protocol.
+    """
+    if len(parts) == 0:
+        raise ProtocolError("bad_parts", "empty message")
+    total = sum(_nbytes(p) for p in parts)
+    head = memoryview(parts[0])
+    if head.nbytes > MAX_HEADER_BYTES:
+        raise ProtocolError("malformed_header", f"header part is {head.nbytes} bytes; "
+                            f"the limit is {MAX_HEADER_BYTES}")
+    try:
+        header = orjson.loads(head)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError("malformed_header", f"header is not UTF-8 JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("malformed_header",
+                            f"header is JSON {type(header).__name__}, not an object")
+    version = header.get("v")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError("unsupported_version",
+                            f"protocol version {version!r} is not supported "
+                            f"(this side-car speaks v{PROTOCOL_VERSION})",
+                            stream=_maybe_str(header.get("stream")),
+                            seq=_maybe_int(header.get("seq")))
+    kind = header.get("kind")
+    stream = _maybe_str(header.get("stream"))
+    seq = _maybe_int(header.get("seq"))
+    if total > max_message_bytes:
+        raise ProtocolError("too_large", f"message is {total} bytes; the limit is "
+                            f"{max_message_bytes}", stream=stream, seq=seq)
+    if kind == "frame":
+        return _decode_plain_frame(header, parts) or _decode_frame(
+            _Fields(header, stream, seq), parts, max_message_bytes)
+    reader = _Fields(header, stream, seq)
+    if kind in ("start", "end", "beat", "error", "hello"):
+        _expect_parts(parts, 1, kind, stream, seq)
+    if kind == "start":
+        return StartMessage(stream=reader.str("stream"), meta=reader.dict("meta", {}))
+    if kind == "end":
+        return EndMessage(stream=reader.str("stream"),
+                          n_frames=reader.int("n_frames", None, minimum=0),
+                          meta=reader.dict("meta", {}))
+    if kind == "result":
+        return _decode_result(reader, parts)
+    if kind == "beat":
+        known = {"v", "kind", "stream", "beat", "ed_seq", "es_seq", "peak_gls_pct",
+                 "regional_peak_pct"}
+        return BeatMessage(stream=reader.str("stream"), beat=reader.int("beat", minimum=0),
+                           ed_seq=reader.int("ed_seq", minimum=0),
+                           es_seq=reader.int("es_seq", None, minimum=0),
+                           peak_gls_pct=reader.float("peak_gls_pct", None),
+                           regional_peak_pct=reader.dict("regional_peak_pct", None),
+                           extra={k: v for k, v in header.items() if k not in known})
+    if kind == "error":
+        return ErrorMessage(code=reader.str("code"), message=reader.str("message"),
+                            stream=stream, seq=seq)
+    if kind == "hello":
+        return HelloMessage(service=reader.str("service"), version=reader.str("version", ""),
+                            mode=reader.str("mode", ""))
+    raise ProtocolError("unknown_kind", f"unknown message kind {kind!r} (expected one of "
+                        "frame, start, end, result, beat, error, hello)",
+                        stream=stream, seq=seq)
+
+
+def _expect_parts(parts: Sequence[Part], n: int, kind: str, stream, seq) -> None:
+    if len(parts) != n:
+        raise ProtocolError("bad_parts", f"a {kind} message has {n} part(s), this one "
+                            f"has {len(parts)}", stream=stream, seq=seq)
+
+
+_PLAIN_FRAME_KEYS = frozenset({"v", "kind", "stream", "seq", "t_acq_ns", "modality", "shape",
+                               "dtype", "spacing_mm", "fps"})
+_INF = float("inf")
+
+
+def _decode_plain_frame(header: dict, parts: Sequence[Part]) -> FrameMessage | None:
+    """Fast path for the common frame: only the required fields (and ``t_send_ns``),
+    greyscale, all of the plainest types. Returns None for anything else, which then
+    goes through the full validation (and its error messages) in ``_decode_frame``.
+    Whatever this accepts, ``_decode_frame`` accepts identically (tested)."""
+    if len(parts) != 2:
+        return None
+    t_send = header.get("t_send_ns")
+    n_keys = len(header) - (t_send is not None or "t_send_ns" in header)
+    if n_keys != len(_PLAIN_FRAME_KEYS) or not _PLAIN_FRAME_KEYS.issubset(header):
+        return None
+    stream, seq, t_acq = header["stream"], header["seq"], header["t_acq_ns"]
+    shape, spacing, fps = header["shape"], header["spacing_mm"], header["fps"]
+    dtype = WIRE_DTYPES.get(header["dtype"]) if type(header["dtype"]) is str else None
+    if not (dtype is not None and type(stream) is str and 0 < len(stream) <= 256
+            and type(seq) is int and seq >= 0 and type(t_acq) is int
+            and (t_send is None or type(t_send) is int)
+            and header["modality"] in MODALITIES
+            and type(shape) is list and len(shape) == 2
+            and type(shape[0]) is int and type(shape[1]) is int
+            and 0 < shape[0] <= MAX_SIDE_PX and 0 < shape[1] <= MAX_SIDE_PX
+            and type(spacing) is list and len(spacing) == 2
+            and type(spacing[0]) is float and type(spacing[1]) is float
+            and 0 < spacing[0] < _INF and 0 < spacing[1] < _INF
+            and type(fps) is float and 0 < fps < _INF):
+        return None
+    buffer = memoryview(parts[1])
+    if buffer.nbytes != shape[0] * shape[1] * dtype.itemsize:
+        return None
+    return FrameMessage(stream=stream, seq=seq, t_acq_ns=t_acq, modality=header["modality"],
+                        pixels=np.frombuffer(buffer, dtype=dtype).reshape(shape),
+                        spacing_mm=(spacing[0], spacing[1]), fps=fps, t_send_ns=t_send)
+
+
+def _decode_frame(reader: "_Fields", parts: Sequence[Part], max_message_bytes: int
+                  ) -> FrameMessage:
+    stream, seq = reader.str("stream"), reader.int("seq", minimum=0)
+    reader.seq = seq
+    _expect_parts(parts, 2, "frame", stream, seq)
+    modality = reader.str("modality")
+    if modality not in MODALITIES:
+        raise reader.error(f"modality {modality!r} is not one of {list(MODALITIES)}")
+    channels = reader.str_list("channels", None)
+    dtype, shape = reader.array_spec(channels)
+    expected = math.prod(shape) * dtype.itemsize
+    if expected > max_message_bytes:
+        raise ProtocolError("too_large", f"shape {list(shape)} x {dtype.name} is "
+                            f"{expected} bytes; the limit is {max_message_bytes}",
+                            stream=stream, seq=seq)
+    pixels = _array_from_part(parts[1], dtype, shape, "pixels", stream, seq)
+    spacing = reader.float_list("spacing_mm", 2)
+    if not all(s > 0 for s in spacing):
+        raise reader.error(f"spacing_mm {spacing} must be two positive numbers (mm per "
+                           "pixel along rows, cols)")
+    fps = reader.float("fps")
+    if not fps > 0:
+        raise reader.error(f"fps {fps} must be positive")
+    ecg = reader.get("ecg_r", None)
+    if ecg is not None and not isinstance(ecg, bool):
+        raise reader.error(f"ecg_r must be true/false, got {ecg!r}")
+    return FrameMessage(
+        stream=stream, seq=seq, t_acq_ns=reader.int("t_acq_ns"), modality=modality,
+        pixels=pixels, spacing_mm=(spacing[0], spacing[1]), fps=fps,
+        t_send_ns=reader.int("t_send_ns", None), ecg_r=ecg,
+        channels=tuple(channels) if channels is not None else None,
+        view=reader.str("view", None))
+
+
+def _decode_result(reader: "_Fields", parts: Sequence[Part]) -> ResultMessage:
+    header = reader.header
+    stream, seq = reader.str("stream"), reader.int("seq", minimum=0)
+    mask = None
+    spec = header.get("mask")
+    if spec is not None:
+        _expect_parts(parts, 2, "result with mask", stream, seq)
+        sub = _Fields(spec if isinstance(spec, dict) else {}, stream, seq)
+        dtype, shape = sub.array_spec(None)
+        mask = _array_from_part(parts[1], dtype, shape, "mask", stream, seq)
+    else:
+        _expect_parts(parts, 1, "result", stream, seq)
+    known = {"v", "kind", "stream", "seq", "t_acq_ns", "t_recv_ns", "t_result_ns",
+             "latency_ms", "dropped", "flags", "view", "points_mm", "gls_pct",
+             "regional_pct", "beat", "phase", "mask"}
+    return ResultMessage(
+        stream=stream, seq=seq, t_acq_ns=reader.int("t_acq_ns"),
+        latency_ms=reader.dict("latency_ms", {}), t_recv_ns=reader.int("t_recv_ns", None),
+        t_result_ns=reader.int("t_result_ns", None), dropped=reader.int("dropped", 0),
+        flags=reader.str_list("flags", []) or [], view=reader.dict("view", None),
+        points_mm=header.get("points_mm"), gls_pct=reader.float("gls_pct", None),
+        regional_pct=reader.dict("regional_pct", None), beat=reader.int("beat", None),
+        phase=reader.str("phase", None),
+        extra={k: v for k, v in header.items() if k not in known}, mask=mask)
+
+
+def _array_from_part(part: Part, dtype: np.dtype, shape: tuple[int, ...], what: str,
+                     stream, seq) -> np.ndarray:
+    buffer = memoryview(part)
+    expected = math.prod(shape) * dtype.itemsize
+    if buffer.nbytes != expected:
+        raise ProtocolError("payload_size", f"{what} part is {buffer.nbytes} bytes but "
+                            f"shape {list(shape)} x {dtype.name} needs {expected}",
+                            stream=stream, seq=seq)
+    return np.frombuffer(buffer, dtype=dtype).reshape(shape)
+
+
+_MISSING = object()
+
+
+class _Fields:
+    """Typed access to header fields, raising ``bad_field`` errors that name the field."""
+
+    def __init__(self, header: dict, stream: str | None, seq: int | None):
+        self.header, self.stream, self.seq = header, stream, seq
+
+    def error(self, text: str) -> ProtocolError:
+        return ProtocolError("bad_field", text, stream=self.stream, seq=self.seq)
+
+    def get(self, key: str, default=_MISSING):
+        if key in self.header and self.header[key] is not None:
+            return self.header[key]
+        if default is _MISSING:
+            raise self.error(f"header field {key!r} is missing")
+        return default
+
+    def str(self, key: str, default=_MISSING):
+        value = self.get(key, default)
+        if value is not default and not (isinstance(value, str) and 0 < len(value) <= 256):
+            raise self.error(f"{key} must be a non-empty string of at most 256 characters, "
+                             f"got {value!r}")
+        return value
+
+    def int(self, key: str, default=_MISSING, *, minimum: int | None = None):
+        value = self.get(key, default)
+        if value is default:
+            return value
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(f"{key} must be an integer, got {value!r}")
+        if minimum is not None and value < minimum:
+            raise self.error(f"{key} must be >= {minimum}, got {value}")
+        return value
+
+    def float(self, key: str, default=_MISSING):
+        value = self.get(key, default)
+        if value is default:
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value):
+            raise self.error(f"{key} must be a finite number, got {value!r}")
+        return float(value)
+
+    def float_list(self, key: str, n: int) -> list[float]:
+        value = self.get(key)
+        if not (isinstance(value, list) and len(value) == n and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                for v in value)):
+            raise self.error(f"{key} must be a list of {n} finite numbers, got {value!r}")
+        return [float(v) for v in value]
+
+    def str_list(self, key: str, default=_MISSING):
+        value = self.get(key, default)
+        if value is default:
+            return value
+        if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            raise self.error(f"{key} must be a list of strings, got {value!r}")
+        return value
+
+    def dict(self, key: str, default=_MISSING):
+        value = self.get(key, default)
+        if value is not default and not isinstance(value, dict):
+            raise self.error(f"{key} must be a JSON object, got {value!r}")
+        return value
+
+    def array_spec(self, channels: list[str] | None) -> tuple[np.dtype, tuple[int, ...]]:
+        name = self.get("dtype")
+        if name not in WIRE_DTYPES:
+            raise self.error(f"dtype {name!r} is not one of {sorted(WIRE_DTYPES)} "
+                             "(little-endian)")
+        shape = self.get("shape")
+        if not (isinstance(shape, list) and len(shape) in (2, 3) and all(
+                isinstance(s, int) and not isinstance(s, bool) and 0 < s <= MAX_SIDE_PX
+                for s in shape[:2])):
+            raise self.error(f"shape must be [rows, cols] or [rows, cols, channels] with "
+                             f"sides 1..{MAX_SIDE_PX}, got {shape!r}")
+        if len(shape) == 3:
+            c = shape[2]
+            if not (isinstance(c, int) and not isinstance(c, bool) and 0 < c <= MAX_CHANNELS):
+                raise self.error(f"channel count must be 1..{MAX_CHANNELS}, got {c!r}")
+            if channels is None and c != 3:
+                raise self.error(f"shape {shape} has {c} channels: a 3-D frame is RGB "
+                                 "(3 channels) unless 'channels' names its channels")
+        if channels is not None and (len(shape) != 3 or len(channels) != shape[2]):
+            raise self.error(f"channels {channels} do not match shape {shape} (the last "
+                             "axis must have one entry per channel name)")
+        return WIRE_DTYPES[name], tuple(shape)
+
+
+def _maybe_str(value) -> str | None:
+    return value if isinstance(value, str) and 0 < len(value) <= 256 else None
+
+
+def _maybe_int(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -1,0 +1,187 @@
+"""ZeroMQ sources and sinks: the only place that decides socket types and options.
+
+Patterns (see docs/protocol.md, "Transport"):
+
+* frames travel PUSH -> PULL: the side-car binds a PULL socket at its ingest
+  endpoint, a scanner or ``replay`` connects a PUSH socket to it. PUSH/PULL
+  gives back-pressure for lossless replay; in live mode the side-car's ingest
+  thread drains the socket continuously, so a sender is never blocked.
+* results travel XPUB -> SUB: the side-car binds an XPUB socket at its publish
+  endpoint, any number of consumers connect SUB sockets. Every new subscriber
+  is sent a ``hello`` message first (ZMQ_XPUB_WELCOME_MSG), so a consumer knows
+  when its subscription is live and nothing it waits for can slip past it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from streamer.io.protocol import (DEFAULT_MAX_MESSAGE_BYTES, HelloMessage, Message, decode,
+                                  encode)
+
+
+class EndpointError(RuntimeError):
+    """An endpoint could not be bound or reached (the message says which and why)."""
+
+
+def bind(socket: zmq.Socket, endpoint: str) -> str:
+    """Bind and return the resolved endpoint (``tcp://127.0.0.1:*`` gets a free port)."""
+    try:
+        socket.bind(endpoint)
+    except zmq.ZMQError as exc:
+        raise EndpointError(f"cannot bind {endpoint}: {exc}") from None
+    return socket.getsockopt_string(zmq.LAST_ENDPOINT)
+
+
+def connect(socket: zmq.Socket, endpoint: str) -> None:
+    try:
+        socket.connect(endpoint)
+    except zmq.ZMQError as exc:
+        raise EndpointError(f"cannot connect to {endpoint}: {exc}") from None
+
+
+def connect_and_wait(socket: zmq.Socket, endpoint: str, timeout_s: float) -> None:
+    """Connect, then block until a peer has completed the handshake (or raise).
+
+    With ``timeout_s`` 0 it only connects: ZeroMQ then queues messages until the
+    peer appears.
+    """
+    if timeout_s <= 0:
+        connect(socket, endpoint)
+        return
+    monitor = socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+    try:
+        connect(socket, endpoint)
+        if not monitor.poll(int(timeout_s * 1000)):
+            raise EndpointError(f"no peer answered at {endpoint} within {timeout_s:g} s "
+                                "(is the side-car running there?)")
+        recv_monitor_message(monitor)
+    finally:
+        socket.disable_monitor()
+        monitor.close(linger=0)
+
+
+@dataclass(frozen=True)
+class SenderConfig:
+    """A frame sender (scanner side): PUSH, connected to a side-car's ingest."""
+
+    endpoint: str
+    #: messages queued towards the side-car before send() blocks (back-pressure)
+    send_hwm: int = 100
+    #: how long to wait for the side-car to answer the connection; 0 = don't wait
+    connect_timeout_s: float = 10.0
+    #: how long close() waits to deliver queued messages
+    linger_s: float = 10.0
+
+
+class FrameSender:
+    """Sends protocol messages to a side-car (``send`` blocks only under back-pressure)."""
+
+    def __init__(self, config: SenderConfig, context: zmq.Context | None = None):
+        self.config = config
+        self.context = context or zmq.Context.instance()
+        self.socket = self.context.socket(zmq.PUSH)
+        self.socket.setsockopt(zmq.SNDHWM, config.send_hwm)
+        self.socket.setsockopt(zmq.LINGER, int(config.linger_s * 1000))
+        try:
+            connect_and_wait(self.socket, config.endpoint, config.connect_timeout_s)
+        except EndpointError:
+            self.socket.close(linger=0)
+            raise
+
+    def send(self, message: Message, *, block: bool = True) -> None:
+        """Send one message; with ``block=False`` raise ``zmq.Again`` instead of waiting."""
+        self.socket.send_multipart(encode(message), flags=0 if block else zmq.NOBLOCK)
+
+    def close(self) -> None:
+        self.socket.close()
+
+    def __enter__(self) -> "FrameSender":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class SubscriberConfig:
+    """A consumer of a side-car's publish endpoint."""
+
+    endpoint: str
+    #: wait this long for the side-car's hello before giving up
+    connect_timeout_s: float = 10.0
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+
+
+class ResultSubscriber:
+    """Receives a side-car's published messages (results, beats, errors, start/end).
+
+    The constructor returns once the side-car's ``hello`` has arrived, so every
+    message published after that reaches this subscriber.
+    """
+
+    def __init__(self, config: SubscriberConfig, context: zmq.Context | None = None):
+        self.config = config
+        self.context = context or zmq.Context.instance()
+        self.socket = self.context.socket(zmq.SUB)
+        self.socket.setsockopt(zmq.RCVHWM, 0)  # never drop on our side
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.SUBSCRIBE, b"")
+        connect(self.socket, config.endpoint)
+        self.hello = self._wait_hello()
+
+    def _wait_hello(self) -> HelloMessage:
+        deadline = time.monotonic() + self.config.connect_timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self.socket.poll(int(remaining * 1000)):
+                self.socket.close()
+                raise EndpointError(f"no side-car hello from {self.config.endpoint} within "
+                                    f"{self.config.connect_timeout_s:g} s")
+            message = self._decode(self.socket.recv_multipart(copy=False))
+            if isinstance(message, HelloMessage):
+                return message
+
+    def _decode(self, parts) -> Message:
+        return decode(parts, max_message_bytes=self.config.max_message_bytes)
+
+    def recv(self, timeout_s: float | None = None) -> Message | None:
+        """The next message, or None after ``timeout_s`` seconds without one."""
+        if timeout_s is not None and not self.socket.poll(int(timeout_s * 1000)):
+            return None
+        return self._decode(self.socket.recv_multipart(copy=False))
+
+    def recv_parts(self, timeout_s: float | None = None) -> list[bytes] | None:
+        """The next message's raw parts (for recording), or None after a timeout."""
+        if timeout_s is not None and not self.socket.poll(int(timeout_s * 1000)):
+            return None
+        return self.socket.recv_multipart()
+
+    def iter_until_end(self, stream: str | None = None, timeout_s: float = 10.0
+                       ) -> Iterator[Message]:
+        """Yield messages until the end message of ``stream`` (any stream if None).
+
+        Raises TimeoutError when ``timeout_s`` passes without a message.
+        """
+        while True:
+            message = self.recv(timeout_s)
+            if message is None:
+                raise TimeoutError(f"no message from {self.config.endpoint} for "
+                                   f"{timeout_s:g} s")
+            yield message
+            if message.kind == "end" and (stream is None or message.stream == stream):
+                return
+
+    def close(self) -> None:
+        self.socket.close()
+
+    def __enter__(self) -> "ResultSubscriber":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,167 @@
+"""Replay: a clip becomes a timed sequence of protocol messages, sent to a side-car.
+
+:func:`clip_messages` is the one place where clip frames become frame
+messages; ``replay`` sends them over ZeroMQ at the clip's own timing and
+``analyze`` feeds them to the pipeline in-process.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from streamer.io.clips import ClipInfo, ClipReader
+from streamer.io.protocol import MODALITIES, EndMessage, FrameMessage, Message, StartMessage
+from streamer.io.sockets import FrameSender, SenderConfig
+
+log = logging.getLogger(__name__)
+
+
+class ReplayError(ValueError):
+    """The clip cannot be sent as it is (the message says what to pass instead)."""
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """What to send and how fast."""
+
+    #: stream name in every message; default: the clip's file name without suffix
+    stream: str | None = None
+    #: pace at this many frames per second instead of the clip's own timing
+    fps: float | None = None
+    #: send as fast as the side-car takes them (lossless back-pressure still applies)
+    max_rate: bool = False
+    #: play the clip this many times in one stream (sequence numbers keep counting)
+    loop: int = 1
+    #: modality to send when the file does not say (video): "US" or "MR"
+    modality: str | None = None
+    #: stop after this many frames (None: the whole clip, every loop)
+    max_frames: int | None = None
+
+    def __post_init__(self):
+        if self.fps is not None and not self.fps > 0:
+            raise ReplayError(f"--fps must be positive, got {self.fps}")
+        if self.loop < 1:
+            raise ReplayError(f"--loop must be >= 1, got {self.loop}")
+        if self.modality is not None and self.modality not in MODALITIES:
+            raise ReplayError(f"--modality must be one of {list(MODALITIES)}, "
+                              f"got {self.modality!r}")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise ReplayError(f"--max-frames must be >= 1, got {self.max_frames}")
+
+
+@dataclass(frozen=True)
+class TimedMessage:
+    """A message and when to send it, in seconds after the first frame."""
+
+    due_s: float
+    message: Message
+
+
+def _stream_fields(info: ClipInfo, config: ReplayConfig) -> tuple[str, str, tuple, float]:
+    stream = config.stream or Path(info.path).name.split(".")[0] or "clip"
+    modality = config.modality or info.modality
+    if modality not in MODALITIES:
+        raise ReplayError(f"{info.path}: the file does not say whether it is US or MR "
+                          f"(modality {info.modality!r}); pass --modality US|MR")
+    if info.spacing_mm is None:
+        raise ReplayError(f"{info.path}: the file carries no pixel spacing; pass "
+                          "--spacing-mm ROW COL (millimetres per pixel)")
+    fps = config.fps or info.fps
+    if fps is None:
+        raise ReplayError(f"{info.path}: the file carries no frame rate; pass --fps")
+    return stream, modality, tuple(float(s) for s in info.spacing_mm), float(fps)
+
+
+def _wire_pixels(pixels: np.ndarray, path: str) -> np.ndarray:
+    """Pixels as a wire dtype: float64 becomes float32; other unsupported dtypes fail."""
+    if pixels.dtype == np.float64:
+        return pixels.astype(np.float32)
+    if pixels.dtype == np.int8:
+        return pixels.astype(np.int16)
+    if pixels.dtype.name not in ("uint8", "uint16", "int16", "float32"):
+        raise ReplayError(f"{path}: pixel dtype {pixels.dtype} cannot be sent (the wire "
+                          "carries uint8, uint16, int16, float32)")
+    return pixels
+
+
+def clip_messages(reader: ClipReader, config: ReplayConfig = ReplayConfig(), *,
+                  t0_ns: int | None = None) -> Iterator[TimedMessage]:
+    """Start, every frame (every loop) and end of a clip, each with its due time.
+
+    ``t_acq_ns`` of each frame is ``t0_ns`` plus its due time: a replayed clip
+    looks to the side-car like a scanner acquiring it now.
+    """
+    info = reader.info
+    stream, modality, spacing_mm, fps = _stream_fields(info, config)
+    t0_ns = time.time_ns() if t0_ns is None else t0_ns
+    meta = {"source": str(info.path), "format": info.format, "n_frames": info.n_frames,
+            "loops": config.loop, "fps": fps, "spacing_mm": list(spacing_mm),
+            "modality": modality, "shape": list(info.shape)}
+    yield TimedMessage(0.0, StartMessage(stream=stream, meta=meta))
+    seq, period_s, due_s = 0, None, 0.0
+    for loop in range(config.loop):
+        last_t_s = 0.0
+        offset_s = 0.0 if loop == 0 else loop * period_s
+        for frame in reader:
+            if config.max_frames is not None and seq >= config.max_frames:
+                break
+            due_s = seq / fps if config.fps is not None else offset_s + frame.t_s
+            last_t_s = frame.t_s
+            yield TimedMessage(due_s, FrameMessage(
+                stream=stream, seq=seq, t_acq_ns=t0_ns + int(due_s * 1e9),
+                modality=modality, pixels=_wire_pixels(frame.pixels, info.path),
+                spacing_mm=spacing_mm, fps=fps, channels=info.channels))
+            seq += 1
+        period_s = last_t_s + 1.0 / fps  # one clip length: last frame + one interval
+        if config.max_frames is not None and seq >= config.max_frames:
+            break
+    yield TimedMessage(due_s, EndMessage(stream=stream, n_frames=seq, meta=meta))
+
+
+@dataclass
+class ReplayStats:
+    frames: int = 0
+    elapsed_s: float = 0.0
+    #: how far behind schedule the slowest send started (back-pressure or a slow reader)
+    max_lateness_ms: float = 0.0
+
+
+def replay(reader: ClipReader, sender: FrameSender, config: ReplayConfig = ReplayConfig(),
+           *, on_frame: Callable[[int], None] | None = None) -> ReplayStats:
+    """Send a clip through ``sender`` at its native timing (or ``fps`` / max rate)."""
+    stats = ReplayStats()
+    start = time.monotonic()
+    t0_ns = time.time_ns()
+    for timed in clip_messages(reader, config, t0_ns=t0_ns):
+        message = timed.message
+        if not config.max_rate:
+            delay = start + timed.due_s - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            else:
+                stats.max_lateness_ms = max(stats.max_lateness_ms, -delay * 1e3)
+        if isinstance(message, FrameMessage):
+            message.t_send_ns = time.time_ns()
+            if config.max_rate:
+                message.t_acq_ns = message.t_send_ns
+        sender.send(message)
+        if isinstance(message, FrameMessage):
+            stats.frames += 1
+            if on_frame is not None:
+                on_frame(stats.frames)
+    stats.elapsed_s = time.monotonic() - start
+    return stats
+
+
+def replay_to(reader: ClipReader, endpoint: str, config: ReplayConfig = ReplayConfig(),
+              *, connect_timeout_s: float = 10.0,
+              on_frame: Callable[[int], None] | None = None) -> ReplayStats:
+    """Connect to a side-car's ingest endpoint and replay a clip into it."""
+    with FrameSender(SenderConfig(endpoint, connect_timeout_s=connect_timeout_s)) as sender:
+        return replay(reader, sender, config, on_frame=on_frame)

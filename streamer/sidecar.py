@@ -1,0 +1,375 @@
+"""The side-car: ingest thread -> inbox -> worker thread -> outbox -> publisher thread.
+
+::
+
+    scanner --PUSH--> [ingest]  decode, validate; bad messages -> error to outbox
+                         |
+                       inbox     live: LatestFrameSlot (newer frame replaces older, drops counted)
+                         |       lossless: BoundedFrameQueue (full -> ingest waits -> sender waits)
+                      [worker]   FrameProcessor: pipeline per frame -> result or error
+                         |
+                       outbox    unbounded FIFO of messages to publish
+                         |
+                    [publisher] --XPUB--> consumers (hello to each new subscriber)
+
+Each socket is owned by exactly one thread. Start and end messages travel the
+same path as frames and are never dropped, so a consumer sees ``start``, the
+results in order, then ``end`` with the side-car's counts.
+
+Shutdown (``stop()``, SIGINT/SIGTERM from the CLI): the ingest thread stops
+reading; the worker finishes the frame in hand and, in lossless mode, every
+frame already accepted (up to ``drain_timeout_s``); the publisher sends every
+result already computed before its socket closes.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import zmq
+
+from streamer import __version__
+from streamer.io.protocol import (DEFAULT_MAX_MESSAGE_BYTES, EndMessage, ErrorMessage,
+                                  FrameMessage, HelloMessage, ProtocolError, StartMessage,
+                                  decode, encode)
+from streamer.io.sockets import bind
+from streamer.pipeline import Pipeline
+from streamer.processor import FrameProcessor, Received
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------
+# inboxes: where received frames wait for the worker
+
+
+class _Inbox:
+    """Common part of the two inboxes: a deque guarded by a condition variable."""
+
+    def __init__(self):
+        self._items: deque[Received] = deque()
+        self._cv = threading.Condition()
+        self._closed = False
+        self._frames = 0  # frames among _items
+
+    def put_control(self, item: Received) -> None:
+        """Start/end messages: never dropped, never block."""
+        with self._cv:
+            self._items.append(item)
+            self._cv.notify_all()
+
+    def get(self, timeout_s: float) -> tuple[Received, int] | None:
+        """Next item and the number of frames dropped since the last frame taken."""
+        with self._cv:
+            if not self._items and not self._cv.wait_for(
+                    lambda: self._items or self._closed, timeout_s):
+                return None
+            if not self._items:
+                return None
+            item = self._items.popleft()
+            dropped = 0
+            if isinstance(item.message, FrameMessage):
+                self._frames -= 1
+                dropped = self._take_dropped()
+            self._cv.notify_all()
+            return item, dropped
+
+    def _take_dropped(self) -> int:
+        return 0
+
+    def __len__(self) -> int:
+        with self._cv:
+            return len(self._items)
+
+    def close(self) -> None:
+        """Wake every waiter; later puts of frames are refused."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+
+
+class LatestFrameSlot(_Inbox):
+    """Live mode: at most one frame waits; a newer frame replaces it.
+
+    ``put_frame`` never blocks. Replaced frames are counted and the count is
+    handed out with the next frame the worker takes, so it appears in the next
+    result. Start/end messages waiting in the slot keep their order.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._dropped = 0
+        self.dropped_total = 0
+
+    def put_frame(self, item: Received) -> bool:
+        with self._cv:
+            if self._closed:
+                return False
+            if self._frames:
+                kept = deque(i for i in self._items if not isinstance(i.message, FrameMessage))
+                self._dropped += self._frames
+                self.dropped_total += self._frames
+                self._items, self._frames = kept, 0
+            self._items.append(item)
+            self._frames += 1
+            self._cv.notify_all()
+            return True
+
+    def _take_dropped(self) -> int:
+        dropped, self._dropped = self._dropped, 0
+        return dropped
+
+
+class BoundedFrameQueue(_Inbox):
+    """Lossless mode: a FIFO of at most ``max_frames`` frames; ``put_frame`` waits for room.
+
+    While the ingest thread waits here it stops reading its socket, ZeroMQ's
+    high-water marks fill, and the sender's ``send`` blocks: back-pressure all
+    the way to the source, nothing dropped.
+    """
+
+    def __init__(self, max_frames: int):
+        super().__init__()
+        if max_frames < 1:
+            raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+        self.max_frames = max_frames
+
+    def put_frame(self, item: Received) -> bool:
+        with self._cv:
+            self._cv.wait_for(lambda: self._frames < self.max_frames or self._closed)
+            if self._closed:
+                return False
+            self._items.append(item)
+            self._frames += 1
+            self._cv.notify_all()
+            return True
+
+
+# --------------------------------------------------------------------------
+# the side-car
+
+
+@dataclass(frozen=True)
+class SideCarConfig:
+    """Endpoints and flow control of one side-car."""
+
+    #: where scanners/replay connect their PUSH sockets (we bind PULL)
+    ingest: str = "tcp://127.0.0.1:5555"
+    #: where consumers connect their SUB sockets (we bind XPUB)
+    publish: str = "tcp://127.0.0.1:5556"
+    #: False: live (newest frame wins, drops counted). True: back-pressure, nothing dropped
+    lossless: bool = False
+    #: lossless mode: frames accepted and waiting for the worker before ingest waits
+    queue_frames: int = 32
+    #: messages larger than this are answered with a ``too_large`` error
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    #: ingest socket receive high-water mark (messages ZeroMQ buffers for us)
+    ingest_hwm: int = 100
+    #: lossless shutdown: how long the worker may keep draining accepted frames
+    drain_timeout_s: float = 30.0
+
+    @property
+    def mode(self) -> str:
+        return "lossless" if self.lossless else "live"
+
+
+@dataclass
+class SideCarStats:
+    """Counters (read from any thread; each is written by one thread only)."""
+
+    received: int = 0  # messages read off the ingest socket
+    frames: int = 0  # valid frames accepted into the inbox
+    published: int = 0  # messages sent on the publish socket
+    results: int = 0
+    protocol_errors: int = 0  # bad messages answered with an error
+    frame_errors: int = 0  # frames the pipeline rejected
+    dropped: int = 0  # live mode: frames replaced by a newer one
+    started_at: float = field(default_factory=time.monotonic)
+
+
+_STOP = object()
+
+
+class SideCar:
+    """A running side-car: three threads around a :class:`FrameProcessor`.
+
+    Use as a context manager, or ``start()`` ... ``stop()``. The endpoints it
+    actually bound (free ports resolved) are ``ingest_endpoint`` and
+    ``publish_endpoint`` after ``start()``.
+    """
+
+    def __init__(self, config: SideCarConfig, pipeline: Pipeline,
+                 context: zmq.Context | None = None):
+        self.config = config
+        self.processor = FrameProcessor(pipeline)
+        self.context = context or zmq.Context.instance()
+        self.stats = SideCarStats()
+        self.inbox = BoundedFrameQueue(config.queue_frames) if config.lossless \
+            else LatestFrameSlot()
+        self.outbox: queue.Queue = queue.Queue()
+        self._stopping = threading.Event()
+        self._ingest_done = threading.Event()
+        self._stopped = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.ingest_endpoint = self.publish_endpoint = ""
+
+    # -- life cycle ---------------------------------------------------------
+
+    def start(self) -> "SideCar":
+        pull = self.context.socket(zmq.PULL)
+        pull.setsockopt(zmq.RCVHWM, self.config.ingest_hwm)
+        pull.setsockopt(zmq.LINGER, 0)
+        # A hard per-part cap far above the protocol limit keeps a runaway sender from
+        # exhausting memory; anything between the two limits gets a 'too_large' error.
+        pull.setsockopt(zmq.MAXMSGSIZE, 4 * self.config.max_message_bytes + (1 << 20))
+        xpub = self.context.socket(zmq.XPUB)
+        xpub.setsockopt(zmq.SNDHWM, 0 if self.config.lossless else 10_000)
+        xpub.setsockopt(zmq.LINGER, 5_000)
+        hello = HelloMessage(version=__version__, mode=self.config.mode)
+        xpub.setsockopt(zmq.XPUB_WELCOME_MSG, encode(hello)[0])
+        try:
+            self.ingest_endpoint = bind(pull, self.config.ingest)
+            self.publish_endpoint = bind(xpub, self.config.publish)
+        except Exception:
+            pull.close(linger=0)
+            xpub.close(linger=0)
+            raise
+        self._threads = [
+            threading.Thread(target=self._ingest_loop, args=(pull,), name="ingest",
+                             daemon=True),
+            threading.Thread(target=self._worker_loop, name="worker", daemon=True),
+            threading.Thread(target=self._publish_loop, args=(xpub,), name="publisher",
+                             daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+        log.info("side-car %s: ingest %s, publish %s", self.config.mode,
+                 self.ingest_endpoint, self.publish_endpoint)
+        return self
+
+    def stop(self, timeout_s: float | None = None) -> None:
+        """Stop accepting frames, finish (lossless: drain) and flush; then return."""
+        self._stopping.set()
+        self.wait(timeout_s)
+
+    def request_stop(self) -> None:
+        """Ask for a stop without waiting (safe from a signal handler)."""
+        self._stopping.set()
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Wait until the side-car has stopped; True if it has."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        for thread in self._threads:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            thread.join(remaining)
+        return not any(thread.is_alive() for thread in self._threads)
+
+    def __enter__(self) -> "SideCar":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- threads --------------------------------------------------------------
+
+    def _ingest_loop(self, socket: zmq.Socket) -> None:
+        stats, limit = self.stats, self.config.max_message_bytes
+        try:
+            while not self._stopping.is_set():
+                if not socket.poll(50):
+                    continue
+                parts = socket.recv_multipart(copy=False)
+                t_recv_ns = time.time_ns()
+                t0 = time.perf_counter_ns()
+                stats.received += 1
+                try:
+                    message = decode(parts, max_message_bytes=limit)
+                except ProtocolError as exc:
+                    stats.protocol_errors += 1
+                    log.warning("bad message (%s): %s", exc.code, exc.message)
+                    self.outbox.put(ErrorMessage.from_exception(exc))
+                    continue
+                item = Received(message, t_recv_ns, (time.perf_counter_ns() - t0) / 1e6)
+                if isinstance(message, FrameMessage):
+                    if self.inbox.put_frame(item):
+                        stats.frames += 1
+                elif isinstance(message, (StartMessage, EndMessage)):
+                    self.inbox.put_control(item)
+                else:
+                    stats.protocol_errors += 1
+                    self.outbox.put(ErrorMessage(
+                        code="unexpected_kind", stream=getattr(message, "stream", None),
+                        message=f"the ingest endpoint takes frame/start/end messages, "
+                                f"not {message.kind!r}"))
+        except Exception:  # pragma: no cover - a bug here must not hang the worker
+            log.exception("ingest thread failed")
+            self._stopping.set()
+        finally:
+            socket.close(linger=0)
+            self._ingest_done.set()
+
+    def _worker_loop(self) -> None:
+        drain_deadline = None
+        try:
+            while True:
+                got = self.inbox.get(timeout_s=0.05)
+                if got is None:
+                    if self._stopping.is_set() and (
+                            not self.config.lossless
+                            or (self._ingest_done.is_set() and len(self.inbox) == 0)):
+                        break
+                    continue
+                item, dropped = got
+                self.stats.dropped += dropped
+                for message in self.processor.handle(item, dropped=dropped,
+                                                     t_take_ns=time.time_ns()):
+                    if message.kind == "result":
+                        self.stats.results += 1
+                    elif message.kind == "error":
+                        self.stats.frame_errors += 1
+                    self.outbox.put(message)
+                if self._stopping.is_set():
+                    if not self.config.lossless:
+                        break
+                    drain_deadline = drain_deadline or (
+                        time.monotonic() + self.config.drain_timeout_s)
+                    if time.monotonic() > drain_deadline:
+                        log.warning("drain timeout: %d accepted item(s) not processed",
+                                    len(self.inbox))
+                        break
+        except Exception:  # pragma: no cover
+            log.exception("worker thread failed")
+        finally:
+            self.inbox.close()
+            self.outbox.put(_STOP)
+
+    def _publish_loop(self, socket: zmq.Socket) -> None:
+        try:
+            while True:
+                try:
+                    message = self.outbox.get(timeout=0.1)
+                except queue.Empty:
+                    message = None
+                self._drain_subscriptions(socket)
+                if message is _STOP:
+                    break
+                if message is not None:
+                    socket.send_multipart(encode(message))
+                    self.stats.published += 1
+        except Exception:  # pragma: no cover
+            log.exception("publisher thread failed")
+            self._stopping.set()
+        finally:
+            socket.close()  # LINGER lets queued messages reach connected subscribers
+            self._stopped.set()
+
+    @staticmethod
+    def _drain_subscriptions(socket: zmq.Socket) -> None:
+        """XPUB hands us (un)subscription messages; read them so they do not pile up."""
+        while socket.poll(0):
+            socket.recv_multipart()

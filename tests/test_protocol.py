@@ -1,0 +1,192 @@
+"""Wire protocol v1: round trips of every kind, and every way a message can be wrong."""
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamer.io import protocol as P
+
+
+def frame(pixels=None, **kw) -> P.FrameMessage:
+    fields = dict(stream="echo", seq=7, t_acq_ns=123, modality="US",
+                  pixels=np.arange(12, dtype=np.uint8).reshape(3, 4), spacing_mm=(0.3, 0.4),
+                  fps=50.0)
+    fields.update(kw)
+    if pixels is not None:
+        fields["pixels"] = pixels
+    return P.FrameMessage(**fields)
+
+
+def header_of(parts) -> dict:
+    return json.loads(bytes(parts[0]))
+
+
+def with_header(parts, **changes) -> list:
+    header = header_of(parts)
+    for key, value in changes.items():
+        if value is ...:
+            header.pop(key, None)
+        else:
+            header[key] = value
+    return [json.dumps(header).encode(), *parts[1:]]
+
+
+# -- round trips -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16", "float32"])
+@pytest.mark.parametrize("shape", [(3, 4), (5, 6, 3)])
+def test_frame_round_trip_keeps_pixels_and_fields(dtype, shape):
+    pixels = (np.arange(np.prod(shape)) % 200).astype(dtype).reshape(shape)
+    sent = frame(pixels, t_send_ns=99, ecg_r=True, view="a4c")
+    got = P.decode(P.encode(sent))
+    assert isinstance(got, P.FrameMessage)
+    np.testing.assert_array_equal(got.pixels, pixels)
+    assert got.pixels.dtype == np.dtype(dtype) and got.pixels.shape == shape
+    assert (got.stream, got.seq, got.t_acq_ns, got.t_send_ns) == ("echo", 7, 123, 99)
+    assert (got.spacing_mm, got.fps, got.ecg_r, got.view) == ((0.3, 0.4), 50.0, True, "a4c")
+
+
+def test_big_endian_and_non_contiguous_pixels_go_out_little_endian_contiguous():
+    pixels = np.arange(24, dtype=">u2").reshape(4, 6)[:, ::2]
+    parts = P.encode(frame(pixels))
+    assert header_of(parts)["dtype"] == "uint16"
+    assert bytes(parts[1]) == np.ascontiguousarray(pixels, dtype="<u2").tobytes()
+    np.testing.assert_array_equal(P.decode(parts).pixels, pixels)
+
+
+def test_multichannel_mr_frame_names_its_channels():
+    pixels = np.zeros((4, 5, 4), np.float32)
+    sent = frame(pixels, modality="MR", channels=("magnitude", "vx", "vy", "vz"))
+    got = P.decode(P.encode(sent))
+    assert got.channels == ("magnitude", "vx", "vy", "vz") and got.modality == "MR"
+
+
+def test_every_other_kind_round_trips():
+    messages = [
+        P.StartMessage("echo", {"n_frames": 30, "fps": 30.0}),
+        P.EndMessage("echo", 30, {"processed": 29}),
+        P.ResultMessage("echo", 3, 10, {"preprocess": 0.5, "total": 1.25}, t_recv_ns=11,
+                        t_result_ns=12, dropped=2, flags=["dropped:2"],
+                        view={"label": "a4c", "p": 0.99}, points_mm=[[1.0, 2.0]] * 120,
+                        gls_pct=-18.5, regional_pct={"basal_septal": -15.0}, beat=0,
+                        phase="ES", extra={"strain_rate_per_s": -1.1}),
+        P.BeatMessage("echo", 0, ed_seq=0, es_seq=12, peak_gls_pct=-19.0,
+                      regional_peak_pct={"apical_lateral": -22.0}),
+        P.ErrorMessage("payload_size", "too short", stream="echo", seq=4),
+        P.HelloMessage(version="0.1.0", mode="live"),
+    ]
+    for sent in messages:
+        assert P.decode(P.encode(sent)) == sent
+
+
+def test_result_with_mask_part():
+    mask = (np.arange(20).reshape(4, 5) % 2).astype(np.uint8)
+    sent = P.ResultMessage("echo", 1, 5, {"total": 1.0}, mask=mask)
+    parts = P.encode(sent)
+    assert len(parts) == 2 and header_of(parts)["mask"] == {"shape": [4, 5], "dtype": "uint8"}
+    np.testing.assert_array_equal(P.decode(parts).mask, mask)
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.integers(1, 40), cols=st.integers(1, 40), seq=st.integers(0, 2**62),
+       dtype=st.sampled_from(["uint8", "uint16", "int16", "float32"]))
+def test_any_valid_frame_round_trips(rows, cols, seq, dtype):
+    rng = np.random.default_rng(seq % 1000)
+    pixels = rng.integers(0, 255, (rows, cols)).astype(dtype)
+    got = P.decode(P.encode(frame(pixels, seq=seq)))
+    assert got.seq == seq
+    np.testing.assert_array_equal(got.pixels, pixels)
+
+
+# -- what is wrong, and the code that says so --------------------------------
+
+
+def code_of(parts, **kw) -> P.ProtocolError:
+    with pytest.raises(P.ProtocolError) as info:
+        P.decode(parts, **kw)
+    return info.value
+
+
+@pytest.mark.parametrize("head", [b"", b"not json", b"\xff\xfe", b"[1,2]", b'"text"', b"{"])
+def test_malformed_headers(head):
+    assert code_of([head]).code == "malformed_header"
+
+
+def test_oversized_header_is_malformed():
+    head = json.dumps({"v": 1, "kind": "start", "stream": "s",
+                       "meta": {"x": "y" * P.MAX_HEADER_BYTES}}).encode()
+    assert code_of([head]).code == "malformed_header"
+
+
+@pytest.mark.parametrize("version", [0, 2, "1", None, ...])
+def test_unknown_protocol_version(version):
+    error = code_of(with_header(P.encode(frame()), v=version))
+    assert error.code == "unsupported_version"
+    assert (error.stream, error.seq) == ("echo", 7)  # says which frame it was
+
+
+def test_unknown_kind():
+    assert code_of(with_header(P.encode(frame()), kind="pixels")).code == "unknown_kind"
+
+
+@pytest.mark.parametrize("cut", [1, 12 - 1, 0])
+def test_payload_shorter_than_shape_times_dtype(cut):
+    parts = P.encode(frame())
+    error = code_of([parts[0], bytes(parts[1])[:cut]])
+    assert error.code == "payload_size" and "12" in error.message and error.seq == 7
+
+
+def test_payload_longer_than_shape_times_dtype():
+    parts = P.encode(frame())
+    assert code_of([parts[0], bytes(parts[1]) + b"\0"]).code == "payload_size"
+
+
+def test_too_many_or_too_few_parts():
+    parts = P.encode(frame())
+    assert code_of(parts[:1]).code == "bad_parts"
+    assert code_of([*parts, b"extra"]).code == "bad_parts"
+    assert code_of([]).code == "bad_parts"
+
+
+def test_too_large_by_declared_shape_and_by_bytes():
+    parts = P.encode(frame(np.zeros((100, 100), np.uint8)))
+    assert code_of(parts, max_message_bytes=5_000).code == "too_large"
+    huge = with_header(parts, shape=[16000, 16000])
+    assert code_of(huge, max_message_bytes=1 << 20).code == "too_large"
+
+
+@pytest.mark.parametrize("field,value", [
+    ("dtype", "float64"), ("dtype", ">u2"), ("dtype", None), ("shape", [3]),
+    ("shape", [3, 4, 5, 6]), ("shape", [0, 4]), ("shape", [-3, 4]), ("shape", "3x4"),
+    ("shape", [3.0, 4]), ("shape", [3, 4, 2]), ("seq", -1), ("seq", "7"), ("seq", True),
+    ("stream", ""), ("stream", 5), ("modality", "CT"), ("spacing_mm", [0.3]),
+    ("spacing_mm", [0.3, -1]), ("spacing_mm", [0.3, "x"]), ("fps", 0), ("fps", "fast"),
+    ("t_acq_ns", 1.5), ("ecg_r", "yes"), ("channels", ["a", "b"]), ("stream", ...),
+    ("t_acq_ns", ...), ("fps", ...),
+])
+def test_bad_fields_name_the_field(field, value):
+    error = code_of(with_header(P.encode(frame()), **{field: value}))
+    assert error.code == "bad_field"
+    assert field in error.message
+
+
+def test_nan_in_header_numbers_is_refused_on_encode():
+    with pytest.raises(ValueError):
+        P.encode(frame(fps=float("nan")))
+
+
+def test_unsupported_pixel_dtype_is_refused_on_encode():
+    with pytest.raises(P.ProtocolError, match="dtype"):
+        P.encode(frame(np.zeros((2, 2), np.float64)))
+
+
+def test_every_error_code_is_documented_in_protocol_md():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text()
+    for code in P.ERROR_CODES:
+        assert f"`{code}`" in doc, code
