@@ -1,0 +1,664 @@
+"""DICOM clips: multi-frame files (uncompressed or JPEG), the shared header logic, and the writer.
+
+Reading
+-------
+:class:`DicomClipReader` reads one multi-frame (or single-frame) file.  The header is read
+without pixels, the pixel data element is located and checked against the declared frame
+count before any decoding (native: element length and file size; encapsulated: the
+fragment items are walked with seeks only), then frames are decoded one at a time through
+:func:`pydicom.pixels.iter_pixels` (JPEG baseline decodes through Pillow).  Colour (RGB,
+YBR_FULL, YBR_FULL_422) comes out as RGB uint8 (rows, cols, 3); MONOCHROME1 is inverted
+to the MONOCHROME2 sense and says so in the metadata.  Stored values are yielded as they
+are: Rescale Slope / Intercept are reported in the metadata, not applied.  Directories of
+one image per file are read by :mod:`.dicom_series` with the helpers here.
+
+Calibration (spacing, row then column, mm per pixel): PixelSpacing, else ImagerPixelSpacing,
+else the shared functional groups' PixelMeasures (enhanced multi-frame), else the
+ultrasound region calibration (the 2-D tissue region, RegionSpatialFormat 1, physical units
+cm, x 10 to mm).  ``metadata["calibration_source"]`` says which.  A region lying outside
+the image (an image resized after calibration) keeps its stated spacing, with a warning.
+Timing: FrameTime (ms), else FrameTimeVector (ms increments), else CineRate, else
+RecommendedDisplayFrameRate (frames/s); ``metadata["fps_source"]`` says which.
+
+Writing
+-------
+:func:`write_dicom` writes one uncompressed multi-frame file (Explicit VR Little Endian):
+uint8 or uint16 grey (MONOCHROME2) or uint8 RGB.  Float or other integer frames are
+refused with a :class:`ClipError` — scaling them would change the values silently; convert
+explicitly, or write NIfTI / npz which keep floats.  The caller's metadata is stored as JSON
+in a private element (0099,xx01) UT of the private creator "cardiostream" and comes back in
+``info.metadata``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import struct
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import get_decoder, iter_pixels
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+    MultiFrameTrueColorSecondaryCaptureImageStorage,
+    UltrasoundMultiFrameImageStorage,
+    generate_uid,
+)
+from pydicom.valuerep import format_number_as_ds
+
+from .base import (
+    ClipError,
+    ClipFrame,
+    ClipInfo,
+    ClipReader,
+    FrameClock,
+    WriteArgs,
+    apply_overrides,
+    atomic_output,
+    check_frame,
+    merge_metadata,
+)
+
+__all__ = ["DicomClipReader", "is_dicom_file", "write_dicom"]
+
+PRIVATE_GROUP = 0x0099
+PRIVATE_CREATOR = "cardiostream"
+PRIVATE_METADATA_ELEMENT = 0x01  # (0099,xx01) UT: JSON object of user metadata
+
+_PIXEL_DATA = 0x7FE00010
+_ITEM = 0xFFFEE000
+_SEQ_DELIMITER = 0xFFFEE0DD
+_COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT")
+_US_UNITS_CM = 3
+_US_SPATIAL_2D = 1
+# Raised by pydicom when a header element is cut short or malformed.
+HEADER_ERRORS = (InvalidDicomError, EOFError, OSError, ValueError, struct.error, KeyError, TypeError)
+
+
+def is_dicom_file(path: Path) -> bool:
+    """True when ``path`` is a file with the DICOM preamble ("DICM" at byte 128)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+# ---------------------------------------------------------------------------------------
+# Header interpretation
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FrameFormat:
+    """Per-frame layout that the header declares."""
+
+    rows: int
+    cols: int
+    samples: int
+    photometric: str
+    bits_allocated: int
+    bits_stored: int
+    signed: bool
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.rows, self.cols) if self.samples == 1 else (self.rows, self.cols, self.samples)
+
+    @property
+    def dtype(self) -> np.dtype:
+        if self.bits_allocated == 1:
+            return np.dtype(np.uint8)
+        return np.dtype(f"{'i' if self.signed else 'u'}{self.bits_allocated // 8}")
+
+    def native_frame_bytes(self) -> float:
+        """Bytes of one uncompressed frame (fractional for 1-bit data)."""
+        samples = 2 if self.photometric == "YBR_FULL_422" else self.samples
+        return self.rows * self.cols * samples * self.bits_allocated / 8
+
+
+def frame_format(header: Dataset, path: Path) -> FrameFormat:
+    missing = [k for k in ("Rows", "Columns", "BitsAllocated") if header.get(k) is None]
+    if missing:
+        raise ClipError(f"not an image (header lacks {', '.join(missing)}), or truncated", path=path)
+    samples = int(header.get("SamplesPerPixel", 1))
+    photometric = str(header.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    bits = int(header.BitsAllocated)
+    if samples == 1 and photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise ClipError(f"photometric interpretation {photometric} is not supported (grey MONOCHROME1/2 only)", path=path)
+    if samples == 3 and photometric not in _COLOUR:
+        raise ClipError(f"photometric interpretation {photometric} is not supported for colour", path=path)
+    if samples not in (1, 3):
+        raise ClipError(f"{samples} samples per pixel is not supported (1 or 3)", path=path)
+    if bits not in (1, 8, 16, 32):
+        raise ClipError(f"BitsAllocated {bits} is not supported (1, 8, 16 or 32)", path=path)
+    return FrameFormat(
+        rows=int(header.Rows),
+        cols=int(header.Columns),
+        samples=samples,
+        photometric=photometric,
+        bits_allocated=bits,
+        bits_stored=int(header.get("BitsStored", bits)),
+        signed=int(header.get("PixelRepresentation", 0)) == 1,
+    )
+
+
+def number(header: Dataset, keyword: str) -> float | None:
+    """A numeric element as float, None when absent, empty or not a number."""
+    try:
+        value = header.get(keyword)
+        if value is None or value == "":
+            return None
+        result = float(value)
+    except (TypeError, ValueError):
+        return None
+    return result if math.isfinite(result) else None
+
+
+def pair(header: Dataset, keyword: str) -> tuple[float, float] | None:
+    try:
+        value = header.get(keyword)
+        if value is None or len(value) != 2:
+            return None
+        row, col = float(value[0]), float(value[1])
+    except (TypeError, ValueError):
+        return None
+    return (row, col) if row > 0 and col > 0 and math.isfinite(row + col) else None
+
+
+def header_spacing(
+    header: Dataset, fmt: FrameFormat, metadata: dict[str, Any], warnings: list[str]
+) -> tuple[float, float] | None:
+    """(row, col) mm per pixel from the header; records ``calibration_source`` in ``metadata``."""
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        spacing = pair(header, keyword)
+        if spacing is not None:
+            metadata["calibration_source"] = keyword
+            return spacing
+    try:
+        measures = header.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    except (AttributeError, IndexError, KeyError):
+        measures = None
+    if measures is not None and (spacing := pair(measures, "PixelSpacing")) is not None:
+        metadata["calibration_source"] = "SharedFunctionalGroupsSequence.PixelMeasuresSequence.PixelSpacing"
+        return spacing
+    return _us_region_spacing(header, fmt, metadata, warnings)
+
+
+def _us_region_spacing(
+    header: Dataset, fmt: FrameFormat, metadata: dict[str, Any], warnings: list[str]
+) -> tuple[float, float] | None:
+    regions = list(header.get("SequenceOfUltrasoundRegions", None) or [])
+    if not regions:
+        return None
+    tissue = [
+        r
+        for r in regions
+        if r.get("RegionSpatialFormat") == _US_SPATIAL_2D
+        and r.get("PhysicalUnitsXDirection") == _US_UNITS_CM
+        and r.get("PhysicalUnitsYDirection") == _US_UNITS_CM
+        and number(r, "PhysicalDeltaX")
+        and number(r, "PhysicalDeltaY")
+    ]
+    if not tissue:
+        warnings.append(
+            f"{len(regions)} ultrasound region(s) but none is a 2-D tissue region calibrated in cm; no spacing"
+        )
+        return None
+
+    def bounds(r: Dataset) -> tuple[int, int, int, int]:
+        keys = ("RegionLocationMinX0", "RegionLocationMinY0", "RegionLocationMaxX1", "RegionLocationMaxY1")
+        x0, y0, x1, y1 = (int(r.get(k, 0)) for k in keys)
+        return x0, y0, x1, y1
+
+    def area(r: Dataset) -> int:
+        x0, y0, x1, y1 = bounds(r)
+        return (x1 - x0 + 1) * (y1 - y0 + 1)
+
+    region = max(tissue, key=area)
+    deltas = {(abs(number(r, "PhysicalDeltaY") or 0.0), abs(number(r, "PhysicalDeltaX") or 0.0)) for r in tissue}
+    if len(deltas) > 1:
+        warnings.append(f"{len(tissue)} 2-D tissue regions with different calibrations; the largest region is used")
+    dy_cm = abs(number(region, "PhysicalDeltaY") or 0.0)
+    dx_cm = abs(number(region, "PhysicalDeltaX") or 0.0)
+    x0, y0, x1, y1 = bounds(region)
+    metadata["calibration_source"] = "SequenceOfUltrasoundRegions"
+    metadata["calibration_region_px"] = {"x0": x0, "y0": y0, "x1": x1, "y1": y1}
+    if x1 >= fmt.cols or y1 >= fmt.rows:
+        warnings.append(
+            f"ultrasound calibration region X {x0}..{x1}, Y {y0}..{y1} lies outside the "
+            f"{fmt.rows}x{fmt.cols} image: the image was probably resized after calibration; "
+            "the stated spacing is kept unscaled"
+        )
+    return (dy_cm * 10.0, dx_cm * 10.0)
+
+
+def _timing(
+    header: Dataset, n_frames: int, metadata: dict[str, Any], warnings: list[str]
+) -> tuple[float | None, FrameClock]:
+    """Frame rate (frames/s) and clock of a multi-frame header; records ``fps_source``."""
+    frame_time_ms = number(header, "FrameTime")
+    if frame_time_ms is not None and frame_time_ms > 0:
+        metadata["fps_source"] = "FrameTime"
+        metadata["frame_time_ms"] = frame_time_ms
+        fps = 1000.0 / frame_time_ms
+        return fps, FrameClock(fps=fps)
+    vector = header.get("FrameTimeVector")
+    if vector is not None:
+        try:
+            values = vector if isinstance(vector, Sequence) and not isinstance(vector, str) else [vector]
+            increments_ms = [float(v) for v in values]
+        except (TypeError, ValueError):
+            increments_ms = []
+        if len(increments_ms) == n_frames and n_frames > 1 and all(v > 0 for v in increments_ms[1:]):
+            times_s = tuple(float(t) / 1000.0 for t in np.cumsum([0.0, *increments_ms[1:]]))
+            mean_ms = float(np.mean(increments_ms[1:]))
+            metadata["fps_source"] = "FrameTimeVector"
+            metadata["frame_time_ms"] = mean_ms
+            fps = 1000.0 / mean_ms
+            return fps, FrameClock(fps=fps, times_s=times_s)
+        warnings.append(f"FrameTimeVector with {len(increments_ms)} entries for {n_frames} frames is ignored")
+    for keyword in ("CineRate", "RecommendedDisplayFrameRate"):
+        rate = number(header, keyword)
+        if rate is not None and rate > 0:
+            metadata["fps_source"] = keyword
+            metadata["frame_time_ms"] = 1000.0 / rate
+            return rate, FrameClock(fps=rate)
+    return None, FrameClock(fps=None)
+
+
+def user_metadata(header: Dataset, warnings: list[str]) -> dict[str, Any]:
+    """The JSON object that :func:`write_dicom` stored in the private block, else {}."""
+    try:
+        element = header.private_block(PRIVATE_GROUP, PRIVATE_CREATOR)[PRIVATE_METADATA_ELEMENT]
+    except KeyError:
+        return {}
+    value = element.value
+    text = value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
+    try:
+        data = json.loads(text.rstrip("\x00 "))
+    except json.JSONDecodeError as exc:
+        warnings.append(f"private cardiostream metadata is not valid JSON ({exc}); ignored")
+        return {}
+    if not isinstance(data, dict):
+        warnings.append("private cardiostream metadata is not a JSON object; ignored")
+        return {}
+    return data
+
+
+def common_metadata(header: Dataset, fmt: FrameFormat) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "transfer_syntax": str(header.file_meta.get("TransferSyntaxUID", "")) if hasattr(header, "file_meta") else "",
+        "photometric_interpretation": fmt.photometric,
+        "bits_stored": fmt.bits_stored,
+    }
+    if sop := header.get("SOPClassUID"):
+        meta["sop_class_uid"] = str(sop)
+    slope, intercept = number(header, "RescaleSlope"), number(header, "RescaleIntercept")
+    if (slope is not None and slope != 1.0) or (intercept is not None and intercept != 0.0):
+        meta["rescale_slope"] = 1.0 if slope is None else slope
+        meta["rescale_intercept"] = 0.0 if intercept is None else intercept
+        meta["rescale_applied"] = False
+    if fmt.photometric == "MONOCHROME1":
+        meta["inverted_to_monochrome2"] = True
+    return meta
+
+
+# ---------------------------------------------------------------------------------------
+# Pixel data: locate, check for truncation, decode
+# ---------------------------------------------------------------------------------------
+def read_header(fh: IO[bytes], path: Path) -> Dataset:
+    """Header up to (not including) the pixel data; ``fh`` is left at the pixel data tag."""
+    size = os.fstat(fh.fileno()).st_size
+    try:
+        header = pydicom.dcmread(fh, stop_before_pixels=True)
+    except InvalidDicomError as exc:
+        hint = "truncated (the file ends inside the preamble / file meta)" if size < 256 else "not a DICOM file"
+        raise ClipError(f"{hint}: {exc}", path=path) from exc
+    except HEADER_ERRORS as exc:
+        raise ClipError(f"truncated or corrupt header: {type(exc).__name__}: {exc}", path=path) from exc
+    if fh.tell() >= size:
+        # pydicom stops quietly at the end of the data; an image header must be followed by pixels.
+        what = "truncated" if header.get("Rows") is not None else "truncated, or not an image"
+        raise ClipError(f"{what}: the file ends at byte {size} inside the header, before any pixel data", path=path)
+    return header
+
+
+def check_pixel_data(fh: IO[bytes], header: Dataset, fmt: FrameFormat, n_frames: int, path: Path) -> list[str]:
+    """Check that the pixel data can hold ``n_frames`` frames; ``fh`` must be at its tag.
+
+    Cheap: reads element and item headers only and seeks over the values.  Raises a
+    "truncated" :class:`ClipError` when frames are missing; returns warnings otherwise.
+    """
+    size = os.fstat(fh.fileno()).st_size
+    start = fh.tell()
+    tsyntax = UID(header.file_meta.TransferSyntaxUID)
+    endian = "<" if tsyntax.is_little_endian else ">"
+    head = fh.read(8)
+    if len(head) < 8:
+        raise ClipError(
+            f"truncated: the file ends at byte {size} before the (7FE0,0010) Pixel Data element "
+            f"(header declares {n_frames} frames)",
+            path=path,
+        )
+    group, element = struct.unpack(f"{endian}HH", head[:4])
+    tag = group << 16 | element
+    if tag != _PIXEL_DATA:
+        raise ClipError(f"pixel data element ({group:04X},{element:04X}) is not supported (only (7FE0,0010))", path=path)
+    if tsyntax.is_implicit_VR:
+        (length,) = struct.unpack(f"{endian}L", head[4:8])
+    else:
+        rest = fh.read(4)
+        if len(rest) < 4:
+            raise ClipError("truncated: the file ends inside the Pixel Data element header", path=path)
+        (length,) = struct.unpack(f"{endian}L", rest)
+    value_start = fh.tell()
+
+    if not tsyntax.is_encapsulated:
+        frame_bytes = fmt.native_frame_bytes()
+        needed = math.ceil(n_frames * frame_bytes)
+        if length == 0xFFFFFFFF:
+            raise ClipError("corrupt: native pixel data with undefined length", path=path)
+        in_file = max(0, min(length, size - value_start))
+        if in_file < needed:
+            where = "pixel data holds" if length < needed else "the file holds pixel data for"
+            raise ClipError(
+                f"truncated: header declares {n_frames} frames but {where} {int(in_file // frame_bytes)}",
+                path=path,
+            )
+        fh.seek(start)
+        return []
+
+    # Encapsulated: walk the items (basic offset table, then one or more fragments per frame).
+    warnings: list[str] = []
+    items: list[tuple[int, int]] = []
+    pos = value_start
+    while True:
+        fh.seek(pos)
+        item = fh.read(8)
+        if len(item) < 8:
+            if items and pos == size:
+                warnings.append("encapsulated pixel data ends without a sequence delimiter")
+                break
+            raise ClipError(
+                f"truncated: encapsulated pixel data is cut after {max(len(items) - 1, 0)} complete fragments "
+                f"(header declares {n_frames} frames)",
+                path=path,
+            )
+        group, element, item_length = struct.unpack(f"{endian}HHL", item)
+        item_tag = group << 16 | element
+        if item_tag == _SEQ_DELIMITER:
+            break
+        if item_tag != _ITEM or item_length == 0xFFFFFFFF:
+            raise ClipError(
+                f"corrupt encapsulated pixel data: unexpected item ({group:04X},{element:04X}) at byte {pos}", path=path
+            )
+        if pos + 8 + item_length > size:
+            raise ClipError(
+                f"truncated: header declares {n_frames} frames but pixel data holds "
+                f"{max(len(items) - 1, 0)} complete fragments (fragment {len(items)} runs past the end of the file)",
+                path=path,
+            )
+        items.append((pos + 8, item_length))
+        pos += 8 + item_length
+    if not items:
+        raise ClipError("corrupt encapsulated pixel data: no basic offset table item", path=path)
+    (bot_start, bot_length), fragments = items[0], items[1:]
+    if bot_length:
+        fh.seek(bot_start)
+        offsets = struct.unpack(f"{endian}{bot_length // 4}L", fh.read(bot_length - bot_length % 4))
+        total = sum(8 + n for _, n in fragments)
+        present = sum(1 for off in offsets if off < total)
+        if len(offsets) < n_frames or present < n_frames:
+            raise ClipError(
+                f"truncated: header declares {n_frames} frames but pixel data holds {min(len(offsets), present)}",
+                path=path,
+            )
+    elif "ExtendedOffsetTable" not in header and len(fragments) < n_frames:
+        raise ClipError(
+            f"truncated: header declares {n_frames} frames but pixel data holds {len(fragments)} fragments",
+            path=path,
+        )
+    fh.seek(start)
+    return warnings
+
+
+def decoded_frames(fh: IO[bytes], fmt: FrameFormat, n_frames: int, path: Path) -> Iterator[np.ndarray]:
+    """Decode frames one at a time from an open file (positioned anywhere)."""
+    fh.seek(0)
+    produced = 0
+    frames = iter_pixels(fh)
+    while produced < n_frames:
+        try:
+            arr = next(frames)
+        except StopIteration:
+            break
+        except Exception as exc:  # pydicom / Pillow decode errors have no common base class
+            raise ClipError(
+                f"truncated or corrupt: frame {produced} of {n_frames} cannot be decoded ({type(exc).__name__}: {exc})",
+                path=path,
+            ) from exc
+        if fmt.photometric == "MONOCHROME1":
+            arr = (~arr) if fmt.signed else (np.asarray((1 << fmt.bits_stored) - 1, dtype=arr.dtype) - arr)
+        yield arr
+        produced += 1
+    if produced < n_frames:
+        raise ClipError(f"truncated: declares {n_frames} frames, decoded {produced}", path=path)
+
+
+def _check_decoder(header: Dataset, path: Path) -> None:
+    tsyntax = UID(header.file_meta.get("TransferSyntaxUID", ""))
+    if not tsyntax:
+        raise ClipError("file meta has no Transfer Syntax UID", path=path)
+    if tsyntax == DeflatedExplicitVRLittleEndian:
+        raise ClipError("the deflated transfer syntax cannot be streamed frame by frame; inflate the file first", path=path)
+    try:
+        decoder = get_decoder(tsyntax)
+    except NotImplementedError as exc:
+        raise ClipError(f"transfer syntax {tsyntax.name} is not supported", path=path) from exc
+    if not decoder.is_available:
+        raise ClipError(
+            f"no decoder installed for {tsyntax.name}: {'; '.join(decoder.missing_dependencies)}", path=path
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# Multi-frame file
+# ---------------------------------------------------------------------------------------
+class DicomClipReader(ClipReader):
+    """A multi-frame (or single-frame) DICOM file, streamed frame by frame."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        spacing_mm: tuple[float, float] | None = None,
+        fps: float | None = None,
+        slice_index: int | None = None,
+    ) -> None:
+        self._path = Path(path)
+        self._closed = False
+        if slice_index not in (None, 0):
+            raise ClipError(f"slice_index={slice_index} given, but a multi-frame DICOM file has one slice", path=path)
+        try:
+            fh = open(self._path, "rb")
+        except FileNotFoundError as exc:
+            raise ClipError("no such file", path=path) from exc
+        except OSError as exc:
+            raise ClipError(f"cannot open: {exc}", path=path) from exc
+        with fh:
+            header = read_header(fh, self._path)
+            self._fmt = frame_format(header, self._path)
+            n_frames = int(number(header, "NumberOfFrames") or 1)
+            if n_frames < 1:
+                raise ClipError(f"NumberOfFrames is {n_frames}", path=path)
+            _check_decoder(header, self._path)
+            warnings = check_pixel_data(fh, header, self._fmt, n_frames, self._path)
+
+        metadata = common_metadata(header, self._fmt)
+        spacing = header_spacing(header, self._fmt, metadata, warnings)
+        fps_file, clock = _timing(header, n_frames, metadata, warnings)
+        spacing, fps_value, self._clock = apply_overrides(
+            spacing_file=spacing,
+            fps_file=fps_file,
+            clock_file=clock,
+            spacing_override=spacing_mm,
+            fps_override=fps,
+            metadata=metadata,
+            path=self._path,
+        )
+        if warnings:
+            metadata["warnings"] = warnings
+        self.info = ClipInfo(
+            path=str(self._path),
+            format="dicom",
+            n_frames=n_frames,
+            shape=self._fmt.shape,
+            dtype=self._fmt.dtype.name,
+            modality=str(header.get("Modality") or "OT"),
+            spacing_mm=spacing,
+            fps=fps_value,
+            channels=None,
+            metadata=merge_metadata(user_metadata(header, warnings), metadata),
+        )
+
+    def __iter__(self) -> Iterator[ClipFrame]:
+        if self._closed:
+            raise ClipError("reader is closed", path=self._path)
+        try:
+            fh = open(self._path, "rb")
+        except OSError as exc:
+            raise ClipError(f"cannot open: {exc}", path=self._path) from exc
+        with fh:
+            for index, arr in enumerate(decoded_frames(fh, self._fmt, self.info.n_frames, self._path)):
+                yield ClipFrame(index=index, pixels=check_frame(arr, self.info, index), t_s=self._clock.t_s(index))
+
+    def close(self) -> None:
+        self._closed = True
+
+
+# ---------------------------------------------------------------------------------------
+# Writer
+# ---------------------------------------------------------------------------------------
+def _ds(value: float) -> str:
+    return format_number_as_ds(float(value))
+
+
+def write_dicom(path: Path, args: WriteArgs) -> None:
+    """Write an uncompressed multi-frame DICOM file (Explicit VR Little Endian).
+
+    Accepts uint8 / uint16 grey (T, rows, cols) and uint8 RGB (T, rows, cols, 3).
+    Other dtypes (float, signed) and multichannel data are refused with a ClipError: no
+    implicit scaling.  SOP class: Ultrasound Multi-frame Image Storage for modality US,
+    else the multi-frame secondary capture class for the pixel type (grey byte / grey
+    word / true colour).  Writes FrameTime (ms), CineRate and RecommendedDisplayFrameRate
+    (frames/s, rounded), NumberOfFrames, PixelSpacing (mm, when known; for US also one
+    ultrasound region over the whole image in cm) and the metadata JSON privately.
+    """
+    frames = args.frames
+    if args.channels is not None or (frames.ndim == 4 and frames.shape[3] != 3):
+        what = f"channels {args.channels}" if args.channels else f"{frames.shape[-1]}-channel frames"
+        raise ClipError(f"DICOM holds grey or RGB frames, not {what}; write .nii/.nii.gz or .npz instead", path=path)
+    rgb = frames.ndim == 4
+    if frames.dtype == np.uint8:
+        bits = 8
+    elif frames.dtype == np.uint16 and not rgb:
+        bits = 16
+    else:
+        raise ClipError(
+            f"DICOM writer stores uint8 (grey or RGB) or uint16 (grey) frames, got {frames.dtype}"
+            f"{' RGB' if rgb else ''}; convert explicitly (e.g. scale to uint16) or write .nii/.npz",
+            path=path,
+        )
+    n_frames, rows, cols = frames.shape[:3]
+
+    if args.modality == "US":
+        sop_class = UltrasoundMultiFrameImageStorage
+    elif rgb:
+        sop_class = MultiFrameTrueColorSecondaryCaptureImageStorage
+    elif bits == 8:
+        sop_class = MultiFrameGrayscaleByteSecondaryCaptureImageStorage
+    else:
+        sop_class = MultiFrameGrayscaleWordSecondaryCaptureImageStorage
+
+    now = _dt.datetime.now()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = args.modality
+    ds.StudyDate = ds.ContentDate = now.strftime("%Y%m%d")
+    ds.StudyTime = ds.ContentTime = now.strftime("%H%M%S")
+    ds.PatientName = ""
+    ds.PatientID = ""
+    ds.PatientBirthDate = ""
+    ds.PatientSex = ""
+    ds.ReferringPhysicianName = ""
+    ds.AccessionNumber = ""
+    ds.StudyID = ""
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = 1
+    ds.PatientOrientation = ""
+    ds.Manufacturer = "cardiostream"
+    if sop_class != UltrasoundMultiFrameImageStorage:
+        ds.ConversionType = "WSD"
+    ds.ImageType = ["DERIVED", "SECONDARY"]
+
+    ds.NumberOfFrames = n_frames
+    ds.FrameTime = _ds(1000.0 / args.fps)
+    ds.FrameIncrementPointer = pydicom.tag.Tag("FrameTime")
+    ds.CineRate = max(1, round(args.fps))
+    ds.RecommendedDisplayFrameRate = max(1, round(args.fps))
+    if args.spacing_mm is not None:
+        ds.PixelSpacing = [_ds(args.spacing_mm[0]), _ds(args.spacing_mm[1])]
+        if args.modality == "US":
+            region = Dataset()
+            region.RegionSpatialFormat = _US_SPATIAL_2D
+            region.RegionDataType = 1  # tissue
+            region.RegionFlags = 0
+            region.RegionLocationMinX0, region.RegionLocationMinY0 = 0, 0
+            region.RegionLocationMaxX1, region.RegionLocationMaxY1 = cols - 1, rows - 1
+            region.PhysicalUnitsXDirection = region.PhysicalUnitsYDirection = _US_UNITS_CM
+            region.PhysicalDeltaX = args.spacing_mm[1] / 10.0
+            region.PhysicalDeltaY = args.spacing_mm[0] / 10.0
+            ds.SequenceOfUltrasoundRegions = [region]
+
+    ds.Rows, ds.Columns = rows, cols
+    ds.SamplesPerPixel = 3 if rgb else 1
+    ds.PhotometricInterpretation = "RGB" if rgb else "MONOCHROME2"
+    if rgb:
+        ds.PlanarConfiguration = 0
+    ds.BitsAllocated = ds.BitsStored = bits
+    ds.HighBit = bits - 1
+    ds.PixelRepresentation = 0
+    ds.LossyImageCompression = "00"
+    ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR, create=True).add_new(
+        PRIVATE_METADATA_ELEMENT, "UT", args.metadata_json
+    )
+    data = frames.astype(frames.dtype.newbyteorder("<"), copy=False).tobytes()
+    if len(data) % 2:
+        data += b"\x00"
+    ds.add_new(_PIXEL_DATA, "OB" if bits == 8 else "OW", data)
+    with atomic_output(path) as tmp:
+        try:
+            ds.save_as(tmp, enforce_file_format=True)
+        except (OSError, ValueError) as exc:
+            raise ClipError(f"cannot write DICOM: {exc}", path=path) from exc
