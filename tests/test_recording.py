@@ -35,8 +35,6 @@ def test_a_recording_reads_as_a_clip_with_its_original_timing(tmp_path):
                 (ResultMessage("rec", 0, 0, {}), 10**9 + 31_000_000),
                 (frame(2), 10**9 + 90_000_000), (EndMessage("rec", 3), 10**9 + 10**8)]
     path = write(tmp_path / "b.csrec", messages)
-    import streamer.io.recording  # noqa: F401  (registers .csrec)
-
     with open_clip(path) as clip:
         assert isinstance(clip, RecordingClip)
         assert clip.info.n_frames == 3 and clip.info.shape == (6, 7)

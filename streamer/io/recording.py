@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator, Sequence
 
-from streamer.io.clips import ClipError, ClipFrame, ClipInfo, ClipReader, register_reader
+from streamer.io.clips import ClipError, ClipFrame, ClipInfo, ClipReader
 from streamer.io.protocol import FrameMessage, ProtocolError, decode
 
 MAGIC = b"CSREC\x01\n"
@@ -150,5 +150,3 @@ class RecordingClip(ClipReader):
     def close(self) -> None:
         pass
 
-
-register_reader((SUFFIX,), RecordingClip)
