@@ -207,7 +207,10 @@ class SideCar:
                  context: zmq.Context | None = None):
         self.config = config
         self.processor = FrameProcessor(pipeline)
-        self.context = context or zmq.Context.instance()
+        # An owned context is terminated once the threads end: that blocks until the
+        # results still queued on the publish socket are sent (up to its 5 s linger).
+        self._owns_context = context is None
+        self.context = zmq.Context() if context is None else context
         self.stats = SideCarStats()
         self.inbox = BoundedFrameQueue(config.queue_frames) if config.lossless \
             else LatestFrameSlot()
@@ -238,6 +241,8 @@ class SideCar:
         except Exception:
             pull.close(linger=0)
             xpub.close(linger=0)
+            if self._owns_context:
+                self.context.term()
             raise
         self._threads = [
             threading.Thread(target=self._ingest_loop, args=(pull,), name="ingest",
@@ -267,7 +272,11 @@ class SideCar:
         for thread in self._threads:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             thread.join(remaining)
-        return not any(thread.is_alive() for thread in self._threads)
+        if any(thread.is_alive() for thread in self._threads):
+            return False
+        if self._owns_context and not self.context.closed:
+            self.context.term()  # flush: returns when queued results are sent
+        return True
 
     def __enter__(self) -> "SideCar":
         return self.start()

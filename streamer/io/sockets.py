@@ -80,11 +80,17 @@ class SenderConfig:
 
 
 class FrameSender:
-    """Sends protocol messages to a side-car (``send`` blocks only under back-pressure)."""
+    """Sends protocol messages to a side-car (``send`` blocks only under back-pressure).
+
+    Without a ``context`` it owns one, and ``close()`` terminates it: that blocks
+    until every queued message has reached the side-car (or ``linger_s`` has
+    passed), so a sender process that exits right after ``close()`` loses nothing.
+    """
 
     def __init__(self, config: SenderConfig, context: zmq.Context | None = None):
         self.config = config
-        self.context = context or zmq.Context.instance()
+        self._owns_context = context is None
+        self.context = zmq.Context() if context is None else context
         self.socket = self.context.socket(zmq.PUSH)
         self.socket.setsockopt(zmq.SNDHWM, config.send_hwm)
         self.socket.setsockopt(zmq.LINGER, int(config.linger_s * 1000))
@@ -92,6 +98,8 @@ class FrameSender:
             connect_and_wait(self.socket, config.endpoint, config.connect_timeout_s)
         except EndpointError:
             self.socket.close(linger=0)
+            if self._owns_context:
+                self.context.term()
             raise
 
     def send(self, message: Message, *, block: bool = True) -> None:
@@ -99,7 +107,12 @@ class FrameSender:
         self.socket.send_multipart(encode(message), flags=0 if block else zmq.NOBLOCK)
 
     def close(self) -> None:
+        """Close; with an owned context, wait (up to ``linger_s``) until all is delivered."""
+        if self.socket.closed:
+            return
         self.socket.close()
+        if self._owns_context:
+            self.context.term()
 
     def __enter__(self) -> "FrameSender":
         return self
