@@ -160,7 +160,7 @@ def test_too_large_by_declared_shape_and_by_bytes():
 
 
 @pytest.mark.parametrize("field,value", [
-    ("dtype", "float64"), ("dtype", ">u2"), ("dtype", None), ("shape", [3]),
+    ("dtype", "float64"), ("dtype", ">u2"), ("dtype", None), ("dtype", []), ("dtype", {}), ("shape", [3]),
     ("shape", [3, 4, 5, 6]), ("shape", [0, 4]), ("shape", [-3, 4]), ("shape", "3x4"),
     ("shape", [3.0, 4]), ("shape", [3, 4, 2]), ("seq", -1), ("seq", "7"), ("seq", True),
     ("stream", ""), ("stream", 5), ("modality", "CT"), ("spacing_mm", [0.3]),
@@ -190,3 +190,51 @@ def test_every_error_code_is_documented_in_protocol_md():
     doc = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text()
     for code in P.ERROR_CODES:
         assert f"`{code}`" in doc, code
+
+
+# -- the fast path for plain frames agrees with the full validation ---------------
+
+json_values = st.one_of(st.none(), st.booleans(), st.integers(-5, 300), st.floats(-2, 300),
+                        st.text(max_size=4), st.lists(st.integers(-1, 20), max_size=3),
+                        st.lists(st.floats(-1, 2), max_size=3),
+                        st.sampled_from(["US", "MR", "uint8", "float32", "frame"]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(changes=st.dictionaries(
+    st.sampled_from(["stream", "seq", "t_acq_ns", "modality", "shape", "dtype", "spacing_mm",
+                     "fps", "t_send_ns", "ecg_r", "view", "extra"]), json_values, max_size=3),
+    drop=st.sets(st.sampled_from(["stream", "seq", "shape", "fps", "t_send_ns"]), max_size=2))
+def test_plain_frame_fast_path_accepts_only_what_full_validation_accepts(changes, drop):
+    parts = P.encode(frame(np.zeros((3, 4), np.uint8), t_send_ns=1))
+    header = {**header_of(parts), **changes}
+    for key in drop:
+        header.pop(key, None)
+    fast = P._decode_plain_frame(header, parts, 1 << 20)
+    try:
+        full = P._decode_frame(P._Fields(header, None, None), parts, 1 << 20)
+    except P.ProtocolError:
+        full = None
+    if fast is not None:
+        assert full is not None, header
+        for name in ("stream", "seq", "t_acq_ns", "modality", "spacing_mm", "fps",
+                     "t_send_ns", "ecg_r", "channels", "view"):
+            assert getattr(fast, name) == getattr(full, name), name
+        np.testing.assert_array_equal(fast.pixels, full.pixels)
+        assert fast.pixels.dtype == full.pixels.dtype
+
+
+@settings(max_examples=400, deadline=None)
+@given(header=st.dictionaries(
+    st.sampled_from(["v", "kind", "stream", "seq", "t_acq_ns", "modality", "shape", "dtype",
+                     "spacing_mm", "fps", "meta", "n_frames", "code", "message", "mask",
+                     "latency_ms", "flags", "beat", "ed_seq", "channels", "service"]),
+    st.one_of(json_values, st.sampled_from(["frame", "start", "end", "result", "beat",
+                                            "error", "hello"]), st.just(1))),
+    payload=st.binary(max_size=64), n_parts=st.integers(1, 3))
+def test_decode_never_raises_anything_but_protocol_error(header, payload, n_parts):
+    parts = [json.dumps(header).encode()] + [payload] * (n_parts - 1)
+    try:
+        P.decode(parts, max_message_bytes=1 << 16)
+    except P.ProtocolError as error:
+        assert error.code in P.ERROR_CODES and error.message

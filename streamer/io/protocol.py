@@ -332,15 +332,21 @@ def decode(parts: Sequence[Part], *, max_message_bytes: int = DEFAULT_MAX_MESSAG
     """
     if len(parts) == 0:
         raise ProtocolError("bad_parts", "empty message")
-    total = sum(_nbytes(p) for p in parts)
-    head = memoryview(parts[0])
-    if head.nbytes > MAX_HEADER_BYTES:
-        raise ProtocolError("malformed_header", f"header part is {head.nbytes} bytes; "
+    head = parts[0]
+    if not isinstance(head, bytes):
+        head = memoryview(head).tobytes()  # orjson parses bytes faster than a view
+    if len(head) > MAX_HEADER_BYTES:
+        raise ProtocolError("malformed_header", f"header part is {len(head)} bytes; "
                             f"the limit is {MAX_HEADER_BYTES}")
     try:
         header = orjson.loads(head)
     except orjson.JSONDecodeError as exc:
         raise ProtocolError("malformed_header", f"header is not UTF-8 JSON: {exc}") from None
+    if type(header) is dict and header.get("v") == PROTOCOL_VERSION \
+            and header.get("kind") == "frame":
+        plain = _decode_plain_frame(header, parts, max_message_bytes - len(head))
+        if plain is not None:
+            return plain
     if not isinstance(header, dict):
         raise ProtocolError("malformed_header",
                             f"header is JSON {type(header).__name__}, not an object")
@@ -354,12 +360,12 @@ def decode(parts: Sequence[Part], *, max_message_bytes: int = DEFAULT_MAX_MESSAG
     kind = header.get("kind")
     stream = _maybe_str(header.get("stream"))
     seq = _maybe_int(header.get("seq"))
+    total = sum(_nbytes(p) for p in parts)
     if total > max_message_bytes:
         raise ProtocolError("too_large", f"message is {total} bytes; the limit is "
                             f"{max_message_bytes}", stream=stream, seq=seq)
-    if kind == "frame":
-        return _decode_plain_frame(header, parts) or _decode_frame(
-            _Fields(header, stream, seq), parts, max_message_bytes)
+    if kind == "frame":  # not plain (see above): full validation, precise errors
+        return _decode_frame(_Fields(header, stream, seq), parts, max_message_bytes)
     reader = _Fields(header, stream, seq)
     if kind in ("start", "end", "beat", "error", "hello"):
         _expect_parts(parts, 1, kind, stream, seq)
@@ -397,29 +403,29 @@ def _expect_parts(parts: Sequence[Part], n: int, kind: str, stream, seq) -> None
                             f"has {len(parts)}", stream=stream, seq=seq)
 
 
-_PLAIN_FRAME_KEYS = frozenset({"v", "kind", "stream", "seq", "t_acq_ns", "modality", "shape",
-                               "dtype", "spacing_mm", "fps"})
 _INF = float("inf")
 
 
-def _decode_plain_frame(header: dict, parts: Sequence[Part]) -> FrameMessage | None:
+def _decode_plain_frame(header: dict, parts: Sequence[Part], max_pixel_bytes: int
+                        ) -> FrameMessage | None:
     """Fast path for the common frame: only the required fields (and ``t_send_ns``),
     greyscale, all of the plainest types. Returns None for anything else, which then
     goes through the full validation (and its error messages) in ``_decode_frame``.
     Whatever this accepts, ``_decode_frame`` accepts identically (tested)."""
-    if len(parts) != 2:
+    try:
+        stream, seq, t_acq = header["stream"], header["seq"], header["t_acq_ns"]
+        shape, spacing, fps = header["shape"], header["spacing_mm"], header["fps"]
+        modality, dtype = header["modality"], WIRE_DTYPES[header["dtype"]]
+    except (KeyError, TypeError):  # TypeError: an unhashable dtype value
         return None
     t_send = header.get("t_send_ns")
-    n_keys = len(header) - (t_send is not None or "t_send_ns" in header)
-    if n_keys != len(_PLAIN_FRAME_KEYS) or not _PLAIN_FRAME_KEYS.issubset(header):
+    # v, kind and the 8 fields read above, plus t_send_ns if present: nothing else
+    if len(header) != 10 + ("t_send_ns" in header) or len(parts) != 2:
         return None
-    stream, seq, t_acq = header["stream"], header["seq"], header["t_acq_ns"]
-    shape, spacing, fps = header["shape"], header["spacing_mm"], header["fps"]
-    dtype = WIRE_DTYPES.get(header["dtype"]) if type(header["dtype"]) is str else None
-    if not (dtype is not None and type(stream) is str and 0 < len(stream) <= 256
+    if not (type(stream) is str and 0 < len(stream) <= 256
             and type(seq) is int and seq >= 0 and type(t_acq) is int
             and (t_send is None or type(t_send) is int)
-            and header["modality"] in MODALITIES
+            and (modality == "US" or modality == "MR")
             and type(shape) is list and len(shape) == 2
             and type(shape[0]) is int and type(shape[1]) is int
             and 0 < shape[0] <= MAX_SIDE_PX and 0 < shape[1] <= MAX_SIDE_PX
@@ -429,10 +435,10 @@ def _decode_plain_frame(header: dict, parts: Sequence[Part]) -> FrameMessage | N
             and type(fps) is float and 0 < fps < _INF):
         return None
     buffer = memoryview(parts[1])
-    if buffer.nbytes != shape[0] * shape[1] * dtype.itemsize:
+    if buffer.nbytes != shape[0] * shape[1] * dtype.itemsize or buffer.nbytes > max_pixel_bytes:
         return None
-    return FrameMessage(stream=stream, seq=seq, t_acq_ns=t_acq, modality=header["modality"],
-                        pixels=np.frombuffer(buffer, dtype=dtype).reshape(shape),
+    return FrameMessage(stream=stream, seq=seq, t_acq_ns=t_acq, modality=modality,
+                        pixels=np.ndarray(shape, dtype, buffer),
                         spacing_mm=(spacing[0], spacing[1]), fps=fps, t_send_ns=t_send)
 
 
@@ -576,7 +582,7 @@ class _Fields:
 
     def array_spec(self, channels: list[str] | None) -> tuple[np.dtype, tuple[int, ...]]:
         name = self.get("dtype")
-        if name not in WIRE_DTYPES:
+        if not isinstance(name, str) or name not in WIRE_DTYPES:
             raise self.error(f"dtype {name!r} is not one of {sorted(WIRE_DTYPES)} "
                              "(little-endian)")
         shape = self.get("shape")
