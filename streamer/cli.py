@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="larger messages are answered with a too_large error (default 64)")
     serve.add_argument("--drain-timeout-s", type=float, default=30.0,
                        help="lossless shutdown: time allowed to finish accepted frames")
+    serve.add_argument("--republish-frames", action="store_true",
+                       help="also publish each incoming frame (before its result), so "
+                            "`record --from` keeps frames and results together")
     serve.add_argument("--debug-delay-ms", type=float, default=0.0,
                        help="TEST HOOK: add this delay to every frame (default 0 = off)")
     serve.set_defaults(func=cmd_serve)
@@ -182,7 +185,8 @@ def cmd_serve(args) -> int:
     config = SideCarConfig(ingest=args.ingest, publish=args.publish, lossless=args.lossless,
                            queue_frames=args.queue_frames,
                            max_message_bytes=int(args.max_message_mb * 1024 * 1024),
-                           drain_timeout_s=args.drain_timeout_s)
+                           drain_timeout_s=args.drain_timeout_s,
+                           republish_frames=args.republish_frames)
     pipeline = build_pipeline(PipelineConfig(debug_delay_ms=args.debug_delay_ms))
     sidecar = SideCar(config, pipeline).start()
 

@@ -3,7 +3,8 @@
 Two ways to listen:
 
 * ``--from ENDPOINT`` subscribes to a side-car's publish endpoint and records
-  what it publishes (start, results, errors, beats, end);
+  what it publishes (start, results, errors, beats, end; and the frames too when
+  the side-car runs with ``--republish-frames``);
 * ``--listen ENDPOINT`` binds a PULL socket in place of a side-car and records
   the frames a scanner (or ``replay``) sends to it, with their arrival times.
 """

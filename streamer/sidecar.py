@@ -172,6 +172,9 @@ class SideCarConfig:
     ingest_hwm: int = 100
     #: lossless shutdown: how long the worker may keep draining accepted frames
     drain_timeout_s: float = 30.0
+    #: also publish every valid frame as received (before its result), so that
+    #: ``record --from`` captures frames and results in one file
+    republish_frames: bool = False
 
     @property
     def mode(self) -> str:
@@ -305,6 +308,8 @@ class SideCar:
                     continue
                 item = Received(message, t_recv_ns, (time.perf_counter_ns() - t0) / 1e6)
                 if isinstance(message, FrameMessage):
+                    if self.config.republish_frames:
+                        self.outbox.put(message)
                     if self.inbox.put_frame(item):
                         stats.frames += 1
                 elif isinstance(message, (StartMessage, EndMessage)):

@@ -86,8 +86,8 @@ def test_record_listen_then_replay_the_recording_with_its_timing(serve, npz_clip
     assert np.median(gaps) == pytest.approx(40, abs=10)
 
 
-def test_record_from_a_sidecar_keeps_results(serve, npz_clip, tmp_path):
-    sidecar = serve("--lossless")
+def test_record_from_a_sidecar_keeps_frames_and_results(serve, npz_clip, tmp_path):
+    sidecar = serve("--lossless", "--republish-frames")
     out = tmp_path / "results.csrec"
     recorder = subprocess.Popen([*CLI, "record", "--from", sidecar.ready["publish"],
                                  "--out", str(out), "--until-end"],
@@ -99,7 +99,11 @@ def test_record_from_a_sidecar_keeps_results(serve, npz_clip, tmp_path):
     recorder.communicate(timeout=30)
     assert recorder.returncode == 0
     kinds = [decode(r.parts).kind for r in iter_records(out)]
-    assert kinds == ["start"] + ["result"] * 12 + ["end"]
+    assert kinds[0] == "start" and kinds[-1] == "end"
+    assert kinds.count("frame") == 12 and kinds.count("result") == 12
+    assert kinds.index("frame") < kinds.index("result")  # each frame before its result
+    with open_clip(out) as clip:  # and the recording replays as a clip
+        assert clip.info.n_frames == 12 and len(list(clip)) == 12
 
 
 def test_analyze_writes_json_lines(npz_clip, tmp_path):
