@@ -1,0 +1,237 @@
+"""Training / validation / held-out test sets drawn from the phantoms, with fixed seeds.
+
+Every sample is a phantom clip made from one integer seed; the seed fixes the anatomy,
+imaging parameters, motion, speckle and noise (``random_echo_config`` /
+``random_mr_config``), so a sample is remade exactly from its seed.  The splits own
+disjoint seed ranges that never change:
+
+=========  ==========================  ==================================================
+split      seeds                        use
+=========  ==========================  ==================================================
+train      0 .. 999 999                 training
+val        1 000 000 .. 1 099 999       model selection, early stopping
+test       2 000 000 .. 2 099 999       held-out evaluation only -- never train on it
+calib      3 000 000 .. 3 009 999       INT8 calibration of the engines (not test data)
+=========  ==========================  ==================================================
+
+Builders return dicts of stacked arrays plus ``seeds`` (and ``split``), ready for
+``np.savez`` via :func:`write_dataset`:
+
+* :func:`view_samples` -- image, view label (0..7 in ``calib.echo.VIEWS`` order), balanced;
+* :func:`segmentation_samples` -- image, LV myocardium and cavity masks (apical views);
+* :func:`flow_samples` -- consecutive frame pairs, truth flow (dx, dy) and the myocardium;
+* :func:`mr_segmentation_samples` -- MR magnitude, myocardium, LV cavity, RV masks;
+* :func:`calibration_images` -- inputs only, from the ``calib`` split.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from calib.echo import SEGMENTS, VIEWS, EchoPhantomConfig, make_echo_clip
+from calib.errors import PhantomParameterError
+from calib.speckle import SpeckleConfig
+
+SPLITS = {
+    "train": (0, 1_000_000),
+    "val": (1_000_000, 1_100_000),
+    "test": (2_000_000, 2_100_000),
+    "calib": (3_000_000, 3_010_000),
+}
+
+
+def split_seeds(split: str, n: int, offset: int = 0) -> np.ndarray:
+    """Seeds ``offset .. offset + n - 1`` of a split (raises when the split is exhausted)."""
+    if split not in SPLITS:
+        raise PhantomParameterError(f"split={split!r} is unknown; choose one of {', '.join(SPLITS)}")
+    lo, hi = SPLITS[split]
+    if n < 0 or offset < 0 or lo + offset + n > hi:
+        raise PhantomParameterError(f"split {split} holds seeds {lo}..{hi - 1}; asked for {n} from offset {offset}")
+    return np.arange(lo + offset, lo + offset + n, dtype=np.int64)
+
+
+def split_of(seed: int) -> str:
+    for name, (lo, hi) in SPLITS.items():
+        if lo <= seed < hi:
+            return name
+    return "none"
+
+
+def _u(rng, lo, hi):
+    return float(rng.uniform(lo, hi))
+
+
+def random_speckle(rng: np.random.Generator) -> SpeckleConfig:
+    return SpeckleConfig(
+        center_frequency_mhz=_u(rng, 2.0, 4.0), axial_fwhm_mm=_u(rng, 0.7, 1.2),
+        lateral_fwhm_deg=_u(rng, 1.8, 3.2), lateral_min_fwhm_mm=_u(rng, 2.0, 3.5),
+        sidelobe_db=_u(rng, -30, -18), scatterers_per_mm2=_u(rng, 3.0, 4.5),
+        dynamic_range_db=_u(rng, 50, 70), myocardium_grey=_u(rng, 0.32, 0.5),
+        noise_db=_u(rng, -75, -55), tgc_compensation=_u(rng, 0.75, 0.95),
+        decorrelation=_u(rng, 0.03, 0.15), dropout=_u(rng, 0.1, 0.8),
+        clutter_db=_u(rng, -30, -12), compression_gamma=_u(rng, 0.8, 1.3),
+        display_blur_mm=_u(rng, 0.4, 1.2))
+
+
+def random_echo_config(seed: int, view: str | None = None, rows: int = 256, cols: int = 256,
+                       frames: int = 2, start_phase: float | None = None, **overrides) -> EchoPhantomConfig:
+    """An echo clip config whose anatomy, timing and imaging are drawn from ``seed``."""
+    seed = int(seed)
+    rng = np.random.default_rng([seed, 0xEC40])
+    if view is None:
+        view = VIEWS[seed % len(VIEWS)]
+    dys = {}
+    if rng.random() < 0.3:
+        for s in rng.choice(SEGMENTS, size=rng.integers(1, 3), replace=False):
+            dys[str(s)] = float(rng.choice([0.5, 0.0, -0.3]))
+    depth_lo = {"sc4c": 170.0, "ivc": 150.0, "psax": 120.0, "plax": 130.0}.get(view, 140.0)
+    kw = dict(
+        view=view, rows=rows, cols=cols, frames=frames, seed=seed,
+        heart_rate_bpm=_u(rng, 50, 110), fps=_u(rng, 40, 90),
+        start_phase=_u(rng, 0, 1) if start_phase is None else start_phase,
+        gls_pct=float(np.clip(rng.normal(-19, 3.5), -30, -6)), dysfunction=dys,
+        depth_mm=_u(rng, depth_lo, depth_lo + 50), sector_angle_deg=_u(rng, 70, 90),
+        lv_length_mm=_u(rng, 72, 95), lv_width_mm=_u(rng, 38, 56), wall_base_mm=_u(rng, 8, 12),
+        wall_apex_mm=_u(rng, 5, 8), base_angle_deg=_u(rng, 72, 88), apex_depth_mm=_u(rng, 20, 40),
+        apex_azimuth_deg=_u(rng, -6, 8), axis_tilt_deg=_u(rng, -2, 16),
+        inward_motion_per_strain=_u(rng, 0.3, 0.6), thickening_exponent=_u(rng, 1.2, 1.8),
+        speckle=random_speckle(rng))
+    kw.update(overrides)
+    return EchoPhantomConfig(**kw)
+
+
+def random_mr_config(seed: int, slice_level: str | None = None, **overrides):
+    from calib.mr import AHA_SEGMENTS, SLICES, MRPhantomConfig
+    seed = int(seed)
+    rng = np.random.default_rng([seed, 0x3A7])
+    level = slice_level or SLICES[seed % 3]
+    base_r = {"basal": 26.0, "mid": 23.0, "apical": 16.0}[level]
+    wm, infarct = {}, []
+    if rng.random() < 0.4:
+        for s in rng.choice(AHA_SEGMENTS[level], size=rng.integers(1, 4), replace=False):
+            wm[str(int(s))] = int(rng.choice([1, 2, 3], p=[0.5, 0.35, 0.15]))
+    if rng.random() < 0.3:
+        infarct = [int(s) for s in rng.choice(AHA_SEGMENTS[level], size=rng.integers(1, 3), replace=False)]
+    kw = dict(slice_level=level, seed=seed, heart_rate_bpm=_u(rng, 55, 95),
+              frames=int(rng.integers(20, 31)), peak_circ_strain_pct=float(np.clip(rng.normal(-18, 2.5), -28, -8)),
+              peak_radial_strain_pct=float(np.clip(rng.normal(45, 10), 15, 80)), wall_motion=wm,
+              infarct_segments=infarct, infarct_transmurality=_u(rng, 0.3, 1.0),
+              lv_endo_radius_mm=base_r * _u(rng, 0.85, 1.2), wall_thickness_mm=_u(rng, 7, 12),
+              lv_offset_mm=(_u(rng, -10, 10), _u(rng, -6, 14)), rv_insertion_deg=_u(rng, 110, 132),
+              noise_sigma=_u(rng, 4, 12), acquisition_fraction=_u(rng, 0.7, 1.0))
+    kw.update(overrides)
+    return MRPhantomConfig(**kw)
+
+
+def _echo_clip(seed: int, **kw):
+    """Clip for a seed; configs the motion model cannot realise are redrawn from a derived seed."""
+    for attempt in range(5):
+        try:
+            cfg = random_echo_config(seed if attempt == 0 else seed * 7919 + attempt, **kw)
+            cfg.seed = seed
+            return make_echo_clip(cfg)
+        except PhantomParameterError:
+            continue
+    raise PhantomParameterError(f"seed {seed}: no realisable phantom configuration")
+
+
+def view_samples(split: str, n: int, rows: int = 256, cols: int = 256, offset: int = 0) -> dict:
+    """Images with view labels; label = seed % 8, so any 8 consecutive seeds are balanced."""
+    seeds = split_seeds(split, n, offset)
+    imgs = np.empty((n, rows, cols), np.uint8)
+    labels = np.empty(n, np.int64)
+    for i, s in enumerate(seeds):
+        clip = _echo_clip(int(s), rows=rows, cols=cols, frames=1)
+        imgs[i] = clip.frames[0]
+        labels[i] = clip.truth.view_index
+    return {"images": imgs, "labels": labels, "seeds": seeds, "split": split,
+            "label_names": np.array(VIEWS)}
+
+
+def segmentation_samples(split: str, n: int, rows: int = 256, cols: int = 256, offset: int = 0,
+                         frames_per_clip: int = 4, views=("a4c", "a2c", "alax")) -> dict:
+    """LV myocardium / cavity masks; ``frames_per_clip`` frames spread over one cycle."""
+    n_clips = -(-n // frames_per_clip)
+    seeds = split_seeds(split, n_clips, offset)
+    imgs, myo, cav, sd, views_out = [], [], [], [], []
+    for s in seeds:
+        v = views[int(s) % len(views)]
+        cfg_probe = random_echo_config(int(s), view=v)
+        fps = frames_per_clip * cfg_probe.heart_rate_bpm / 60.0
+        clip = _echo_clip(int(s), view=v, rows=rows, cols=cols, frames=frames_per_clip, fps=fps)
+        for t in range(frames_per_clip):
+            imgs.append(clip.frames[t])
+            myo.append(clip.truth.myocardium[t])
+            cav.append(clip.truth.cavity[t])
+            sd.append(s)
+            views_out.append(clip.truth.view_index)
+    k = slice(0, n)
+    return {"images": np.stack(imgs)[k], "myocardium": np.stack(myo)[k], "cavity": np.stack(cav)[k],
+            "seeds": np.array(sd)[k], "views": np.array(views_out)[k], "split": split}
+
+
+def flow_samples(split: str, n: int, rows: int = 256, cols: int = 256, offset: int = 0,
+                 pairs_per_clip: int = 4, views=("a4c", "a2c", "alax")) -> dict:
+    """Consecutive frame pairs at the clip's frame rate with the truth flow (dx, dy) px."""
+    n_clips = -(-n // pairs_per_clip)
+    seeds = split_seeds(split, n_clips, offset)
+    pairs, flows, masks, sd = [], [], [], []
+    for s in seeds:
+        v = views[int(s) % len(views)]
+        clip = _echo_clip(int(s), view=v, rows=rows, cols=cols, frames=pairs_per_clip + 1)
+        for t in range(pairs_per_clip):
+            pairs.append(clip.frames[t:t + 2])
+            flows.append(clip.truth.displacement[t])
+            masks.append(clip.truth.myocardium[t])
+            sd.append(s)
+    k = slice(0, n)
+    return {"pairs": np.stack(pairs)[k], "flow": np.stack(flows)[k], "myocardium": np.stack(masks)[k],
+            "seeds": np.array(sd)[k], "split": split}
+
+
+def mr_segmentation_samples(split: str, n: int, offset: int = 0, frames_per_clip: int = 3,
+                            rows: int = 256, cols: int = 256) -> dict:
+    from calib.mr import make_mr_clip
+    n_clips = -(-n // frames_per_clip)
+    seeds = split_seeds(split, n_clips, offset)
+    imgs, myo, cav, rv, sd = [], [], [], [], []
+    for s in seeds:
+        cfg = random_mr_config(int(s), rows=rows, cols=cols, frames=frames_per_clip)
+        clip = make_mr_clip(cfg)
+        for t in range(frames_per_clip):
+            imgs.append(clip.frames[t])
+            myo.append(clip.truth.myocardium[t])
+            cav.append(clip.truth.cavity[t])
+            rv.append(clip.truth.rv[t])
+            sd.append(s)
+    k = slice(0, n)
+    return {"images": np.stack(imgs)[k], "myocardium": np.stack(myo)[k], "cavity": np.stack(cav)[k],
+            "rv": np.stack(rv)[k], "seeds": np.array(sd)[k], "split": split}
+
+
+def calibration_images(n: int, kind: str = "view", rows: int = 256, cols: int = 256) -> np.ndarray:
+    """Representative engine inputs for INT8 calibration, from the ``calib`` split only."""
+    if kind == "view":
+        return view_samples("calib", n, rows, cols)["images"]
+    if kind == "segmentation":
+        return segmentation_samples("calib", n, rows, cols)["images"]
+    if kind == "flow":
+        return flow_samples("calib", n, rows, cols)["pairs"]
+    if kind == "mr":
+        return mr_segmentation_samples("calib", n, rows=rows, cols=cols)["images"]
+    raise PhantomParameterError(f"kind={kind!r} is unknown; choose view, segmentation, flow or mr")
+
+
+def write_dataset(path, samples: dict) -> Path:
+    """Write a builder's output as .npz; the split, its seed range and the seeds go with it."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    split = samples.get("split", "")
+    meta = {"split": split, "seed_range": list(SPLITS.get(split, (None, None))),
+            "generator": "calib.datasets", "views": list(VIEWS)}
+    arrays = {k: v for k, v in samples.items() if isinstance(v, np.ndarray)}
+    np.savez_compressed(p, meta_json=np.array(json.dumps(meta)), **arrays)
+    return p

@@ -1,0 +1,119 @@
+"""MR short-axis phantom: AHA segments, exact strain truth, masks, velocity, validation."""
+
+import cv2
+import numpy as np
+import pytest
+
+from calib import truth as T
+from calib.errors import PhantomParameterError
+from calib.mr import AHA_SEGMENTS, MRPhantomConfig, make_mr_clip
+
+
+@pytest.fixture(scope="module")
+def mid():
+    cfg = MRPhantomConfig(wall_motion={"8": "akinetic", "11": "dyskinetic"}, infarct_segments=[8], seed=1)
+    return make_mr_clip(cfg)
+
+
+def test_shapes_and_labels(mid):
+    tr = mid.truth
+    n = mid.config.frames
+    assert mid.frames.shape == (n, 256, 256) and mid.frames.dtype == np.uint16
+    assert mid.velocity_mm_s.shape == (n, 256, 256, 3)
+    assert list(tr.segment_ids) == [7, 8, 9, 10, 11, 12]
+    assert list(tr.segment_scores) == [0, 2, 0, 0, 3, 0]
+    assert tr.msi == pytest.approx(np.mean([1, 3, 1, 1, 4, 1]))
+    assert set(np.unique(tr.segments[0])) == {0, 7, 8, 9, 10, 11, 12}
+    assert tr.infarct[0].any() and np.all(tr.segments[0][tr.infarct[0] > 0] == 8)
+    assert tr.rv[0].any() and not (tr.rv[0] & tr.myocardium[0]).any()
+
+
+def test_aha_layout(mid):
+    """Segment 7 anterior (top), 8-9 septal (image left, towards the RV), 10 inferior."""
+    tr = mid.truth
+    c = tr.lv_centre_mm / mid.spacing_mm[0]
+    def centroid(s):
+        r, q = np.nonzero(tr.segments[0] == s)
+        return r.mean() - c[0], q.mean() - c[1]
+    assert centroid(7)[0] < -10                                   # anterior = up
+    assert centroid(10)[0] > 10                                   # inferior = down
+    assert centroid(8)[1] < -5 and centroid(9)[1] < -5            # septum on the RV side (left)
+    assert centroid(11)[1] > 5 and centroid(12)[1] > 5            # lateral wall right
+    rv_c = np.nonzero(tr.rv[0])[1].mean() - c[1]
+    assert rv_c < -10
+    ins = tr.insertion_points_mm[0] / mid.spacing_mm[0] - c
+    assert ins[0][0] < 0 < ins[1][0] and ins[0][1] < 0 and ins[1][1] < 0   # anterior / inferior, left
+
+
+def test_circumferential_strain_recovered_from_truth_fields(mid):
+    tr = mid.truth
+    sp = mid.spacing_mm[0]
+    from calib.mr import _Scene
+    sc = _Scene(mid.config, np.random.default_rng(np.random.SeedSequence(mid.config.seed).spawn(3)[0]))
+    rmid = sc.r_endo + sc.wall / 2
+    pts = []
+    for k in range(6):
+        ph = np.deg2rad(np.linspace(sc.phi_bounds[k], sc.phi_bounds[k + 1], 41))
+        pts.append(tr.lv_centre_mm + rmid * np.stack([-np.sin(ph), np.cos(ph)], 1))
+    tracks = T.track_points(tr.displacement, np.concatenate(pts) / sp) * sp
+    L = np.stack([T.polyline_length(tracks[:, 41 * k:41 * (k + 1)]) for k in range(6)], 1)
+    strain = (L / L[0] - 1) * 100
+    err = np.abs(strain - tr.circ_strain_pct).max()
+    print(f"\nMR circumferential strain from integrated truth fields: max |error| {err:.3f} strain-%")
+    assert err < 0.3
+    es = int(tr.es_frames[0])
+    assert tr.circ_strain_pct[es, 1] == pytest.approx(0.0)         # akinetic
+    assert tr.circ_strain_pct[es, 4] > 0                           # dyskinetic
+
+
+def test_masks_and_periodicity(mid):
+    tr = mid.truth
+    n = mid.config.frames
+    d = [T.dice(T.warp_to_next(tr.myocardium_soft[t] / 255.0, tr.displacement[t]), tr.myocardium[(t + 1) % n])
+         for t in range(n)]
+    d_rv = [T.dice(T.warp_to_next(tr.rv_soft[t] / 255.0, tr.displacement[t]), tr.rv[(t + 1) % n]) for t in range(n)]
+    d_cav = [T.dice(T.warp_to_next(tr.cavity_soft[t] / 255.0, tr.displacement[t]), tr.cavity[(t + 1) % n])
+             for t in range(n)]
+    print(f"\nMR Dice(warped, next) myocardium min {np.min(d):.4f} mean {np.mean(d):.4f}; "
+          f"cavity min {np.min(d_cav):.4f}; RV min {np.min(d_rv):.4f}")
+    assert np.min(d) >= 0.98 and np.min(d_cav) >= 0.98 and np.min(d_rv) >= 0.98
+    assert np.array_equal(tr.myocardium_soft >= 128, tr.myocardium > 0)
+
+
+def test_images_look_like_sunnybrook(mid):
+    f = mid.frames[0].astype(float)
+    tr = mid.truth
+    blood = np.median(f[tr.cavity[0] > 0])
+    myo = np.median(f[tr.myocardium[0] > 0])
+    assert 220 < blood < 340 and 50 < myo < 120                   # Sunnybrook: ~280 / ~80
+
+
+def test_velocity_channels(mid):
+    tr = mid.truth
+    v = tr.velocity_mm_s
+    heart = (tr.myocardium[3] > 0)
+    assert np.abs(v[3][heart]).max() > 10                          # systolic motion
+    outside = ~(heart | (tr.cavity[3] > 0) | (tr.rv[3] > 0))
+    outside &= cv2.erode(outside.astype(np.uint8), np.ones((9, 9))) > 0   # clear of the RV wall
+    assert np.abs(v[3][outside]).max() == 0.0                     # truth velocity: heart only
+    venc = mid.config.venc_mm_s
+    assert np.abs(mid.velocity_mm_s).max() <= venc + 1e-3
+
+
+@pytest.mark.parametrize("level", ["basal", "apical"])
+def test_other_slices(level):
+    c = make_mr_clip(MRPhantomConfig(slice_level=level, frames=4, rows=128, cols=128, pixel_mm=2.2))
+    assert set(np.unique(c.truth.segments[0])) - {0} == set(AHA_SEGMENTS[level])
+
+
+@pytest.mark.parametrize("kw, needle", [
+    (dict(slice_level="top"), "slice_level='top'"),
+    (dict(wall_motion={"17": "akinetic"}), "wall_motion segment=17"),
+    (dict(wall_motion={"3": "floppy"}), "floppy"),
+    (dict(peak_circ_strain_pct=-60), "peak_circ_strain_pct=-60"),
+    (dict(frames=1), "frames=1"),
+])
+def test_bad_parameters(kw, needle):
+    with pytest.raises(PhantomParameterError) as e:
+        MRPhantomConfig(**kw)
+    assert needle in str(e.value)
