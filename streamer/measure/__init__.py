@@ -1,0 +1,10 @@
+"""Measurement stage: arrays in, arrays out (numpy, numba, cv2, scipy only).
+
+centerline  myocardium mask -> endo/epi borders and a 120-point centreline
+sampling    dense flow at sub-pixel points -> velocities in mm/s
+tracking    batched numba Kalman filter, PointTracker, CentrelineTracker, RTS smoother
+strain      GLS, regional strain, strain rate, beats; MR short-axis strain per AHA segment
+synthetic   an analytic deforming horseshoe with exact strain (tests, demos)
+
+Importing the package imports nothing heavy; call ``tracking.warmup()`` at start-up.
+"""
