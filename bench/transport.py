@@ -1,27 +1,31 @@
 """Cost of our framing over a raw pyzmq send/receive of the same pixel bytes.
 
-For each frame size, one PUSH/PULL pair on TCP loopback carries, alternately:
+For each frame size, one PUSH/PULL pair on TCP loopback carries, in turn:
 
 * raw:  ``send(pixel bytes)`` -> ``recv(copy=False)`` -> ``np.frombuffer(...).reshape``
 * ours: ``send_multipart(encode(FrameMessage))`` -> ``decode(recv_multipart(copy=False))``
 
-Each iteration times one send plus its receive, in the same thread. Raw and
-ours alternate iteration by iteration so both see the same machine state.
-Prints a table (median and p99 in microseconds, and their ratios) and writes
-JSON.
+Each iteration times one send plus its receive, in the same thread. The
+methods take turns iteration by iteration so all see the same machine state.
+``--breakdown`` adds the steps in between (a header part without encoding,
+encoding without decoding, decoding without encoding, zero-copy pixels), to
+show where the added time goes. Prints a table (median and p99 in
+microseconds, and ratios to raw) and writes JSON.
 
     python bench/transport.py                 # 256x256 and 512x384 uint8, 5,000 each
-    python bench/transport.py --iterations 20000 --out bench/results/transport.json
+    python bench/transport.py --iterations 20000 --breakdown
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import zmq
@@ -31,49 +35,86 @@ from streamer.io.protocol import FrameMessage, decode, encode
 SIZES = {"256x256": (256, 256), "512x384": (512, 384)}
 
 
-def measure(shape: tuple[int, int], iterations: int, warmup: int) -> dict:
-    context = zmq.Context.instance()
-    pull = context.socket(zmq.PULL)
-    port = pull.bind_to_random_port("tcp://127.0.0.1")
-    push = context.socket(zmq.PUSH)
-    push.connect(f"tcp://127.0.0.1:{port}")
+def methods(push: zmq.Socket, pull: zmq.Socket, shape: tuple[int, int], breakdown: bool
+            ) -> dict[str, Callable[[int], np.ndarray]]:
     pixels = np.random.default_rng(0).integers(0, 255, shape).astype(np.uint8)
     raw_view = memoryview(pixels).cast("B")
 
-    def raw() -> np.ndarray:
+    def message(seq: int) -> FrameMessage:
+        now = time.time_ns()
+        return FrameMessage(stream="bench", seq=seq, t_acq_ns=now, modality="US",
+                            pixels=pixels, spacing_mm=(0.3, 0.3), fps=50.0, t_send_ns=now)
+
+    header = bytes(encode(message(0))[0])
+
+    def raw(seq: int) -> np.ndarray:
         push.send(raw_view)
         frame = pull.recv(copy=False)
         return np.frombuffer(frame.buffer, np.uint8).reshape(shape)
 
     def ours(seq: int) -> np.ndarray:
-        message = FrameMessage(stream="bench", seq=seq, t_acq_ns=time.time_ns(),
-                               modality="US", pixels=pixels, spacing_mm=(0.3, 0.3),
-                               fps=50.0, t_send_ns=time.time_ns())
-        push.send_multipart(encode(message))
+        push.send_multipart(encode(message(seq)))
         return decode(pull.recv_multipart(copy=False)).pixels
 
-    assert np.array_equal(raw(), pixels) and np.array_equal(ours(0), pixels)
-    times = {"raw": [], "ours": []}
+    chosen = {"raw": raw, "ours": ours}
+    if not breakdown:
+        return chosen
+
+    def header_part(seq: int) -> np.ndarray:
+        push.send_multipart([header, raw_view])
+        parts = pull.recv_multipart(copy=False)
+        return np.frombuffer(parts[1].buffer, np.uint8).reshape(shape)
+
+    def encode_only(seq: int) -> np.ndarray:
+        push.send_multipart(encode(message(seq)))
+        parts = pull.recv_multipart(copy=False)
+        return np.frombuffer(parts[1].buffer, np.uint8).reshape(shape)
+
+    def decode_only(seq: int) -> np.ndarray:
+        push.send_multipart([header, raw_view])
+        return decode(pull.recv_multipart(copy=False)).pixels
+
+    def ours_zero_copy(seq: int) -> np.ndarray:
+        push.send_multipart(encode(message(seq)), copy=False)
+        return decode(pull.recv_multipart(copy=False)).pixels
+
+    return {"raw": raw, "+header_part": header_part, "+encode": encode_only,
+            "+decode": decode_only, "ours": ours, "ours_zero_copy": ours_zero_copy}
+
+
+def measure(shape: tuple[int, int], iterations: int, warmup: int, breakdown: bool) -> dict:
+    context = zmq.Context()
+    pull = context.socket(zmq.PULL)
+    port = pull.bind_to_random_port("tcp://127.0.0.1")
+    push = context.socket(zmq.PUSH)
+    push.connect(f"tcp://127.0.0.1:{port}")
+    chosen = methods(push, pull, shape, breakdown)
+    expected = chosen["raw"](0).copy()
+    for name, method in chosen.items():  # every method carries the same pixels
+        assert np.array_equal(method(0), expected), name
+    times: dict[str, list[float]] = {name: [] for name in chosen}
     clock = time.perf_counter_ns
     for i in range(warmup + iterations):
-        t0 = clock()
-        raw()
-        t1 = clock()
-        ours(i)
-        t2 = clock()
-        if i >= warmup:
-            times["raw"].append((t1 - t0) / 1e3)
-            times["ours"].append((t2 - t1) / 1e3)
+        for name, method in chosen.items():
+            t0 = clock()
+            method(i)
+            elapsed = clock() - t0
+            if i >= warmup:
+                times[name].append(elapsed / 1e3)
     push.close(linger=0)
     pull.close(linger=0)
-    out = {"shape": list(shape), "bytes": int(pixels.nbytes), "iterations": iterations}
+    context.term()
+    out = {"shape": list(shape), "bytes": int(np.prod(shape)), "iterations": iterations,
+           "methods": {}}
     for name, values in times.items():
         values = np.asarray(values)
-        out[name] = {"median_us": float(np.median(values)),
-                     "p99_us": float(np.percentile(values, 99)),
-                     "mean_us": float(values.mean())}
-    out["ratio_median"] = out["ours"]["median_us"] / out["raw"]["median_us"]
-    out["ratio_p99"] = out["ours"]["p99_us"] / out["raw"]["p99_us"]
+        out["methods"][name] = {"median_us": float(np.median(values)),
+                                "p99_us": float(np.percentile(values, 99)),
+                                "mean_us": float(values.mean())}
+    raw = out["methods"]["raw"]
+    for row in out["methods"].values():
+        row["ratio_median"] = row["median_us"] / raw["median_us"]
+        row["ratio_p99"] = row["p99_us"] / raw["p99_us"]
     return out
 
 
@@ -83,20 +124,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=5000,
                         help="timed iterations per size and method (default 5000)")
     parser.add_argument("--warmup", type=int, default=500, help="untimed iterations first")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also time the steps between raw and ours")
     parser.add_argument("--out", type=Path, default=Path("bench/results/transport.json"),
                         help="JSON output (default bench/results/transport.json)")
     args = parser.parse_args(argv)
-    rows = {name: measure(shape, args.iterations, args.warmup) for name, shape in SIZES.items()}
-    print(f"{'frame':>9} {'bytes':>7} | {'raw med':>8} {'raw p99':>8} | {'ours med':>8} "
-          f"{'ours p99':>8} | {'x med':>5} {'x p99':>5}   (microseconds, send+receive)")
-    for name, row in rows.items():
-        print(f"{name:>9} {row['bytes']:>7} | {row['raw']['median_us']:>8.1f} "
-              f"{row['raw']['p99_us']:>8.1f} | {row['ours']['median_us']:>8.1f} "
-              f"{row['ours']['p99_us']:>8.1f} | {row['ratio_median']:>5.2f} "
-              f"{row['ratio_p99']:>5.2f}")
+    rows = {name: measure(shape, args.iterations, args.warmup, args.breakdown)
+            for name, shape in SIZES.items()}
+    print(f"{'frame':>9} {'method':>15} | {'median us':>9} {'p99 us':>8} | "
+          f"{'x raw med':>9} {'x raw p99':>9}   (one send + its receive)")
+    for size, row in rows.items():
+        for name, m in row["methods"].items():
+            print(f"{size:>9} {name:>15} | {m['median_us']:>9.1f} {m['p99_us']:>8.1f} | "
+                  f"{m['ratio_median']:>9.2f} {m['ratio_p99']:>9.2f}")
     report = {"benchmark": "transport", "command": " ".join(["python", *sys.argv]),
               "machine": {"python": platform.python_version(), "pyzmq": zmq.pyzmq_version(),
-                          "libzmq": zmq.zmq_version(), "cpu_count": __import__("os").cpu_count()},
+                          "libzmq": zmq.zmq_version(), "cpu_count": os.cpu_count()},
               "results": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))

@@ -50,6 +50,7 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 #: the JSON header is meant to be small; anything larger is malformed.
 MAX_HEADER_BYTES = 256 * 1024
 MAX_SIDE_PX = 16384
+_INF = float("inf")
 MAX_CHANNELS = 16
 
 Part = Union[bytes, bytearray, memoryview, Any]  # Any: zmq.Frame and other buffers
@@ -239,31 +240,33 @@ def _wire_array(array: np.ndarray, what: str) -> tuple[np.ndarray, str]:
     return array, name
 
 
+def _encode_frame(message: FrameMessage) -> list[Part]:
+    pixels, dtype = _wire_array(message.pixels, "pixels")
+    fps = float(message.fps)
+    spacing = [float(message.spacing_mm[0]), float(message.spacing_mm[1])]
+    if not (0 < fps < _INF and 0 < spacing[0] < _INF and 0 < spacing[1] < _INF):
+        raise ProtocolError("bad_field", f"fps {message.fps} and spacing_mm "
+                            f"{message.spacing_mm} must be positive finite numbers")
+    header = {"v": PROTOCOL_VERSION, "kind": "frame", "stream": message.stream,
+              "seq": int(message.seq), "t_acq_ns": int(message.t_acq_ns),
+              "modality": message.modality, "shape": list(pixels.shape), "dtype": dtype,
+              "spacing_mm": spacing, "fps": fps}
+    if message.t_send_ns is not None:
+        header["t_send_ns"] = int(message.t_send_ns)
+    if message.ecg_r is not None:
+        header["ecg_r"] = bool(message.ecg_r)
+    if message.channels is not None:
+        header["channels"] = list(message.channels)
+    if message.view is not None:
+        header["view"] = message.view
+    return [_dumps(header), pixels]  # the array itself is the part (buffer protocol)
+
+
 def encode(message: Message) -> list[Part]:
     """Encode a message object into multipart parts (part 0 the JSON header)."""
     kind = message.kind
     if kind == "frame":
-        pixels, dtype = _wire_array(message.pixels, "pixels")
-        numbers = (message.fps, *message.spacing_mm)
-        if not all(math.isfinite(n) and n > 0 for n in numbers):
-            raise ProtocolError("bad_field", f"fps {message.fps} and spacing_mm "
-                                f"{message.spacing_mm} must be positive finite numbers")
-        header = {
-            "v": PROTOCOL_VERSION, "kind": "frame", "stream": message.stream,
-            "seq": int(message.seq), "t_acq_ns": int(message.t_acq_ns),
-            "modality": message.modality, "shape": list(pixels.shape), "dtype": dtype,
-            "spacing_mm": [float(message.spacing_mm[0]), float(message.spacing_mm[1])],
-            "fps": float(message.fps),
-        }
-        if message.t_send_ns is not None:
-            header["t_send_ns"] = int(message.t_send_ns)
-        if message.ecg_r is not None:
-            header["ecg_r"] = bool(message.ecg_r)
-        if message.channels is not None:
-            header["channels"] = list(message.channels)
-        if message.view is not None:
-            header["view"] = message.view
-        return [_dumps(header), memoryview(pixels).cast("B")]
+        return _encode_frame(message)
     if kind == "start":
         return [_dumps({"v": PROTOCOL_VERSION, "kind": "start", "stream": message.stream,
                         "meta": message.meta})]
@@ -279,7 +282,7 @@ def encode(message: Message) -> list[Part]:
             return [_dumps(header)]
         mask, dtype = _wire_array(message.mask, "mask")
         header["mask"] = {"shape": list(mask.shape), "dtype": dtype}
-        return [_dumps(header), memoryview(mask).cast("B")]
+        return [_dumps(header), mask]
     if kind == "beat":
         return [_dumps({
             "v": PROTOCOL_VERSION, "kind": "beat", "stream": message.stream,
@@ -401,9 +404,6 @@ def _expect_parts(parts: Sequence[Part], n: int, kind: str, stream, seq) -> None
     if len(parts) != n:
         raise ProtocolError("bad_parts", f"a {kind} message has {n} part(s), this one "
                             f"has {len(parts)}", stream=stream, seq=seq)
-
-
-_INF = float("inf")
 
 
 def _decode_plain_frame(header: dict, parts: Sequence[Part], max_pixel_bytes: int
