@@ -128,7 +128,7 @@ class EchoPhantomConfig:
             require_choice("dysfunction segment", k, SEGMENTS)
             clean[k] = require_range(f"dysfunction[{k}]", parse_factor(v), -1.0, 1.5, "(contraction factor)")
         self.dysfunction = clean
-        self.cycle  # validates timing
+        _ = self.cycle  # building the cycle validates the timing
         SectorGeometry.fit(self.rows, self.cols, self.depth_mm, self.sector_angle_deg)
 
     @property

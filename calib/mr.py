@@ -133,7 +133,7 @@ class MRPhantomConfig:
         self.wall_motion = wm
         self.infarct_segments = [require_int_range("infarct segment", s, 1, 16) for s in self.infarct_segments]
         self.lv_offset_mm = tuple(float(x) for x in self.lv_offset_mm)
-        self.cycle  # validate timing
+        _ = self.cycle  # building the cycle validates the timing
 
     @property
     def fps_value(self) -> float:
@@ -252,7 +252,6 @@ class _Scene:
         # RV: ellipse left of the LV, placed so the anterior insertion point sits at the
         # requested screen angle; the inferior one follows from the geometry
         self.rv_wall_mm = 3.0
-        phi_a = math.radians(cfg.rv_insertion_deg)
         a_rv = (self.r_epi + 10.0) * rv_scale          # half height (rows)
         b_rv = (self.r_epi * 0.42 + 6.0) * rv_scale      # half width (cols): a crescent
         phis = np.deg2rad(np.arange(0.0, 360.0, 0.25))
@@ -333,7 +332,6 @@ class _Scene:
     # ------------------------------------------------------------------ anatomy
     def labels(self, pts: np.ndarray) -> dict:
         """Boolean regions of ED (material) points."""
-        cfg = self.cfg
         th, rh = self.lv.to_local(pts)
         myo = self.lv.in_wall(th, rh)
         cav = self.lv.in_cavity(th, rh)

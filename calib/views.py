@@ -67,7 +67,6 @@ def alax_scene(cfg: EchoPhantomConfig, rng: np.random.Generator) -> Scene:
     holder = {}
 
     def extra(pts, amp, p, v, d_heart, t1, t2):
-        fr = holder["fr"]
         W = holder["W"]
         # aortic root: tube from the right end of the base, running down and to the right
         o = np.array([2.0, 0.55 * W])

@@ -62,7 +62,7 @@ class Stage(ABC):
     inputs: ClassVar[tuple[str, ...]] = ()
     outputs: ClassVar[tuple[str, ...]] = ()
 
-    def start_stream(self, stream: str, meta: dict) -> None:
+    def start_stream(self, stream: str, meta: dict) -> None:  # noqa: B027 (optional hook)
         """A new stream begins: forget per-stream state. Stateless stages ignore it."""
 
     @abstractmethod
