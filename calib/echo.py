@@ -16,13 +16,31 @@
   equally spaced in every frame (what a segmentation gives);
 * ``gls_pct`` = (l(t) - l0) / l0 * 100 of the midline, l0 at end-diastole, and
   ``regional_pct`` (6) per segment in the order basal septal, mid septal, apical septal,
-  apical lateral, mid lateral, basal lateral;
+  apical lateral, mid lateral, basal lateral: the *prescribed* strain of the model's
+  reference layer rho = 1, which ``centreline_mm`` follows;
+* ``midwall_gls_pct``, ``midwall_regional_pct``, ``midwall_centreline_mm``: the same on the
+  **mid-wall** as a reader defines it (see below) - the truth for a measurement;
 * ``ed_frames`` / ``es_frames``, ``view`` / ``view_index``, ``segment_scores`` (0 normal,
   1 hypokinetic, 2 akinetic, 3 dyskinetic).
 
 Segment strain is ``factor_k * gls_pct * c(phase)`` with the contraction waveform c of
 ``calib.cycle``; GLS is the mean over the six equal-length segments, so with no dysfunction
 it equals the prescribed ``gls_pct`` at end-systole.
+
+Mid-wall strain (``midwall_*``).  The prescription holds on the reference layer rho = 1,
+which is the middle of the wall along rays through the elliptic origin, not along the wall
+normal: at ED it lies up to 0.4 mm (0.25 mm mean, A4C defaults) endocardial of the
+equidistant mid-wall, and 0.6-0.8 mm at end-systole (thickening is symmetric in rho).
+With the wall's transmural strain gradient and curvature that is worth up to ~0.6 strain-%
+regionally and ~0.15 % in GLS - more than a measurement is allowed to be off.  A reader
+(and :mod:`streamer.measure`) means by regional longitudinal strain the relative length
+change of a segment of the **mid-wall**: the material layer halfway between endocardium
+and epicardium *along the wall normal* at end-diastole (:func:`midwall_rho`), followed
+through the cycle; six segments = equal thirds (by ED arc length along that layer) of
+each wall, basal septum -> apex -> basal lateral; GLS = the whole layer's length change
+(the mean of the six).  ``midwall_*`` is that quantity, computed exactly from the map
+(dense polyline of 4000 material points; l0 from the ED configuration, as for the
+prescription).
 """
 
 from __future__ import annotations
@@ -174,6 +192,9 @@ class EchoTruth:
     segment_scores: np.ndarray      # (6,) int
     segment_factors: np.ndarray     # (6,) float
     sector_mask: np.ndarray         # (rows, cols) uint8
+    midwall_centreline_mm: np.ndarray | None = None  # (n, 120, 2) material mid-wall points
+    midwall_gls_pct: np.ndarray | None = None        # (n,) GLS of the mid-wall
+    midwall_regional_pct: np.ndarray | None = None   # (n, 6) regional strain of the mid-wall
 
     def arrays(self) -> dict:
         out = {k: v for k, v in dataclasses.asdict(self).items() if isinstance(v, np.ndarray)}
@@ -469,6 +490,60 @@ def centreline_material(wall: EllipticWall, n: int = N_CENTRELINE) -> np.ndarray
     return np.interp(s, wall.S0, THETA)
 
 
+def midwall_rho(wall: EllipticWall, theta: np.ndarray, iterations: int = 12) -> np.ndarray:
+    """Material rho of the mid-wall at material angles ``theta``: on the ray of each angle,
+    the point whose normal distances to the endocardium (rho = 1 - d0) and to the
+    epicardium (rho = 1 + d0) are equal, at end-diastole (the map is the identity there)."""
+    from scipy.spatial import cKDTree
+
+    thb = wall.half_angle
+    ext = np.linspace(-thb - 0.3, thb + 0.3, 6001)
+    d0e = np.interp(ext, THETA, wall.d0)
+    curves = [wall.to_mm(ext, 1.0 - d0e), wall.to_mm(ext, 1.0 + d0e)]
+    trees = [cKDTree(c) for c in curves]
+
+    def dist(p, c, tree):
+        # nearest vertex, then the exact distance to its two adjacent segments
+        j = np.clip(tree.query(p)[1], 1, len(c) - 2)
+        best = np.full(len(p), np.inf)
+        for a, b in ((j - 1, j), (j, j + 1)):
+            ab = c[b] - c[a]
+            t = np.clip(np.sum((p - c[a]) * ab, axis=1) / np.sum(ab * ab, axis=1), 0.0, 1.0)
+            best = np.minimum(best, np.hypot(*(p - c[a] - t[:, None] * ab).T))
+        return best
+
+    ns = np.interp(theta, THETA, wall.ns)
+    rho = np.ones_like(theta, dtype=np.float64)
+    for _ in range(iterations):
+        p = wall.to_mm(theta, rho)
+        rho = rho + 0.5 * (dist(p, curves[1], trees[1]) - dist(p, curves[0], trees[0])) / ns
+    return rho
+
+
+def midwall_layer(wall: EllipticWall, n_points: int = N_CENTRELINE, n_segments: int = 6,
+                  n_dense: int = 4001):
+    """The material mid-wall of an open LV wall and its ED division (module docstring).
+
+    Returns (dense_theta, dense_rho, bound_index, cl_theta, cl_rho): a dense material
+    polyline of the layer from basal septum to basal lateral that contains the
+    ``n_segments + 1`` segment boundaries (equal arc at ED) at ``bound_index``, and the
+    ``n_points`` centreline points equally spaced by arc at ED."""
+    thb = wall.half_angle
+    th = np.linspace(-thb, thb, n_dense)
+    rho = midwall_rho(wall, th)
+    s = _arc(wall.to_mm(th, rho))
+    th_b = np.interp(np.linspace(0.0, s[-1], n_segments + 1), s, th)
+    th_c = np.interp(np.linspace(0.0, s[-1], n_points), s, th)
+    dense = np.union1d(th, th_b)
+    bidx = np.searchsorted(dense, th_b)
+    return dense, np.interp(dense, th, rho), bidx, th_c, np.interp(th_c, th, rho)
+
+
+def _arc(poly: np.ndarray) -> np.ndarray:
+    """Cumulative arc length along a polyline (N, 2), starting at 0."""
+    return np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(poly, axis=0).T))])
+
+
 def resample_equal(poly: np.ndarray, n: int) -> np.ndarray:
     seg = np.hypot(*np.diff(poly, axis=0).T)
     s = np.concatenate([[0.0], np.cumsum(seg)])
@@ -548,6 +623,9 @@ def make_echo_clip(cfg: EchoPhantomConfig | None = None, **overrides) -> EchoCli
     cl = np.full((n, N_CENTRELINE, 2), np.nan)
     cl_eq = np.full((n, N_CENTRELINE, 2), np.nan)
     dense_th = np.linspace(-wall.half_angle, wall.half_angle, 2001) if cl_th is not None else None
+    mw = midwall_layer(wall) if cl_th is not None else None
+    mw_cl = np.full((n, N_CENTRELINE, 2), np.nan)
+    mw_len = np.full((n, 6), np.nan)
     states = [scene.state_fn(ph) for ph in phases]
     thb = wall.half_angle
     d0b = float(np.interp(thb, THETA, wall.d0))
@@ -605,6 +683,9 @@ def make_echo_clip(cfg: EchoPhantomConfig | None = None, **overrides) -> EchoCli
             cl[t] = wall.to_mm(*wall.forward(cl_th, np.ones_like(cl_th), st))
             dense = wall.to_mm(*wall.forward(dense_th, np.ones_like(dense_th), st))
             cl_eq[t] = resample_equal(dense, N_CENTRELINE)
+            mw_th, mw_rho, mw_b, mw_cth, mw_crho = mw
+            mw_cl[t] = wall.to_mm(*wall.forward(mw_cth, mw_crho, st))
+            mw_len[t] = np.diff(_arc(wall.to_mm(*wall.forward(mw_th, mw_rho, st)))[mw_b])
         tc = time.perf_counter()
         t_render += tb - ta
         t_truth += tc - tb
@@ -614,7 +695,12 @@ def make_echo_clip(cfg: EchoPhantomConfig | None = None, **overrides) -> EchoCli
     if with_strain:
         regional = 100.0 * (cfg.gls_pct / 100.0) * f[None, :] * c_t[:, None]
         gls = regional.mean(axis=1)
+        mw_len0 = np.diff(_arc(wall.to_mm(mw[0], mw[1]))[mw[2]])    # ED = identity map
+        mw_regional = 100.0 * (mw_len / mw_len0 - 1.0)
+        mw_gls = 100.0 * (mw_len.sum(axis=1) / mw_len0.sum() - 1.0)
     else:
+        mw_regional = np.full((n, 6), np.nan)
+        mw_gls = np.full(n, np.nan)
         regional = np.full((n, 6), np.nan)
         gls = np.full(n, np.nan)
     ed, es = cyc.ed_es_frames()
@@ -625,7 +711,9 @@ def make_echo_clip(cfg: EchoPhantomConfig | None = None, **overrides) -> EchoCli
                       view_index=VIEWS.index(cfg.view),
                       segment_scores=np.array([wall_motion_class(x) for x in f]) if with_strain
                       else np.full(6, -1),
-                      segment_factors=f, sector_mask=geom.sector_mask().astype(np.uint8))
+                      segment_factors=f, sector_mask=geom.sector_mask().astype(np.uint8),
+                      midwall_centreline_mm=mw_cl, midwall_gls_pct=mw_gls,
+                      midwall_regional_pct=mw_regional)
     t_end = time.perf_counter()
     timings = {"setup_s": t_setup - t_start, "render_s": t_render, "truth_s": t_truth,
                "total_s": t_end - t_start}

@@ -276,18 +276,22 @@ def test_horseshoe_end_to_end_recovers_gls_and_regional_peaks():
 # --------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_echo_phantom_truth_masks_and_motion():
-    """The A4C phantom's exact myocardium masks and displacement fields through the tracker.
+    """The A4C phantom's exact binary myocardium masks and displacement fields through the
+    tracker, on a held-out seed (test split): peak GLS within 0.3 strain-% and each of the
+    six regional peaks within 0.5 % of the phantom's mid-wall truth.
 
-    Peak GLS is held to the acceptance bound (0.3 strain-%).  Regional peaks are held to
-    1.5 %, not 0.5 %: the phantom prescribes strain on its own material mid-layer, and at
-    0.89 mm per pixel a midline found in a mask sits a few tenths of a millimetre off that
-    layer; propagating the phantom's exact motion from such a midline alone (no
-    segmentation after end-diastole) already gives ~1 % regional differences.
+    The mid-wall is the same on both sides (see the strain module docstring and
+    calib.echo): the material layer halfway between endo- and epicardium along the wall
+    normal at ED, six equal-arc thirds of the walls at ED, followed through the cycle.
+    The phantom prescribes its motion on a reference layer that is up to 0.4 mm (ED) to
+    0.8 mm (ES) endocardial of that mid-wall, so the prescribed regional curves differ from
+    mid-wall strain by up to ~0.6 %; peak GLS is also held to the prescribed curve.
+    (The LV geometry of the default configuration does not depend on the seed; the seed
+    changes speckle and the surroundings.)
     """
     echo = pytest.importorskip("calib.echo")
-    clip = echo.make_echo_clip(echo.EchoPhantomConfig(frames=56, fps=60.0))
+    clip = echo.make_echo_clip(echo.EchoPhantomConfig(frames=56, fps=60.0, seed=2_000_001))
     tr_ = clip.truth
     t = np.arange(len(tr_.myocardium)) / clip.fps
     tracker = CentrelineTracker()
@@ -301,7 +305,11 @@ def test_echo_phantom_truth_masks_and_motion():
     assert len(a.beats) == 1 and abs(a.beats[0].ed_index - tr_.ed_frames[0]) <= 1
     b = a.beats[0]
     sl = slice(b.ed_index, b.end_index)
-    print(f"phantom: peak GLS {b.peak_gls_pct:.2f} % (truth {tr_.gls_pct[sl].min():.2f}), regional "
-          f"{np.round(b.regional_peak_pct, 2)} (truth {np.round(tr_.regional_pct[sl].min(0), 2)})")
+    g_mid = tr_.midwall_gls_pct[sl].min()
+    r_mid = tr_.midwall_regional_pct[sl].min(0)
+    print(f"phantom: peak GLS {b.peak_gls_pct:.2f} % (mid-wall truth {g_mid:.2f}, prescribed "
+          f"{tr_.gls_pct[sl].min():.2f}); regional {np.round(b.regional_peak_pct, 2)} "
+          f"(mid-wall truth {np.round(r_mid, 2)})")
+    assert abs(b.peak_gls_pct - g_mid) < 0.3
     assert abs(b.peak_gls_pct - tr_.gls_pct[sl].min()) < 0.3
-    assert np.abs(b.regional_peak_pct - tr_.regional_pct[sl].min(0)).max() < 1.5
+    assert np.abs(b.regional_peak_pct - r_mid).max() < 0.5

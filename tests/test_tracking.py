@@ -134,6 +134,36 @@ def test_predict_update_split_equals_step():
     assert np.array_equal(xa, xb) and np.array_equal(Pa, Pb)
 
 
+@pytest.mark.parametrize("coupled", [False, True])
+def test_packed_kf_frame_is_bit_identical_to_kf_step(coupled):
+    """The per-frame hot path (kf_frame through FrameKalman's compiled entry point, packed
+    arguments, NaN = missing) gives exactly kf_step's x and P: fast path, general path
+    (axis-coupled P) and missing components; and so matches filterpy like kf_step does."""
+    rng = np.random.default_rng(5)
+    cfg = TrackerConfig()
+    n, q, R = 120, cfg.jerk_psd_mm2_s5, cfg.R()
+    x0 = np.column_stack([rng.uniform(0, 100, (n, 2)), np.zeros((n, 4))])
+    P0 = np.tile(cfg.P0(False), (n, 1, 1))
+    if coupled:
+        P0[::3] = random_spd(rng, 6, [0.3, 0.3, 10.0, 10.0, 200.0, 200.0])
+    xa, Pa, xb, Pb = x0.copy(), P0.copy(), x0.copy(), P0.copy()
+    kfs = filterpy_bank(x0, P0, R)
+    fk = T.FrameKalman(n, q, R)
+    for k in range(30):
+        z = xa[:, :4] + rng.normal(0, 0.3, (n, 4))
+        if k % 4 == 1:
+            z[rng.random((n, 4)) < 0.1] = np.nan
+        dt = 0.02 + rng.uniform(-0.004, 0.004)
+        h = 0.5 * dt
+        ra = kf_step(xa, Pa, z, np.isfinite(z), dt, q, R, h)
+        fk.z[:] = z
+        rb = fk(xb, Pb, dt, h)
+        assert (ra == 0) == (rb == 0) and np.array_equal(xa, xb) and np.array_equal(Pa, Pb), k
+        filterpy_step(kfs, dt, q, z, np.isfinite(z), R, h)
+    assert close(xb, np.stack([kf.x.ravel() for kf in kfs]))
+    assert close(Pb, np.stack([kf.P for kf in kfs]))
+
+
 def test_transition_matrices_match_filterpy():
     for dt in (0.001, 0.0167, 0.04, 0.2):
         F, Q = transition_matrices(dt, 3e6)

@@ -13,6 +13,14 @@ basal lateral)
   lateral, 80-99 mid lateral, 100-119 basal lateral.  Because the points are tracked,
   a segment follows the same myocardium; its strain is the relative change of its arc
   length against the same segment at ED.  The six lengths add up to l(t).
+- Definition (the same as the echo phantom's ``midwall_*`` truth, calib.echo): strain is
+  measured on the **mid-wall** - the material layer halfway between endocardium and
+  epicardium along the wall normal at ED (what :mod:`.centerline` extracts from the ED
+  mask), its points followed through the cycle (:class:`.tracking.CentrelineTracker`);
+  segments are thirds of each wall by ED arc length.  Layer matters: strain varies across
+  the wall (more shortening towards the endocardium, ~1 strain-% per mm in the phantom),
+  and a layer 0.3-0.8 mm off the mid-wall, varying along the wall, changes a regional value
+  by up to ~0.6 %.
 - Strain rate (1/s): (dl/dt) / l0, by finite differences over the timestamps (central
   offline, backward online).
 - ED: from ECG R-wave flags when the stream has them, else from the centreline length cycle

@@ -111,7 +111,12 @@ class Horseshoe:
 
     # ---- images -----------------------------------------------------------------------
     def mask(self, t_s: float, n_dense: int = 1500) -> np.ndarray:
-        """Binary myocardium mask (uint8) at t_s: the band around the midline, flat caps."""
+        """Binary myocardium mask (uint8) at t_s: the band around the midline, flat caps.
+
+        A pixel is 1 when its centre lies in the band (the convention of a segmentation
+        network's thresholded output and of the calib phantoms).  cv2.fillPoly alone also
+        sets pixels the outline merely touches (about half a pixel fatter), so the polygon
+        is filled on an 8x finer grid and sampled at the pixel centres."""
         u = np.linspace(0, 1, n_dense)
         c = self.points_px(u, t_s)
         tang = np.gradient(c, axis=0)
@@ -120,10 +125,12 @@ class Horseshoe:
         h = 0.5 * self.thickness_px
         poly = np.vstack([c + h * nrm, (c - h * nrm)[::-1]])
         # cv2 wants (x=col, y=row); 4 fractional bits; pixel centres at integer coordinates
-        pts = np.round(poly[:, ::-1] * 16).astype(np.int32)
-        m = np.zeros(self.shape, np.uint8)
-        cv2.fillPoly(m, [pts], 1, lineType=cv2.LINE_8, shift=4)
-        return m
+        # (pixel (r, c) of the mask is fine pixel (8 r, 8 c))
+        ss = 8
+        pts = np.round(poly[:, ::-1] * (16 * ss)).astype(np.int32)
+        fine = np.zeros((self.shape[0] * ss, self.shape[1] * ss), np.uint8)
+        cv2.fillPoly(fine, [pts], 1, lineType=cv2.LINE_8, shift=4)
+        return np.ascontiguousarray(fine[::ss, ::ss])
 
     def flow(self, t_prev_s: float, t_s: float, n_dense: int = 1500) -> np.ndarray:
         """Dense flow (rows, cols, 2) [dx, dy] in px from frame t_prev_s to frame t_s, on
