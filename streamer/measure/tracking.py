@@ -307,70 +307,7 @@ def _update_axis(xn, Pn, zn, R, a, ok_pos, ok_vel, h):
     p21 = Pn[i2, i1]
     p22 = Pn[i2, i2]
     if ok_pos and ok_vel:
-        r00 = R[i0, i0]
-        r01 = R[i0, i1]
-        r10 = R[i1, i0]
-        r11 = R[i1, i1]
-        g00 = p00
-        g10 = p10 - h * p20
-        g01 = p01
-        g11 = p11 - h * p21
-        g02 = p02
-        g12 = p12 - h * p22
-        c00 = p00
-        c01 = p01 - h * p02
-        c10 = p10
-        c11 = p11 - h * p12
-        c20 = p20
-        c21 = p21 - h * p22
-        s00 = g00 + r00
-        s01 = g01 - h * g02 + r01
-        s10 = g10 + r10
-        s11 = g11 - h * g12 + r11
-        det = s00 * s11 - s01 * s10
-        if not (s00 > 0.0 and det > 0.0):
-            return False
-        idet = 1.0 / det
-        t00 = s11 * idet
-        t01 = -s01 * idet
-        t10 = -s10 * idet
-        t11 = s00 * idet
-        k00 = c00 * t00 + c01 * t10
-        k01 = c00 * t01 + c01 * t11
-        k10 = c10 * t00 + c11 * t10
-        k11 = c10 * t01 + c11 * t11
-        k20 = c20 * t00 + c21 * t10
-        k21 = c20 * t01 + c21 * t11
-        y0 = zn[i0] - xn[i0]
-        y1 = zn[i1] - (xn[i1] - h * xn[i2])
-        xn[i0] += k00 * y0 + k01 * y1
-        xn[i1] += k10 * y0 + k11 * y1
-        xn[i2] += k20 * y0 + k21 * y1
-        b00 = p00 - k00 * g00 - k01 * g10
-        b01 = p01 - k00 * g01 - k01 * g11
-        b02 = p02 - k00 * g02 - k01 * g12
-        b10 = p10 - k10 * g00 - k11 * g10
-        b11 = p11 - k10 * g01 - k11 * g11
-        b12 = p12 - k10 * g02 - k11 * g12
-        b20 = p20 - k20 * g00 - k21 * g10
-        b21 = p21 - k20 * g01 - k21 * g11
-        b22 = p22 - k20 * g02 - k21 * g12
-        d00 = k00 * r00 + k01 * r10 - b00
-        d01 = k00 * r01 + k01 * r11 - (b01 - h * b02)
-        d10 = k10 * r00 + k11 * r10 - b10
-        d11 = k10 * r01 + k11 * r11 - (b11 - h * b12)
-        d20 = k20 * r00 + k21 * r10 - b20
-        d21 = k20 * r01 + k21 * r11 - (b21 - h * b22)
-        Pn[i0, i0] = b00 + d00 * k00 + d01 * k01
-        Pn[i0, i1] = b01 + d00 * k10 + d01 * k11
-        Pn[i0, i2] = b02 + d00 * k20 + d01 * k21
-        Pn[i1, i0] = b10 + d10 * k00 + d11 * k01
-        Pn[i1, i1] = b11 + d10 * k10 + d11 * k11
-        Pn[i1, i2] = b12 + d10 * k20 + d11 * k21
-        Pn[i2, i0] = b20 + d20 * k00 + d21 * k01
-        Pn[i2, i1] = b21 + d20 * k10 + d21 * k11
-        Pn[i2, i2] = b22 + d20 * k20 + d21 * k21
-        return True
+        return _update_axis_full(xn, Pn, zn, R, a, h)
     if ok_pos:
         rjj = R[i0, i0]
         g0 = p00
