@@ -313,6 +313,8 @@ class SideCar:
                     if self.inbox.put_frame(item):
                         stats.frames += 1
                 elif isinstance(message, (StartMessage, EndMessage)):
+                    if self.config.republish_frames and isinstance(message, StartMessage):
+                        self.outbox.put(message)  # ahead of the frames republished after it
                     self.inbox.put_control(item)
                 else:
                     stats.protocol_errors += 1
@@ -346,6 +348,8 @@ class SideCar:
                         self.stats.results += 1
                     elif message.kind == "error":
                         self.stats.frame_errors += 1
+                    elif message.kind == "start" and self.config.republish_frames:
+                        continue  # the ingest thread published it, in order with the frames
                     self.outbox.put(message)
                 if self._stopping.is_set():
                     if not self.config.lossless:

@@ -99,7 +99,7 @@ def test_record_from_a_sidecar_keeps_frames_and_results(serve, npz_clip, tmp_pat
     recorder.communicate(timeout=30)
     assert recorder.returncode == 0
     kinds = [decode(r.parts).kind for r in iter_records(out)]
-    assert kinds[0] == "start" and kinds[-1] == "end"
+    assert kinds[0] == "start" and kinds.count("start") == 1 and kinds[-1] == "end"
     assert kinds.count("frame") == 12 and kinds.count("result") == 12
     assert kinds.index("frame") < kinds.index("result")  # each frame before its result
     with open_clip(out) as clip:  # and the recording replays as a clip
