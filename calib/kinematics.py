@@ -470,6 +470,31 @@ def _pl(x, c, x0, x1, x2, x3, y0, y1, y2, y3):
     return x
 
 
+@njit(cache=True, inline="always")
+def _forward_point(th, r, g, kcore, kin0, kout0, kin_t, mid_t, kout_t, kfar, d0, ns, margin,
+                   fade, n, dth):
+    """The forward map of one material point (theta, rho) -> (theta', rho'), shared by
+    the two kernels below (inlined, so each keeps its own compile flags)."""
+    x = (th + np.pi) / dth
+    j = int(x)
+    if j < 0:
+        j = 0
+    elif j > n - 1:
+        j = n - 1
+    t = x - j
+    tj = -np.pi + j * dth
+    tj1 = tj + dth
+    w0 = _wnode(r, d0[j], ns[j], margin, fade)
+    w1 = _wnode(r, d0[j + 1], ns[j + 1], margin, fade)
+    f0 = tj + w0 * (g[j] - tj)
+    f1 = tj1 + w1 * (g[j + 1] - tj1)
+    th1 = f0 + t * (f1 - f0)
+    if th1 > np.pi or th1 < -np.pi:
+        th1 = (th1 + np.pi) % _TWO_PI - np.pi
+    c, a0, a2, a3, b0, b1, b2 = _knots(th1, kcore, kin0, kout0, kin_t, mid_t, kout_t, kfar, dth, n)
+    return th1, _pl(r, c, a0, 1.0, a2, a3, b0, b1, b2, a3)
+
+
 @njit(cache=True)
 def _forward_kernel(theta0, rho0, g, kcore, kin0, kout0, kin_t, mid_t, kout_t, kfar, d0, ns,
                     margin, fade, out_th, out_rho):
@@ -478,25 +503,10 @@ def _forward_kernel(theta0, rho0, g, kcore, kin0, kout0, kin_t, mid_t, kout_t, k
     for i in range(theta0.size):
         th = theta0[i]
         r = rho0[i]
-        x = (th + np.pi) / dth
-        j = int(x)
-        if j < 0:
-            j = 0
-        elif j > n - 1:
-            j = n - 1
-        t = x - j
-        tj = -np.pi + j * dth
-        tj1 = tj + dth
-        w0 = _wnode(r, d0[j], ns[j], margin, fade)
-        w1 = _wnode(r, d0[j + 1], ns[j + 1], margin, fade)
-        f0 = tj + w0 * (g[j] - tj)
-        f1 = tj1 + w1 * (g[j + 1] - tj1)
-        th1 = f0 + t * (f1 - f0)
-        if th1 > np.pi or th1 < -np.pi:
-            th1 = (th1 + np.pi) % _TWO_PI - np.pi
-        c, a0, a2, a3, b0, b1, b2 = _knots(th1, kcore, kin0, kout0, kin_t, mid_t, kout_t, kfar, dth, n)
+        th1, r1 = _forward_point(th, r, g, kcore, kin0, kout0, kin_t, mid_t, kout_t, kfar, d0,
+                                 ns, margin, fade, n, dth)
         out_th[i] = th1
-        out_rho[i] = _pl(r, c, a0, 1.0, a2, a3, b0, b1, b2, a3)
+        out_rho[i] = r1
 
 
 @njit(cache=True, fastmath=True)
@@ -507,24 +517,8 @@ def _forward_mm_kernel(theta0, rho0, g, kcore, kin0, kout0, kin_t, mid_t, kout_t
     for i in range(theta0.size):
         th = theta0[i]
         r = rho0[i]
-        x = (th + np.pi) / dth
-        j = int(x)
-        if j < 0:
-            j = 0
-        elif j > n - 1:
-            j = n - 1
-        t = x - j
-        tj = -np.pi + j * dth
-        tj1 = tj + dth
-        w0 = _wnode(r, d0[j], ns[j], margin, fade)
-        w1 = _wnode(r, d0[j + 1], ns[j + 1], margin, fade)
-        f0 = tj + w0 * (g[j] - tj)
-        f1 = tj1 + w1 * (g[j + 1] - tj1)
-        th1 = f0 + t * (f1 - f0)
-        if th1 > np.pi or th1 < -np.pi:
-            th1 = (th1 + np.pi) % _TWO_PI - np.pi
-        c, a0, a2, a3, b0, b1, b2 = _knots(th1, kcore, kin0, kout0, kin_t, mid_t, kout_t, kfar, dth, n)
-        r1 = _pl(r, c, a0, 1.0, a2, a3, b0, b1, b2, a3)
+        th1, r1 = _forward_point(th, r, g, kcore, kin0, kout0, kin_t, mid_t, kout_t, kfar, d0,
+                                 ns, margin, fade, n, dth)
         u = a * r1 * np.cos(th1)
         v = b * r1 * np.sin(th1)
         out[i, 0] = origin[0] + u * eu[0] + v * ev[0]

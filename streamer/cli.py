@@ -201,9 +201,7 @@ def cmd_serve(args) -> int:
                  mode=config.mode, version=__version__)
     while not sidecar.wait(0.2):
         pass
-    stats = asdict(sidecar.stats)
-    stats.pop("started_at")
-    _print_event("stopped", stats=stats)
+    _print_event("stopped", stats=asdict(sidecar.stats))
     return 0
 
 
@@ -219,8 +217,10 @@ def cmd_replay(args) -> int:
             stats = replay_to(reader, args.to, config,
                               connect_timeout_s=args.connect_timeout_s,
                               on_frame=lambda _: bar.update(1))
-    log.info("sent %d frames in %.2f s (%.1f fps)", stats.frames, stats.elapsed_s,
-             stats.frames / stats.elapsed_s if stats.elapsed_s else float("nan"))
+    log.info("sent %d frames in %.2f s (%.1f fps); worst lateness against the clip's "
+             "timing %.1f ms", stats.frames, stats.elapsed_s,
+             stats.frames / stats.elapsed_s if stats.elapsed_s else float("nan"),
+             stats.max_lateness_ms)
     return 0
 
 

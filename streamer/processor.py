@@ -52,17 +52,17 @@ class FrameProcessor:
     def handle(self, item: Received, *, dropped: int = 0,
                t_take_ns: int | None = None) -> list[Message]:
         message = item.message
-        counts = self.counts.setdefault(message.stream, StreamCounts())
-        counts.dropped += dropped
         if isinstance(message, StartMessage):
             self.pipeline.start_stream(message.stream, message.meta)
-            self.counts[message.stream] = StreamCounts(dropped=dropped)
+            self.counts[message.stream] = StreamCounts()
             return [message]
+        counts = self.counts.setdefault(message.stream, StreamCounts())
         if isinstance(message, EndMessage):
             meta = {**message.meta, "processed": counts.processed,
                     "dropped": counts.dropped, "errors": counts.errors,
                     "last_seq": counts.last_seq}
             return [EndMessage(stream=message.stream, n_frames=message.n_frames, meta=meta)]
+        counts.dropped += dropped  # drops are handed out with the next frame taken
         return [self._frame(item, counts, dropped,
                             time.time_ns() if t_take_ns is None else t_take_ns)]
 

@@ -29,7 +29,7 @@ import queue
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import zmq
 
@@ -192,7 +192,6 @@ class SideCarStats:
     protocol_errors: int = 0  # bad messages answered with an error
     frame_errors: int = 0  # frames the pipeline rejected
     dropped: int = 0  # live mode: frames replaced by a newer one
-    started_at: float = field(default_factory=time.monotonic)
 
 
 _STOP = object()
@@ -220,7 +219,6 @@ class SideCar:
         self.outbox: queue.Queue = queue.Queue()
         self._stopping = threading.Event()
         self._ingest_done = threading.Event()
-        self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
         self.ingest_endpoint = self.publish_endpoint = ""
 
@@ -384,7 +382,6 @@ class SideCar:
             self._stopping.set()
         finally:
             socket.close()  # LINGER lets queued messages reach connected subscribers
-            self._stopped.set()
 
     @staticmethod
     def _drain_subscriptions(socket: zmq.Socket) -> None:

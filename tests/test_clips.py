@@ -27,15 +27,12 @@ from streamer.io.clips import (
 # helpers and fixtures
 # ---------------------------------------------------------------------------------------
 def _testdata(name: str) -> Path:
-    """A file of pydicom's test data (pydicom-data for the larger ones), else skip."""
+    """A file of pydicom's test data; the larger ones come from pydicom-data, a declared
+    test dependency, so a missing file is a broken install and fails the test."""
     from pydicom.data import get_testdata_file
 
-    try:
-        path = get_testdata_file(name)
-    except Exception as exc:  # pydicom-data missing and no network
-        pytest.skip(f"pydicom test file {name} unavailable: {exc}")
-    if path is None:
-        pytest.skip(f"pydicom test file {name} unavailable (install pydicom-data)")
+    path = get_testdata_file(name)
+    assert path is not None, f"pydicom test file {name} missing: is pydicom-data installed?"
     return Path(path)
 
 

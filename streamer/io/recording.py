@@ -25,7 +25,6 @@ from streamer.io.clips import ClipError, ClipFrame, ClipInfo, ClipReader
 from streamer.io.protocol import FrameMessage, ProtocolError, decode
 
 MAGIC = b"CSREC\x01\n"
-SUFFIX = ".csrec"
 _RECORD = struct.Struct("<qI")
 _LENGTH = struct.Struct("<Q")
 #: a single part longer than this is taken as a corrupt length field
@@ -73,30 +72,30 @@ def iter_records(path: str | Path) -> Iterator[Record]:
     try:
         handle = open(path, "rb")
     except OSError as exc:
-        raise ClipError(f"{path}: cannot open recording: {exc.strerror}") from None
+        raise ClipError(f"cannot open recording: {exc.strerror}", path=path) from None
     with handle:
         if handle.read(len(MAGIC)) != MAGIC:
-            raise ClipError(f"{path}: not a cardiostream recording (bad magic bytes)")
+            raise ClipError("not a cardiostream recording (bad magic bytes)", path=path)
         index = 0
         while True:
             head = handle.read(_RECORD.size)
             if not head:
                 return
             if len(head) < _RECORD.size:
-                raise ClipError(f"{path}: truncated in the header of record {index}")
+                raise ClipError(f"truncated in the header of record {index}", path=path)
             t_recv_ns, n_parts = _RECORD.unpack(head)
             parts = []
             for _ in range(n_parts):
                 raw = handle.read(_LENGTH.size)
                 if len(raw) < _LENGTH.size:
-                    raise ClipError(f"{path}: truncated inside record {index}")
+                    raise ClipError(f"truncated inside record {index}", path=path)
                 (length,) = _LENGTH.unpack(raw)
                 if length > _MAX_PART_BYTES:
-                    raise ClipError(f"{path}: corrupt part length {length} in record {index}")
+                    raise ClipError(f"corrupt part length {length} in record {index}", path=path)
                 data = handle.read(length)
                 if len(data) < length:
-                    raise ClipError(f"{path}: truncated inside record {index} "
-                                    f"({len(data)} of {length} bytes)")
+                    raise ClipError(f"truncated inside record {index} "
+                                    f"({len(data)} of {length} bytes)", path=path)
                 parts.append(data)
             yield Record(t_recv_ns, parts)
             index += 1
@@ -119,8 +118,8 @@ class RecordingClip(ClipReader):
                 first = first or message
                 n_frames += 1
         if first is None:
-            raise ClipError(f"{self.path}: the recording holds no frames (a recording of "
-                            "results only cannot be replayed or analysed)")
+            raise ClipError("the recording holds no frames (a recording of "
+                            "results only cannot be replayed or analysed)", path=self.path)
         self.info = ClipInfo(
             path=str(self.path), format="recording", n_frames=n_frames,
             shape=tuple(first.pixels.shape), dtype=first.pixels.dtype.name,
@@ -133,7 +132,7 @@ class RecordingClip(ClipReader):
         try:
             return decode(record.parts)
         except ProtocolError as exc:
-            raise ClipError(f"{self.path}: record is not a valid message: {exc}") from None
+            raise ClipError(f"record is not a valid message: {exc}", path=self.path) from None
 
     def __iter__(self) -> Iterator[ClipFrame]:
         t_first = None

@@ -169,12 +169,6 @@ class ResultSubscriber:
             return None
         return self._decode(self.socket.recv_multipart(copy=False))
 
-    def recv_parts(self, timeout_s: float | None = None) -> list[bytes] | None:
-        """The next message's raw parts (for recording), or None after a timeout."""
-        if timeout_s is not None and not self.socket.poll(int(timeout_s * 1000)):
-            return None
-        return self.socket.recv_multipart()
-
     def iter_until_end(self, stream: str | None = None, timeout_s: float = 10.0
                        ) -> Iterator[Message]:
         """Yield messages until the end message of ``stream`` (any stream if None).
