@@ -7,12 +7,17 @@ Echo A4C (``points_mm``: N = 120 centreline points [row, col] mm, basal septum -
 basal lateral)
 - l(t): arc length of the centreline polyline; GLS e(t) = (l(t) - l0) / l0 in %, l0 the
   length at the end-diastole (ED) that starts the current beat.
-- Six regional segments of equal arc at ED, three per wall: segment k spans the centreline
-  from fractional point index k (N-1)/6 to (k+1)(N-1)/6 (end points interpolated), i.e. for
-  N = 120 the points 0-19 basal septal, 20-39 mid septal, 40-59 apical septal, 60-79 apical
-  lateral, 80-99 mid lateral, 100-119 basal lateral.  Because the points are tracked,
-  a segment follows the same myocardium; its strain is the relative change of its arc
-  length against the same segment at ED.  The six lengths add up to l(t).
+- Six regional segments of equal arc at ED, three per wall: at each ED (each reference
+  frame) the tracked centreline is divided into six pieces of equal arc length
+  (:func:`equal_arc_bounds`: fractional point indices, ~ k (N-1)/6 when the points are
+  equally spaced then, i.e. for N = 120 about the points 0-19 basal septal, 20-39 mid
+  septal, 40-59 apical septal, 60-79 apical lateral, 80-99 mid lateral, 100-119 basal
+  lateral), and those fractional indices are kept through the beat.  Because the points
+  are tracked, a segment follows the same myocardium; its strain is the relative change of
+  its arc length against the same segment at ED.  The six lengths add up to l(t).
+  (Re-dividing at every ED matters when the points are not equally spaced at ED: a track
+  started mid-cycle, or points that slid along the wall; with a dysfunctional segment a
+  boundary 0.5 mm off moves the regional value by ~0.5 %.)
 - Definition (the same as the echo phantom's ``midwall_*`` truth, calib.echo): strain is
   measured on the **mid-wall** - the material layer halfway between endocardium and
   epicardium along the wall normal at ED (what :mod:`.centerline` extracts from the ED
@@ -61,17 +66,43 @@ def segment_bounds(n_points: int, n_segments: int = 6) -> np.ndarray:
     return np.linspace(0.0, n_points - 1.0, n_segments + 1)
 
 
-def segment_lengths(points: np.ndarray, n_segments: int = 6) -> np.ndarray:
-    """Arc lengths of the n equal-index segments of (..., N, 2) polylines -> (..., n)."""
+def equal_arc_bounds(points: np.ndarray, n_segments: int = 6) -> np.ndarray:
+    """Fractional point indices (n_segments + 1,) that divide one polyline (N, 2) into
+    n_segments pieces of equal arc length (the first 0, the last N - 1).
+
+    Applied to the tracked points of an end-diastolic frame, these are the ED segment
+    boundaries; kept fixed through the beat they are material, as the points are."""
+    p = np.asarray(points, dtype=np.float64)
+    n = p.shape[-2]
+    seg = np.sqrt((np.diff(p, axis=-2) ** 2).sum(-1))
+    if not np.all(np.isfinite(seg)):
+        return segment_bounds(n, n_segments)
+    cum = np.concatenate([[0.0], np.cumsum(seg)])
+    if cum[-1] <= 0:
+        return segment_bounds(n, n_segments)
+    b = np.interp(np.linspace(0.0, cum[-1], n_segments + 1), cum, np.arange(n, dtype=np.float64))
+    b[0], b[-1] = 0.0, n - 1.0
+    return b
+
+
+def segment_lengths(points: np.ndarray, n_segments: int = 6, bounds=None) -> np.ndarray:
+    """Arc lengths of the n segments of (..., N, 2) polylines -> (..., n).
+
+    ``bounds``: fractional point indices of the n + 1 boundaries (default: equal index
+    spacing, :func:`segment_bounds`), one set for all, or one set per polyline
+    (..., n + 1)."""
     p = np.asarray(points, dtype=np.float64)
     n = p.shape[-2]
     d = np.diff(p, axis=-2)
     seg = np.sqrt((d * d).sum(-1))  # (..., N-1): edge i joins point i and i+1
     cum = np.concatenate([np.zeros(seg.shape[:-1] + (1,)), np.cumsum(seg, axis=-1)], axis=-1)
-    b = segment_bounds(n, n_segments)
+    b = segment_bounds(n, n_segments) if bounds is None else np.asarray(bounds, dtype=np.float64)
     i0 = np.clip(np.floor(b).astype(int), 0, n - 2)
     f = b - i0
-    at = cum[..., i0] + f * seg[..., i0]  # cumulative length at each fractional bound
+    if b.ndim == 1:
+        at = cum[..., i0] + f * seg[..., i0]  # cumulative length at each fractional bound
+    else:
+        at = np.take_along_axis(cum, i0, -1) + f * np.take_along_axis(seg, i0, -1)
     return np.diff(at, axis=-1)
 
 
@@ -211,7 +242,8 @@ def ed_from_length(t_s: np.ndarray, length: np.ndarray, config: BeatConfig | Non
 class A4CStrain:
     """Strain of a whole A4C sequence (T frames).
 
-    length_mm (T,), gls_pct (T,), regional_pct (T, 6), strain_rate_per_s (T,),
+    length_mm (T,), segment_length_mm (T, 6) (segments of the frame's reference ED, see the
+    module docstring), gls_pct (T,), regional_pct (T, 6), strain_rate_per_s (T,),
     ed_indices (K,), beats (complete cycles only), ed_source ``ecg`` | ``length`` | ``none``.
     Frames before the first ED use the first ED as reference; with no ED at all, the first
     valid frame (flag ``no_ed``).
@@ -288,6 +320,11 @@ def analyse_a4c(t_s: np.ndarray, points_mm: np.ndarray, ecg_r: np.ndarray | None
         ref = ed[np.maximum(pos, 0)]
     L0 = L[ref]
     gls = strain_pct(L, L0)
+    # segments: equal arc at each reference (ED) frame, then material through its beat
+    B = np.empty((len(t), n_segments + 1))
+    for r in np.unique(ref):
+        B[ref == r] = equal_arc_bounds(P[r], n_segments)
+    S = segment_lengths(P, n_segments, bounds=B)
     reg = strain_pct(S, S[ref])
     with np.errstate(invalid="ignore"):
         dL = np.gradient(L, t) if len(t) > 1 else np.zeros_like(L)
@@ -346,6 +383,19 @@ class StrainMonitor:
         self.beats: list[Beat] = []
         self.use_ecg = False
         self._ref: int | None = None
+        # points of recent frames (those the next ED can still land on), and the segment
+        # boundaries of the current reference (equal arc at its frame)
+        self._P: dict[int, np.ndarray] = {}
+        self._bounds: np.ndarray | None = None
+
+    def _set_ref(self, ref: int) -> None:
+        """New reference (ED) frame: its equal-arc segment boundaries, and the segment
+        lengths of the frames since then recomputed with them."""
+        self._ref = ref
+        self._bounds = equal_arc_bounds(self._P[ref], self.n_segments)
+        for j in range(ref, len(self._S)):
+            if j in self._P:
+                self._S[j] = segment_lengths(self._P[j], self.n_segments, bounds=self._bounds)
 
     def _close_beat(self, new_ed: int) -> Beat | None:
         beat = None
@@ -359,7 +409,7 @@ class StrainMonitor:
             beat = _beat(len(self.beats), a, new_ed, t, L, gls, reg, "ecg" if self.use_ecg else "length")
             self.beats.append(beat)
         self.ed_frames.append(new_ed)
-        self._ref = new_ed
+        self._set_ref(new_ed)
         return beat
 
     def update(self, t_s: float, points_mm: np.ndarray, ecg_r: bool | None = None) -> FrameStrain:
@@ -367,10 +417,11 @@ class StrainMonitor:
         frame = len(self._t)
         P = np.asarray(points_mm, dtype=np.float64)
         L = float(polyline_length(P))
-        S = segment_lengths(P, self.n_segments)
         self._t.append(float(t_s))
         self._L.append(L)
-        self._S.append(S)
+        if np.isfinite(L):
+            self._P[frame] = P.copy()
+        self._S.append(segment_lengths(P, self.n_segments, bounds=self._bounds))
         flags: list[str] = []
         ok = np.isfinite(L)
         if not ok:
@@ -398,7 +449,13 @@ class StrainMonitor:
                     new_ed = int(c)
                     last = int(c)
         if self._ref is None and ok:
-            self._ref = frame
+            self._set_ref(frame)
+        S = self._S[frame]
+        # forget points no later ED can land on
+        keep_from = self.ed_frames[-1] if self.ed_frames else 0
+        t_lo = t_s - cfg.online_window_s - 1.0
+        for j in [j for j in self._P if j < keep_from and self._t[j] < t_lo]:
+            del self._P[j]
         if not self.ed_frames:
             flags.append("no_ed_yet")
         ref = self._ref

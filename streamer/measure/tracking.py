@@ -975,6 +975,33 @@ class TrackerConfig:
                           material, so full pull drags points across layers when the wall
                           thickens unevenly, and basal ends found in a mask jitter by a
                           fraction of a pixel, which the basal segments feel most.
+    ed_gate_frac, ed_window_s
+                          the interior points' across-wall pull (wall_pull) acts only near
+                          end-diastole: in full on frames whose mask centreline is within
+                          ed_gate_frac (3 %) of the longest one of the last ed_window_s
+                          seconds, falling linearly to none at twice that (0 = always).  The
+                          mid-wall is defined as the geometric mid-wall *at ED*, followed
+                          through the cycle; during systole the material mid-wall and a
+                          mask's geometric midline part by up to ~0.4 mm (uneven
+                          thickening), and near the base, where the wall shears across its
+                          thickness (~1 mm along the wall per mm across at peak systole in
+                          the phantom), a point pulled onto the geometric midline slides
+                          along the wall by as much - up to ~1 strain-% in a basal segment.
+                          Between EDs the points are carried by the flow alone across the
+                          wall, so a flow error drifts for at most one beat.
+    end_follow, end_follow_tau_s
+                          the interior points take end_follow (0..1) of the lasting part
+                          of the two ends' along-wall correction - low-passed over
+                          end_follow_tau_s seconds (0: the instantaneous correction) -
+                          linearly in arc (all of an end's next to it, none at the other
+                          end).  A common along-wall drift of the flow (a bias) is then
+                          corrected for the whole wall, not only at the ends, while the
+                          points keep their material spacing; the ends' frame-to-frame
+                          jitter (a mask's basal end moves by a few tenths of a mm with the
+                          phase) is not passed on.  With end_follow < 1 a constant bias is
+                          only slowed down; with end_follow = 0 (the interior anchored by
+                          nothing along the wall) 0.06 mm/frame of bias carries the
+                          interior points past the basal ends within ~2 beats.
     """
 
     position_std_mm: float = 0.3
@@ -986,6 +1013,10 @@ class TrackerConfig:
     max_gap_s: float = 0.25
     wall_pull: float = 0.5
     end_pull: float = 0.2
+    ed_gate_frac: float = 0.03
+    end_follow: float = 1.0
+    end_follow_tau_s: float = 1.0
+    ed_window_s: float = 2.5
 
     def R(self) -> np.ndarray:
         """Measurement covariance (4, 4) for z = [row, col, v_row, v_col]."""
@@ -1280,10 +1311,12 @@ class CentrelineTracker:
     4. position measurement (``position_measurement``):
 
        - ``"projection"`` (default): each interior point is carried by the flow
-         (previous position + d) and projected orthogonally onto this frame's centreline;
-         the two end points are measured at the centreline's ends.  Along the wall the
-         points follow the tissue, across it the mask, so material (regional) strain
-         survives;
+         (previous position + d) and moved ``wall_pull`` of the way to its orthogonal
+         projection onto this frame's centreline - near end-diastole only (see
+         ``TrackerConfig.ed_gate_frac``); the two end points move ``end_pull`` of the way
+         to the centreline's ends, and the interior takes the lasting part of their
+         along-wall correction, linearly in arc (``end_follow``).  Along the wall the points follow the tissue,
+         across it the mask at ED, so material (regional) strain survives;
        - ``"arclength"``: point i is measured at the i-th of the 120 equally spaced
          centreline points (Østvik et al. 2018); regional strain then tends to the global;
     5. one Kalman update with z = [position, velocity].
@@ -1304,17 +1337,36 @@ class CentrelineTracker:
         self.mode = position_measurement
         self.tracker = PointTracker(self.cl_config.n_points, self.config, record=record)
         self.t_prev: float | None = None
+        self._len_hist: list[tuple[float, float]] = []
+        self._follow_lp = [0.0, 0.0]
 
     def reset(self) -> None:
         self.tracker.needs_reinit = True
         self.tracker.initialised = False
         self.t_prev = None
+        self._len_hist.clear()
 
     def smoothed_points_mm(self) -> np.ndarray:
         """Offline: RTS-smoothed centreline (T, N, 2) [row, col] mm over the frames since the
         last (re-)initialisation (needs ``record=True``), e.g. a whole recorded beat."""
         xs, _ = self.tracker.smooth()
         return xs[:, :, 0:2].copy()
+
+    def _ed_gate(self, length_mm: float, t_s: float) -> float:
+        """Weight (0..1) of the mask's pull on this frame: 1 near end-diastole - a centreline
+        within ``ed_gate_frac`` of the longest one of the last ``ed_window_s`` seconds -
+        falling linearly to 0 at ``2 ed_gate_frac`` below it."""
+        hist = self._len_hist
+        hist.append((t_s, length_mm))
+        w = self.config.ed_window_s
+        while hist and hist[0][0] < t_s - w:
+            hist.pop(0)
+        f = self.config.ed_gate_frac
+        if not f or f <= 0:
+            return 1.0
+        lmax = max(v for _, v in hist)
+        short = 1.0 - length_mm / lmax  # >= 0
+        return float(min(1.0, max(0.0, 2.0 - short / f)))
 
     def step(self, mask: np.ndarray, flow: np.ndarray | None, t_s: float,
              spacing_mm) -> TrackResult:
@@ -1343,6 +1395,7 @@ class CentrelineTracker:
             self.tracker.needs_reinit = True
             return TrackResult(nan2, nan2.copy(), meas_mm, float(t_s), dt, False, flags)
 
+        g = self._ed_gate(float(np.hypot(*np.diff(meas_mm, axis=0).T).sum()), float(t_s))
         if reinit:
             v0 = None
             if flow is not None and np.isfinite(dt) and dt > 0:
@@ -1352,6 +1405,7 @@ class CentrelineTracker:
                 flags += sv.flags
                 v0 = sv.velocity_mm_s
             self.tracker.initialise(meas_mm, v0)
+            self._follow_lp = [0.0, 0.0]
             flags.append("reinitialised")
             return TrackResult(self.tracker.positions_mm, self.tracker.velocities_mm_s,
                                meas_mm, float(t_s), dt, True, list(dict.fromkeys(flags)))
@@ -1371,19 +1425,49 @@ class CentrelineTracker:
             # along the wall the points go where the flow carries them (the prediction where
             # there is no flow), across it towards where the mask puts the wall: the carried
             # points are projected onto this frame's centreline (the end segments extended,
-            # so nothing piles up at an end) and moved wall_pull of the way there; the two
-            # basal ends move end_pull of the way to where the mask ends.
+            # so nothing piles up at an end) and moved wall_pull * g of the way there (g:
+            # 1 near ED, 0 in systole, _ed_gate); the two basal ends move end_pull of the
+            # way to where the mask ends.
             carried = self.tracker.x[:, :2].copy()
             has_flow = np.zeros(n, dtype=bool)
             if moved_mm is not None:
                 has_flow = np.all(np.isfinite(moved_mm), axis=1)
                 carried[has_flow] = moved_mm[has_flow]
             proj_px, _ = project_onto_polyline(carried / spacing, cl.points_px, extend=True)
-            pull = np.where(has_flow, self.config.wall_pull, 1.0)[:, None]
-            pull[[0, -1]] = np.where(has_flow[[0, -1]], self.config.end_pull, 1.0)[:, None]
             target = proj_px * spacing
+            cfg = self.config
+            pull = np.where(has_flow, cfg.wall_pull * g, 1.0)[:, None]
+            pull[[0, -1]] = np.where(has_flow[[0, -1]], cfg.end_pull, 1.0)[:, None]
             target[[0, -1]] = meas_mm[[0, -1]]
             z[:, :2] = carried + pull * (target - carried)
+            if cfg.end_follow and has_flow[0] and has_flow[-1]:
+                # the interior follows the ends' lasting along-wall correction, linearly in
+                # arc (all of it next to an end, none at the other): a common along-wall
+                # drift of the flow is corrected for the whole wall, not only for the two
+                # ends, and the material spacing of the points is kept.  Directions: unit
+                # tangents (increasing arc) of this frame's centreline where the carried
+                # points project, independent of the points' own order.
+                cl_mm = cl.points_px * spacing
+                cl_t = np.gradient(cl_mm, axis=0)
+                cl_arc = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(cl_mm, axis=0).T))])
+                _, arc_mm = project_onto_polyline(carried, cl_mm, extend=True)
+                tang = np.column_stack([np.interp(arc_mm, cl_arc, cl_t[:, 0]),
+                                        np.interp(arc_mm, cl_arc, cl_t[:, 1])])
+                tang /= np.maximum(np.hypot(tang[:, 0], tang[:, 1]), 1e-12)[:, None]
+                a0 = float(np.dot(z[0, :2] - carried[0], tang[0]))
+                a1 = float(np.dot(z[-1, :2] - carried[-1], tang[-1]))
+                if cfg.end_follow_tau_s > 0:
+                    # only the lasting part of the ends' correction (low-passed over
+                    # end_follow_tau_s): a mask's basal ends jitter by a few tenths of a mm
+                    # with the phase, a drift of the flow persists
+                    w = 1.0 - math.exp(-dt / cfg.end_follow_tau_s)
+                    lp = self._follow_lp
+                    lp[0] += w * (a0 - lp[0])
+                    lp[1] += w * (a1 - lp[1])
+                    a0, a1 = lp[0], lp[1]
+                u = np.clip(arc_mm / max(cl_arc[-1], 1e-12), 0.0, 1.0)
+                shift = ((1.0 - u) * a0 + u * a1)[1:-1]
+                z[1:-1, :2] += cfg.end_follow * shift[:, None] * tang[1:-1]
         else:
             z[:, :2] = meas_mm
         self.tracker.update(z, velocity_lag_s=0.5 * dt)
