@@ -138,16 +138,33 @@ def _echo_clip(seed: int, **kw):
     raise PhantomParameterError(f"seed {seed}: no realisable phantom configuration")
 
 
-def view_samples(split: str, n: int, rows: int = 256, cols: int = 256, offset: int = 0) -> dict:
-    """Images with view labels; label = seed % 8, so any 8 consecutive seeds are balanced."""
-    seeds = split_seeds(split, n, offset)
-    imgs = np.empty((n, rows, cols), np.uint8)
-    labels = np.empty(n, np.int64)
+def view_samples(split: str, n: int, rows: int = 256, cols: int = 256, offset: int = 0,
+                 frames_per_clip: int = 1) -> dict:
+    """Images with view labels; label = seed % 8, so any 8 consecutive seeds are balanced.
+
+    ``frames_per_clip`` > 1 takes that many frames spread over one cardiac cycle from each
+    clip (frames of a clip are consecutive in the output; ``offset`` counts clips), so
+    ``n`` a multiple of ``8 * frames_per_clip`` stays balanced. A frame costs little once
+    its clip's scene is built.
+    """
+    if frames_per_clip < 1:
+        raise PhantomParameterError(f"frames_per_clip={frames_per_clip} must be at least 1")
+    n_clips = -(-n // frames_per_clip)
+    seeds = split_seeds(split, n_clips, offset)
+    imgs = np.empty((n_clips * frames_per_clip, rows, cols), np.uint8)
+    labels = np.empty(n_clips * frames_per_clip, np.int64)
     for i, s in enumerate(seeds):
-        clip = _echo_clip(int(s), rows=rows, cols=cols, frames=1)
-        imgs[i] = clip.frames[0]
-        labels[i] = clip.truth.view_index
-    return {"images": imgs, "labels": labels, "seeds": seeds, "split": split,
+        if frames_per_clip == 1:
+            clip = _echo_clip(int(s), rows=rows, cols=cols, frames=1)
+        else:
+            hr = random_echo_config(int(s)).heart_rate_bpm
+            clip = _echo_clip(int(s), rows=rows, cols=cols, frames=frames_per_clip,
+                              fps=frames_per_clip * hr / 60.0)
+        k = slice(i * frames_per_clip, (i + 1) * frames_per_clip)
+        imgs[k] = clip.frames
+        labels[k] = clip.truth.view_index
+    return {"images": imgs[:n], "labels": labels[:n],
+            "seeds": np.repeat(seeds, frames_per_clip)[:n], "split": split,
             "label_names": np.array(VIEWS)}
 
 

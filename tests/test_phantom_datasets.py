@@ -46,3 +46,13 @@ def test_segmentation_and_flow_samples():
 def test_calibration_set_comes_from_calib_split():
     imgs = calibration_images(2, kind="view", rows=64, cols=64)
     assert imgs.shape == (2, 64, 64)
+
+
+def test_view_samples_several_frames_per_clip():
+    s = view_samples("val", 5, rows=64, cols=64, frames_per_clip=2)       # 3 clips, cut to 5 frames
+    assert s["images"].shape == (5, 64, 64)
+    assert list(s["labels"]) == [0, 0, 1, 1, 2]
+    assert list(s["seeds"]) == [1_000_000, 1_000_000, 1_000_001, 1_000_001, 1_000_002]
+    assert not np.array_equal(s["images"][0], s["images"][1])            # another phase of the cycle
+    with pytest.raises(PhantomParameterError):
+        view_samples("val", 2, rows=64, cols=64, frames_per_clip=0)

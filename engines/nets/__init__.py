@@ -1,0 +1,46 @@
+"""The networks, one file each, named after their part of the method.
+
+=====  ===========================  ============================================
+role   module                       network
+=====  ===========================  ============================================
+view   ``engines.nets.view_classifier``  view classifier (8 classes)
+seg    ``engines.nets.segmenter``        LV myocardium / cavity segmenter (U-Net family)
+flow   ``engines.nets.flownet``          dense motion between consecutive frames
+=====  ===========================  ============================================
+
+Every module defines ``SPEC`` (:class:`engines.spec.NetSpec`) and ``build()``, which
+returns the network with its default hyperparameters and random weights. Shipped
+weights (state dicts) live in ``engines/weights/`` with a JSON file beside each that
+records the training command, the data seeds and the held-out metrics.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from types import ModuleType
+
+from engines.spec import ROLES, NetSpec
+
+MODULES = {"view": "engines.nets.view_classifier", "seg": "engines.nets.segmenter",
+           "flow": "engines.nets.flownet"}
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+
+
+def net_module(role: str) -> ModuleType:
+    if role not in MODULES:
+        raise ValueError(f"role {role!r} is unknown; choose one of {', '.join(ROLES)}")
+    return importlib.import_module(MODULES[role])
+
+
+def spec(role: str) -> NetSpec:
+    return net_module(role).SPEC
+
+
+def build(role: str):
+    """The role's network with default hyperparameters and random weights (eval mode)."""
+    return net_module(role).build().eval()
+
+
+def shipped_weights(role: str) -> Path:
+    return WEIGHTS_DIR / spec(role).weights_file

@@ -1,0 +1,249 @@
+"""Pieces shared by the training commands: seeding, threads, data, progress, saving.
+
+A training run is reproducible from its JSON record: the command, the torch version,
+the seed, the data splits with their seed ranges and sample counts, the epochs and the
+held-out metrics are written next to the weights, with the weights' sha256.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import random
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from engines.nets import WEIGHTS_DIR
+
+
+# ------------------------------------------------------------------ run set-up
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed python, numpy and torch; deterministic kernels; a torch generator for the run."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    if torch.backends.cudnn.is_available():
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
+
+
+def set_threads(threads: int) -> int:
+    """Intra-op threads for torch (and the BLAS/OpenMP pools it spawns); returns the count."""
+    threads = max(1, int(threads))
+    torch.set_num_threads(threads)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(var, str(threads))
+    return threads
+
+
+def pick_device(name: str = "cpu") -> torch.device:
+    """``cpu``, ``cuda`` or ``auto`` (cuda when available)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name}: CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def progress(iterable: Iterable | None = None, **kwargs):
+    """A tqdm progress bar on stderr (off when ``CARDIOSTREAM_NO_PROGRESS`` is set)."""
+    from tqdm.auto import tqdm
+
+    kwargs.setdefault("dynamic_ncols", True)
+    kwargs.setdefault("leave", False)
+    kwargs.setdefault("disable", bool(os.environ.get("CARDIOSTREAM_NO_PROGRESS")))
+    return tqdm(iterable, **kwargs)
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, role: str, default_weights: str,
+                         epochs: int, samples: int) -> None:
+    """``--epochs --samples --seed --threads --device --batch-size --lr --out``."""
+    parser.add_argument("--epochs", type=int, default=epochs, help="passes over the training set (default %(default)s)")
+    parser.add_argument("--samples", type=int, default=samples,
+                        help="training samples drawn from the phantom 'train' split (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of weights init, shuffling, augmentation (default %(default)s)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default %(default)s)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default %(default)s)")
+    parser.add_argument("--out", type=Path, default=WEIGHTS_DIR / default_weights,
+                        help=f"state dict to write; the JSON record goes beside it as {role}.json "
+                             "(default: the shipped weights %(default)s)")
+
+
+# ------------------------------------------------------------------ data
+def load_split(builder: str, split: str, n: int, frames_per_clip: int, chunk: int,
+               **kwargs) -> tuple[dict[str, np.ndarray], dict]:
+    """``n`` samples of a split, built (and cached) in chunks of ``chunk`` samples.
+
+    ``chunk`` must be a multiple of ``frames_per_clip``; chunk ``k`` holds the clips
+    ``k * chunk / frames_per_clip ..`` of the split, so the samples are those of one
+    builder call with the same ``frames_per_clip`` (and a partly built set is reused).
+    Returns the concatenated arrays and a record of the split (seed range, counts).
+    """
+    from engines.train.data import dataset
+
+    if chunk % frames_per_clip:
+        raise ValueError(f"chunk={chunk} is not a multiple of frames_per_clip={frames_per_clip}")
+    parts = []
+    done = 0
+    while done < n:
+        m = min(chunk, n - done)
+        kw = _non_default(builder, dict(frames_per_clip=frames_per_clip, offset=done // frames_per_clip, **kwargs))
+        parts.append(dataset(builder, split, m, **kw))
+        done += m
+    out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if parts[0][k].ndim > 0}
+    return out, split_record(builder, split, out, frames_per_clip=frames_per_clip, chunk=chunk, **kwargs)
+
+
+def _non_default(builder: str, kwargs: dict) -> dict:
+    """``kwargs`` less those equal to the builder's defaults (one cache key per data set)."""
+    import inspect
+
+    from calib import datasets
+
+    params = inspect.signature(getattr(datasets, builder)).parameters
+    return {k: v for k, v in kwargs.items()
+            if not (k in params and params[k].default is not inspect.Parameter.empty and params[k].default == v)}
+
+
+def split_record(builder: str, split: str, samples: dict, **kwargs) -> dict:
+    seeds = np.asarray(samples["seeds"])
+    return {"builder": f"calib.datasets.{builder}", "split": split, "samples": int(len(seeds)),
+            "clips": int(len(np.unique(seeds))), "seed_min": int(seeds.min()), "seed_max": int(seeds.max()),
+            **{k: v for k, v in kwargs.items()}}
+
+
+def batch_indices(n: int, batch_size: int, generator: torch.Generator | None = None,
+                  shuffle: bool = True, drop_last: bool = False) -> list[np.ndarray]:
+    order = (torch.randperm(n, generator=generator).numpy() if shuffle else np.arange(n))
+    stop = n - n % batch_size if drop_last and n >= batch_size else n
+    return [order[i:i + batch_size] for i in range(0, stop, batch_size)]
+
+
+def predict_in_batches(predict, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    return np.concatenate([np.asarray(predict(x[i:i + batch_size])) for i in range(0, len(x), batch_size)])
+
+
+def torch_predict(model: torch.nn.Module, device: torch.device | str = "cpu"):
+    """``predict(batch array) -> output array`` for an eager torch model (eval, no grad)."""
+    def predict(x: np.ndarray) -> np.ndarray:
+        model.eval()
+        with torch.no_grad():
+            return model(torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(device)).float().cpu().numpy()
+    return predict
+
+
+# ------------------------------------------------------------------ augmentation
+def augment_intensity(x: torch.Tensor, g: torch.Generator, gain=(0.7, 1.35), gamma=(0.7, 1.45),
+                      noise=0.04) -> torch.Tensor:
+    """Per-image gain, gamma and additive Gaussian noise on [0, 1] images (N, C, H, W)."""
+    n = x.shape[0]
+    shape = (n,) + (1,) * (x.dim() - 1)
+    u = lambda lo, hi: lo + (hi - lo) * torch.rand(shape, generator=g)
+    x = x.clamp(0, 1) ** u(*gamma) * u(*gain)
+    x = x + torch.randn(x.shape, generator=g) * (noise * torch.rand(shape, generator=g))
+    return x.clamp(0, 1)
+
+
+def random_affine(n: int, g: torch.Generator, scale=(0.9, 1.1), shift=0.06, rotate_deg=6.0) -> torch.Tensor:
+    """(N, 2, 3) ``affine_grid`` matrices: isotropic scale, rotation, shift (fraction of the size)."""
+    s = scale[0] + (scale[1] - scale[0]) * torch.rand(n, generator=g)
+    a = torch.deg2rad((2 * torch.rand(n, generator=g) - 1) * rotate_deg)
+    t = (2 * torch.rand(n, 2, generator=g) - 1) * shift * 2
+    c, si = torch.cos(a) / s, torch.sin(a) / s
+    return torch.stack([torch.stack([c, -si, t[:, 0]], 1), torch.stack([si, c, t[:, 1]], 1)], 1)
+
+
+def warp(x: torch.Tensor, theta: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    return torch.nn.functional.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)
+
+
+# ------------------------------------------------------------------ saving
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """The command as typed: ``cardiostream engines train ...`` when run through the CLI."""
+    argv = sys.argv if argv is None else argv
+    if not argv:
+        return ""
+    prog = [Path(argv[0]).name]
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if argv[0].endswith(".py") and spec is not None and spec.name:
+        prog = ["python", "-m", spec.name]           # python -m engines.train.seg ...
+    return shlex.join([*prog, *argv[1:]])
+
+
+def record_header(args: argparse.Namespace, role: str) -> dict:
+    """The run's command and environment, for the JSON record."""
+    skip = {"func", "out"}
+    return {"role": role, "command": command_line(),
+            "arguments": {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(vars(args).items())
+                          if k not in skip and not callable(v)},
+            "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version(),
+            "machine": platform.machine(), "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def save_weights(model: torch.nn.Module, role: str, record: dict, out: str | Path) -> Path:
+    """Write ``model``'s state dict (CPU tensors) to ``out`` and ``<role>.json`` beside it.
+
+    The record gets ``weights_file``, ``weights_bytes``, ``weights_sha256`` and
+    ``parameters`` added; returns the JSON path.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, out)
+    rec = dict(record)
+    rec.update(weights_file=out.name, weights_bytes=out.stat().st_size, weights_sha256=sha256_file(out),
+               parameters=int(sum(p.numel() for p in model.parameters())))
+    js = out.with_name(f"{role}.json")
+    js.write_text(json.dumps(rec, indent=2, sort_keys=False, default=_json_default) + "\n")
+    return js
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
+
+
+def load_state(model: torch.nn.Module, path: str | Path) -> torch.nn.Module:
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+class Stopwatch:
+    def __init__(self):
+        self.t0 = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.t0
