@@ -1,0 +1,368 @@
+"""``cardiostream engines``: build engines ahead of time, check backends, train networks.
+
+    cardiostream engines build --roles seg,flow --backend openvino --precision int8
+    cardiostream engines check --iterations 50 --json out/engines_check.json
+    cardiostream engines train seg --help
+
+Registered by ``streamer.cli`` through :func:`add_engines_parser`.  Each command
+function returns an exit code; user errors (unknown role or backend, a missing or
+unusable model file) are printed as one line and return 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from engines.backends.base import BACKENDS, PRECISIONS, EngineError
+from engines.spec import ROLES
+
+log = logging.getLogger(__name__)
+
+TRAIN_MODULES = {"view": "engines.train.view", "seg": "engines.train.seg", "flow": "engines.train.flow"}
+
+
+def _roles(text: str) -> list[str]:
+    roles = [r.strip() for r in text.split(",") if r.strip()]
+    bad = [r for r in roles if r not in ROLES]
+    if bad or not roles:
+        raise argparse.ArgumentTypeError(
+            f"unknown role {', '.join(map(repr, bad)) or repr(text)}; choose from {', '.join(ROLES)} "
+            "(comma-separated)")
+    return list(dict.fromkeys(roles))
+
+
+def _names(choices: tuple[str, ...], what: str):
+    def parse(text: str) -> list[str]:
+        names = [n.strip() for n in text.split(",") if n.strip()]
+        bad = [n for n in names if n not in choices]
+        if bad or not names:
+            raise argparse.ArgumentTypeError(
+                f"unknown {what} {', '.join(map(repr, bad)) or repr(text)}; choose from {', '.join(choices)}")
+        return list(dict.fromkeys(names))
+    return parse
+
+
+def _weights(text: str) -> tuple[str, Path]:
+    role, sep, path = text.partition("=")
+    if not sep or role not in ROLES or not path:
+        raise argparse.ArgumentTypeError(f"--weights takes ROLE=PATH with ROLE one of {', '.join(ROLES)}, got {text!r}")
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise argparse.ArgumentTypeError(f"{p}: no such file (--weights {role}=...)")
+    return role, p
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
+    return n
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--roles", type=_roles, default=list(ROLES), metavar="ROLE[,ROLE]",
+                   help=f"networks to use, comma-separated (default: {','.join(ROLES)})")
+    p.add_argument("--weights", type=_weights, action="append", default=[], metavar="ROLE=PATH",
+                   help="your own model for a role instead of the shipped weights: a state dict "
+                        "(.pt/.pth), TorchScript (.pt/.ts) or ONNX (.onnx) file with the role's "
+                        "input/output shapes; repeat for several roles")
+    p.add_argument("--threads", type=_positive, metavar="N",
+                   help="CPU threads for torch, onnxruntime and OpenVINO together (default: all cores)")
+    p.add_argument("--device", metavar="DEV", help="cpu or cuda[:i] (default: the backend's own)")
+
+
+def _fail(args, exc: BaseException) -> int:
+    log.debug("traceback of the error below", exc_info=True)
+    print(f"cardiostream engines {args.engines_command}: error: {exc}", file=sys.stderr)
+    return 2
+
+
+def _user_errors():
+    return (EngineError, ValueError, OSError)
+
+
+# ---------------------------------------------------------------- build
+
+def cmd_build(args) -> int:
+    from engines import cache
+    from engines.backends import create_engine, resolve_backend, set_threads
+
+    if args.threads:
+        set_threads(args.threads)
+    weights = dict(args.weights)
+    rows = []
+    try:
+        for role in args.roles:
+            backend = resolve_backend(args.backend, args.device, role)
+            before = dict(cache.STATS)
+            t0 = time.perf_counter()
+            engine = create_engine(role, backend, args.precision, weights=weights.get(role),
+                                   device=args.device, calibration=args.calibration_clip,
+                                   use_cache=not args.rebuild)
+            seconds = time.perf_counter() - t0
+            built = sum(v - before.get(k, 0) for k, v in cache.STATS.items() if k.startswith("build:"))
+            where = str(engine.artefact.parent) if engine.artefact else "(nothing to cache: eager torch)"
+            state = "built" if built else ("from cache" if engine.artefact else "ready")
+            rows.append({"role": role, "backend": engine.backend, "precision": engine.precision,
+                         "device": engine.device, "model": engine.origin, "state": state,
+                         "seconds": round(seconds, 2), "path": where})
+            print(f"{role:5s} {engine.backend:12s} {engine.precision:5s} {state:10s} "
+                  f"{seconds:6.1f} s  {where}  ({engine.origin})", flush=True)
+    except _user_errors() as exc:
+        return _fail(args, exc)
+    if args.json:
+        _write_json(args.json, {"command": "engines build", "cache": str(cache.cache_root()), "engines": rows})
+    return 0
+
+
+# ---------------------------------------------------------------- check
+
+def _inputs(spec, kind: str, n: int) -> np.ndarray:
+    """``n`` inputs for ``spec``: held-out test phantoms or seeded uniform noise."""
+    h, w = spec.size
+    if kind == "random":
+        rng = np.random.default_rng(0)
+        return rng.random((n, *spec.input.shape[1:]), dtype=np.float32)
+    from calib import datasets
+
+    if spec.role == "view":
+        a = datasets.view_samples("test", n, rows=h, cols=w)["images"][:, None]
+    elif spec.role == "seg":
+        a = datasets.segmentation_samples("test", n, rows=h, cols=w)["images"][:, None]
+    else:
+        a = datasets.flow_samples("test", n, rows=h, cols=w)["pairs"]
+    return np.ascontiguousarray(a, dtype=np.float32) / np.float32(255.0)
+
+
+def _latency_ms(engine, x: np.ndarray, iterations: int) -> float:
+    for _ in range(min(3, iterations)):
+        engine(x)
+    times = []
+    for _ in range(iterations):
+        t0 = time.perf_counter()
+        engine(x)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1e3)
+
+
+def check(roles, backends, precisions, *, weights=None, iterations: int = 20, inputs: str = "random",
+          n_inputs: int = 3, toy: bool = False, device: str | None = None, calibration=None) -> list[dict]:
+    """Rows of the ``engines check`` table (also the JSON records)."""
+    from engines.backends import backend_module, backend_status, create_engine, source_for
+    from engines.backends.tolerance import compare
+
+    weights = weights or {}
+    status = backend_status(device)
+    rows = []
+    for role in roles:
+        model = spec = None
+        if toy:
+            from engines.backends.toy import toy_model, toy_spec
+
+            model, spec = toy_model(role), toy_spec(role, (128, 128))
+        source = source_for(role, weights.get(role), model=model, spec=spec)
+        spec = source.spec
+        xs = _inputs(spec, inputs, n_inputs)
+        ref_engine = None
+        if source.module is not None:
+            ref_engine = backend_module("torch").build(source, "fp32", "cpu", None)
+        for backend in backends:
+            if status.get(backend):
+                rows.append({"role": role, "backend": backend, "precision": "-", "status": "unavailable",
+                             "reason": status[backend]})
+                continue
+            for precision in precisions:
+                row = {"role": role, "backend": backend, "precision": precision, "model": source.origin,
+                       "input": list(spec.input.shape)}
+                try:
+                    engine = create_engine(role, backend, precision, weights=weights.get(role),
+                                           device=device if backend in ("torch", "tensorrt") else None,
+                                           model=model, spec=spec if toy else None,
+                                           calibration=calibration)
+                except EngineError as exc:
+                    row.update(status="unsupported", reason=str(exc))
+                    rows.append(row)
+                    continue
+                outs = np.stack([engine(x[None]) for x in xs])
+                if ref_engine is not None:
+                    ref = np.stack([ref_engine(x[None]) for x in xs])
+                    row.update(compare(role, precision, ref, outs))
+                    row["status"] = "ok" if row["ok"] else "OUT OF TOLERANCE"
+                else:
+                    row["status"] = "ok (no torch reference for an ONNX model)"
+                row["median_ms"] = round(_latency_ms(engine, xs[:1], iterations), 3)
+                row["device"] = engine.device
+                rows.append(row)
+                log.info("check %s", row)
+    return rows
+
+
+def _fmt(v, spec="{:.2e}") -> str:
+    return "-" if v is None else spec.format(v)
+
+
+def print_table(rows: list[dict], out=None) -> None:
+    out = out or sys.stdout
+    head = f"{'role':5s} {'backend':12s} {'prec':5s} {'max|diff|':>10s} {'rel':>9s} {'agree/EPE':>10s} {'median ms':>10s}  status"
+    print(head, file=out)
+    print("-" * len(head), file=out)
+    for r in rows:
+        if r.get("status") in ("unavailable", "unsupported"):
+            print(f"{r['role']:5s} {r['backend']:12s} {r['precision']:5s} {'':>10s} {'':>9s} {'':>10s} "
+                  f"{'':>10s}  {r['status']}: {r['reason']}", file=out)
+            continue
+        scale = max(1.0, r.get("output_scale", 1.0) or 1.0)
+        rel = r["max_abs_diff"] / scale if "max_abs_diff" in r else None
+        if "top1_agreement" in r:
+            agree = f"{r['top1_agreement'] * 100:.1f}%"
+        elif "argmax_agreement" in r:
+            agree = f"{r['argmax_agreement'] * 100:.2f}%"
+        elif "epe_to_ref_px" in r:
+            agree = f"{r['epe_to_ref_px']:.4f}px"
+        else:
+            agree = "-"
+        print(f"{r['role']:5s} {r['backend']:12s} {r['precision']:5s} {_fmt(r.get('max_abs_diff')):>10s} "
+              f"{_fmt(rel):>9s} {agree:>10s} {r['median_ms']:10.2f}  {r['status']}", file=out)
+
+
+def cmd_check(args) -> int:
+    from engines.backends import get_threads, set_threads
+
+    threads = set_threads(args.threads) if args.threads else get_threads()
+    try:
+        rows = check(args.roles, args.backends, args.precisions, weights=dict(args.weights),
+                     iterations=args.iterations, inputs=args.inputs, n_inputs=args.n_inputs,
+                     toy=args.toy, device=args.device, calibration=args.calibration_clip)
+    except _user_errors() as exc:
+        return _fail(args, exc)
+    print(f"# {args.iterations} iterations, {threads} threads, inputs: {args.inputs} "
+          f"(n={args.n_inputs}); reference: eager torch fp32 on the CPU")
+    print_table(rows)
+    if args.json:
+        import platform
+
+        import torch
+
+        _write_json(args.json, {"command": "engines check", "threads": threads, "iterations": args.iterations,
+                                "inputs": args.inputs, "n_inputs": args.n_inputs, "toy": args.toy,
+                                "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
+                                "rows": rows})
+    bad = [r for r in rows if r.get("status") == "OUT OF TOLERANCE"]
+    return 1 if bad else 0
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    print(f"wrote {path}")
+
+
+# ---------------------------------------------------------------- train
+
+def cmd_train(args) -> int:
+    """``engines train ROLE ...``: the trainer's own parser takes the rest of the line, so
+    torch is imported only when a network is trained (not by every ``cardiostream`` call)."""
+    trainer = importlib.import_module(TRAIN_MODULES[args.train_role])
+    parser = argparse.ArgumentParser(prog="cardiostream engines train")
+    trainer.add_parser(parser.add_subparsers(dest="train_role", required=True))
+    trainer_args = parser.parse_args([args.train_role, *args.train_args])
+    return trainer_args.func(trainer_args)
+
+
+def add_engines_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``engines`` (build, check, train) on a top-level ``add_subparsers()`` object."""
+    engines = subparsers.add_parser(
+        "engines", help="build, check and train the networks' engines",
+        description="The three networks (view classifier, myocardium segmenter, flow) on the "
+                    "inference backends: torch (eager), onnxruntime and openvino (CPU), tensorrt "
+                    "(CUDA GPU with torch_tensorrt). Built engines are cached in $CARDIOSTREAM_CACHE "
+                    "(default ~/.cache/cardiostream/engines), keyed by weights, input shape, "
+                    "precision, backend version and device.")
+    sub = engines.add_subparsers(dest="engines_command", required=True, metavar="SUBCOMMAND")
+
+    build = sub.add_parser(
+        "build", help="build and cache engines ahead of time",
+        description="Build the engines for --roles on --backend at --precision and store them in "
+                    "the engine cache, so the side-car starts without export/compile time. Prints "
+                    "what was built (or found in the cache), where, and how long it took. INT8 "
+                    "calibrates on phantom images from the calib split, or on --calibration-clip.")
+    _common(build)
+    build.add_argument("--backend", default="auto", choices=("auto", *BACKENDS),
+                       help="auto: tensorrt on a CUDA machine with torch_tensorrt, else the fastest "
+                            "CPU backend measured for the network (onnxruntime for view, openvino "
+                            "for seg and flow) (default auto)")
+    build.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                       help="fp32 (all backends), fp16 (torch on CUDA, tensorrt), int8 (onnxruntime, "
+                            "openvino, tensorrt) (default fp32)")
+    build.add_argument("--calibration-clip", type=Path, metavar="CLIP",
+                       help="int8: calibrate on frames of this recording (any clip format "
+                            "`cardiostream replay` reads) instead of phantoms")
+    build.add_argument("--rebuild", action="store_true", help="rebuild even when the cache has the engine")
+    build.add_argument("--json", type=Path, metavar="PATH", help="also write what was built as JSON")
+    build.set_defaults(func=cmd_build)
+
+    chk = sub.add_parser(
+        "check", help="compare every backend with eager torch and time it",
+        description="For each network and each backend available here: the largest difference "
+                    "from eager torch fp32 on the same weights and inputs (with the stated "
+                    "tolerance: fp32 max|diff| <= 1e-4 x output scale; int8 class/argmax agreement "
+                    "or flow end-point difference), and the median latency over --iterations "
+                    "calls at batch 1. Backends that cannot run here are listed with the reason. "
+                    "Exit code 1 when a result is out of tolerance.")
+    _common(chk)
+    chk.add_argument("--backends", type=_names(BACKENDS, "backend"), default=list(BACKENDS),
+                     metavar="NAME[,NAME]", help=f"backends to check (default: {','.join(BACKENDS)})")
+    chk.add_argument("--precisions", type=_names(PRECISIONS, "precision"), default=["fp32"],
+                     metavar="P[,P]", help="precisions to check, e.g. fp32,int8 (default fp32); "
+                                           "combinations a backend does not run are listed as unsupported")
+    chk.add_argument("--iterations", type=_positive, default=20, metavar="N",
+                     help="timed calls per engine (default 20)")
+    chk.add_argument("--inputs", choices=("phantom", "random"), default="phantom",
+                     help="phantom: held-out test-split phantoms (default); random: seeded uniform noise")
+    chk.add_argument("--n-inputs", type=_positive, default=3, metavar="N",
+                     help="inputs compared per network (default 3)")
+    chk.add_argument("--toy", action="store_true",
+                     help="use small stand-in networks with random weights instead of the shipped "
+                          "ones (backend comparison on a machine without trained weights)")
+    chk.add_argument("--calibration-clip", type=Path, metavar="CLIP",
+                     help="int8: calibrate on frames of this recording instead of phantoms")
+    chk.add_argument("--json", type=Path, metavar="PATH", help="also write the rows as JSON")
+    chk.set_defaults(func=cmd_check)
+
+    train = sub.add_parser(
+        "train", help="train a network on phantom data",
+        description="Train one of the networks on phantom data sets (seeded, reproducible); "
+                    "writes a state dict and a JSON record to engines/weights/. "
+                    "`cardiostream engines train ROLE --help` lists the role's options.")
+    train.add_argument("train_role", choices=tuple(TRAIN_MODULES), metavar="ROLE",
+                       help=f"the network to train: {', '.join(TRAIN_MODULES)}")
+    train.add_argument("train_args", nargs=argparse.REMAINDER, metavar="...",
+                       help="the trainer's options (see ROLE --help)")
+    train.set_defaults(func=cmd_train)
+    return engines
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m engines.cli ...``: the same commands without the rest of the CLI."""
+    parser = argparse.ArgumentParser(prog="cardiostream")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_engines_parser(sub)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
