@@ -1,0 +1,275 @@
+"""Train the dense-flow network on phantom frame pairs (``cardiostream engines train flow``).
+
+Data: :func:`calib.datasets.flow_samples` -- consecutive frames of echo phantom clips
+(apical views a4c / a2c / alax) with the exact truth displacement (dx, dy) px from the
+previous to the current frame, defined over the whole image, and the myocardium mask of
+the previous frame.
+
+Training runs on random crops (``--crop``, mostly centred on the myocardium) to fit a
+CPU budget; the network is fully convolutional. Loss: end-point error, weighted towards
+the myocardium (``--myo-weight``) but over the whole crop, on the final full-resolution
+flow and on every coarser pyramid level (truth area-downsampled). Augmentation: gain,
+gamma and noise, left-right flips (dx negated). Model selection on ``val`` (EPE in the
+myocardium); metrics on the held-out ``test`` split at 256 x 256, next to OpenCV DIS
+(preset MEDIUM) on the same pairs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import shlex
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engines.nets import flownet
+from engines.spec import fit_geometry, fit_to_input
+from engines.train import common
+
+ROLE = "flow"
+BUILDER = "flow_samples"
+#: frame pairs per phantom clip (more pairs per clip = cheaper data, fewer anatomies)
+PAIRS_PER_CLIP = {"train": 8, "val": 4, "test": 4}
+#: pairs per cached data-set file
+CHUNK = 2048
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        ROLE, help="train the dense-flow network on phantom frame pairs",
+        description="Train the PWC-style flow network (engines.nets.flownet) on consecutive phantom "
+                    "frames with exact truth motion from calib.datasets.flow_samples; pick the best "
+                    "epoch on the 'val' split by end-point error in the myocardium, report it at "
+                    "256 x 256 on the held-out 'test' split next to OpenCV DIS (preset MEDIUM), and "
+                    "write the state dict plus a JSON record.")
+    common.add_common_arguments(p, ROLE, flownet.SPEC.weights_file, epochs=18, samples=2048)
+    p.add_argument("--val-samples", type=int, default=64, help="pairs from the 'val' split (default %(default)s)")
+    p.add_argument("--test-samples", type=int, default=128,
+                   help="pairs from the held-out 'test' split (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=8, help="(default %(default)s)")
+    p.add_argument("--lr", type=float, default=1.5e-3, help="peak learning rate of the one-cycle schedule (default %(default)s)")
+    p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping (default %(default)s)")
+    p.add_argument("--crop", type=int, default=96,
+                   help="side of the random training crops (multiple of 8); 0 trains on full inputs (default %(default)s)")
+    p.add_argument("--myo-weight", type=float, default=8.0,
+                   help="extra loss weight of myocardium pixels (1 + this inside) (default %(default)s)")
+    p.set_defaults(func=run)
+    return p
+
+
+# ------------------------------------------------------------------ data and metrics
+def prepare(pairs: np.ndarray, size=flownet.SPEC.size) -> np.ndarray:
+    """uint8 (N, 2, rows, cols) frame pairs -> float32 (N, 2, H, W) network inputs in [0, 1]."""
+    if pairs.shape[-2:] == tuple(size):
+        return pairs.astype(np.float32) * np.float32(1 / 255)
+    return np.stack([np.stack([fit_to_input(f.astype(np.float32) / 255.0, size)[0] for f in pair])
+                     for pair in pairs])
+
+
+def to_frame_flow(flow: np.ndarray, frame_shape: tuple[int, int]) -> np.ndarray:
+    """Network flows (N, 2, H, W) -> frame-grid flows (N, rows, cols, 2) in frame pixels."""
+    fit = fit_geometry(frame_shape, flow.shape[-2:])
+    f = np.ascontiguousarray(flow[:, :, fit.top:fit.top + fit.rows, fit.left:fit.left + fit.cols], np.float32)
+    t = torch.from_numpy(f)
+    if t.shape[-2:] != tuple(frame_shape):
+        t = F.interpolate(t, size=tuple(frame_shape), mode="bilinear", align_corners=False)
+    return (t / fit.scale).permute(0, 2, 3, 1).numpy()
+
+
+def _epe(flow: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    return np.linalg.norm(flow.astype(np.float64) - truth, axis=-1)
+
+
+def evaluate(predict, samples: dict, batch_size: int = 16, dis: bool = True) -> dict:
+    """End-point errors of ``predict`` (N, 2, H, W) inputs -> (N, 2, H, W) flows on phantom pairs.
+
+    ``samples`` is a :func:`calib.datasets.flow_samples` dict. Errors are in frame pixels:
+    mean over the myocardium pixels of all pairs (previous frame's truth mask) and over
+    the whole image; with ``dis``, the same for OpenCV DIS (preset MEDIUM) on the uint8
+    pairs, with DIS's median runtime per pair.
+    """
+    import cv2
+
+    pairs, truth, myo = samples["pairs"], samples["flow"], samples["myocardium"] > 0
+    x = prepare(pairs)
+    flow = to_frame_flow(common.predict_in_batches(predict, x, batch_size), pairs.shape[-2:])
+    e = _epe(flow, truth)
+    zero = np.linalg.norm(truth.astype(np.float64), axis=-1)
+    out = {"n_pairs": int(len(pairs)), "evaluated_at": list(pairs.shape[-2:]),
+           "epe_myocardium_px": float(e[myo].mean()), "epe_image_px": float(e.mean()),
+           "epe_myocardium_pair_median_px": float(np.median([ei[m].mean() for ei, m in zip(e, myo) if m.any()])),
+           "epe_zero_flow_myocardium_px": float(zero[myo].mean())}
+    if dis:
+        d = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+        flows, times = [], []
+        for a, b in pairs:
+            t0 = time.perf_counter()
+            flows.append(d.calc(np.ascontiguousarray(a), np.ascontiguousarray(b), None))
+            times.append(time.perf_counter() - t0)
+        ed = _epe(np.stack(flows), truth)
+        out.update(epe_dis_medium_px=float(ed[myo].mean()), epe_dis_medium_image_px=float(ed.mean()),
+                   dis_medium_ms_median=float(np.median(times) * 1e3))
+    return out
+
+
+def load(split: str, n: int) -> tuple[dict, dict]:
+    """``n`` pairs of ``split`` (cached on disk, in chunks of :data:`CHUNK`) and its record.
+
+    Chunk ``k`` holds the clips from ``k * CHUNK / pairs_per_clip`` on, so the pairs are
+    exactly those of one builder call for all ``n``.
+    """
+    from engines.train.data import dataset
+
+    ppc = PAIRS_PER_CLIP[split]
+    parts, done = [], 0
+    while done < n:
+        m = min(CHUNK, n - done)
+        kw = {"pairs_per_clip": ppc, **({"offset": done // ppc} if done else {})}
+        parts.append(dataset(BUILDER, split, m, **kw))
+        done += m
+    samples = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if parts[0][k].ndim > 0}
+    return samples, common.split_record(BUILDER, split, samples, pairs_per_clip=ppc)
+
+
+# ------------------------------------------------------------------ training
+def _crop_corners(myo: np.ndarray, idx: np.ndarray, crop: int, size: tuple[int, int], g: torch.Generator,
+                  p_centred: float = 0.8) -> list[tuple[int, int]]:
+    """Top-left corners of crops, centred on a random myocardium pixel with probability ``p_centred``."""
+    h, w = size
+    corners = []
+    for i in idx:
+        u = torch.rand(3, generator=g).tolist()
+        rows, cols = np.nonzero(myo[i])
+        if u[0] < p_centred and len(rows):
+            k = int(u[1] * len(rows))
+            r, c = int(rows[k]) - crop // 2, int(cols[k]) - crop // 2
+            jitter = torch.randint(-crop // 4, crop // 4 + 1, (2,), generator=g).tolist()
+            r, c = r + jitter[0], c + jitter[1]
+        else:
+            r, c = int(u[1] * (h - crop + 1)), int(u[2] * (w - crop + 1))
+        corners.append((min(max(r, 0), h - crop), min(max(c, 0), w - crop)))
+    return corners
+
+
+def make_batch(pairs: np.ndarray, flows: np.ndarray, myo: np.ndarray, idx: np.ndarray, crop: int,
+               g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Augmented crops: inputs (B, 2, c, c) in [0, 1], truth flow (B, 2, c, c), myocardium (B, 1, c, c)."""
+    h, w = pairs.shape[-2:]
+    if crop:
+        corners = _crop_corners(myo, idx, crop, (h, w), g)
+        sl = [(slice(r, r + crop), slice(c, c + crop)) for r, c in corners]
+    else:
+        sl = [(slice(0, h), slice(0, w))] * len(idx)
+    x = torch.from_numpy(np.stack([pairs[i][:, a, b] for i, (a, b) in zip(idx, sl)]).astype(np.float32) / 255.0)
+    f = torch.from_numpy(np.stack([flows[i][a, b] for i, (a, b) in zip(idx, sl)])).permute(0, 3, 1, 2).contiguous()
+    m = torch.from_numpy(np.stack([myo[i][a, b] for i, (a, b) in zip(idx, sl)]).astype(np.float32))[:, None]
+    flip = torch.rand(len(idx), generator=g) < 0.5
+    if flip.any():
+        x[flip] = x[flip].flip(-1)
+        m[flip] = m[flip].flip(-1)
+        f[flip] = f[flip].flip(-1) * torch.tensor([-1.0, 1.0]).view(1, 2, 1, 1)
+    x = common.augment_intensity(x, g, noise=0.03)
+    return x, f, m
+
+
+def loss_fn(model: flownet.FlowNet, x: torch.Tensor, truth: torch.Tensor, myo: torch.Tensor,
+            myo_weight: float, coarse_weight: float = 0.5) -> torch.Tensor:
+    """Weighted EPE of the final flow plus ``coarse_weight`` x that of each coarser level."""
+    levels = model.forward_levels(x)
+    h, w = x.shape[-2:]
+    loss = x.new_zeros(())
+    for k, (lv, flow) in enumerate(levels):
+        s = 2 ** lv
+        if k == len(levels) - 1:
+            pred, tgt, wt, scale = flownet.upsample(flow, (h, w), float(s)), truth, myo, 1.0
+        else:
+            pred, tgt, wt, scale = flow, F.avg_pool2d(truth, s) / s, F.avg_pool2d(myo, s), coarse_weight * s
+        wt = 1.0 + myo_weight * wt
+        epe = torch.sqrt(((pred - tgt) ** 2).sum(1, keepdim=True) + 1e-8)
+        loss = loss + scale * (epe * wt).sum() / wt.sum()
+    return loss
+
+
+def run(args: argparse.Namespace) -> int:
+    threads = common.set_threads(args.threads)
+    device = common.pick_device(args.device)
+    g = common.seed_everything(args.seed)
+    clock = common.Stopwatch()
+    command = vars(args).pop("command_line", None)
+    header = common.record_header(args, ROLE)
+    if command:
+        header["command"] = command
+    div = 2 ** len(flownet.DEFAULTS["widths"])
+    if args.crop % div:
+        raise SystemExit(f"--crop {args.crop} must be a multiple of {div}")
+
+    tr, tr_rec = load("train", args.samples)
+    va, va_rec = load("val", args.val_samples)
+    pairs, flows, myo = tr["pairs"], tr["flow"], tr["myocardium"] > 0
+    crop = args.crop if 0 < args.crop < min(pairs.shape[-2:]) else 0
+    data_s = clock.seconds
+
+    model = flownet.build().to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    steps = args.epochs * -(-len(pairs) // args.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=max(1, steps), pct_start=0.1)
+    best, best_key, best_val, history = None, None, None, []
+    bar = common.progress(total=steps, desc="train flow")
+    for epoch in range(args.epochs):
+        model.train()
+        total = 0.0
+        for idx in common.batch_indices(len(pairs), args.batch_size, g):
+            xb, fb, mb = make_batch(pairs, flows, myo, idx, crop, g)
+            loss = loss_fn(model, xb.to(device), fb.to(device), mb.to(device), args.myo_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+        val = evaluate(common.torch_predict(model, device), va, dis=False)
+        history.append({"epoch": epoch + 1, "train_loss": total / len(pairs),
+                        "val_epe_myocardium_px": val["epe_myocardium_px"], "val_epe_image_px": val["epe_image_px"]})
+        bar.write(f"epoch {epoch + 1}: loss {total / len(pairs):.4f}, val EPE myocardium "
+                  f"{val['epe_myocardium_px']:.4f} px, image {val['epe_image_px']:.4f} px")
+        key = (-val["epe_myocardium_px"], epoch)
+        if best_key is None or key >= best_key:
+            best_key, best, best_val = key, copy.deepcopy(model.state_dict()), val
+    bar.close()
+    model.load_state_dict(best)
+    model.eval()
+    train_s = clock.seconds - data_s
+
+    te, te_rec = load("test", args.test_samples)
+    test = evaluate(common.torch_predict(model, device), te)
+    record = {**header, "arch": flownet.SPEC.arch, "hparams": model.hparams, "input": list(flownet.SPEC.input.shape),
+              "threads": threads, "device": str(device), "crop": crop,
+              "data": {"train": tr_rec, "val": va_rec, "test": te_rec},
+              "epochs": args.epochs, "best_epoch": best_key[1] + 1, "history": history,
+              "val": {k: best_val[k] for k in ("epe_myocardium_px", "epe_image_px")},
+              "test": test, "wall_s": {"data": round(data_s, 1), "train": round(train_s, 1),
+                                       "total": round(clock.seconds, 1)}}
+    js = common.save_weights(model.cpu(), ROLE, record, args.out)
+    print(f"flow: test EPE in the myocardium {test['epe_myocardium_px']:.4f} px (DIS medium "
+          f"{test['epe_dis_medium_px']:.4f} px, zero flow {test['epe_zero_flow_myocardium_px']:.4f} px; "
+          f"{test['n_pairs']} pairs), best epoch {best_key[1] + 1}/{args.epochs}, train {train_s:.0f} s; "
+          f"wrote {args.out} and {js}")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="cardiostream engines train")
+    add_parser(parser.add_subparsers(dest="role", required=True))
+    args = parser.parse_args(argv)
+    if argv is not None:                  # called from Python: record the equivalent command
+        args.command_line = shlex.join(["python", "-m", "engines.train.flow", *argv])
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
