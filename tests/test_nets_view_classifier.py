@@ -3,7 +3,6 @@
 import json
 
 import numpy as np
-import pytest
 import torch
 
 from engines.nets import WEIGHTS_DIR, view_classifier

@@ -263,7 +263,7 @@ def test_horseshoe_end_to_end_recovers_gls_and_regional_peaks():
     # mostly in the first beat, whose ED frame the online filter has seen only once
     sm = S.analyse_a4c(t, tr.smoothed_points_mm())
     tg, treg = truth_rel(t, sm.ed_indices)
-    for b, bf in zip(sm.beats, a.beats):
+    for b in sm.beats:
         sl = slice(b.ed_index, b.end_index)
         e_gls = abs(b.peak_gls_pct - tg[sl].min())
         e_reg = np.abs(b.regional_peak_pct - treg[sl].min(0)).max()

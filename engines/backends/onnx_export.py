@@ -103,3 +103,18 @@ def onnx_model(source: LoadedModel, *, use_cache: bool = True) -> Path:
     folder, _ = cache.get_or_build(onnx_key(source), lambda d: export_onnx(source, d / ONNX_FILE),
                                    use_cache=use_cache)
     return folder / ONNX_FILE
+
+
+def cpu_onnx_model(source: LoadedModel, precision: str, backend: str, *, calibration=None,
+                   use_cache: bool = True) -> Path:
+    """The ONNX file a CPU backend runs: the fp32 export, or its INT8 (QDQ) quantisation."""
+    from engines.backends.base import EngineError
+
+    if precision == "fp16":
+        raise EngineError(f"backend {backend!r} runs fp32 and int8 on the CPU (no fast fp16 CPU "
+                          "kernels); fp16 needs --backend tensorrt or torch on CUDA")
+    if precision == "int8":
+        from engines.int8 import quantized_onnx
+
+        return quantized_onnx(source, calibration, use_cache=use_cache)
+    return onnx_model(source, use_cache=use_cache)

@@ -57,15 +57,7 @@ def build(source: LoadedModel, precision: str, device: str | None, threads: int,
     reason = unavailable(device)
     if reason:
         raise EngineError(reason)
-    if precision == "fp16":
-        raise EngineError("backend 'onnxruntime' runs fp32 and int8 on the CPU (it has no fast "
-                          "fp16 CPU kernels); fp16 needs --backend tensorrt or torch on CUDA")
-    from engines.backends.onnx_export import onnx_model
+    from engines.backends.onnx_export import cpu_onnx_model
 
-    if precision == "int8":
-        from engines.int8 import quantized_onnx
-
-        path = quantized_onnx(source, calibration, use_cache=use_cache)
-    else:
-        path = onnx_model(source, use_cache=use_cache)
+    path = cpu_onnx_model(source, precision, NAME, calibration=calibration, use_cache=use_cache)
     return OnnxRuntimeEngine(path, source, precision, threads)

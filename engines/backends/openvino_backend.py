@@ -74,18 +74,12 @@ def build(source: LoadedModel, precision: str, device: str | None, threads: int,
     reason = unavailable(device)
     if reason:
         raise EngineError(reason)
-    if precision == "fp16":
-        raise EngineError("backend 'openvino' runs fp32 and int8 on the CPU; fp16 needs "
-                          "--backend tensorrt or torch on CUDA")
-    from engines.backends.onnx_export import exporter_for, onnx_model
+    from engines.backends.onnx_export import cpu_onnx_model, exporter_for
 
+    onnx = cpu_onnx_model(source, precision, NAME, calibration=calibration, use_cache=use_cache)
     if precision == "int8":
-        from engines.int8 import quantized_onnx
-
-        onnx = quantized_onnx(source, calibration, use_cache=use_cache)
         extra = (("from", "onnx-int8-qdq"),)
     else:
-        onnx = onnx_model(source, use_cache=use_cache)
         extra = (("from", "onnx"), ("exporter", "user-onnx" if source.onnx_path else exporter_for(source)))
     # the ONNX file's hash stands for everything it was made from (code, weights, exporter,
     # calibration set and quantiser settings)

@@ -170,7 +170,6 @@ def build(source: LoadedModel, precision: str, device: str | None, threads: int 
     if source.is_torchscript:
         raise EngineError(f"{source.spec.role}: {source.origin} is TorchScript; Torch-TensorRT's "
                           "dynamo path needs an nn.Module -- give the weights as a state dict")
-    import torch
     import torch_tensorrt  # noqa: F401  (registers the TensorRT ops torch_tensorrt.load needs)
 
     from engines.backends.onnx_export import source_code_digest
