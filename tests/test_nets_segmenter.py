@@ -50,5 +50,7 @@ def test_shipped_weights_segment_held_out_frames():
     samples = dataset("segmentation_samples", "test", 24)     # 6 held-out clips, 4 frames each
     metrics = evaluate(common.torch_predict(model), samples)
     assert metrics["evaluated_at"] == [256, 256]
-    assert metrics["myocardium_dice_mean"] >= 0.87, metrics
-    assert metrics["cavity_dice_mean"] >= 0.80, metrics
+    assert metrics["myocardium_dice_mean"] >= 0.92, metrics                 # 0.940 with the shipped weights
+    assert metrics["myocardium_dice_min"] >= 0.88, metrics                  # 0.912
+    assert metrics["myocardium_dice_by_view"]["a4c"] >= 0.91, metrics       # 0.936 (the strain view)
+    assert metrics["cavity_dice_mean"] >= 0.95, metrics                     # 0.980

@@ -48,6 +48,27 @@ def test_tiny_run_writes_weights_and_record_reproducibly(parser, role, tmp_path,
     assert c["weights_sha256"] != a["weights_sha256"]
 
 
+def test_seg_schedule_crops_then_full_frames(parser, tmp_path, monkeypatch):
+    monkeypatch.setenv("CARDIOSTREAM_NO_PROGRESS", "1")
+    out = tmp_path / "seg.pt"
+    args = parser.parse_args(["seg", "--epochs", "3", "--full-frame-epochs", "2", "--crop", "64",
+                              "--samples", "16", "--val-samples", "8", "--test-samples", "8",
+                              "--batch-size", "8", "--threads", "1", "--out", str(out)])
+    assert args.func(args) == 0
+    rec = json.loads(out.with_name("seg.json").read_text())
+    assert rec["full_frame_epochs"] == 2 and rec["crop"] == 64
+    assert [h["crop"] for h in rec["history"]] == [64, 0, 0]          # crops first, then full frames
+    lrs = [h["lr_start"] for h in rec["history"]]
+    assert lrs[1] > lrs[2]                                             # decaying rate on full frames
+    assert 1 <= rec["best_epoch"] <= 3
+
+
+def test_seg_defaults_reproduce_the_shipped_run(parser):
+    args = parser.parse_args(["seg"])
+    assert (args.epochs, args.full_frame_epochs, args.crop, args.samples, args.seed, args.threads) == \
+        (14, 8, 64, 2400, 0, 1)
+
+
 def test_help_names_the_options(parser, capsys):
     for role in ("view", "seg"):
         with pytest.raises(SystemExit):
@@ -55,3 +76,5 @@ def test_help_names_the_options(parser, capsys):
         text = capsys.readouterr().out
         for opt in ("--epochs", "--samples", "--seed", "--threads", "--out"):
             assert opt in text
+        if role == "seg":
+            assert "--full-frame-epochs" in text and "--crop" in text
