@@ -45,9 +45,27 @@ def test_evaluate_scores_truth_and_zero_flow(data_cache):
     truth = samples["flow"].transpose(0, 3, 1, 2)
     perfect = flow.evaluate(lambda x: truth[:len(x)], samples, batch_size=16, dis=False)
     assert perfect["epe_myocardium_px"] < 1e-6 and perfect["n_pairs"] == 4
+    assert perfect["slope_dx"] == pytest.approx(1.0) and perfect["slope_dy"] == pytest.approx(1.0)
+    assert all(b["fraction"] == pytest.approx(1.0) for b in perfect["fraction_of_truth"] if b["pixels"])
+    half = flow.evaluate(lambda x: 0.5 * truth[:len(x)], samples, batch_size=16, dis=False)
+    assert half["slope_dx"] == pytest.approx(0.5, abs=1e-3) and half["slope_dy"] == pytest.approx(0.5, abs=1e-3)
+    assert all(b["fraction"] == pytest.approx(0.5, abs=1e-3) for b in half["fraction_of_truth"] if b["pixels"])
     zero = flow.evaluate(lambda x: np.zeros((len(x), 2) + x.shape[2:], np.float32), samples)
     assert zero["epe_myocardium_px"] == pytest.approx(zero["epe_zero_flow_myocardium_px"])
     assert 0 < zero["epe_dis_medium_px"] < 5
+
+
+def test_shrink_terms_vanish_for_truth_and_penalise_shrunk_flow():
+    g = torch.Generator().manual_seed(0)
+    truth = torch.randn(2, 2, 16, 16, generator=g) * 0.3
+    myo = torch.zeros(2, 1, 16, 16)
+    myo[:, :, 4:12, 4:12] = 1.0
+    rel, slope = flow.shrink_terms(truth.clone(), truth, myo)
+    assert float(rel) < 2e-3 and float(slope) < 1e-4
+    rel, slope = flow.shrink_terms(0.5 * truth, truth, myo)
+    assert float(slope) == pytest.approx(1.5, abs=1e-3) and float(rel) > 0.1
+    rel, slope = flow.shrink_terms(truth, truth, torch.zeros_like(myo))
+    assert float(rel) == 0.0 and float(slope) == 0.0
 
 
 def test_flip_augmentation_negates_dx():

@@ -56,6 +56,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="side of the random training crops (multiple of 8); 0 trains on full inputs (default %(default)s)")
     p.add_argument("--myo-weight", type=float, default=8.0,
                    help="extra loss weight of myocardium pixels (1 + this inside) (default %(default)s)")
+    p.add_argument("--rel-weight", type=float, default=0.0,
+                   help="weight of the relative error term: Charbonnier of |flow - truth| / (|truth| + "
+                        "--rel-eps) over the myocardium, which up-weights small motion (default %(default)s)")
+    p.add_argument("--rel-eps", type=float, default=0.1,
+                   help="px added to |truth| in the relative error term (default %(default)s)")
+    p.add_argument("--slope-weight", type=float, default=0.0,
+                   help="weight of the anti-shrinkage term: |s - 1| for the batch's least-squares slope s "
+                        "of flow vs truth in the myocardium per component (dx, dy), plus |r - 1| for the "
+                        "small-motion-weighted fraction of truth r (default %(default)s)")
+    p.add_argument("--select-slope-penalty", type=float, default=0.0,
+                   help="model selection: px of val EPE charged per unit that a val slope (dx, dy) lies "
+                        "outside 0.85-1.1; 0 selects on val EPE in the myocardium alone (default %(default)s)")
+    p.add_argument("--full-epochs", type=int, default=0,
+                   help="last epochs (of --epochs) trained on full frames instead of crops (default %(default)s)")
     p.set_defaults(func=run)
     return p
 
@@ -83,6 +97,36 @@ def _epe(flow: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return np.linalg.norm(flow.astype(np.float64) - truth, axis=-1)
 
 
+#: truth displacement bins (px) of the fraction-of-truth metric
+SIZE_BINS = (0.0, 0.1, 0.2, 0.4, 1.0, np.inf)
+
+
+def shrinkage(flow: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> dict:
+    """How much of the true motion ``flow`` (N, rows, cols, 2) reproduces over ``mask``.
+
+    ``slope_dx`` / ``slope_dy``: least-squares slope (with intercept) of estimated vs truth
+    component; ``fraction_of_truth``: sum(flow . truth) / sum(|truth|^2) per bin of |truth|
+    (px, :data:`SIZE_BINS`), i.e. the share of the true motion recovered (1 = unbiased,
+    < 1 = shrunk), with the pixel count of each bin.
+    """
+    p, t = flow[mask].astype(np.float64), truth[mask].astype(np.float64)
+    out = {}
+    for c, name in enumerate(("dx", "dy")):
+        tc, pc = t[:, c] - t[:, c].mean(), p[:, c] - p[:, c].mean()
+        var = float((tc * tc).sum())
+        out[f"slope_{name}"] = float((tc * pc).sum() / var) if var > 0 else float("nan")
+        out[f"intercept_{name}_px"] = float(p[:, c].mean() - out[f"slope_{name}"] * t[:, c].mean()) if var > 0 else float("nan")
+    mag = np.linalg.norm(t, axis=-1)
+    dot, sq = (p * t).sum(-1), (t * t).sum(-1)
+    bins = []
+    for lo, hi in zip(SIZE_BINS[:-1], SIZE_BINS[1:]):
+        sel = (mag >= lo) & (mag < hi)
+        frac = float(dot[sel].sum() / sq[sel].sum()) if sel.any() and sq[sel].sum() > 0 else float("nan")
+        bins.append({"truth_px": [lo, None if np.isinf(hi) else hi], "pixels": int(sel.sum()), "fraction": frac})
+    out["fraction_of_truth"] = bins
+    return out
+
+
 def evaluate(predict, samples: dict, batch_size: int = 16, dis: bool = True) -> dict:
     """End-point errors of ``predict`` (N, 2, H, W) inputs -> (N, 2, H, W) flows on phantom pairs.
 
@@ -101,7 +145,8 @@ def evaluate(predict, samples: dict, batch_size: int = 16, dis: bool = True) -> 
     out = {"n_pairs": int(len(pairs)), "evaluated_at": list(pairs.shape[-2:]),
            "epe_myocardium_px": float(e[myo].mean()), "epe_image_px": float(e.mean()),
            "epe_myocardium_pair_median_px": float(np.median([ei[m].mean() for ei, m in zip(e, myo) if m.any()])),
-           "epe_zero_flow_myocardium_px": float(zero[myo].mean())}
+           "epe_zero_flow_myocardium_px": float(zero[myo].mean()),
+           **shrinkage(flow, truth, myo)}
     if dis:
         d = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
         flows, times = [], []
@@ -110,8 +155,11 @@ def evaluate(predict, samples: dict, batch_size: int = 16, dis: bool = True) -> 
             flows.append(d.calc(np.ascontiguousarray(a), np.ascontiguousarray(b), None))
             times.append(time.perf_counter() - t0)
         ed = _epe(np.stack(flows), truth)
+        sd = shrinkage(np.stack(flows), truth, myo)
         out.update(epe_dis_medium_px=float(ed[myo].mean()), epe_dis_medium_image_px=float(ed.mean()),
-                   dis_medium_ms_median=float(np.median(times) * 1e3))
+                   dis_medium_ms_median=float(np.median(times) * 1e3),
+                   dis_medium_slope_dx=sd["slope_dx"], dis_medium_slope_dy=sd["slope_dy"],
+                   dis_medium_fraction_of_truth=sd["fraction_of_truth"])
     return out
 
 
@@ -175,9 +223,40 @@ def make_batch(pairs: np.ndarray, flows: np.ndarray, myo: np.ndarray, idx: np.nd
     return x, f, m
 
 
+def shrink_terms(pred: torch.Tensor, truth: torch.Tensor, myo: torch.Tensor, rel_eps: float = 0.1,
+                 tiny: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Anti-shrinkage terms of a batch, over the myocardium pixels of (B, 2, h, w) flows.
+
+    ``rel``: mean Charbonnier of |pred - truth| / (|truth| + ``rel_eps``) (relative error,
+    large for small true motion that is missed). ``slope``: |s_dx - 1| + |s_dy - 1| for the
+    least-squares slopes (with intercept) of pred vs truth per component, plus |r - 1| for
+    r = sum(w pred . truth) / sum(w |truth|^2) with w = 1 / (|truth| + rel_eps)^2, the
+    share of the true motion recovered with small motion weighted up. Both are zero-safe
+    (no myocardium -> 0).
+    """
+    m = myo[:, 0] > 0.5
+    if not bool(m.any()):
+        z = pred.sum() * 0.0
+        return z, z
+    p = pred.permute(0, 2, 3, 1)[m]                       # (P, 2)
+    t = truth.permute(0, 2, 3, 1)[m]
+    mag = torch.sqrt((t * t).sum(1) + 1e-12)
+    err = torch.sqrt(((p - t) ** 2).sum(1) / (mag + rel_eps) ** 2 + 1e-6)
+    rel = err.mean()
+    tc, pc = t - t.mean(0), p - p.mean(0)
+    slopes = (tc * pc).sum(0) / ((tc * tc).sum(0) + tiny)
+    w = 1.0 / (mag + rel_eps) ** 2
+    r = (w * (p * t).sum(1)).sum() / ((w * (t * t).sum(1)).sum() + tiny)
+    slope = (slopes - 1.0).abs().sum() + (r - 1.0).abs()
+    return rel, slope
+
+
 def loss_fn(model: flownet.FlowNet, x: torch.Tensor, truth: torch.Tensor, myo: torch.Tensor,
-            myo_weight: float, coarse_weight: float = 0.5) -> torch.Tensor:
-    """Weighted EPE of the final flow plus ``coarse_weight`` x that of each coarser level."""
+            myo_weight: float, coarse_weight: float = 0.5, rel_weight: float = 0.0, rel_eps: float = 0.1,
+            slope_weight: float = 0.0) -> torch.Tensor:
+    """Weighted EPE of the final flow plus ``coarse_weight`` x that of each coarser level,
+    plus ``rel_weight`` x ``rel`` and ``slope_weight`` x ``slope`` of :func:`shrink_terms`
+    on the final flow."""
     levels = model.forward_levels(x)
     h, w = x.shape[-2:]
     loss = x.new_zeros(())
@@ -187,10 +266,28 @@ def loss_fn(model: flownet.FlowNet, x: torch.Tensor, truth: torch.Tensor, myo: t
             pred, tgt, wt, scale = flownet.upsample(flow, (h, w), float(s)), truth, myo, 1.0
         else:
             pred, tgt, wt, scale = flow, F.avg_pool2d(truth, s) / s, F.avg_pool2d(myo, s), coarse_weight * s
+        if k == len(levels) - 1 and (rel_weight or slope_weight):
+            rel, slope = shrink_terms(pred, tgt, wt, rel_eps)
+            loss = loss + rel_weight * rel + slope_weight * slope
         wt = 1.0 + myo_weight * wt
         epe = torch.sqrt(((pred - tgt) ** 2).sum(1, keepdim=True) + 1e-8)
         loss = loss + scale * (epe * wt).sum() / wt.sum()
     return loss
+
+
+#: slopes (dx, dy) of flow vs truth counted as unbiased by model selection
+SLOPE_OK = (0.85, 1.1)
+
+
+def selection_score(val: dict, slope_penalty: float = 1.0) -> float:
+    """Higher is better: minus the val EPE in the myocardium, minus ``slope_penalty`` px per
+    unit that a slope lies outside :data:`SLOPE_OK` (so an epoch that shrinks motion loses to
+    an unbiased one unless it is much more accurate)."""
+    if not slope_penalty:
+        return -val["epe_myocardium_px"]
+    lo, hi = SLOPE_OK
+    out = sum(max(lo - val[k], 0.0, val[k] - hi) for k in ("slope_dx", "slope_dy"))
+    return -val["epe_myocardium_px"] - slope_penalty * (out if np.isfinite(out) else 10.0)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -210,6 +307,7 @@ def run(args: argparse.Namespace) -> int:
     va, va_rec = load("val", args.val_samples)
     pairs, flows, myo = tr["pairs"], tr["flow"], tr["myocardium"] > 0
     crop = args.crop if 0 < args.crop < min(pairs.shape[-2:]) else 0
+    full_epochs = min(max(args.full_epochs, 0), args.epochs)
     data_s = clock.seconds
 
     model = flownet.build().to(device)
@@ -221,9 +319,11 @@ def run(args: argparse.Namespace) -> int:
     for epoch in range(args.epochs):
         model.train()
         total = 0.0
+        ecrop = 0 if epoch >= args.epochs - full_epochs else crop
         for idx in common.batch_indices(len(pairs), args.batch_size, g):
-            xb, fb, mb = make_batch(pairs, flows, myo, idx, crop, g)
-            loss = loss_fn(model, xb.to(device), fb.to(device), mb.to(device), args.myo_weight)
+            xb, fb, mb = make_batch(pairs, flows, myo, idx, ecrop, g)
+            loss = loss_fn(model, xb.to(device), fb.to(device), mb.to(device), args.myo_weight,
+                           rel_weight=args.rel_weight, rel_eps=args.rel_eps, slope_weight=args.slope_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
@@ -234,10 +334,13 @@ def run(args: argparse.Namespace) -> int:
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
         val = evaluate(common.torch_predict(model, device), va, dis=False)
         history.append({"epoch": epoch + 1, "train_loss": total / len(pairs),
-                        "val_epe_myocardium_px": val["epe_myocardium_px"], "val_epe_image_px": val["epe_image_px"]})
+                        "val_epe_myocardium_px": val["epe_myocardium_px"], "val_epe_image_px": val["epe_image_px"],
+                        "val_slope_dx": val["slope_dx"], "val_slope_dy": val["slope_dy"],
+                        "seconds": round(clock.seconds - data_s, 1)})
         bar.write(f"epoch {epoch + 1}: loss {total / len(pairs):.4f}, val EPE myocardium "
-                  f"{val['epe_myocardium_px']:.4f} px, image {val['epe_image_px']:.4f} px")
-        key = (-val["epe_myocardium_px"], epoch)
+                  f"{val['epe_myocardium_px']:.4f} px, image {val['epe_image_px']:.4f} px, slopes dx "
+                  f"{val['slope_dx']:.3f} dy {val['slope_dy']:.3f} ({clock.seconds - data_s:.0f} s)")
+        key = (selection_score(val, args.select_slope_penalty), epoch)
         if best_key is None or key >= best_key:
             best_key, best, best_val = key, copy.deepcopy(model.state_dict()), val
     bar.close()
@@ -251,12 +354,13 @@ def run(args: argparse.Namespace) -> int:
               "threads": threads, "device": str(device), "crop": crop,
               "data": {"train": tr_rec, "val": va_rec, "test": te_rec},
               "epochs": args.epochs, "best_epoch": best_key[1] + 1, "history": history,
-              "val": {k: best_val[k] for k in ("epe_myocardium_px", "epe_image_px")},
+              "val": {k: best_val[k] for k in ("epe_myocardium_px", "epe_image_px", "slope_dx", "slope_dy")},
               "test": test, "wall_s": {"data": round(data_s, 1), "train": round(train_s, 1),
                                        "total": round(clock.seconds, 1)}}
     js = common.save_weights(model.cpu(), ROLE, record, args.out)
     print(f"flow: test EPE in the myocardium {test['epe_myocardium_px']:.4f} px (DIS medium "
           f"{test['epe_dis_medium_px']:.4f} px, zero flow {test['epe_zero_flow_myocardium_px']:.4f} px; "
+          f"slopes dx {test['slope_dx']:.3f} dy {test['slope_dy']:.3f}; "
           f"{test['n_pairs']} pairs), best epoch {best_key[1] + 1}/{args.epochs}, train {train_s:.0f} s; "
           f"wrote {args.out} and {js}")
     return 0
