@@ -11,6 +11,7 @@ import threading
 from dataclasses import asdict
 from pathlib import Path
 
+from engines.spec import BACKENDS, PRECISIONS, ROLES, VIEW_CLASSES
 from streamer import __version__
 
 log = logging.getLogger("cardiostream")
@@ -40,7 +41,69 @@ def _clip_options() -> argparse.ArgumentParser:
     group.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
     group.add_argument("--loop", type=int, default=1, metavar="N",
                        help="play the clip N times in one stream (default 1)")
+    group.add_argument("--view", choices=VIEW_CLASSES, metavar="VIEW",
+                       help="the clip's view when you know it (sent as each frame's view "
+                            "hint; it overrides the view classifier's gate): "
+                            + ", ".join(VIEW_CLASSES))
     return parent
+
+
+def _analysis_options() -> argparse.ArgumentParser:
+    """Options of every command that runs the pipeline (serve, analyze, demo)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("analysis")
+    group.add_argument("--analysis", choices=("echo", "none"), default="echo",
+                       help="echo: view -> myocardium -> flow -> tracking -> strain (default); "
+                            "none: preprocessing only, for transport and latency checks")
+    group.add_argument("--backend", default="auto", choices=BACKENDS,
+                       help="how the networks run (default auto: torch-tensorrt on a CUDA "
+                            "machine where installed, else the fastest CPU backend); asking "
+                            "for one that is not available is an error")
+    group.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                       help="network precision (default fp32; fp16 on GPU, int8 on CPU "
+                            "backends with a phantom calibration set)")
+    group.add_argument("--threads", type=int, metavar="N",
+                       help="CPU threads for the networks (default: all cores)")
+    group.add_argument("--weights", action="append", default=[], metavar="ROLE=PATH",
+                       help="your own model for a role (view, seg or flow): a state dict, "
+                            "TorchScript or ONNX file with the role's I/O contract "
+                            "(engines/spec.py); repeat for several roles")
+    group.add_argument("--view-gate", choices=("classifier", "off"), default="classifier",
+                       help="classifier: only frames classified A4C go on (default); "
+                            "off: analyse every frame as A4C")
+    group.add_argument("--min-view-confidence", type=float, default=0.7, metavar="P",
+                       help="classifier probability an A4C frame needs to go on (default 0.7)")
+    return parent
+
+
+def _pipeline_config(args, **extra):
+    from streamer.pipeline import EngineConfig, PipelineConfig, ViewConfig
+
+    weights = []
+    for item in args.weights:
+        role, sep, path = item.partition("=")
+        if not sep or role not in ROLES or not path:
+            raise CLIError(f"--weights {item!r}: expected ROLE=PATH with ROLE one of "
+                           f"{', '.join(ROLES)}")
+        weights.append((role, path))
+    return PipelineConfig(
+        analysis=args.analysis,
+        engines=EngineConfig(backend=args.backend, precision=args.precision,
+                             threads=args.threads, weights=tuple(weights)),
+        view=ViewConfig(gate=args.view_gate, min_confidence=args.min_view_confidence),
+        **extra)
+
+
+def _analysis_argv(args) -> list[str]:
+    """The analysis options again, as arguments for a `serve` child process."""
+    argv = ["--analysis", args.analysis, "--backend", args.backend, "--precision",
+            args.precision, "--view-gate", args.view_gate, "--min-view-confidence",
+            str(args.min_view_confidence)]
+    if args.threads:
+        argv += ["--threads", str(args.threads)]
+    for item in args.weights:
+        argv += ["--weights", item]
+    return argv
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,9 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="log level of messages on stderr (default INFO)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     clip = _clip_options()
+    analysis = _analysis_options()
 
     serve = commands.add_parser(
-        "serve", help="run the side-car",
+        "serve", parents=[analysis], help="run the side-car",
         description="Run the side-car: take frames on --ingest (PULL), publish results on "
                     "--publish (XPUB). Live mode (default) always processes the newest frame "
                     "and reports dropped ones in the next result; --lossless applies "
@@ -119,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     record.set_defaults(func=cmd_record)
 
     analyze = commands.add_parser(
-        "analyze", parents=[clip], help="run a clip through the pipeline in one process",
+        "analyze", parents=[clip, analysis], help="run a clip through the pipeline in one process",
         description="The side-car's pipeline without sockets: writes start, one result (or "
                     "error) per frame and end as JSON lines, the same headers a subscriber "
                     "receives.")
@@ -128,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.set_defaults(func=cmd_analyze)
 
     demo = commands.add_parser(
-        "demo", help="start a side-car, replay a real echo clip into it, print results",
+        "demo", parents=[analysis], help="start a side-car, replay a real echo clip into it, print results",
         description="Starts `cardiostream serve` on free loopback ports, replays a clip "
                     "(default: pydicom's real apical 4-chamber cine) at its native rate, "
                     "prints one line per result with strain and latency, and stops the "
@@ -137,16 +201,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--lossless", action="store_true", help="run the side-car lossless")
     demo.add_argument("--loop", type=int, default=1, help="play the clip N times")
     demo.add_argument("--max-frames", type=int, help="stop after N frames")
+    demo.add_argument("--view", choices=VIEW_CLASSES, metavar="VIEW",
+                      help="send the clip with this view hint (overrides the view gate)")
     demo.add_argument("--debug-delay-ms", type=float, default=0.0,
                       help="TEST HOOK: slow the side-car down by this much per frame")
     demo.set_defaults(func=cmd_demo)
 
-    try:
-        from calib.cli import add_phantom_parser
-    except ImportError:  # the phantom generator is optional until calib/ lands
-        pass
-    else:
-        add_phantom_parser(commands)
+    from calib.cli import add_phantom_parser
+    from engines.cli import add_engines_parser
+
+    add_phantom_parser(commands)
+    add_engines_parser(commands)
     return parser
 
 
@@ -165,7 +230,8 @@ def _replay_config(args, **extra):
     from streamer.replay import ReplayConfig
 
     return ReplayConfig(stream=args.stream, fps=args.fps, loop=args.loop,
-                        modality=args.modality, max_frames=args.max_frames, **extra)
+                        modality=args.modality, max_frames=args.max_frames, view=args.view,
+                        **extra)
 
 
 def _progress(total: int | None, desc: str, disable: bool):
@@ -179,7 +245,7 @@ def _print_event(event: str, **fields) -> None:
 
 
 def cmd_serve(args) -> int:
-    from streamer.pipeline import PipelineConfig, build_pipeline
+    from streamer.pipeline import build_pipeline
     from streamer.sidecar import SideCar, SideCarConfig
 
     config = SideCarConfig(ingest=args.ingest, publish=args.publish, lossless=args.lossless,
@@ -187,7 +253,7 @@ def cmd_serve(args) -> int:
                            max_message_bytes=int(args.max_message_mb * 1024 * 1024),
                            drain_timeout_s=args.drain_timeout_s,
                            republish_frames=args.republish_frames)
-    pipeline = build_pipeline(PipelineConfig(debug_delay_ms=args.debug_delay_ms))
+    pipeline = build_pipeline(_pipeline_config(args, debug_delay_ms=args.debug_delay_ms))
     sidecar = SideCar(config, pipeline).start()
 
     def on_signal(signum, _frame) -> None:
@@ -268,7 +334,8 @@ def cmd_analyze(args) -> int:
         if args.max_frames:
             total = min(total, args.max_frames)
         with _progress(total, f"analyze {args.clip.name}", args.no_progress) as bar:
-            summary = analyze(reader, args.out, build_pipeline(), _replay_config(args),
+            summary = analyze(reader, args.out, build_pipeline(_pipeline_config(args)),
+                              _replay_config(args),
                               on_frame=lambda _: bar.update(1))
     _print_event("analyzed", out=str(args.out), frames=summary.frames,
                  results=summary.results, errors=summary.errors,
@@ -280,8 +347,9 @@ def cmd_demo(args) -> int:
     from streamer.demo import DemoConfig, run_demo
 
     return run_demo(DemoConfig(clip=args.clip, lossless=args.lossless, loop=args.loop,
-                               max_frames=args.max_frames,
-                               debug_delay_ms=args.debug_delay_ms))
+                               max_frames=args.max_frames, view=args.view,
+                               debug_delay_ms=args.debug_delay_ms,
+                               serve_args=tuple(_analysis_argv(args))))
 
 
 # --------------------------------------------------------------------------

@@ -13,10 +13,14 @@ collected, not wired. A stage that finds the frame unusable raises
 :class:`FrameRejected`; the side-car then answers with an error message for
 that frame and goes on with the next one.
 
-:func:`build_pipeline` is where the application wires its stages. Until the
-engines land (issue 5) the analysis is a named placeholder,
-:class:`PlaceholderAnalysis`, which computes nothing but still yields a real
-result per frame (sequence number, timestamps, per-stage latency).
+:func:`build_pipeline` is where the application wires its stages, in the
+order of the method (Østvik et al. 2018)::
+
+    Preprocess -> ClassifyView -> SegmentMyocardium -> EstimateMotion
+               -> TrackCentreline -> MeasureStrain
+
+The three networks run through an engine of :mod:`engines.backends` (one call
+signature for every backend); tracking and strain are :mod:`streamer.measure`.
 """
 
 from __future__ import annotations
@@ -29,7 +33,11 @@ from typing import Any, ClassVar, Sequence
 import cv2
 import numpy as np
 
-from streamer.io.protocol import FrameMessage
+from engines.spec import SEG_CLASSES, VIEW_CLASSES, Fit, fit_to_input
+from streamer.io.protocol import BeatMessage, FrameMessage
+from streamer.measure.strain import A4C_SEGMENTS, BeatConfig, StrainMonitor
+from streamer.measure.tracking import CentrelineTracker, TrackerConfig
+from streamer.measure.tracking import warmup as tracking_warmup
 
 #: values every pipeline starts with, before the first stage runs.
 SOURCE_VALUES = ("frame",)
@@ -172,22 +180,6 @@ class Preprocess(Stage):
         return {"image": image}
 
 
-class PlaceholderAnalysis(Stage):
-    """PLACEHOLDER for the analysis stages (view, segmentation, flow, tracking, strain).
-
-    It computes nothing: every result field is ``None`` and each result carries
-    the flag ``placeholder_analysis`` so no consumer mistakes its output for a
-    measurement. Issue 5 replaces it with the engines and the measure stages.
-    """
-
-    name = "placeholder"
-    inputs = ("image",)
-    outputs = RESULT_FIELDS
-
-    def process(self, image: np.ndarray) -> dict[str, Any]:
-        return {**{name: None for name in RESULT_FIELDS}, "flags": ["placeholder_analysis"]}
-
-
 class DebugDelay(Stage):
     """TEST HOOK: sleeps a fixed time per frame, to make the worker slower than the sender.
 
@@ -207,13 +199,278 @@ class DebugDelay(Stage):
         return {}
 
 
+# --------------------------------------------------------------------------
+# the analysis, in the order of the method (Østvik et al. 2018):
+# view -> myocardium mask -> dense motion -> tracked centreline -> strain
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max())
+    return e / e.sum()
+
+
+@dataclass(frozen=True)
+class ViewConfig:
+    """Which frames go on to segmentation, flow and strain.
+
+    ``gate="classifier"``: frames the classifier calls ``analysed_view`` with at least
+    ``min_confidence``; a sender's view hint (``frame.view``, e.g. ``replay --view a4c``)
+    overrides the classifier (the operator knows the view; the classifier's answer is still
+    reported, flagged ``view_hint_differs`` when it disagrees). ``gate="off"``: every
+    frame is analysed as ``analysed_view``.
+    """
+
+    gate: str = "classifier"
+    min_confidence: float = 0.7
+    analysed_view: str = "a4c"
+
+    def __post_init__(self):
+        if self.gate not in ("classifier", "off"):
+            raise ValueError(f"view gate {self.gate!r} is unknown; choose classifier or off")
+        if self.analysed_view not in VIEW_CLASSES:
+            raise ValueError(f"analysed_view {self.analysed_view!r} is not one of {VIEW_CLASSES}")
+        if not 0.0 <= self.min_confidence <= 1.0:
+            raise ValueError(f"min_confidence must be in [0, 1], got {self.min_confidence}")
+
+
+class ClassifyView(Stage):
+    """Image -> ``view`` {"label", "p"} and ``analyse``: whether the frame goes on."""
+
+    name = "view"
+    inputs = ("frame", "image")
+    outputs = ("view", "analyse")
+
+    def __init__(self, engine, config: ViewConfig = ViewConfig()):
+        self.engine = engine
+        self.config = config
+
+    def process(self, frame: FrameMessage, image: np.ndarray) -> dict[str, Any]:
+        x, _ = fit_to_input(image, self.engine.spec.size)
+        p = _softmax(self.engine(x[None, None])[0])
+        k = int(np.argmax(p))
+        label, cfg, flags = VIEW_CLASSES[k], self.config, []
+        if cfg.gate == "off":
+            analyse = True
+        elif frame.view is not None:
+            analyse = frame.view == cfg.analysed_view
+            if frame.view != label:
+                flags.append("view_hint_differs")
+        else:
+            analyse = label == cfg.analysed_view and p[k] >= cfg.min_confidence
+            if label == cfg.analysed_view and not analyse:
+                flags.append("low_view_confidence")
+        if not analyse:
+            flags.append(f"not_{cfg.analysed_view}")
+        return {"view": {"label": label, "p": round(float(p[k]), 4)}, "analyse": analyse,
+                "flags": flags}
+
+
+@dataclass(frozen=True)
+class TrackingGrid:
+    """The pixel grid the mask and the flow live on (the segmenter's input) and where the
+    frame sits in it: ``spacing_mm`` is mm per grid pixel (row, col)."""
+
+    fit: Fit
+    spacing_mm: tuple[float, float]
+
+    def to_frame_mm(self, points_mm: np.ndarray) -> np.ndarray:
+        """[row, col] mm on the grid -> mm from the frame's top-left pixel.
+
+        The resize is pixel-centre aligned (OpenCV): grid pixel g lies at frame pixel
+        (g - top + 0.5) / scale - 0.5, i.e. half a grid pixel less half a frame pixel
+        beyond the plain rescale."""
+        s = np.asarray(self.spacing_mm, dtype=np.float64)
+        offset = np.array([self.fit.top, self.fit.left]) * s - 0.5 * s * (1.0 - self.fit.scale)
+        return points_mm - offset
+
+
+class SegmentMyocardium(Stage):
+    """Image -> LV myocardium ``mask`` (uint8, on the segmenter's grid) and that ``grid``."""
+
+    name = "segment"
+    inputs = ("frame", "image", "analyse")
+    outputs = ("mask", "grid")
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.myocardium = SEG_CLASSES.index("myocardium")
+
+    def process(self, frame: FrameMessage, image: np.ndarray, analyse: bool) -> dict[str, Any]:
+        if not analyse:
+            return {"mask": None, "grid": None}
+        x, fit = fit_to_input(image, self.engine.spec.size)
+        logits = self.engine(x[None, None])[0]
+        mask = (np.argmax(logits, axis=0) == self.myocardium).view(np.uint8)
+        spacing = (frame.spacing_mm[0] / fit.scale, frame.spacing_mm[1] / fit.scale)
+        return {"mask": mask, "grid": TrackingGrid(fit, spacing)}
+
+
+class EstimateMotion(Stage):
+    """Image and the previous analysed image -> dense ``flow`` (rows, cols, 2) px on the
+    tracking grid, channels (dx, dy), previous -> this frame; ``None`` on the first frame."""
+
+    name = "flow"
+    inputs = ("image", "analyse")
+    outputs = ("flow",)
+
+    def __init__(self, engine, grid_size: tuple[int, int]):
+        self.engine = engine
+        self.grid_size = tuple(grid_size)
+        self._previous: np.ndarray | None = None
+
+    def start_stream(self, stream: str, meta: dict) -> None:
+        self._previous = None
+
+    def process(self, image: np.ndarray, analyse: bool) -> dict[str, Any]:
+        if not analyse:
+            self._previous = None  # the next flow would span the skipped frames
+            return {"flow": None}
+        x, _ = fit_to_input(image, self.engine.spec.size)
+        previous, self._previous = self._previous, x
+        if previous is None:
+            return {"flow": None}
+        flow = self.engine(np.stack([previous, x])[None])[0].transpose(1, 2, 0)
+        h, w = self.grid_size
+        if flow.shape[:2] != (h, w):
+            sy, sx = h / flow.shape[0], w / flow.shape[1]
+            flow = cv2.resize(flow, (w, h), interpolation=cv2.INTER_LINEAR) * np.float32([sx, sy])
+        return {"flow": np.ascontiguousarray(flow)}
+
+
+class TrackCentreline(Stage):
+    """Mask + flow -> the Kalman-filtered centreline: ``points_mm`` (120 [row, col] mm from the
+    frame's top-left pixel, basal septum -> apex -> basal lateral) and the ``track`` record."""
+
+    name = "track"
+    inputs = ("frame", "mask", "flow", "grid")
+    outputs = ("points_mm", "track")
+
+    def __init__(self, config: TrackerConfig = TrackerConfig()):
+        self.config = config
+        self.tracker = CentrelineTracker(config)
+
+    def start_stream(self, stream: str, meta: dict) -> None:
+        self.tracker = CentrelineTracker(self.config)
+
+    def process(self, frame: FrameMessage, mask, flow, grid) -> dict[str, Any]:
+        if mask is None:
+            self.tracker.reset()
+            return {"points_mm": None, "track": None}
+        track = self.tracker.step(mask, flow, frame.t_acq_ns / 1e9, grid.spacing_mm)
+        points = grid.to_frame_mm(track.points_mm).round(3).tolist() if track.valid else None
+        return {"points_mm": points, "track": track, "flags": track.flags}
+
+
+class MeasureStrain(Stage):
+    """Tracked centreline -> ``gls_pct``, ``regional_pct``, ``beat``, ``phase``; and
+    ``beat_closed`` (a :class:`~streamer.io.protocol.BeatMessage`) when a cycle completes.
+
+    Strain is against the current beat's end-diastole (the first tracked frame until one
+    is found). A re-initialised track follows new material points, so strain restarts
+    with it (flag ``strain_restarted``)."""
+
+    name = "strain"
+    inputs = ("frame", "track")
+    outputs = ("gls_pct", "regional_pct", "beat", "phase", "beat_closed")
+
+    def __init__(self, config: BeatConfig = BeatConfig()):
+        self.config = config
+        self.start_stream("", {})
+
+    def start_stream(self, stream: str, meta: dict) -> None:
+        self.monitor = StrainMonitor(self.config)
+        self.seqs: list[int] = []
+
+    def process(self, frame: FrameMessage, track) -> dict[str, Any]:
+        none = {"gls_pct": None, "regional_pct": None, "beat": None, "phase": None,
+                "beat_closed": None}
+        if track is None:
+            return none
+        flags = []
+        if "reinitialised" in track.flags and self.seqs:
+            self.start_stream(frame.stream, {})
+            flags.append("strain_restarted")
+        fs = self.monitor.update(track.t_s, track.points_mm, frame.ecg_r)
+        self.seqs.append(frame.seq)
+        flags += fs.flags
+        closed = None
+        if fs.beat is not None:
+            b = fs.beat
+            closed = BeatMessage(
+                stream=frame.stream, beat=b.index, ed_seq=self.seqs[b.ed_index],
+                es_seq=self.seqs[b.es_index], peak_gls_pct=round(float(b.peak_gls_pct), 3),
+                regional_peak_pct={k: round(float(v), 3)
+                                   for k, v in zip(A4C_SEGMENTS, b.regional_peak_pct)},
+                extra={"duration_s": round(b.duration_s, 4), "ed_source": b.ed_source})
+        if not np.isfinite(fs.gls_pct):
+            return {**none, "beat_closed": closed, "flags": flags}
+        return {"gls_pct": round(fs.gls_pct, 3),
+                "regional_pct": {k: round(float(v), 3) for k, v in zip(A4C_SEGMENTS, fs.regional_pct)},
+                "beat": fs.beat_index, "phase": "ED" if fs.is_ed else None,
+                "beat_closed": closed, "flags": flags}
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How the three networks run (see ``engines.backends.create_engine``)."""
+
+    #: auto | torch | onnxruntime | openvino | tensorrt
+    backend: str = "auto"
+    #: fp32 | fp16 | int8
+    precision: str = "fp32"
+    #: CPU threads for the backend (None: all cores)
+    threads: int | None = None
+    #: a user's models, (role, path) pairs: state dict, TorchScript or ONNX
+    weights: tuple[tuple[str, str], ...] = ()
+
+
+ANALYSES = ("echo", "none")
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
-    """Which stages the application wires (one place, read top to bottom)."""
+    """Which stages the application wires (one place, read top to bottom).
+
+    ``analysis="echo"``: view -> segmentation -> flow -> tracking -> strain;
+    ``analysis="none"``: preprocessing only, every analysis field ``null`` and the flag
+    ``analysis_off`` (for transport and latency checks of the runtime itself).
+    """
 
     preprocess: PreprocessConfig = PreprocessConfig()
+    analysis: str = "echo"
+    engines: EngineConfig = EngineConfig()
+    view: ViewConfig = ViewConfig()
+    tracker: TrackerConfig = TrackerConfig()
+    beats: BeatConfig = BeatConfig()
     #: test hook: extra delay per frame in ms (0 = off)
     debug_delay_ms: float = 0.0
+
+    def __post_init__(self):
+        if self.analysis not in ANALYSES:
+            raise ValueError(f"analysis {self.analysis!r} is unknown; choose one of {ANALYSES}")
+
+
+class AnalysisOff(Stage):
+    """``analysis="none"``: no analysis; every result field ``None``, flag ``analysis_off``."""
+
+    name = "analysis_off"
+    inputs = ("image",)
+    outputs = RESULT_FIELDS
+
+    def process(self, image: np.ndarray) -> dict[str, Any]:
+        return {**{name: None for name in RESULT_FIELDS}, "flags": ["analysis_off"]}
+
+
+def load_engines(config: EngineConfig) -> dict[str, Any]:
+    """The three engines, built (or loaded from the engine cache) and run once."""
+    from engines.backends import create_engine
+
+    weights = dict(config.weights)
+    engines = {role: create_engine(role, backend=config.backend, precision=config.precision,
+                                   weights=weights.get(role), threads=config.threads)
+               for role in ("view", "seg", "flow")}
+    for engine in engines.values():  # first inference pays one-off allocations
+        engine(np.zeros(engine.spec.input.shape, np.float32))
+    return engines
 
 
 def build_pipeline(config: PipelineConfig = PipelineConfig()) -> Pipeline:
@@ -221,5 +478,15 @@ def build_pipeline(config: PipelineConfig = PipelineConfig()) -> Pipeline:
     stages: list[Stage] = [Preprocess(config.preprocess)]
     if config.debug_delay_ms > 0:
         stages.append(DebugDelay(config.debug_delay_ms))
-    stages.append(PlaceholderAnalysis())
+    if config.analysis == "none":
+        return Pipeline([*stages, AnalysisOff()])
+    engines = load_engines(config.engines)
+    tracking_warmup()  # numba compiles (or loads its cache) now, not on the first frame
+    stages += [
+        ClassifyView(engines["view"], config.view),
+        SegmentMyocardium(engines["seg"]),
+        EstimateMotion(engines["flow"], grid_size=engines["seg"].spec.size),
+        TrackCentreline(config.tracker),
+        MeasureStrain(config.beats),
+    ]
     return Pipeline(stages)

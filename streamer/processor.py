@@ -63,25 +63,27 @@ class FrameProcessor:
                     "last_seq": counts.last_seq}
             return [EndMessage(stream=message.stream, n_frames=message.n_frames, meta=meta)]
         counts.dropped += dropped  # drops are handed out with the next frame taken
-        return [self._frame(item, counts, dropped,
-                            time.time_ns() if t_take_ns is None else t_take_ns)]
+        return self._frame(item, counts, dropped,
+                           time.time_ns() if t_take_ns is None else t_take_ns)
 
     def _frame(self, item: Received, counts: StreamCounts, dropped: int,
-               t_take_ns: int) -> ResultMessage | ErrorMessage:
+               t_take_ns: int) -> list[Message]:
+        """The result (or error) for a frame, followed by a beat message when the frame
+        completed a cardiac cycle."""
         frame: FrameMessage = item.message
         try:
             outcome = self.pipeline(frame)
         except FrameRejected as exc:
             counts.errors += 1
-            return ErrorMessage(code=exc.code, message=exc.message, stream=frame.stream,
-                                seq=frame.seq)
+            return [ErrorMessage(code=exc.code, message=exc.message, stream=frame.stream,
+                                 seq=frame.seq)]
         except Exception as exc:  # a stage bug must not stop the side-car
             counts.errors += 1
             log.exception("stage failed on %s#%d", frame.stream, frame.seq)
-            return ErrorMessage(code="stage_failed",
-                                message=f"frame {frame.stream}#{frame.seq}: "
-                                        f"{type(exc).__name__}: {exc}",
-                                stream=frame.stream, seq=frame.seq)
+            return [ErrorMessage(code="stage_failed",
+                                 message=f"frame {frame.stream}#{frame.seq}: "
+                                         f"{type(exc).__name__}: {exc}",
+                                 stream=frame.stream, seq=frame.seq)]
         counts.processed += 1
         counts.last_seq = frame.seq
         t_result_ns = time.time_ns()
@@ -96,8 +98,10 @@ class FrameProcessor:
         if dropped:
             flags.append(f"dropped:{dropped}")
         values = outcome.values
-        return ResultMessage(
+        result = ResultMessage(
             stream=frame.stream, seq=frame.seq, t_acq_ns=frame.t_acq_ns,
             latency_ms=latency_ms, t_recv_ns=item.t_recv_ns, t_result_ns=t_result_ns,
-            dropped=dropped, flags=flags,
+            dropped=dropped, flags=list(dict.fromkeys(flags)),
             **{name: values.get(name) for name in RESULT_FIELDS})
+        beat = values.get("beat_closed")
+        return [result] if beat is None else [result, beat]

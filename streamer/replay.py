@@ -15,6 +15,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from engines.spec import VIEW_CLASSES
 from streamer.io.clips import ClipInfo, ClipReader
 from streamer.io.protocol import MODALITIES, EndMessage, FrameMessage, Message, StartMessage
 from streamer.io.sockets import FrameSender, SenderConfig
@@ -42,6 +43,8 @@ class ReplayConfig:
     modality: str | None = None
     #: stop after this many frames (None: the whole clip, every loop)
     max_frames: int | None = None
+    #: the view, when the sender knows it (e.g. "a4c"); sent as each frame's view hint
+    view: str | None = None
 
     def __post_init__(self):
         if self.fps is not None and not self.fps > 0:
@@ -53,6 +56,8 @@ class ReplayConfig:
                               f"got {self.modality!r}")
         if self.max_frames is not None and self.max_frames < 1:
             raise ReplayError(f"--max-frames must be >= 1, got {self.max_frames}")
+        if self.view is not None and self.view not in VIEW_CLASSES:
+            raise ReplayError(f"--view must be one of {', '.join(VIEW_CLASSES)}, got {self.view!r}")
 
 
 @dataclass(frozen=True)
@@ -116,7 +121,7 @@ def clip_messages(reader: ClipReader, config: ReplayConfig = ReplayConfig(), *,
             yield TimedMessage(due_s, FrameMessage(
                 stream=stream, seq=seq, t_acq_ns=t0_ns + int(due_s * 1e9),
                 modality=modality, pixels=_wire_pixels(frame.pixels, info.path),
-                spacing_mm=spacing_mm, fps=fps, channels=info.channels))
+                spacing_mm=spacing_mm, fps=fps, channels=info.channels, view=config.view))
             seq += 1
         period_s = last_t_s + 1.0 / fps  # one clip length: last frame + one interval
         if config.max_frames is not None and seq >= config.max_frames:
@@ -147,9 +152,9 @@ def replay(reader: ClipReader, sender: FrameSender, config: ReplayConfig = Repla
             else:
                 stats.max_lateness_ms = max(stats.max_lateness_ms, -delay * 1e3)
         if isinstance(message, FrameMessage):
+            # t_acq_ns stays the clip's timing even at max rate: tracking derives
+            # velocities from it, so it must be when the frame was acquired
             message.t_send_ns = time.time_ns()
-            if config.max_rate:
-                message.t_acq_ns = message.t_send_ns
         sender.send(message)
         if isinstance(message, FrameMessage):
             stats.frames += 1

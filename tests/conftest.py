@@ -24,7 +24,9 @@ def serve():
     started: list[SideCarProcess] = []
 
     def start(*args: str) -> SideCarProcess:
-        process = SideCarProcess(list(args), startup_timeout_s=60)
+        # generous: a first start on a fresh machine exports and compiles the engines and
+        # numba kernels (about a minute); later starts load them from the caches
+        process = SideCarProcess(list(args), startup_timeout_s=300)
         started.append(process)
         return process
 

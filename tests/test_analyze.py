@@ -6,7 +6,7 @@ import numpy as np
 
 from streamer.analyze import analyze
 from streamer.io.clips import open_clip
-from streamer.pipeline import build_pipeline
+from streamer.pipeline import PipelineConfig, build_pipeline
 from streamer.replay import ReplayConfig
 
 
@@ -18,13 +18,14 @@ def test_one_result_per_frame_between_start_and_end(npz_clip, tmp_path):
     out = tmp_path / "r.jsonl"
     seen = []
     with open_clip(npz_clip) as reader:
-        summary = analyze(reader, out, build_pipeline(), ReplayConfig(stream="a"),
+        summary = analyze(reader, out, build_pipeline(PipelineConfig(analysis="none")),
+                          ReplayConfig(stream="a"),
                           on_frame=seen.append)
     rows = lines(out)
     assert [r["kind"] for r in rows] == ["start"] + ["result"] * 12 + ["end"]
     assert [r["seq"] for r in rows[1:-1]] == list(range(12))
     assert all(r["v"] == 1 and r["stream"] == "a" for r in rows)
-    assert rows[1]["flags"] == ["placeholder_analysis"] and "preprocess" in rows[1]["latency_ms"]
+    assert rows[1]["flags"] == ["analysis_off"] and "preprocess" in rows[1]["latency_ms"]
     assert rows[-1]["meta"]["processed"] == 12
     assert (summary.frames, summary.results, summary.errors) == (12, 12, 0)
     assert seen == list(range(1, 13))
@@ -38,7 +39,7 @@ def test_a_nan_frame_is_an_error_line_and_the_rest_go_on(tmp_path):
              modality=np.array("MR"))
     out = tmp_path / "r.jsonl"
     with open_clip(clip) as reader:
-        summary = analyze(reader, out, build_pipeline())
+        summary = analyze(reader, out, build_pipeline(PipelineConfig(analysis="none")))
     rows = lines(out)
     assert [r["kind"] for r in rows[1:-1]] == ["result", "result", "error", "result"]
     assert rows[3]["code"] == "bad_pixels" and rows[3]["seq"] == 2

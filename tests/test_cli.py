@@ -76,7 +76,7 @@ def test_record_listen_then_replay_the_recording_with_its_timing(serve, npz_clip
     with open_clip(recording) as clip:
         times = [f.t_s for f in clip]
     assert np.median(np.diff(times)) == pytest.approx(0.04, abs=0.01)
-    sidecar = serve("--lossless")
+    sidecar = serve("--lossless", "--analysis", "none")
     with ResultSubscriber(SubscriberConfig(sidecar.ready["publish"])) as subscriber:
         resent = run("replay", recording, "--to", sidecar.ready["ingest"], "--quiet")
         assert resent.returncode == 0, resent.stderr
@@ -87,7 +87,7 @@ def test_record_listen_then_replay_the_recording_with_its_timing(serve, npz_clip
 
 
 def test_record_from_a_sidecar_keeps_frames_and_results(serve, npz_clip, tmp_path):
-    sidecar = serve("--lossless", "--republish-frames")
+    sidecar = serve("--lossless", "--republish-frames", "--analysis", "none")
     out = tmp_path / "results.csrec"
     recorder = subprocess.Popen([*CLI, "record", "--from", sidecar.ready["publish"],
                                  "--out", str(out), "--until-end"],
@@ -108,7 +108,7 @@ def test_record_from_a_sidecar_keeps_frames_and_results(serve, npz_clip, tmp_pat
 
 def test_analyze_writes_json_lines(npz_clip, tmp_path):
     out = tmp_path / "r.jsonl"
-    done = run("analyze", npz_clip, "--out", out, "--no-progress")
+    done = run("analyze", npz_clip, "--out", out, "--no-progress", "--analysis", "none")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["results"] == 12
     assert len(out.read_text().splitlines()) == 14
@@ -132,7 +132,26 @@ def test_truncated_and_missing_clips_are_clear_cli_errors(tmp_path, npz_clip):
 
 
 def test_serve_on_a_taken_port_says_so(serve):
-    sidecar = serve()
+    sidecar = serve("--analysis", "none")
     done = run("serve", "--ingest", sidecar.ready["ingest"], "--publish", "tcp://127.0.0.1:*",
-               timeout=30)
+               "--analysis", "none", timeout=30)
     assert done.returncode == 2 and "cannot bind" in done.stderr
+
+
+def test_bad_user_weights_and_missing_backends_are_clear_cli_errors(npz_clip, tmp_path):
+    seg = Path(__file__).resolve().parents[1] / "engines" / "weights" / "seg.pt"
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(seg.read_bytes()[:1000])
+    cases = [
+        (["--weights", f"seg={cut}"], "cut.pt: truncated or corrupt"),
+        (["--weights", f"flow={seg}"], "seg.pt: the state dict does not fit the flow network"),
+        (["--weights", "heart=x.pt"], "expected ROLE=PATH with ROLE one of view, seg, flow"),
+    ]
+    from engines.backends import backend_status
+
+    if backend_status()["tensorrt"] is not None:  # where TensorRT cannot run, say why
+        cases.append((["--backend", "tensorrt"], "backend 'tensorrt' needs"))
+    for extra, message in cases:
+        done = run("analyze", npz_clip, "--out", tmp_path / "x.jsonl", "--no-progress", *extra)
+        assert done.returncode == 2 and message in done.stderr, (extra, done.stderr)
+        assert "Traceback" not in done.stderr

@@ -3,7 +3,7 @@
 import numpy as np
 
 from streamer.io.protocol import EndMessage, FrameMessage, StartMessage
-from streamer.pipeline import Pipeline, Preprocess, Stage, build_pipeline
+from streamer.pipeline import Pipeline, PipelineConfig, Preprocess, Stage, build_pipeline
 from streamer.processor import FrameProcessor, Received
 
 
@@ -26,7 +26,7 @@ class Broken(Stage):
 
 
 def test_frame_gets_a_result_with_stage_latencies_and_drop_count():
-    processor = FrameProcessor(build_pipeline())
+    processor = FrameProcessor(build_pipeline(PipelineConfig(analysis="none")))
     [start] = processor.handle(received(StartMessage("s", {"n": 2})))
     assert start.kind == "start"
     [result] = processor.handle(received(frame(3, t_send_ns=400_000)), dropped=2,
@@ -35,7 +35,7 @@ def test_frame_gets_a_result_with_stage_latencies_and_drop_count():
     assert result.dropped == 2 and "dropped:2" in result.flags
     assert result.latency_ms["transport"] == 0.6 and result.latency_ms["queue"] == 0.5
     assert list(result.latency_ms) == ["transport", "decode", "queue", "preprocess",
-                                       "placeholder", "total"]
+                                       "analysis_off", "total"]
     [end] = processor.handle(received(EndMessage("s", 2)))
     assert end.meta == {"processed": 1, "dropped": 2, "errors": 0, "last_seq": 3}
 
@@ -53,7 +53,7 @@ def test_rejected_and_failing_frames_become_errors_and_are_counted():
 
 
 def test_start_resets_the_stream_counts():
-    processor = FrameProcessor(build_pipeline())
+    processor = FrameProcessor(build_pipeline(PipelineConfig(analysis="none")))
     processor.handle(received(frame(0)))
     processor.handle(received(StartMessage("s")))
     [end] = processor.handle(received(EndMessage("s")))

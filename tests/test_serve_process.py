@@ -6,7 +6,7 @@ from streamer.serve_process import SideCarProcess
 
 
 def test_ready_and_stopped_events():
-    sidecar = SideCarProcess(["--lossless"], startup_timeout_s=60)
+    sidecar = SideCarProcess(["--lossless", "--analysis", "none"], startup_timeout_s=60)
     assert sidecar.ready["mode"] == "lossless"
     assert sidecar.ready["ingest"].startswith("tcp://127.0.0.1:")
     stopped = sidecar.stop()

@@ -21,7 +21,7 @@ import zmq
 from streamer.io.protocol import (EndMessage, FrameMessage, ResultMessage, StartMessage,
                                   encode)
 from streamer.io.sockets import FrameSender, ResultSubscriber, SenderConfig, SubscriberConfig
-from streamer.pipeline import Pipeline, PlaceholderAnalysis, Preprocess
+from streamer.pipeline import AnalysisOff, Pipeline, Preprocess
 from streamer.processor import Received
 from streamer.sidecar import BoundedFrameQueue, LatestFrameSlot, SideCar, SideCarConfig
 
@@ -83,7 +83,7 @@ def test_lossless_serve_returns_1000_results_in_order(serve, tmp_path):
     frames = np.random.default_rng(0).integers(0, 255, (100, 64, 80)).astype(np.uint8)
     np.savez(clip, frames=frames, spacing_mm=np.array([0.3, 0.3]), fps=np.array(50.0),
              modality=np.array("US"))
-    sidecar = serve("--lossless", "--queue-frames", "4", "--debug-delay-ms", "1")
+    sidecar = serve("--lossless", "--queue-frames", "4", "--debug-delay-ms", "1", "--analysis", "none")
     with ResultSubscriber(SubscriberConfig(sidecar.ready["publish"])) as subscriber:
         replay = subprocess.run(
             [sys.executable, "-m", "streamer", "replay", str(clip), "--to",
@@ -99,7 +99,7 @@ def test_lossless_serve_returns_1000_results_in_order(serve, tmp_path):
 
 
 def test_live_serve_never_blocks_the_sender_and_processes_the_latest_frame(serve):
-    sidecar = serve("--debug-delay-ms", "50")  # ~20 frames/s at most
+    sidecar = serve("--debug-delay-ms", "50", "--analysis", "none")  # ~20 frames/s at most
     sent = 0
     with ResultSubscriber(SubscriberConfig(sidecar.ready["publish"])) as subscriber, \
             FrameSender(SenderConfig(sidecar.ready["ingest"])) as sender:
@@ -153,7 +153,7 @@ def test_live_serve_never_blocks_the_sender_and_processes_the_latest_frame(serve
 
 
 def test_bad_messages_get_errors_and_the_next_good_frame_a_result(serve):
-    sidecar = serve("--max-message-mb", "1")
+    sidecar = serve("--max-message-mb", "1", "--analysis", "none")
     good = encode(make_frame(0, "bad"))
     header = json.loads(bytes(good[0]))
 
@@ -200,7 +200,7 @@ def test_bad_messages_get_errors_and_the_next_good_frame_a_result(serve):
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_flushes_every_accepted_frame_lossless(serve, signum):
-    sidecar = serve("--lossless", "--debug-delay-ms", "50")
+    sidecar = serve("--lossless", "--debug-delay-ms", "50", "--analysis", "none")
     with ResultSubscriber(SubscriberConfig(sidecar.ready["publish"])) as subscriber, \
             FrameSender(SenderConfig(sidecar.ready["ingest"])) as sender:
         for seq in range(20):
@@ -223,7 +223,7 @@ def test_in_process_sidecar_with_a_custom_pipeline():
     """The SideCar class wires any pipeline; stage latencies come back by stage name."""
     config = SideCarConfig(ingest="tcp://127.0.0.1:*", publish="tcp://127.0.0.1:*",
                            lossless=True)
-    with SideCar(config, Pipeline([Preprocess(), PlaceholderAnalysis()])) as sidecar, \
+    with SideCar(config, Pipeline([Preprocess(), AnalysisOff()])) as sidecar, \
             ResultSubscriber(SubscriberConfig(sidecar.publish_endpoint)) as subscriber, \
             FrameSender(SenderConfig(sidecar.ingest_endpoint)) as sender:
         for seq in range(5):
@@ -232,5 +232,5 @@ def test_in_process_sidecar_with_a_custom_pipeline():
         messages = collect(subscriber, "inproc")
     results = [m for m in messages if m.kind == "result"]
     assert [r.seq for r in results] == [0, 1, 2, 3, 4]
-    assert {"decode", "queue", "preprocess", "placeholder", "total"} <= set(results[0].latency_ms)
-    assert results[0].flags == ["placeholder_analysis"]
+    assert {"decode", "queue", "preprocess", "analysis_off", "total"} <= set(results[0].latency_ms)
+    assert results[0].flags == ["analysis_off"]
