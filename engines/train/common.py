@@ -247,3 +247,11 @@ class Stopwatch:
     @property
     def seconds(self) -> float:
         return time.perf_counter() - self.t0
+
+
+def trainer_main(add_parser, argv: list[str] | None = None) -> int:
+    """``python -m engines.train.<role> <role> ...``: one trainer's parser, then its run."""
+    parser = argparse.ArgumentParser(prog="cardiostream engines train")
+    add_parser(parser.add_subparsers(dest="role", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)

@@ -45,7 +45,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "epoch on the 'val' split by end-point error in the myocardium, report it at "
                     "256 x 256 on the held-out 'test' split next to OpenCV DIS (preset MEDIUM), and "
                     "write the state dict plus a JSON record.")
-    common.add_common_arguments(p, ROLE, flownet.SPEC.weights_file, epochs=18, samples=2048)
+    common.add_common_arguments(p, ROLE, flownet.SPEC.weights_file, epochs=48, samples=2048)
     p.add_argument("--val-samples", type=int, default=64, help="pairs from the 'val' split (default %(default)s)")
     p.add_argument("--test-samples", type=int, default=128,
                    help="pairs from the held-out 'test' split (default %(default)s)")
@@ -56,16 +56,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="side of the random training crops (multiple of 8); 0 trains on full inputs (default %(default)s)")
     p.add_argument("--myo-weight", type=float, default=8.0,
                    help="extra loss weight of myocardium pixels (1 + this inside) (default %(default)s)")
-    p.add_argument("--rel-weight", type=float, default=0.0,
+    p.add_argument("--rel-weight", type=float, default=0.5,
                    help="weight of the relative error term: Charbonnier of |flow - truth| / (|truth| + "
                         "--rel-eps) over the myocardium, which up-weights small motion (default %(default)s)")
     p.add_argument("--rel-eps", type=float, default=0.1,
                    help="px added to |truth| in the relative error term (default %(default)s)")
-    p.add_argument("--slope-weight", type=float, default=0.0,
+    p.add_argument("--slope-weight", type=float, default=0.5,
                    help="weight of the anti-shrinkage term: |s - 1| for the batch's least-squares slope s "
                         "of flow vs truth in the myocardium per component (dx, dy), plus |r - 1| for the "
                         "small-motion-weighted fraction of truth r (default %(default)s)")
-    p.add_argument("--select-slope-penalty", type=float, default=0.0,
+    p.add_argument("--select-slope-penalty", type=float, default=1.0,
                    help="model selection: px of val EPE charged per unit that a val slope (dx, dy) lies "
                         "outside 0.85-1.1; 0 selects on val EPE in the myocardium alone (default %(default)s)")
     p.add_argument("--full-epochs", type=int, default=0,

@@ -132,10 +132,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="cardiostream engines train")
-    add_parser(parser.add_subparsers(dest="role", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return common.trainer_main(add_parser, argv)
 
 
 if __name__ == "__main__":
