@@ -40,10 +40,7 @@ def _spec(role: str, spec: NetSpec | None) -> NetSpec:
     if spec is None:
         from engines import nets
 
-        try:
-            spec = nets.spec(role)
-        except ImportError as exc:
-            raise EngineError(f"the {role} network ({nets.MODULES[role]}) is not available: {exc}") from exc
+        spec = nets.spec(role)
     if spec.role != role:
         raise EngineError(f"spec is for role {spec.role!r}, not {role!r}")
     return spec
@@ -278,11 +275,7 @@ def load_model(role: str, path: str | os.PathLike, *, spec: NetSpec | None = Non
     if build is None:
         from engines import nets
 
-        try:
-            module = nets.build(role)
-        except ImportError as exc:
-            raise EngineError(f"{path}: a state dict needs the {role} network's architecture "
-                              f"({nets.MODULES[role]}), which is not available: {exc}") from exc
+        module = nets.build(role)
     else:
         module = build()
     load_state_dict_into(module, state, path, spec)

@@ -90,10 +90,7 @@ def test_build_then_from_cache_with_own_weights(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(onnx_export, "exporter_for", lambda source: "legacy")
     from engines import nets
 
-    try:
-        model = nets.build("view")
-    except ImportError as exc:
-        pytest.skip(f"engines.nets.view_classifier is not available: {exc}")
+    model = nets.build("view")
     path = tmp_path / "view_mine.pt"
     torch.save(model.state_dict(), path)
     argv = ["engines", "build", "--roles", "view", "--backend", "onnxruntime", "--weights", f"view={path}",

@@ -69,11 +69,20 @@ def progress(iterable: Iterable | None = None, **kwargs):
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, role: str, default_weights: str,
-                         epochs: int, samples: int) -> None:
-    """``--epochs --samples --seed --threads --device --batch-size --lr --out``."""
+                         epochs: int, samples: int, val_samples: int, test_samples: int,
+                         batch_size: int, lr: float, unit: str = "frames") -> None:
+    """``--epochs --samples --val-samples --test-samples --batch-size --lr --seed --threads
+    --device --out``; ``unit`` names what a sample is in the help (frames, pairs)."""
     parser.add_argument("--epochs", type=int, default=epochs, help="passes over the training set (default %(default)s)")
     parser.add_argument("--samples", type=int, default=samples,
                         help="training samples drawn from the phantom 'train' split (default %(default)s)")
+    parser.add_argument("--val-samples", type=int, default=val_samples,
+                        help=f"{unit} from the 'val' split (default %(default)s)")
+    parser.add_argument("--test-samples", type=int, default=test_samples,
+                        help=f"{unit} from the held-out 'test' split (default %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=batch_size, help="(default %(default)s)")
+    parser.add_argument("--lr", type=float, default=lr,
+                        help="peak learning rate of the one-cycle schedule (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights init, shuffling, augmentation (default %(default)s)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default %(default)s)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default %(default)s)")

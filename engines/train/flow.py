@@ -45,12 +45,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "epoch on the 'val' split by end-point error in the myocardium, report it at "
                     "256 x 256 on the held-out 'test' split next to OpenCV DIS (preset MEDIUM), and "
                     "write the state dict plus a JSON record.")
-    common.add_common_arguments(p, ROLE, flownet.SPEC.weights_file, epochs=48, samples=2048)
-    p.add_argument("--val-samples", type=int, default=64, help="pairs from the 'val' split (default %(default)s)")
-    p.add_argument("--test-samples", type=int, default=128,
-                   help="pairs from the held-out 'test' split (default %(default)s)")
-    p.add_argument("--batch-size", type=int, default=8, help="(default %(default)s)")
-    p.add_argument("--lr", type=float, default=1.5e-3, help="peak learning rate of the one-cycle schedule (default %(default)s)")
+    common.add_common_arguments(p, ROLE, flownet.SPEC.weights_file, epochs=48, samples=2048,
+                                val_samples=64, test_samples=128, batch_size=8, lr=1.5e-3,
+                                unit="pairs")
     p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping (default %(default)s)")
     p.add_argument("--crop", type=int, default=96,
                    help="side of the random training crops (multiple of 8); 0 trains on full inputs (default %(default)s)")

@@ -45,11 +45,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "LV cavity) on phantom frames from calib.datasets.segmentation_samples; pick the "
                     "best epoch on the 'val' split by myocardium Dice, report Dice at 256 x 256 on the "
                     "held-out 'test' split, and write the state dict plus a JSON record.")
-    common.add_common_arguments(p, ROLE, segmenter.SPEC.weights_file, epochs=14, samples=2400)
-    p.add_argument("--val-samples", type=int, default=200, help="frames from the 'val' split (default %(default)s)")
-    p.add_argument("--test-samples", type=int, default=400, help="frames from the held-out 'test' split (default %(default)s)")
-    p.add_argument("--batch-size", type=int, default=16, help="(default %(default)s)")
-    p.add_argument("--lr", type=float, default=4e-3, help="peak learning rate of the one-cycle schedule (default %(default)s)")
+    common.add_common_arguments(p, ROLE, segmenter.SPEC.weights_file, epochs=14, samples=2400,
+                                val_samples=200, test_samples=400, batch_size=16, lr=4e-3)
     p.add_argument("--crop", type=int, default=64,
                    help="side of the random training crops in network pixels; 0 trains on full inputs (default %(default)s)")
     p.add_argument("--full-frame-epochs", type=int, default=8,

@@ -32,11 +32,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "phantom frames from calib.datasets.view_samples; pick the best epoch on the "
                     "'val' split, report accuracy on the held-out 'test' split, and write the "
                     "state dict plus a JSON record (command, seeds, metrics, sha256).")
-    common.add_common_arguments(p, ROLE, view_classifier.SPEC.weights_file, epochs=12, samples=3584)
-    p.add_argument("--val-samples", type=int, default=256, help="frames from the 'val' split (default %(default)s)")
-    p.add_argument("--test-samples", type=int, default=512, help="frames from the held-out 'test' split (default %(default)s)")
-    p.add_argument("--batch-size", type=int, default=32, help="(default %(default)s)")
-    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of the one-cycle schedule (default %(default)s)")
+    common.add_common_arguments(p, ROLE, view_classifier.SPEC.weights_file, epochs=12, samples=3584,
+                                val_samples=256, test_samples=512, batch_size=32, lr=3e-3)
     p.set_defaults(func=run)
     return p
 
