@@ -37,6 +37,9 @@ def session(path: Path, threads: int):
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3
+    # Idle intra-op threads otherwise spin-wait after every run, holding a core the next
+    # engine (OpenVINO, numba) needs: on 2 cores that doubled the seg and flow stages.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

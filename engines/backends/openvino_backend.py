@@ -66,7 +66,9 @@ class OpenVinoEngine(Engine):
         self._request = self._compiled.create_infer_request()
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        return self._request.infer({0: x})[0]
+        # the input is read in place (no copy; the call is synchronous); the output is
+        # copied out of the request's buffer, which the next call overwrites
+        return self._request.infer({0: x}, share_inputs=True, share_outputs=True)[0].copy()
 
 
 def build(source: LoadedModel, precision: str, device: str | None, threads: int,

@@ -65,10 +65,32 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--select-slope-penalty", type=float, default=1.0,
                    help="model selection: px of val EPE charged per unit that a val slope (dx, dy) lies "
                         "outside 0.85-1.1; 0 selects on val EPE in the myocardium alone (default %(default)s)")
+    p.add_argument("--arch", action="append", default=[], metavar="NAME=V[,V..]",
+                   help="override a hyperparameter of engines.nets.flownet.DEFAULTS, e.g. radii=1,1,2 "
+                        "(repeatable; recorded with the weights)")
     p.add_argument("--full-epochs", type=int, default=0,
                    help="last epochs (of --epochs) trained on full frames instead of crops (default %(default)s)")
     p.set_defaults(func=run)
     return p
+
+
+def arch_overrides(items: list[str]) -> dict:
+    """``["radii=1,1,2", "estimator_width=12"]`` -> ``{"radii": (1, 1, 2), "estimator_width": 12}``."""
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name not in flownet.DEFAULTS:
+            raise SystemExit(f"--arch {item!r}: expected NAME=VALUE with NAME one of "
+                             f"{', '.join(flownet.DEFAULTS)}")
+        try:
+            values = tuple(int(v) for v in value.split(",") if v.strip())
+        except ValueError:
+            raise SystemExit(f"--arch {item!r}: values must be integers") from None
+        default = flownet.DEFAULTS[name]
+        out[name] = values if isinstance(default, tuple) else (values[0] if len(values) == 1 else None)
+        if out[name] is None:
+            raise SystemExit(f"--arch {item!r}: {name} takes one integer")
+    return out
 
 
 # ------------------------------------------------------------------ data and metrics
@@ -307,7 +329,7 @@ def run(args: argparse.Namespace) -> int:
     full_epochs = min(max(args.full_epochs, 0), args.epochs)
     data_s = clock.seconds
 
-    model = flownet.build().to(device)
+    model = flownet.build(**arch_overrides(args.arch)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     steps = args.epochs * -(-len(pairs) // args.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=max(1, steps), pct_start=0.1)
