@@ -76,6 +76,86 @@ def _analysis_options() -> argparse.ArgumentParser:
     return parent
 
 
+def _budget_options() -> argparse.ArgumentParser:
+    """Latency budget of a live side-car (serve, demo, bench latency): streamer/budget.py."""
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group(
+        "latency budget",
+        "A frame's time runs from its send time (t_send_ns; else its receive time) to its "
+        "result. Results over it are flagged over_budget. Live mode also skips frames that "
+        "are already older than the budget when the worker takes them (counted as stale) "
+        "and, when frames keep running over, sheds work in this order: view classifier on "
+        "every 4th frame while the view is stable, then segmentation/flow/tracking/strain "
+        "on every 2nd frame; it steps back when there is room (docs/architecture.md).")
+    group.add_argument("--budget-ms", type=float, metavar="MS",
+                       help="latency budget per frame in ms (default: none)")
+    group.add_argument("--stage-budget", action="append", default=[], metavar="STAGE=MS",
+                       help="flag results whose STAGE (e.g. flow) took longer than MS "
+                            "(over_budget:STAGE); repeatable")
+    group.add_argument("--no-degrade", action="store_true",
+                       help="live mode: flag and skip stale frames, but never shed work")
+    return parent
+
+
+def _budget_config(args):
+    from streamer.budget import BudgetConfig
+
+    stages = []
+    for item in args.stage_budget:
+        stage, sep, ms = item.partition("=")
+        try:
+            stages.append((stage, float(ms)))
+        except ValueError:
+            sep = ""
+        if not sep or not stage:
+            raise CLIError(f"--stage-budget {item!r}: expected STAGE=MS, e.g. flow=10")
+    return BudgetConfig(frame_ms=args.budget_ms, stage_ms=tuple(stages),
+                        degrade=not args.no_degrade)
+
+
+def _budget_argv(args) -> list[str]:
+    """The budget options again, as arguments for a `serve` child process."""
+    argv = [] if args.budget_ms is None else ["--budget-ms", str(args.budget_ms)]
+    for item in args.stage_budget:
+        argv += ["--stage-budget", item]
+    return argv + (["--no-degrade"] if args.no_degrade else [])
+
+
+def _debug_delay_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("test hooks")
+    group.add_argument("--debug-delay-ms", type=float, default=0.0, metavar="MS",
+                       help="TEST HOOK: make frames slower by MS (default 0 = off)")
+    group.add_argument("--debug-delay-stage", metavar="STAGE",
+                       help="TEST HOOK: put the delay into this stage (e.g. flow) instead of "
+                            "a stage of its own")
+    group.add_argument("--debug-delay-seqs", metavar="FIRST:LAST",
+                       help="TEST HOOK: delay only frames FIRST..LAST (default: every frame)")
+
+
+def _debug_delay_config(args):
+    from streamer.pipeline import DebugDelayConfig
+
+    seqs = None
+    if args.debug_delay_seqs:
+        first, sep, last = args.debug_delay_seqs.partition(":")
+        try:
+            seqs = (int(first), int(last))
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise CLIError(f"--debug-delay-seqs {args.debug_delay_seqs!r}: expected FIRST:LAST")
+    return DebugDelayConfig(args.debug_delay_ms, args.debug_delay_stage, seqs)
+
+
+def _debug_delay_argv(args) -> list[str]:
+    argv = ["--debug-delay-ms", str(args.debug_delay_ms)] if args.debug_delay_ms else []
+    if args.debug_delay_stage:
+        argv += ["--debug-delay-stage", args.debug_delay_stage]
+    if args.debug_delay_seqs:
+        argv += ["--debug-delay-seqs", args.debug_delay_seqs]
+    return argv
+
+
 def _pipeline_config(args, **extra):
     from streamer.pipeline import EngineConfig, PipelineConfig, ViewConfig
 
@@ -119,9 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     clip = _clip_options()
     analysis = _analysis_options()
+    budget = _budget_options()
 
     serve = commands.add_parser(
-        "serve", parents=[analysis], help="run the side-car",
+        "serve", parents=[analysis, budget], help="run the side-car",
         description="Run the side-car: take frames on --ingest (PULL), publish results on "
                     "--publish (XPUB). Live mode (default) always processes the newest frame "
                     "and reports dropped ones in the next result; --lossless applies "
@@ -145,8 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--republish-frames", action="store_true",
                        help="also publish each incoming frame (before its result), so "
                             "`record --from` keeps frames and results together")
-    serve.add_argument("--debug-delay-ms", type=float, default=0.0,
-                       help="TEST HOOK: add this delay to every frame (default 0 = off)")
+    _debug_delay_options(serve)
     serve.set_defaults(func=cmd_serve)
 
     replay = commands.add_parser(
@@ -192,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.set_defaults(func=cmd_analyze)
 
     demo = commands.add_parser(
-        "demo", parents=[analysis], help="start a side-car, replay a real echo clip into it, print results",
+        "demo", parents=[analysis, budget],
+        help="start a side-car, replay a real echo clip into it, print results",
         description="Starts `cardiostream serve` on free loopback ports, replays a clip "
                     "(default: pydicom's real apical 4-chamber cine) at its native rate, "
                     "prints one line per result with strain and latency, and stops the "
@@ -203,8 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--max-frames", type=int, help="stop after N frames")
     demo.add_argument("--view", choices=VIEW_CLASSES, metavar="VIEW",
                       help="send the clip with this view hint (overrides the view gate)")
-    demo.add_argument("--debug-delay-ms", type=float, default=0.0,
-                      help="TEST HOOK: slow the side-car down by this much per frame")
+    _debug_delay_options(demo)
     demo.set_defaults(func=cmd_demo)
 
     from calib.cli import add_phantom_parser
@@ -253,8 +333,9 @@ def cmd_serve(args) -> int:
                            max_message_bytes=int(args.max_message_mb * 1024 * 1024),
                            drain_timeout_s=args.drain_timeout_s,
                            republish_frames=args.republish_frames)
-    pipeline = build_pipeline(_pipeline_config(args, debug_delay_ms=args.debug_delay_ms))
-    sidecar = SideCar(config, pipeline).start()
+    budget = _budget_config(args)
+    pipeline = build_pipeline(_pipeline_config(args, debug_delay=_debug_delay_config(args)))
+    sidecar = SideCar(config, pipeline, budget=budget).start()
 
     def on_signal(signum, _frame) -> None:
         log.info("%s: stopping (flushing results already computed)",
@@ -346,10 +427,11 @@ def cmd_analyze(args) -> int:
 def cmd_demo(args) -> int:
     from streamer.demo import DemoConfig, run_demo
 
+    _budget_config(args), _debug_delay_config(args)  # refuse bad values here, not in the child
     return run_demo(DemoConfig(clip=args.clip, lossless=args.lossless, loop=args.loop,
                                max_frames=args.max_frames, view=args.view,
-                               debug_delay_ms=args.debug_delay_ms,
-                               serve_args=tuple(_analysis_argv(args))))
+                               serve_args=(*_analysis_argv(args), *_budget_argv(args),
+                                           *_debug_delay_argv(args))))
 
 
 # --------------------------------------------------------------------------

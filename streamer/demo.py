@@ -38,8 +38,6 @@ class DemoConfig:
     max_frames: int | None = None
     #: the clip's view, sent as each frame's hint (None: the classifier decides)
     view: str | None = None
-    #: test hook passed to the side-car: extra delay per frame, ms
-    debug_delay_ms: float = 0.0
     #: further `cardiostream serve` arguments (backend, weights, view gate ...)
     serve_args: tuple[str, ...] = ()
     #: the first start on a machine builds the engines and compiles numba (a minute or two)
@@ -68,8 +66,6 @@ def run_demo(config: DemoConfig, out: TextIO = sys.stdout) -> int:
               f"{info.dtype}  {_fmt(info.fps, '.1f')} fps  spacing_mm {info.spacing_mm}  "
               f"{info.modality}" + (f"  (sent with view hint {view})" if view else ""), file=out)
     args = [*config.serve_args, *(["--lossless"] if config.lossless else [])]
-    if config.debug_delay_ms:
-        args += ["--debug-delay-ms", str(config.debug_delay_ms)]
     print("starting the side-car (the first start on a machine builds the engines and "
           "compiles the tracking code: a minute or two; later starts take seconds)", file=out,
           flush=True)

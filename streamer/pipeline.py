@@ -7,7 +7,11 @@ earlier stage or is the frame itself, no value is written twice), then runs the
 stages in order for each frame and times each one.
 
 The values a frame starts with are ``frame`` (the decoded
-:class:`~streamer.io.protocol.FrameMessage`). Stages may also return the key
+:class:`~streamer.io.protocol.FrameMessage`) and ``controls`` (the
+:class:`~streamer.budget.FrameControls` the live side-car's budget controller set for
+it: see :mod:`streamer.budget`). Stages marked ``sheddable`` (segmentation, flow,
+tracking, strain) are not run on a frame whose controls say ``analyse=False``; their
+outputs are ``None`` and the frame is flagged ``analysis_skipped``. Stages may also return the key
 ``flags`` (a list of strings) to mark something about this frame; flags are
 collected, not wired. A stage that finds the frame unusable raises
 :class:`FrameRejected`; the side-car then answers with an error message for
@@ -34,13 +38,14 @@ import cv2
 import numpy as np
 
 from engines.spec import SEG_CLASSES, VIEW_CLASSES, Fit, fit_to_input
+from streamer.budget import FULL, FrameControls
 from streamer.io.protocol import BeatMessage, FrameMessage
 from streamer.measure.strain import A4C_SEGMENTS, BeatConfig, StrainMonitor
 from streamer.measure.tracking import CentrelineTracker, TrackerConfig
 from streamer.measure.tracking import warmup as tracking_warmup
 
 #: values every pipeline starts with, before the first stage runs.
-SOURCE_VALUES = ("frame",)
+SOURCE_VALUES = ("frame", "controls")
 #: result fields a stage may write; the result message carries them under these names.
 RESULT_FIELDS = ("view", "points_mm", "gls_pct", "regional_pct", "beat", "phase")
 
@@ -69,6 +74,8 @@ class Stage(ABC):
     name: ClassVar[str]
     inputs: ClassVar[tuple[str, ...]] = ()
     outputs: ClassVar[tuple[str, ...]] = ()
+    #: may be left out on a frame when the live side-car sheds work (streamer.budget)
+    sheddable: ClassVar[bool] = False
 
     def start_stream(self, stream: str, meta: dict) -> None:  # noqa: B027 (optional hook)
         """A new stream begins: forget per-stream state. Stateless stages ignore it."""
@@ -113,11 +120,18 @@ class Pipeline:
         for stage in self.stages:
             stage.start_stream(stream, meta)
 
-    def __call__(self, frame: FrameMessage) -> FrameOutcome:
-        values: dict[str, Any] = {"frame": frame}
+    def __call__(self, frame: FrameMessage, controls: FrameControls = FULL) -> FrameOutcome:
+        values: dict[str, Any] = {"frame": frame, "controls": controls}
         latency_ms: dict[str, float] = {}
         flags: list[str] = []
         for stage in self.stages:
+            # shed only work the view gate let through: a gated frame still runs the
+            # stages, which then reset their per-stream state (a gap in the analysis)
+            if stage.sheddable and not controls.analyse and values.get("analyse", True):
+                values.update(dict.fromkeys(stage.outputs))
+                if "analysis_skipped" not in flags:
+                    flags.append("analysis_skipped")
+                continue
             t0 = time.perf_counter_ns()
             out = stage.process(**{name: values[name] for name in stage.inputs})
             latency_ms[stage.name] = (time.perf_counter_ns() - t0) / 1e6
@@ -180,23 +194,61 @@ class Preprocess(Stage):
         return {"image": image}
 
 
-class DebugDelay(Stage):
-    """TEST HOOK: sleeps a fixed time per frame, to make the worker slower than the sender.
+@dataclass(frozen=True)
+class DebugDelayConfig:
+    """TEST HOOK (``serve --debug-delay-ms``): make the worker slower than the sender.
 
-    Used by the tests of live-mode dropping and by ``serve --debug-delay-ms``;
-    never part of a default pipeline.
-    """
+    ``stage=None`` adds a stage of its own (``debug_delay``) after preprocessing; a stage
+    name (e.g. ``"flow"``) makes that stage slower instead, so that shedding it helps.
+    ``seqs=(first, last)`` limits the delay to frames first..last (inclusive)."""
+
+    delay_ms: float = 0.0
+    stage: str | None = None
+    seqs: tuple[int, int] | None = None
+
+    def __post_init__(self):
+        if self.delay_ms < 0:
+            raise ValueError(f"delay_ms must be >= 0, got {self.delay_ms}")
+        if self.seqs is not None and not 0 <= self.seqs[0] <= self.seqs[1]:
+            raise ValueError(f"seqs must be (first, last) with 0 <= first <= last, got {self.seqs}")
+
+    def applies(self, seq: int) -> bool:
+        return self.seqs is None or self.seqs[0] <= seq <= self.seqs[1]
+
+
+class DebugDelay(Stage):
+    """TEST HOOK: sleeps a fixed time per frame (see :class:`DebugDelayConfig`); never
+    part of a default pipeline."""
 
     name = "debug_delay"
+    inputs = ("frame",)
 
-    def __init__(self, delay_ms: float):
-        if delay_ms < 0:
-            raise ValueError(f"delay_ms must be >= 0, got {delay_ms}")
-        self.delay_s = delay_ms / 1e3
+    def __init__(self, delay_ms: float, seqs: tuple[int, int] | None = None):
+        self.config = DebugDelayConfig(delay_ms, None, seqs)
 
-    def process(self) -> dict[str, Any]:
-        time.sleep(self.delay_s)
+    def process(self, frame: FrameMessage) -> dict[str, Any]:
+        if self.config.applies(frame.seq):
+            time.sleep(self.config.delay_ms / 1e3)
         return {}
+
+
+class Delayed(Stage):
+    """TEST HOOK: another stage, made slower by a sleep before it runs."""
+
+    def __init__(self, stage: Stage, config: DebugDelayConfig):
+        self.stage, self.config = stage, config
+        self.name, self.outputs, self.sheddable = stage.name, stage.outputs, stage.sheddable
+        self.inputs = tuple(dict.fromkeys(("frame", *stage.inputs)))
+
+    def start_stream(self, stream: str, meta: dict) -> None:
+        self.stage.start_stream(stream, meta)
+
+    def process(self, frame: FrameMessage, **inputs: Any) -> dict[str, Any]:
+        if self.config.applies(frame.seq):
+            time.sleep(self.config.delay_ms / 1e3)
+        if "frame" in self.stage.inputs:
+            inputs["frame"] = frame
+        return self.stage.process(**inputs)
 
 
 # --------------------------------------------------------------------------
@@ -234,21 +286,42 @@ class ViewConfig:
 
 
 class ClassifyView(Stage):
-    """Image -> ``view`` {"label", "p"} and ``analyse``: whether the frame goes on."""
+    """Image -> ``view`` {"label", "p"} and ``analyse``: whether the frame goes on.
+
+    With ``controls.view_every = k > 1`` (the live side-car shedding work) the classifier
+    runs on every k-th frame only while its last k answers agree; the frames between
+    reuse its last answer (flag ``view_reused``)."""
 
     name = "view"
-    inputs = ("frame", "image")
+    inputs = ("frame", "image", "controls")
     outputs = ("view", "analyse")
 
     def __init__(self, engine, config: ViewConfig = ViewConfig()):
         self.engine = engine
         self.config = config
+        self.start_stream("", {})
 
-    def process(self, frame: FrameMessage, image: np.ndarray) -> dict[str, Any]:
+    def start_stream(self, stream: str, meta: dict) -> None:
+        self._answers: list[tuple[str, float]] = []  # the classifier's latest answers
+        self._reused = 0  # frames since the classifier last ran
+
+    def _classify(self, image: np.ndarray, every: int) -> tuple[str, float, bool]:
+        recent = self._answers[-every:]
+        if (every > 1 and self._reused + 1 < every and len(recent) == every
+                and len({label for label, _ in recent}) == 1):
+            self._reused += 1
+            return (*self._answers[-1], True)
         x, _ = fit_to_input(image, self.engine.spec.size)
         p = _softmax(self.engine(x[None, None])[0])
         k = int(np.argmax(p))
-        label, cfg, flags = VIEW_CLASSES[k], self.config, []
+        self._answers = [*self._answers[-7:], (VIEW_CLASSES[k], float(p[k]))]
+        self._reused = 0
+        return VIEW_CLASSES[k], float(p[k]), False
+
+    def process(self, frame: FrameMessage, image: np.ndarray,
+                controls: FrameControls) -> dict[str, Any]:
+        label, p_label, reused = self._classify(image, controls.view_every)
+        cfg, flags = self.config, ["view_reused"] if reused else []
         if cfg.gate == "off":
             analyse = True
         elif frame.view is not None:
@@ -256,12 +329,12 @@ class ClassifyView(Stage):
             if frame.view != label:
                 flags.append("view_hint_differs")
         else:
-            analyse = label == cfg.analysed_view and p[k] >= cfg.min_confidence
+            analyse = label == cfg.analysed_view and p_label >= cfg.min_confidence
             if label == cfg.analysed_view and not analyse:
                 flags.append("low_view_confidence")
         if not analyse:
             flags.append(f"not_{cfg.analysed_view}")
-        return {"view": {"label": label, "p": round(float(p[k]), 4)}, "analyse": analyse,
+        return {"view": {"label": label, "p": round(p_label, 4)}, "analyse": analyse,
                 "flags": flags}
 
 
@@ -290,6 +363,7 @@ class SegmentMyocardium(Stage):
     name = "segment"
     inputs = ("frame", "image", "analyse")
     outputs = ("mask", "grid")
+    sheddable = True
 
     def __init__(self, engine):
         self.engine = engine
@@ -312,6 +386,7 @@ class EstimateMotion(Stage):
     name = "flow"
     inputs = ("image", "analyse")
     outputs = ("flow",)
+    sheddable = True
 
     def __init__(self, engine, grid_size: tuple[int, int]):
         self.engine = engine
@@ -344,6 +419,7 @@ class TrackCentreline(Stage):
     name = "track"
     inputs = ("frame", "mask", "flow", "grid")
     outputs = ("points_mm", "track")
+    sheddable = True
 
     def __init__(self, config: TrackerConfig = TrackerConfig()):
         self.config = config
@@ -372,6 +448,7 @@ class MeasureStrain(Stage):
     name = "strain"
     inputs = ("frame", "track")
     outputs = ("gls_pct", "regional_pct", "beat", "phase", "beat_closed")
+    sheddable = True
 
     def __init__(self, config: BeatConfig = BeatConfig()):
         self.config = config
@@ -441,8 +518,8 @@ class PipelineConfig:
     view: ViewConfig = ViewConfig()
     tracker: TrackerConfig = TrackerConfig()
     beats: BeatConfig = BeatConfig()
-    #: test hook: extra delay per frame in ms (0 = off)
-    debug_delay_ms: float = 0.0
+    #: test hook: extra delay per frame, ms, in a stage of its own or in a named stage
+    debug_delay: DebugDelayConfig = DebugDelayConfig()
 
     def __post_init__(self):
         if self.analysis not in ANALYSES:
@@ -476,10 +553,11 @@ def load_engines(config: EngineConfig) -> dict[str, Any]:
 def build_pipeline(config: PipelineConfig = PipelineConfig()) -> Pipeline:
     """The application's pipeline, in the order a frame meets the stages."""
     stages: list[Stage] = [Preprocess(config.preprocess)]
-    if config.debug_delay_ms > 0:
-        stages.append(DebugDelay(config.debug_delay_ms))
+    delay = config.debug_delay
+    if delay.delay_ms > 0 and delay.stage is None:
+        stages.append(DebugDelay(delay.delay_ms, delay.seqs))
     if config.analysis == "none":
-        return Pipeline([*stages, AnalysisOff()])
+        return _delayed(Pipeline([*stages, AnalysisOff()]), delay)
     engines = load_engines(config.engines)
     tracking_warmup()  # numba compiles (or loads its cache) now, not on the first frame
     stages += [
@@ -489,4 +567,16 @@ def build_pipeline(config: PipelineConfig = PipelineConfig()) -> Pipeline:
         TrackCentreline(config.tracker),
         MeasureStrain(config.beats),
     ]
-    return Pipeline(stages)
+    return _delayed(Pipeline(stages), delay)
+
+
+def _delayed(pipeline: Pipeline, delay: DebugDelayConfig) -> Pipeline:
+    """The test hook's delay put into the named stage."""
+    if delay.delay_ms <= 0 or delay.stage is None:
+        return pipeline
+    names = [stage.name for stage in pipeline.stages]
+    if delay.stage not in names:
+        raise PipelineWiringError(f"--debug-delay-stage {delay.stage!r} is not a stage of this "
+                                  f"pipeline ({', '.join(names)})")
+    return Pipeline([Delayed(stage, delay) if stage.name == delay.stage else stage
+                     for stage in pipeline.stages])

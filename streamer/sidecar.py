@@ -35,8 +35,9 @@ import zmq
 
 from streamer import __version__
 from streamer.io.protocol import (DEFAULT_MAX_MESSAGE_BYTES, EndMessage, ErrorMessage,
-                                  FrameMessage, HelloMessage, ProtocolError, StartMessage,
-                                  decode, encode)
+                                  FrameMessage, HelloMessage, ProtocolError, ResultMessage,
+                                  StartMessage, decode, encode)
+from streamer.budget import BudgetConfig
 from streamer.io.sockets import bind
 from streamer.pipeline import Pipeline
 from streamer.processor import FrameProcessor, Received
@@ -192,6 +193,7 @@ class SideCarStats:
     protocol_errors: int = 0  # bad messages answered with an error
     frame_errors: int = 0  # frames the pipeline rejected
     dropped: int = 0  # live mode: frames replaced by a newer one
+    stale: int = 0  # live mode with a budget: frames too old to process when taken
 
 
 _STOP = object()
@@ -206,9 +208,9 @@ class SideCar:
     """
 
     def __init__(self, config: SideCarConfig, pipeline: Pipeline,
-                 context: zmq.Context | None = None):
+                 context: zmq.Context | None = None, budget: BudgetConfig = BudgetConfig()):
         self.config = config
-        self.processor = FrameProcessor(pipeline)
+        self.processor = FrameProcessor(pipeline, budget=budget, live=not config.lossless)
         # An owned context is terminated once the threads end: that blocks until the
         # results still queued on the publish socket are sent (up to its 5 s linger).
         self._owns_context = context is None
@@ -340,8 +342,10 @@ class SideCar:
                     continue
                 item, dropped = got
                 self.stats.dropped += dropped
-                for message in self.processor.handle(item, dropped=dropped,
-                                                     t_take_ns=time.time_ns()):
+                messages = self.processor.handle(item, dropped=dropped, t_take_ns=time.time_ns())
+                if not messages and isinstance(item.message, FrameMessage):
+                    self.stats.stale += 1
+                for message in messages:
                     if message.kind == "result":
                         self.stats.results += 1
                     elif message.kind == "error":
@@ -375,6 +379,8 @@ class SideCar:
                 if message is _STOP:
                     break
                 if message is not None:
+                    if isinstance(message, ResultMessage):
+                        _stamp_publish(message)
                     socket.send_multipart(encode(message))
                     self.stats.published += 1
         except Exception:  # pragma: no cover
@@ -388,3 +394,17 @@ class SideCar:
         """XPUB hands us (un)subscription messages; read them so they do not pile up."""
         while socket.poll(0):
             socket.recv_multipart()
+
+
+def _stamp_publish(result: ResultMessage) -> None:
+    """The last two entries of a result's telemetry, taken as it leaves: ``publish`` (result
+    ready -> sent, the wait in the outbox) and ``end_to_end`` (the frame's send -> its
+    result's send: transport + total + publish, all on this host's clock; only when the
+    sender stamped ``t_send_ns``)."""
+    now = time.time_ns()
+    result.t_publish_ns = now
+    if result.t_result_ns is not None:
+        latency = result.latency_ms
+        latency["publish"] = (now - result.t_result_ns) / 1e6
+        if "transport" in latency:
+            latency["end_to_end"] = latency["transport"] + latency["total"] + latency["publish"]

@@ -7,7 +7,7 @@ import pytest
 from calib.datasets import random_echo_config
 from calib.echo import make_echo_clip
 from streamer.io.protocol import BeatMessage, FrameMessage, StartMessage
-from streamer.pipeline import (AnalysisOff, DebugDelay, FrameRejected, Pipeline,
+from streamer.pipeline import (AnalysisOff, DebugDelay, DebugDelayConfig, FrameRejected, Pipeline,
                                PipelineConfig, PipelineWiringError, Preprocess, Stage,
                                ViewConfig, build_pipeline)
 from streamer.processor import FrameProcessor, Received
@@ -42,7 +42,7 @@ def test_wiring_is_checked_when_the_pipeline_is_built():
     with pytest.raises(PipelineWiringError, match="already writes"):
         Pipeline([Preprocess(), Preprocess()])
     pipeline = Pipeline([Preprocess(), Doubler()])
-    assert {"frame", "image", "doubled"} == pipeline.values_written
+    assert {"frame", "controls", "image", "doubled"} == pipeline.values_written
 
 
 def test_each_stage_is_timed_and_flags_are_collected():
@@ -98,7 +98,7 @@ def test_analysis_off_pipeline_computes_nothing_and_says_so():
     assert outcome.flags == ["analysis_off"]
     assert outcome.values["gls_pct"] is None and outcome.values["points_mm"] is None
     assert isinstance(pipeline.stages[-1], AnalysisOff)
-    slow = build_pipeline(PipelineConfig(analysis="none", debug_delay_ms=1))
+    slow = build_pipeline(PipelineConfig(analysis="none", debug_delay=DebugDelayConfig(1)))
     assert [s.name for s in slow.stages] == ["preprocess", "debug_delay", "analysis_off"]
     with pytest.raises(ValueError):
         DebugDelay(-1)

@@ -37,7 +37,7 @@ def test_frame_gets_a_result_with_stage_latencies_and_drop_count():
     assert list(result.latency_ms) == ["transport", "decode", "queue", "preprocess",
                                        "analysis_off", "total"]
     [end] = processor.handle(received(EndMessage("s", 2)))
-    assert end.meta == {"processed": 1, "dropped": 2, "errors": 0, "last_seq": 3}
+    assert end.meta == {"processed": 1, "dropped": 2, "stale": 0, "errors": 0, "last_seq": 3}
 
 
 def test_rejected_and_failing_frames_become_errors_and_are_counted():

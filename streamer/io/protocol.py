@@ -155,6 +155,10 @@ class ResultMessage:
     t_result_ns: int | None = None
     dropped: int = 0
     flags: list[str] = field(default_factory=list)
+    #: {"budget_ms", "level", "mode"} when the side-car runs with a frame budget
+    budget: dict | None = None
+    #: when the publisher sent it (set by the side-car's publish thread)
+    t_publish_ns: int | None = None
     view: dict | None = None  # {"label": str, "p": float}
     points_mm: list | None = None  # 120 x [row, col]
     gls_pct: float | None = None
@@ -309,8 +313,9 @@ def result_header(message: ResultMessage) -> dict:
         "v": PROTOCOL_VERSION, "kind": "result", "stream": message.stream,
         "seq": int(message.seq), "t_acq_ns": int(message.t_acq_ns),
         "t_recv_ns": message.t_recv_ns, "t_result_ns": message.t_result_ns,
+        "t_publish_ns": message.t_publish_ns,
         "latency_ms": {k: round(float(v), 4) for k, v in message.latency_ms.items()},
-        "dropped": int(message.dropped), "flags": list(message.flags),
+        "dropped": int(message.dropped), "flags": list(message.flags), "budget": message.budget,
         "view": message.view, "points_mm": message.points_mm, "gls_pct": message.gls_pct,
         "regional_pct": message.regional_pct, "beat": message.beat, "phase": message.phase,
     }
@@ -489,12 +494,13 @@ def _decode_result(reader: "_Fields", parts: Sequence[Part]) -> ResultMessage:
     else:
         _expect_parts(parts, 1, "result", stream, seq)
     known = {"v", "kind", "stream", "seq", "t_acq_ns", "t_recv_ns", "t_result_ns",
-             "latency_ms", "dropped", "flags", "view", "points_mm", "gls_pct",
-             "regional_pct", "beat", "phase", "mask"}
+             "t_publish_ns", "latency_ms", "dropped", "flags", "budget", "view", "points_mm",
+             "gls_pct", "regional_pct", "beat", "phase", "mask"}
     return ResultMessage(
         stream=stream, seq=seq, t_acq_ns=reader.int("t_acq_ns"),
         latency_ms=reader.dict("latency_ms", {}), t_recv_ns=reader.int("t_recv_ns", None),
-        t_result_ns=reader.int("t_result_ns", None), dropped=reader.int("dropped", 0),
+        t_result_ns=reader.int("t_result_ns", None), t_publish_ns=reader.int("t_publish_ns", None),
+        dropped=reader.int("dropped", 0), budget=reader.dict("budget", None),
         flags=reader.str_list("flags", []) or [], view=reader.dict("view", None),
         points_mm=header.get("points_mm"), gls_pct=reader.float("gls_pct", None),
         regional_pct=reader.dict("regional_pct", None), beat=reader.int("beat", None),
