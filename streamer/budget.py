@@ -93,7 +93,7 @@ class BudgetConfig:
     #: live mode: step down the degradation order when frames keep running over
     degrade: bool = True
     window_frames: int = 20
-    over_fraction: float = 0.25
+    over_fraction: float = 0.1
     recover_fraction: float = 0.8
 
     def __post_init__(self):

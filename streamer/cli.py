@@ -64,6 +64,9 @@ def _analysis_options() -> argparse.ArgumentParser:
                             "backends with a phantom calibration set)")
     group.add_argument("--threads", type=int, metavar="N",
                        help="CPU threads for the networks (default: all cores)")
+    group.add_argument("--device", metavar="DEV",
+                       help="cpu or cuda[:i] for --backend torch / tensorrt (default: the "
+                            "backend's own: torch on the CPU, tensorrt on cuda)")
     group.add_argument("--weights", action="append", default=[], metavar="ROLE=PATH",
                        help="your own model for a role (view, seg or flow): a state dict, "
                             "TorchScript or ONNX file with the role's I/O contract "
@@ -169,7 +172,7 @@ def _pipeline_config(args, **extra):
     return PipelineConfig(
         analysis=args.analysis,
         engines=EngineConfig(backend=args.backend, precision=args.precision,
-                             threads=args.threads, weights=tuple(weights)),
+                             threads=args.threads, device=args.device, weights=tuple(weights)),
         view=ViewConfig(gate=args.view_gate, min_confidence=args.min_view_confidence),
         **extra)
 
@@ -181,6 +184,8 @@ def _analysis_argv(args) -> list[str]:
             str(args.min_view_confidence)]
     if args.threads:
         argv += ["--threads", str(args.threads)]
+    if args.device:
+        argv += ["--device", args.device]
     for item in args.weights:
         argv += ["--weights", item]
     return argv
@@ -289,9 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from calib.cli import add_phantom_parser
     from engines.cli import add_engines_parser
+    from streamer.bench import add_parser as add_bench_parser
 
     add_phantom_parser(commands)
     add_engines_parser(commands)
+    add_bench_parser(commands)
     return parser
 
 

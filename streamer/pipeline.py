@@ -496,6 +496,8 @@ class EngineConfig:
     precision: str = "fp32"
     #: CPU threads for the backend (None: all cores)
     threads: int | None = None
+    #: torch / tensorrt device, e.g. "cuda" or "cuda:1" (None: the backend's own)
+    device: str | None = None
     #: a user's models, (role, path) pairs: state dict, TorchScript or ONNX
     weights: tuple[tuple[str, str], ...] = ()
 
@@ -543,7 +545,8 @@ def load_engines(config: EngineConfig) -> dict[str, Any]:
 
     weights = dict(config.weights)
     engines = {role: create_engine(role, backend=config.backend, precision=config.precision,
-                                   weights=weights.get(role), threads=config.threads)
+                                   weights=weights.get(role), threads=config.threads,
+                                   device=config.device)
                for role in ("view", "seg", "flow")}
     for engine in engines.values():  # first inference pays one-off allocations
         engine(np.zeros(engine.spec.input.shape, np.float32))

@@ -196,3 +196,32 @@ def test_live_sidecar_never_processes_a_frame_older_than_the_budget_and_counts_e
         assert lat["end_to_end"] == pytest.approx(lat["transport"] + lat["total"] + lat["publish"], abs=1e-3)
         assert r.t_publish_ns >= r.t_result_ns and "over_budget" in r.flags
     assert sum(r.dropped for r in results) <= meta["dropped"] + meta["stale"]
+
+
+def test_live_serve_degrades_and_recovers_over_sockets(serve):
+    """The same forced slow flow stage in a real `cardiostream serve` child, frames sent at
+    50 fps over loopback: the degradation and the recovery come back in the results, and
+    every frame sent is answered, dropped or stale."""
+    # a slow frame holds the worker for ~320 ms while newer frames replace each other in the
+    # inbox, so the slow stretch must be long enough for a few answers at each step
+    sidecar = serve("--budget-ms", "200", "--debug-delay-ms", "300", "--debug-delay-stage",
+                    "flow", "--debug-delay-seqs", "30:229")
+    clip, n = Echo(), 420
+    with ResultSubscriber(SubscriberConfig(sidecar.ready["publish"])) as subscriber, \
+            FrameSender(SenderConfig(sidecar.ready["ingest"])) as sender:
+        sender.send(StartMessage("echo"))
+        for seq in range(n):
+            sender.send(clip.message(seq))
+            time.sleep(0.02)
+        sender.send(EndMessage("echo", n))
+        messages = list(subscriber.iter_until_end("echo", timeout_s=60.0))
+    results = [m for m in messages if m.kind == "result"]
+    [end] = [m for m in messages if m.kind == "end"]
+    assert end.meta["processed"] + end.meta["dropped"] + end.meta["stale"] + end.meta["errors"] == n
+    changes = [f for r in results for f in r.flags if f.startswith(("degraded:", "recovered:"))]
+    assert changes[:2] == ["degraded:view_every_4", "degraded:half_rate"], changes
+    assert "recovered:full" in changes and results[-1].budget["mode"] == "full"
+    assert any("analysis_skipped" in r.flags for r in results)
+    for r in results:  # nothing older than the budget was processed
+        lat = r.latency_ms
+        assert lat["transport"] + lat["queue"] <= 200.0 + 1e-6
