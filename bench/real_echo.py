@@ -92,20 +92,26 @@ def draw_curve(t_s: np.ndarray, gls: np.ndarray, width=640, height=320) -> np.nd
     img = np.full((height, width, 3), 255, np.uint8)
     left, right, top, bottom = 60, 20, 20, 40
     lo = min(-25.0, np.nanmin(gls) - 2)
-    hi = 5.0
+    hi = max(5.0, np.nanmax(gls) + 2)  # a curve that drifts upward must show it
 
     def xy(t, g):
         x = left + (t - t_s[0]) / max(t_s[-1] - t_s[0], 1e-9) * (width - left - right)
         y = top + (hi - g) / (hi - lo) * (height - top - bottom)
         return int(round(x)), int(round(y))
 
-    for g in range(int(np.ceil(lo / 5) * 5), int(hi) + 1, 5):
+    step = 5 if hi - lo <= 60 else 10
+    for g in range(int(np.ceil(lo / step) * step), int(hi) + 1, step):
         cv2.line(img, xy(t_s[0], g), xy(t_s[-1], g), (220, 220, 220), 1)
         cv2.putText(img, f"{g}", (10, xy(t_s[0], g)[1] + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
                     (0, 0, 0), 1, cv2.LINE_AA)
     ok = np.isfinite(gls)
     pts = [xy(t, g) for t, g in zip(t_s[ok], gls[ok])]
-    cv2.polylines(img, [np.array(pts, np.int32)], False, (200, 60, 0), 2, cv2.LINE_AA)
+    # one line per run of frames with strain: a gap (no centreline) stays a gap
+    runs = np.split(np.arange(len(gls)), np.flatnonzero(np.diff(ok.astype(int))) + 1)
+    for run in runs:
+        if ok[run[0]]:
+            line = np.array([xy(t_s[i], gls[i]) for i in run], np.int32)
+            cv2.polylines(img, [line], False, (200, 60, 0), 2, cv2.LINE_AA)
     for p in pts:
         cv2.circle(img, p, 3, (200, 60, 0), -1, cv2.LINE_AA)
     cv2.putText(img, "GLS %  (pydicom examples_ybr_color.dcm, real A4C)", (left, 14),
