@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from streamer.bench.latency import machine_info, phantom_clip  # noqa: E402
 from streamer.budget import BudgetConfig  # noqa: E402
 from streamer.io.protocol import FrameMessage, StartMessage, encode  # noqa: E402
 from streamer.pipeline import Pipeline, PipelineConfig, Stage, build_pipeline  # noqa: E402
@@ -105,8 +105,6 @@ def overhead_us(calls: int, rounds: int) -> dict[str, dict[str, float]]:
 
 
 def echo_frame_ms(frames: int) -> float:
-    from streamer.bench.latency import phantom_clip  # the clip `bench latency` times
-
     clip, spacing_mm, fps = phantom_clip(256, 60, 2_000_001)
     processor = FrameProcessor(build_pipeline(PipelineConfig()))
     processor.handle(Received(StartMessage("e"), time.time_ns()))
@@ -135,7 +133,7 @@ def main(argv=None) -> int:
     total_us = sum(p["median_us"] for p in parts.values())
     report = {"benchmark": "telemetry overhead",
               "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
-              "machine": {"platform": platform.platform(), "python": platform.python_version()},
+              "machine": machine_info(),
               "parts_us": parts, "telemetry_us_per_frame": total_us,
               "echo_frame_ms_median": frame_ms,
               "overhead_pct_of_frame": 100.0 * total_us / 1e3 / frame_ms}

@@ -472,15 +472,9 @@ def run_sockets(args, source: ClipSource, recv_timeout_s: float = 60.0) -> dict:
         "transport": "sockets",
         "mode": sidecar.ready.get("mode", "lossless" if args.lossless else "live"),
         "backends": configured_backends(args), "backends_source": "config",
-        "startup_s": round(startup_s, 3),
-        "frames": {"sent": sent, "warmup": args.warmup, "timed": sent - args.warmup,
-                   "results": results, "results_timed": len(records), "errors": errors,
-                   "dropped": dropped},
-        "end_counts": end_counts, "accounted": accounting(sent, end_counts),
-        "throughput_fps": round(len(records) / window_s, 3) if window_s else 0.0,
-        "window_s": round(window_s, 4),
+        **_run_fields(args, startup_s, sent, results, errors, dropped, end_counts, records,
+                      window_s, budget_last),
         "replay_max_lateness_ms": round(sender_box["stats"].max_lateness_ms, 3),
-        "budget_last": budget_last,
         **run_report(records),
         "sidecar": {"pid": sidecar.process.pid, "ready": sidecar.ready,
                     "stopped": stopped.get("stats")},
@@ -553,6 +547,17 @@ def run_in_process(args, source: ClipSource) -> dict:
     return {
         "transport": "in-process", "mode": "in-process",
         "backends": backends, "backends_source": "engines",
+        **_run_fields(args, startup_s, sent, results, errors, dropped, end_counts, records,
+                      window_s, budget_last),
+        **run_report(records),
+    }
+
+
+def _run_fields(args, startup_s: float, sent: int, results: int, errors: int, dropped: int,
+                end_counts: dict | None, records: list, window_s: float,
+                budget_last: dict | None) -> dict:
+    """The counts and rates every run reports, whichever transport it used."""
+    return {
         "startup_s": round(startup_s, 3),
         "frames": {"sent": sent, "warmup": args.warmup, "timed": sent - args.warmup,
                    "results": results, "results_timed": len(records), "errors": errors,
@@ -561,7 +566,6 @@ def run_in_process(args, source: ClipSource) -> dict:
         "throughput_fps": round(len(records) / window_s, 3) if window_s else 0.0,
         "window_s": round(window_s, 4),
         "budget_last": budget_last,
-        **run_report(records),
     }
 
 
