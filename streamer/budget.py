@@ -30,8 +30,9 @@ step               what changes
 
 Every result carries ``budget``: ``{"budget_ms", "level", "mode"}``, the step it was made
 at. The result whose time tipped the balance carries the flag ``degraded:<mode>`` (one
-step down) or ``recovered:<mode>`` (one step up); the frames after it are made at that step. Lossless mode (replay, ``analyze``) never skips or
-degrades: its results are the analysis of every frame, whatever the machine's load.
+step down) or ``recovered:<mode>`` (one step up); the frames after it are made at that
+step. Lossless mode (replay, ``analyze``) never skips or degrades: its results are the
+analysis of every frame, whatever the machine's load.
 
 The controller's rule, over a sliding window of the last ``window_frames`` results at the
 current step: step down when at least ``over_fraction`` of them ran over the budget; step

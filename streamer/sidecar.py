@@ -34,10 +34,10 @@ from dataclasses import dataclass
 import zmq
 
 from streamer import __version__
+from streamer.budget import BudgetConfig
 from streamer.io.protocol import (DEFAULT_MAX_MESSAGE_BYTES, EndMessage, ErrorMessage,
                                   FrameMessage, HelloMessage, ProtocolError, ResultMessage,
                                   StartMessage, decode, encode)
-from streamer.budget import BudgetConfig
 from streamer.io.sockets import bind
 from streamer.pipeline import Pipeline
 from streamer.processor import FrameProcessor, Received
@@ -208,9 +208,10 @@ class SideCar:
     """
 
     def __init__(self, config: SideCarConfig, pipeline: Pipeline,
-                 context: zmq.Context | None = None, budget: BudgetConfig = BudgetConfig()):
+                 context: zmq.Context | None = None, budget: BudgetConfig | None = None):
         self.config = config
-        self.processor = FrameProcessor(pipeline, budget=budget, live=not config.lossless)
+        self.processor = FrameProcessor(pipeline, budget=budget or BudgetConfig(),
+                                        live=not config.lossless)
         # An owned context is terminated once the threads end: that blocks until the
         # results still queued on the publish socket are sent (up to its 5 s linger).
         self._owns_context = context is None
