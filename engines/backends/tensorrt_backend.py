@@ -114,7 +114,7 @@ def _quantize_int8(module, source: LoadedModel, calibration, device: str):
         import modelopt.torch.quantization as mtq
     except ImportError as exc:
         raise EngineError("tensorrt int8 needs NVIDIA ModelOpt, which is not installed "
-                          "(pip install nvidia-modelopt)") from exc
+                          "(pip install 'cardiostream[tensorrt]', which adds nvidia-modelopt)") from exc
     from engines.int8 import calibration_inputs
 
     data = torch.from_numpy(calibration_inputs(source.spec, calibration)).to(device)
