@@ -193,7 +193,8 @@ def test_live_sidecar_never_processes_a_frame_older_than_the_budget_and_counts_e
     assert meta["dropped"] > 0 and len(results) < n / 2
     for r in results:
         lat = r.latency_ms
-        assert lat["transport"] + lat["decode"] + lat["queue"] <= 20.0 + 1e-6
+        # the frame's age when the worker took it (queue runs from receipt, so it holds decode)
+        assert lat["transport"] + lat["queue"] <= 20.0 + 1e-3
         assert lat["end_to_end"] == pytest.approx(lat["transport"] + lat["total"] + lat["publish"], abs=1e-3)
         assert r.t_publish_ns >= r.t_result_ns and "over_budget" in r.flags
     assert sum(r.dropped for r in results) <= meta["dropped"] + meta["stale"]
@@ -225,4 +226,4 @@ def test_live_serve_degrades_and_recovers_over_sockets(serve):
     assert any("analysis_skipped" in r.flags for r in results)
     for r in results:  # nothing older than the budget was processed
         lat = r.latency_ms
-        assert lat["transport"] + lat["queue"] <= 200.0 + 1e-6
+        assert lat["transport"] + lat["queue"] <= 200.0 + 1e-3
