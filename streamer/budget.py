@@ -39,7 +39,11 @@ current step: step down when at least ``over_fraction`` of them ran over the bud
 back up when none did and the projected time of a frame that runs every stage (the sum
 of each stage's 90th percentile in the window, plus the median wait before the worker
 took the frame) is below ``recover_fraction`` of the budget. The window restarts at each
-change, so every step is held for at least half a window.
+change, so every step is held for at least half a window. Against flapping, a step reached
+by stepping down is held for at least ``hold`` results before stepping back up; ``hold``
+starts at one window, doubles (up to ``max_hold_windows`` windows) whenever a step down
+comes less than two windows after a step up, and falls back to one window after
+``max_hold_windows`` windows at full service.
 """
 
 from __future__ import annotations
@@ -96,6 +100,8 @@ class BudgetConfig:
     window_frames: int = 20
     over_fraction: float = 0.1
     recover_fraction: float = 0.8
+    #: the longest hold before stepping back up, in windows (see the module's docstring)
+    max_hold_windows: int = 8
 
     def __post_init__(self):
         if self.frame_ms is not None and not self.frame_ms > 0:
@@ -135,6 +141,9 @@ class BudgetController:
         self.changes = 0
         self._window: deque[_Sample] = deque(maxlen=config.window_frames)
         self._frame = 0
+        self._at_step = 0  # results observed since the last change
+        self._last_change = ""
+        self.hold = config.window_frames  # results to wait at a step before stepping up
 
     @property
     def step(self) -> DegradationStep:
@@ -142,7 +151,8 @@ class BudgetController:
 
     def reset(self) -> None:
         """A new stream starts at full service."""
-        self.level, self._frame = 0, 0
+        self.level, self._frame, self._at_step, self._last_change = 0, 0, 0, ""
+        self.hold = self.config.window_frames
         self._window.clear()
 
     def next_controls(self) -> FrameControls:
@@ -155,16 +165,22 @@ class BudgetController:
         """Record one result: its send -> result time, the part of it spent before the
         worker took the frame, and the stages that ran. Returns ``"degraded:<mode>"`` or
         ``"recovered:<mode>"`` when the step changes, else None."""
-        budget = self.config.frame_ms
+        budget, cfg = self.config.frame_ms, self.config
         self._window.append(_Sample(frame_ms > budget, wait_ms, dict(stage_ms)))
+        self._at_step += 1
         window = self._window
+        if self.level == 0 and self._at_step >= cfg.max_hold_windows * window.maxlen:
+            self.hold = window.maxlen  # a long spell of full service: forget past flapping
         if len(window) < max(2, window.maxlen // 2):
             return None
         n_over = sum(s.over for s in window)
-        if n_over >= self.config.over_fraction * window.maxlen and self.level + 1 < len(self.order):
+        if n_over >= cfg.over_fraction * window.maxlen and self.level + 1 < len(self.order):
+            if self._last_change == "recovered" and self._at_step < 2 * window.maxlen:
+                self.hold = min(2 * self.hold, cfg.max_hold_windows * window.maxlen)
             return self._change(+1, "degraded")
         if (self.level > 0 and len(window) == window.maxlen and n_over == 0
-                and self.projected_full_ms() < self.config.recover_fraction * budget):
+                and self._at_step >= self.hold
+                and self.projected_full_ms() < cfg.recover_fraction * budget):
             return self._change(-1, "recovered")
         return None
 
@@ -181,6 +197,7 @@ class BudgetController:
     def _change(self, delta: int, event: str) -> str:
         self.level += delta
         self.changes += 1
+        self._at_step, self._last_change = 0, event
         self._window.clear()
         self._frame = 0  # the first frame at the new step runs every stage it keeps
         return f"{event}:{self.step.name}"

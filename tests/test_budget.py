@@ -49,6 +49,24 @@ def test_controller_steps_down_on_overruns_and_back_up_with_room():
     assert changes[-1] == "recovered:full" and c.changes == 4
 
 
+def test_controller_holds_longer_after_flapping():
+    c = BudgetController(BudgetConfig(frame_ms=20.0, window_frames=8))
+    over, fine = (30.0, 0.0, {"flow": 25.0}), (10.0, 0.5, {"view": 1.0, "flow": 8.0})
+    for _ in range(4):
+        c.observe(*over)
+    assert c.level == 1 and c.hold == 8
+    assert [c.observe(*fine) for _ in range(8)][-1] == "recovered:full"
+    # over budget again right after stepping up: the next hold doubles
+    assert [c.observe(*over) for _ in range(4)][-1] == "degraded:view_every_4"
+    assert c.hold == 16
+    changes = [c.observe(*fine) for _ in range(16)]
+    assert changes[:15] == [None] * 15 and changes[15] == "recovered:full"
+    # a long spell at full service forgets the flapping
+    for _ in range(8 * 8):
+        c.observe(*fine)
+    assert c.hold == 8 and c.level == 0
+
+
 def test_controller_does_not_recover_when_a_full_frame_would_not_fit():
     c = BudgetController(BudgetConfig(frame_ms=20.0, window_frames=8))
     for _ in range(4):
