@@ -8,7 +8,7 @@ held-out metrics are written next to the weights, with the weights' sha256.
 from __future__ import annotations
 
 import argparse
-import hashlib
+import copy
 import json
 import os
 import platform
@@ -22,6 +22,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from engines.cache import file_digest
 from engines.nets import WEIGHTS_DIR
 
 
@@ -181,12 +182,8 @@ def warp(x: torch.Tensor, theta: torch.Tensor, mode: str = "bilinear") -> torch.
 
 
 # ------------------------------------------------------------------ saving
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+#: sha256 of a file's bytes (the engine cache's digest)
+sha256_file = file_digest
 
 
 def command_line(argv: list[str] | None = None) -> str:
@@ -203,9 +200,10 @@ def command_line(argv: list[str] | None = None) -> str:
 
 
 def record_header(args: argparse.Namespace, role: str) -> dict:
-    """The run's command and environment, for the JSON record."""
-    skip = {"func", "out"}
-    return {"role": role, "command": command_line(),
+    """The run's command and environment, for the JSON record (``args.command_line``, set
+    by :func:`trainer_main` when called from Python, stands for the command line)."""
+    skip = {"func", "out", "command_line"}
+    return {"role": role, "command": getattr(args, "command_line", None) or command_line(),
             "arguments": {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(vars(args).items())
                           if k not in skip and not callable(v)},
             "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version(),
@@ -258,9 +256,36 @@ class Stopwatch:
         return time.perf_counter() - self.t0
 
 
-def trainer_main(add_parser, argv: list[str] | None = None) -> int:
+def trainer_main(add_parser, role: str, argv: list[str] | None = None) -> int:
     """``python -m engines.train.<role> <role> ...``: one trainer's parser, then its run."""
     parser = argparse.ArgumentParser(prog="cardiostream engines train")
     add_parser(parser.add_subparsers(dest="role", required=True))
     args = parser.parse_args(argv)
+    if argv is not None:  # called from Python: record the equivalent command
+        args.command_line = shlex.join(["python", "-m", f"engines.train.{role}", *argv])
     return args.func(args)
+
+
+class BestEpoch:
+    """The model state of the best epoch so far by ``key`` (ties go to the later epoch)."""
+
+    def __init__(self):
+        self.key = self.state = self.val = None
+        self.epoch = 0  # 1-based
+
+    def offer(self, score, epoch: int, model: torch.nn.Module, val: dict) -> None:
+        key = (score, epoch)
+        if self.key is None or key >= self.key:
+            self.key, self.state, self.val = key, copy.deepcopy(model.state_dict()), val
+            self.epoch = epoch + 1
+
+
+def training_record(header: dict, spec, *, threads: int, device, data: dict,
+                    epochs: int, best: BestEpoch, history: list, val_keys: tuple[str, ...], test: dict,
+                    data_s: float, train_s: float, total_s: float, **extra) -> dict:
+    """The JSON record every trainer writes beside its weights; ``extra`` after the device."""
+    return {**header, "arch": spec.arch, "input": list(spec.input.shape), "threads": threads,
+            "device": str(device), **extra, "data": data, "epochs": epochs,
+            "best_epoch": best.epoch, "history": history,
+            "val": {k: best.val[k] for k in val_keys}, "test": test,
+            "wall_s": {"data": round(data_s, 1), "train": round(train_s, 1), "total": round(total_s, 1)}}

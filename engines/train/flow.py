@@ -17,8 +17,6 @@ myocardium); metrics on the held-out ``test`` split at 256 x 256, next to OpenCV
 from __future__ import annotations
 
 import argparse
-import copy
-import shlex
 import time
 
 import numpy as np
@@ -314,10 +312,7 @@ def run(args: argparse.Namespace) -> int:
     device = common.pick_device(args.device)
     g = common.seed_everything(args.seed)
     clock = common.Stopwatch()
-    command = vars(args).pop("command_line", None)
     header = common.record_header(args, ROLE)
-    if command:
-        header["command"] = command
     div = 2 ** len(flownet.DEFAULTS["widths"])
     if args.crop % div:
         raise SystemExit(f"--crop {args.crop} must be a multiple of {div}")
@@ -333,7 +328,7 @@ def run(args: argparse.Namespace) -> int:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     steps = args.epochs * -(-len(pairs) // args.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=max(1, steps), pct_start=0.1)
-    best, best_key, best_val, history = None, None, None, []
+    best, history = common.BestEpoch(), []
     bar = common.progress(total=steps, desc="train flow")
     for epoch in range(args.epochs):
         model.train()
@@ -359,39 +354,31 @@ def run(args: argparse.Namespace) -> int:
         bar.write(f"epoch {epoch + 1}: loss {total / len(pairs):.4f}, val EPE myocardium "
                   f"{val['epe_myocardium_px']:.4f} px, image {val['epe_image_px']:.4f} px, slopes dx "
                   f"{val['slope_dx']:.3f} dy {val['slope_dy']:.3f} ({clock.seconds - data_s:.0f} s)")
-        key = (selection_score(val, args.select_slope_penalty), epoch)
-        if best_key is None or key >= best_key:
-            best_key, best, best_val = key, copy.deepcopy(model.state_dict()), val
+        best.offer(selection_score(val, args.select_slope_penalty), epoch, model, val)
     bar.close()
-    model.load_state_dict(best)
+    model.load_state_dict(best.state)
     model.eval()
     train_s = clock.seconds - data_s
 
     te, te_rec = load("test", args.test_samples)
     test = evaluate(common.torch_predict(model, device), te)
-    record = {**header, "arch": flownet.SPEC.arch, "hparams": model.hparams, "input": list(flownet.SPEC.input.shape),
-              "threads": threads, "device": str(device), "crop": crop,
-              "data": {"train": tr_rec, "val": va_rec, "test": te_rec},
-              "epochs": args.epochs, "best_epoch": best_key[1] + 1, "history": history,
-              "val": {k: best_val[k] for k in ("epe_myocardium_px", "epe_image_px", "slope_dx", "slope_dy")},
-              "test": test, "wall_s": {"data": round(data_s, 1), "train": round(train_s, 1),
-                                       "total": round(clock.seconds, 1)}}
+    record = common.training_record(
+        header, flownet.SPEC, threads=threads, device=device,
+        data={"train": tr_rec, "val": va_rec, "test": te_rec}, epochs=args.epochs, best=best,
+        history=history, val_keys=("epe_myocardium_px", "epe_image_px", "slope_dx", "slope_dy"),
+        test=test, data_s=data_s, train_s=train_s, total_s=clock.seconds, hparams=model.hparams,
+        crop=crop)
     js = common.save_weights(model.cpu(), ROLE, record, args.out)
     print(f"flow: test EPE in the myocardium {test['epe_myocardium_px']:.4f} px (DIS medium "
           f"{test['epe_dis_medium_px']:.4f} px, zero flow {test['epe_zero_flow_myocardium_px']:.4f} px; "
           f"slopes dx {test['slope_dx']:.3f} dy {test['slope_dy']:.3f}; "
-          f"{test['n_pairs']} pairs), best epoch {best_key[1] + 1}/{args.epochs}, train {train_s:.0f} s; "
+          f"{test['n_pairs']} pairs), best epoch {best.epoch}/{args.epochs}, train {train_s:.0f} s; "
           f"wrote {args.out} and {js}")
     return 0
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="cardiostream engines train")
-    add_parser(parser.add_subparsers(dest="role", required=True))
-    args = parser.parse_args(argv)
-    if argv is not None:                  # called from Python: record the equivalent command
-        args.command_line = shlex.join(["python", "-m", "engines.train.flow", *argv])
-    return args.func(args)
+    return common.trainer_main(add_parser, ROLE, argv)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ held-out ``test`` split at 256 x 256.
 from __future__ import annotations
 
 import argparse
-import copy
 
 import numpy as np
 import torch
@@ -196,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
     steps = args.epochs * -(-len(x) // args.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=max(1, steps), pct_start=0.15,
                                                 anneal_strategy="cos")
-    best, best_key, best_val, history = None, None, None, []
+    best, history = common.BestEpoch(), []
     bar = common.progress(total=steps, desc="train seg")
     for epoch in range(args.epochs):
         model.train()
@@ -223,32 +222,28 @@ def run(args: argparse.Namespace) -> int:
         print(f"seg: epoch {epoch + 1}/{args.epochs} crop {ecrop or 'full'} loss {total / len(x):.4f} "
               f"val myocardium {val['myocardium_dice_mean']:.4f} cavity {val['cavity_dice_mean']:.4f} "
               f"({clock.seconds - data_s:.0f} s)", flush=True)
-        key = (val["myocardium_dice_mean"], epoch)
-        if best_key is None or key >= best_key:
-            best_key, best, best_val = key, copy.deepcopy(model.state_dict()), val
+        best.offer(val["myocardium_dice_mean"], epoch, model, val)
     bar.close()
-    model.load_state_dict(best)
+    model.load_state_dict(best.state)
     train_s = clock.seconds - data_s
 
     te, te_rec = common.load_split(BUILDER, "test", args.test_samples, FRAMES_PER_CLIP["test"], CHUNK)
     test = evaluate(common.torch_predict(model, device), te)
-    record = {**header, "arch": segmenter.SPEC.arch, "input": list(segmenter.SPEC.input.shape),
-              "threads": threads, "device": str(device), "crop": crop,
-              "full_frame_epochs": full_epochs, "lr_schedule": "one-cycle: 15 % cosine warm-up, cosine decay",
-              "data": {"train": tr_rec, "val": va_rec, "test": te_rec},
-              "epochs": args.epochs, "best_epoch": best_key[1] + 1, "history": history,
-              "val": {k: best_val[k] for k in ("myocardium_dice_mean", "cavity_dice_mean")},
-              "test": test, "wall_s": {"data": round(data_s, 1), "train": round(train_s, 1),
-                                       "total": round(clock.seconds, 1)}}
+    record = common.training_record(
+        header, segmenter.SPEC, threads=threads, device=device,
+        data={"train": tr_rec, "val": va_rec, "test": te_rec}, epochs=args.epochs, best=best,
+        history=history, val_keys=("myocardium_dice_mean", "cavity_dice_mean"), test=test,
+        data_s=data_s, train_s=train_s, total_s=clock.seconds, crop=crop,
+        full_frame_epochs=full_epochs, lr_schedule="one-cycle: 15 % cosine warm-up, cosine decay")
     js = common.save_weights(model.cpu(), ROLE, record, args.out)
     print(f"seg: test myocardium Dice {test['myocardium_dice_mean']:.4f} (min {test['myocardium_dice_min']:.4f}, "
-          f"{test['frames']} frames), cavity {test['cavity_dice_mean']:.4f}, best epoch {best_key[1] + 1}/"
+          f"{test['frames']} frames), cavity {test['cavity_dice_mean']:.4f}, best epoch {best.epoch}/"
           f"{args.epochs}, train {train_s:.0f} s; wrote {args.out} and {js}")
     return 0
 
 
 def main(argv=None) -> int:
-    return common.trainer_main(add_parser, argv)
+    return common.trainer_main(add_parser, ROLE, argv)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ the JSON record. Augmentation: gain, gamma, noise, small scale / rotation / shif
 from __future__ import annotations
 
 import argparse
-import copy
 
 import numpy as np
 import torch
@@ -86,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     steps = args.epochs * -(-len(x) // args.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=max(1, steps), pct_start=0.2)
-    best, best_key, history = None, None, []
+    best, history = common.BestEpoch(), []
     bar = common.progress(total=steps, desc="train view")
     for epoch in range(args.epochs):
         model.train()
@@ -105,31 +104,27 @@ def run(args: argparse.Namespace) -> int:
         val = evaluate(common.torch_predict(model, device), va)
         history.append({"epoch": epoch + 1, "train_loss": total / len(x),
                         "val_accuracy": val["accuracy"], "val_balanced_accuracy": val["balanced_accuracy"]})
-        key = (val["balanced_accuracy"], epoch)      # ties: the later epoch
-        if best_key is None or key >= best_key:
-            best_key, best, best_val = key, copy.deepcopy(model.state_dict()), val
+        best.offer(val["balanced_accuracy"], epoch, model, val)
     bar.close()
-    model.load_state_dict(best)
+    model.load_state_dict(best.state)
     train_s = clock.seconds - data_s
 
     te, te_rec = common.load_split(BUILDER, "test", args.test_samples, FRAMES_PER_CLIP["test"], CHUNK)
     test = evaluate(common.torch_predict(model, device), te)
-    record = {**header, "arch": view_classifier.SPEC.arch, "input": list(view_classifier.SPEC.input.shape),
-              "threads": threads, "device": str(device),
-              "data": {"train": tr_rec, "val": va_rec, "test": te_rec},
-              "epochs": args.epochs, "best_epoch": best_key[1] + 1, "history": history,
-              "val": {k: best_val[k] for k in ("accuracy", "balanced_accuracy")},
-              "test": test, "wall_s": {"data": round(data_s, 1), "train": round(train_s, 1),
-                                       "total": round(clock.seconds, 1)}}
+    record = common.training_record(
+        header, view_classifier.SPEC, threads=threads, device=device,
+        data={"train": tr_rec, "val": va_rec, "test": te_rec}, epochs=args.epochs, best=best,
+        history=history, val_keys=("accuracy", "balanced_accuracy"), test=test, data_s=data_s,
+        train_s=train_s, total_s=clock.seconds)
     js = common.save_weights(model.cpu(), ROLE, record, args.out)
     print(f"view: test accuracy {test['accuracy']:.4f} (balanced {test['balanced_accuracy']:.4f}, "
-          f"{test['frames']} frames), best epoch {best_key[1] + 1}/{args.epochs}, "
+          f"{test['frames']} frames), best epoch {best.epoch}/{args.epochs}, "
           f"train {train_s:.0f} s; wrote {args.out} and {js}")
     return 0
 
 
 def main(argv=None) -> int:
-    return common.trainer_main(add_parser, argv)
+    return common.trainer_main(add_parser, ROLE, argv)
 
 
 if __name__ == "__main__":

@@ -87,7 +87,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
@@ -274,6 +274,37 @@ class FrameRecord:
     measured_ms: dict
 
 
+#: the side-car's ``end`` counts a report keeps
+END_COUNT_KEYS = ("processed", "dropped", "stale", "errors", "last_seq", "degradation_changes")
+
+
+@dataclass
+class Tally:
+    """What a run counts of the messages that come back, whichever transport carried them."""
+
+    warmup: int
+    results: int = 0
+    errors: int = 0
+    dropped: int = 0  # the sum of the results' ``dropped``
+    budget_last: dict | None = None
+    end_counts: dict | None = None
+    records: list[FrameRecord] = field(default_factory=list)
+
+    def error(self, message, where: str) -> None:
+        self.errors += 1
+        log.warning("%serror %s: %s", where, message.code, message.message)
+
+    def result(self, message) -> bool:
+        """Count a result; True when it is one of the timed frames."""
+        self.results += 1
+        self.dropped += message.dropped
+        self.budget_last = message.budget or self.budget_last
+        return message.seq >= self.warmup
+
+    def end(self, message) -> None:
+        self.end_counts = {k: v for k, v in message.meta.items() if k in END_COUNT_KEYS}
+
+
 def start_age_ms(latency_ms: dict) -> float | None:
     parts = [latency_ms[k] for k in START_AGE_KEYS if k in latency_ms]
     return float(sum(parts)) if parts else None
@@ -405,9 +436,7 @@ def run_sockets(args, source: ClipSource, recv_timeout_s: float = 60.0) -> dict:
 
         thread = threading.Thread(target=send, name="bench-replay", daemon=True)
         thread.start()
-        records: list[FrameRecord] = []
-        results = errors = dropped = 0
-        end_counts = budget_last = None
+        tally = Tally(args.warmup)
         first_timed_send_ns = last_timed_arrival_ns = None
         idle_since = time.monotonic()
         with subscriber:
@@ -427,15 +456,11 @@ def run_sockets(args, source: ClipSource, recv_timeout_s: float = 60.0) -> dict:
                     continue
                 idle_since = time.monotonic()
                 if message.kind == "error":  # ours, also those with no stream (bad message)
-                    errors += 1
-                    log.warning("error %s: %s", message.code, message.message)
+                    tally.error(message, "")
                 elif getattr(message, "stream", None) != config.stream:
                     continue
                 elif message.kind == "result":
-                    results += 1
-                    dropped += message.dropped
-                    budget_last = message.budget or budget_last
-                    if message.seq < args.warmup:
+                    if not tally.result(message):
                         continue
                     stamps = sender_box["sender"].t_send_ns
                     t_send_ns = stamps[message.seq]
@@ -443,15 +468,13 @@ def run_sockets(args, source: ClipSource, recv_timeout_s: float = 60.0) -> dict:
                         first_timed_send_ns = stamps.get(args.warmup, t_send_ns)
                     last_timed_arrival_ns = now_ns
                     latency = dict(message.latency_ms)
-                    records.append(FrameRecord(
+                    tally.records.append(FrameRecord(
                         seq=message.seq, t_s=(t_send_ns - first_timed_send_ns) / 1e9,
                         latency_ms=latency, flags=list(message.flags),
                         measured_ms={"send_to_receive": (now_ns - t_send_ns) / 1e6,
                                      "start_age": start_age_ms(latency)}))
                 elif message.kind == "end":
-                    end_counts = {k: v for k, v in message.meta.items()
-                                  if k in ("processed", "dropped", "stale", "errors",
-                                           "last_seq", "degradation_changes")}
+                    tally.end(message)
                     break
         thread.join(30.0)
         bar.close()
@@ -467,15 +490,14 @@ def run_sockets(args, source: ClipSource, recv_timeout_s: float = 60.0) -> dict:
                 sidecar.process.wait()
     sent = sender_box["stats"].frames
     window_s = ((last_timed_arrival_ns - first_timed_send_ns) / 1e9
-                if records and last_timed_arrival_ns > first_timed_send_ns else 0.0)
+                if tally.records and last_timed_arrival_ns > first_timed_send_ns else 0.0)
     return {
         "transport": "sockets",
         "mode": sidecar.ready.get("mode", "lossless" if args.lossless else "live"),
         "backends": configured_backends(args), "backends_source": "config",
-        **_run_fields(args, startup_s, sent, results, errors, dropped, end_counts, records,
-                      window_s, budget_last),
+        **_run_fields(args, startup_s, sent, tally, window_s),
         "replay_max_lateness_ms": round(sender_box["stats"].max_lateness_ms, 3),
-        **run_report(records),
+        **run_report(tally.records),
         "sidecar": {"pid": sidecar.process.pid, "ready": sidecar.ready,
                     "stopped": stopped.get("stats")},
     }
@@ -500,9 +522,8 @@ def run_in_process(args, source: ClipSource) -> dict:
                                            getattr(stage.engine, "device", None))
                 for stage in pipeline.stages if hasattr(stage, "engine")}
     processor = FrameProcessor(pipeline, budget=budget)  # not live: every frame processed
-    records: list[FrameRecord] = []
-    sent = results = errors = dropped = 0
-    end_counts = budget_last = None
+    tally = Tally(args.warmup)
+    sent = 0
     t_first = t_last = None
     with source.open() as reader, _progress(total, "in-process: frames", args.quiet) as bar:
         for timed in clip_messages(reader, config):
@@ -520,52 +541,43 @@ def run_in_process(args, source: ClipSource) -> dict:
                                    t_take_ns=time.time_ns())
             if not is_frame:
                 if message.kind == "end":
-                    end_counts = {k: v for k, v in out[0].meta.items()
-                                  if k in ("processed", "dropped", "stale", "errors",
-                                           "last_seq", "degradation_changes")}
+                    tally.end(out[0])
                 continue
             sent += 1
             bar.update(1)
             for answer in out:
                 if answer.kind == "error":
-                    errors += 1
-                    log.warning("frame %d: error %s: %s", message.seq, answer.code,
-                                answer.message)
+                    tally.error(answer, f"frame {message.seq}: ")
                 elif answer.kind == "result":
-                    results += 1
-                    dropped += answer.dropped
-                    budget_last = answer.budget or budget_last
-                    if answer.seq < args.warmup:
+                    if not tally.result(answer):
                         continue
                     t_last = time.perf_counter()
                     latency = dict(answer.latency_ms)
-                    records.append(FrameRecord(
+                    tally.records.append(FrameRecord(
                         seq=answer.seq, t_s=t_start - t_first, latency_ms=latency,
                         flags=list(answer.flags),
                         measured_ms={"start_age": start_age_ms(latency)}))
-    window_s = (t_last - t_first) if records else 0.0
+    window_s = (t_last - t_first) if tally.records else 0.0
     return {
         "transport": "in-process", "mode": "in-process",
         "backends": backends, "backends_source": "engines",
-        **_run_fields(args, startup_s, sent, results, errors, dropped, end_counts, records,
-                      window_s, budget_last),
-        **run_report(records),
+        **_run_fields(args, startup_s, sent, tally, window_s),
+        **run_report(tally.records),
     }
 
 
-def _run_fields(args, startup_s: float, sent: int, results: int, errors: int, dropped: int,
-                end_counts: dict | None, records: list, window_s: float,
-                budget_last: dict | None) -> dict:
+def _run_fields(args, startup_s: float, sent: int, tally: Tally, window_s: float) -> dict:
     """The counts and rates every run reports, whichever transport it used."""
+    n_timed = len(tally.records)
     return {
         "startup_s": round(startup_s, 3),
         "frames": {"sent": sent, "warmup": args.warmup, "timed": sent - args.warmup,
-                   "results": results, "results_timed": len(records), "errors": errors,
-                   "dropped": dropped},
-        "end_counts": end_counts, "accounted": accounting(sent, end_counts),
-        "throughput_fps": round(len(records) / window_s, 3) if window_s else 0.0,
+                   "results": tally.results, "results_timed": n_timed, "errors": tally.errors,
+                   "dropped": tally.dropped},
+        "end_counts": tally.end_counts, "accounted": accounting(sent, tally.end_counts),
+        "throughput_fps": round(n_timed / window_s, 3) if window_s else 0.0,
         "window_s": round(window_s, 4),
-        "budget_last": budget_last,
+        "budget_last": tally.budget_last,
     }
 
 
