@@ -30,13 +30,17 @@ class AnalyzeSummary:
 
 def analyze(reader: ClipReader, out_path: str | Path, pipeline: Pipeline,
             config: ReplayConfig = ReplayConfig(), *,
-            on_frame: Callable[[int], None] | None = None) -> AnalyzeSummary:
-    """Run every frame of ``reader`` through ``pipeline``; write JSON lines to ``out_path``."""
+            on_frame: Callable[[int], None] | None = None,
+            t0_ns: int | None = None) -> AnalyzeSummary:
+    """Run every frame of ``reader`` through ``pipeline``; write JSON lines to ``out_path``.
+
+    ``t0_ns`` is the acquisition time of the first frame (default: now); a fixed value makes
+    two runs of the same clip give the same results to the last bit."""
     processor = FrameProcessor(pipeline)
     summary = AnalyzeSummary()
     start = time.perf_counter()
     with open(out_path, "wb") as out:
-        for timed in clip_messages(reader, config):
+        for timed in clip_messages(reader, config, t0_ns=t0_ns):
             message = timed.message
             now_ns = time.time_ns()
             for answer in processor.handle(Received(message, t_recv_ns=now_ns),
