@@ -7,7 +7,7 @@ each is timed on its turn, so both meet the same cold caches; --frames per call)
 
 * ``kf_frame`` - the per-frame hot path: packed arguments (x, P and one buffer holding z,
   dt, q, h, R) called through the compiled entry point of its specialisation
-  (``tracking.FrameKalman``); the timing includes copying the frame's z into that buffer;
+  (``kalman.FrameKalman``); the timing includes copying the frame's z into that buffer;
 * ``kf_batch`` - the same arithmetic through the numba dispatcher with 10 arguments (the
   previous hot path, kept for comparison);
 * the ``PointTracker.step`` wrapper (dt checks, bookkeeping, copies out; uses kf_frame);
@@ -90,20 +90,20 @@ def main(argv=None) -> int:
             warm = first_call_cost(d)
         compile_cost = {"cold_compile": cold, "cached_load": warm}
 
+    import numba
     from filterpy.common import Q_continuous_white_noise
     from filterpy.kalman import KalmanFilter
 
-    import numba
-
-    from streamer.measure import tracking as T
+    from streamer.measure import kalman as K
+    from streamer.measure import tracking
 
     t0 = time.perf_counter()
-    T.warmup()
+    tracking.warmup()  # what the side-car pays at start-up (filter, smoother, centreline)
     in_process_warmup_s = time.perf_counter() - t0
 
     rng = np.random.default_rng(args.seed)
     n = args.points
-    cfg = T.TrackerConfig()
+    cfg = K.KalmanConfig()
     q = cfg.jerk_psd_mm2_s5
     R = cfg.R()
     x0 = np.zeros((n, 6))
@@ -112,8 +112,8 @@ def main(argv=None) -> int:
 
     x, P = x0.copy(), P0.copy()
     x2, P2 = x0.copy(), P0.copy()
-    fk = T.FrameKalman(n, q, R)
-    tracker = T.PointTracker(n, cfg)
+    fk = K.FrameKalman(n, q, R)
+    tracker = K.PointTracker(n, cfg)
     tracker.initialise(x0[:, :2])
     kfs = []
     for i in range(n):
@@ -121,7 +121,7 @@ def main(argv=None) -> int:
         kf.x = x0[i].reshape(6, 1).copy()
         kf.P = P0[i].copy()
         kf.R = R.copy()
-        kf.H = T.H_MATRIX.copy()
+        kf.H = K.H_MATRIX.copy()
         kfs.append(kf)
 
     # a moving target: points on a breathing ellipse, noisy positions and velocities
@@ -146,7 +146,7 @@ def main(argv=None) -> int:
         new_first = k % 2 == 0
         if not new_first:
             a = pc()
-            T.kf_batch(x, P, z, valid, dt, q, R, 0.0, True, True)  # dispatcher, 10 args
+            K.kf_batch(x, P, z, valid, dt, q, R, 0.0, True, True)  # dispatcher, 10 args
             b = pc()
         # numba kernel, packed hot path: copy z in, one call of the compiled entry point
         a0 = pc()
@@ -155,7 +155,7 @@ def main(argv=None) -> int:
         a1 = pc()
         if new_first:
             a = pc()
-            T.kf_batch(x, P, z, valid, dt, q, R, 0.0, True, True)
+            K.kf_batch(x, P, z, valid, dt, q, R, 0.0, True, True)
             b = pc()
         # the stateful wrapper (argument checks, dt checks, copies out)
         tracker.step(dt, z, valid)
@@ -174,7 +174,7 @@ def main(argv=None) -> int:
             elif len(idx) == 0:
                 kf.update(None)
             else:
-                kf.update(z[i, idx].reshape(-1, 1), R=R[np.ix_(idx, idx)], H=T.H_MATRIX[idx])
+                kf.update(z[i, idx].reshape(-1, 1), R=R[np.ix_(idx, idx)], H=K.H_MATRIX[idx])
         d = pc()
         if k >= 50:  # skip the first frames (caches, allocator)
             (t_new if new_first else t_nb).append((a1 - a0) if new_first else (b - a))
@@ -202,7 +202,7 @@ def main(argv=None) -> int:
     for k in range(args.frames + 50):
         z, valid, znan = meas[k]
         a = pc()
-        T.kf_batch(xh, Ph, z, valid, float(dts[k]), q, R, 0.0, True, True)
+        K.kf_batch(xh, Ph, z, valid, float(dts[k]), q, R, 0.0, True, True)
         b = pc()
         fz[:] = znan
         fk(xh2, Ph2, float(dts[k]))
@@ -211,9 +211,9 @@ def main(argv=None) -> int:
             t_hot.append(b - a)
             t_hot_new.append(c - b)
     dummies = []
-    for i in range(n):
+    for _ in range(n):
         kf = KalmanFilter(dim_x=6, dim_z=4)
-        kf.H = T.H_MATRIX.copy()
+        kf.H = K.H_MATRIX.copy()
         dummies.append(kf)
     for k in range(min(args.frames, 300)):
         z, valid, _ = meas[k]

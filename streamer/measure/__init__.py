@@ -2,7 +2,8 @@
 
 centerline  myocardium mask -> endo/epi borders and a 120-point centreline
 sampling    dense flow at sub-pixel points -> velocities in mm/s
-tracking    batched numba Kalman filter, PointTracker, CentrelineTracker, RTS smoother
+kalman      batched numba Kalman filter (constant acceleration), PointTracker, RTS smoother
+tracking    A4C centreline policy on top of kalman: CentrelineTracker, TrackerConfig
 strain      GLS, regional strain, strain rate, beats; MR short-axis strain per AHA segment
 synthetic   an analytic deforming horseshoe with exact strain (tests, demos)
 
