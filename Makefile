@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-all bench clean
+.PHONY: install demo lint test test-all bench clean
 
 install: $(STAMP)
 
@@ -18,15 +18,24 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/cardiostream demo
 
-# Default run: everything but tests marked slow (a few minutes on 2 cores).
+# The dependency arrows (import-linter contracts in pyproject.toml) and the lint rules.
+lint: $(STAMP)
+	$(BIN)/lint-imports --no-logo
+	$(BIN)/ruff check .
+
+# Default run: lint, then everything but tests marked slow (a few minutes on 2 cores).
 test: $(STAMP)
+	$(BIN)/lint-imports --no-logo
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -m "not slow" -q
 
 test-all: $(STAMP)
+	$(BIN)/lint-imports --no-logo
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
 	$(BIN)/python bench/transport.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .import_linter_cache

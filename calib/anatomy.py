@@ -33,7 +33,7 @@ class Frame2D:
     ev: np.ndarray
 
     @classmethod
-    def from_axis(cls, origin, eu) -> "Frame2D":
+    def from_axis(cls, origin, eu) -> Frame2D:
         eu = np.asarray(eu, dtype=np.float64)
         eu = eu / np.hypot(*eu)
         return cls(np.asarray(origin, dtype=np.float64), eu, np.array([eu[1], -eu[0]]))

@@ -18,6 +18,7 @@ import argparse
 import sys
 
 from calib.errors import PhantomParameterError
+from streamer.vocab import A4C_SEGMENTS, SAX_LEVELS, VIEW_CLASSES, WALL_MOTION_CLASSES
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -71,17 +72,17 @@ def add_phantom_parser(subparsers) -> None:
     sub.required = True
 
     e = sub.add_parser("echo", help="echocardiography clip (B-mode sector, speckle)",
-                       description="Echo phantom. Views: a4c a2c alax plax psax sc4c ivc unknown.")
+                       description=f"Echo phantom. Views: {' '.join(VIEW_CLASSES)}.")
     _common(e)
     e.add_argument("--view", default="a4c",
-                   help="a4c | a2c | alax | plax | psax | sc4c | ivc | unknown (default a4c)")
+                   help=f"{' | '.join(VIEW_CLASSES)} (default a4c)")
     e.add_argument("--fps", type=float, default=None, help="frames per second")
     e.add_argument("--gls-pct", type=float, default=None,
                    help="peak global longitudinal strain of normal segments, %% (-40..+20)")
     e.add_argument("--dysfunction", action="append", metavar="SEGMENT=FACTOR",
                    help="segment contraction factor (1 normal, 0.5 or hypokinetic, 0 or akinetic, "
-                        "<0 or dyskinetic); segments: basal_septal mid_septal apical_septal "
-                        "apical_lateral mid_lateral basal_lateral; repeatable or comma-separated")
+                        f"<0 or dyskinetic); segments: {' '.join(A4C_SEGMENTS)}; repeatable or "
+                        "comma-separated")
     e.add_argument("--depth-mm", type=float, default=None, help="imaging depth, mm")
     e.add_argument("--sector-angle-deg", type=float, default=None, help="sector opening, degrees")
     e.add_argument("--start-phase", type=float, default=None,
@@ -91,15 +92,15 @@ def add_phantom_parser(subparsers) -> None:
     m = sub.add_parser("mr", help="short-axis cine MR with velocity mapping channels",
                        description="MR short-axis cine phantom (magnitude + 3 velocity channels).")
     _common(m)
-    m.add_argument("--slice", default="mid", help="basal | mid | apical (default mid)")
+    m.add_argument("--slice", default="mid", help=f"{' | '.join(SAX_LEVELS)} (default mid)")
     m.add_argument("--pixel-mm", type=float, default=None, help="pixel size, mm")
     m.add_argument("--peak-circ-strain-pct", type=float, default=None,
                    help="peak midwall circumferential strain of normal segments, %%")
     m.add_argument("--peak-radial-strain-pct", type=float, default=None,
                    help="peak radial (thickening) strain of normal segments, %%")
     m.add_argument("--wall-motion", action="append", metavar="SEGMENT=CLASS",
-                   help="AHA segment (1..16) = normal|hypokinetic|akinetic|dyskinetic (or 0..3); "
-                        "repeatable or comma-separated")
+                   help=f"AHA segment (1..16) = {'|'.join(WALL_MOTION_CLASSES)} (or 0.."
+                        f"{len(WALL_MOTION_CLASSES) - 1}); repeatable or comma-separated")
     m.add_argument("--infarct", default=None, metavar="SEGMENTS",
                    help="comma-separated AHA segments with a (subendocardial to transmural) infarct")
     m.add_argument("--venc-mm-s", type=float, default=None, help="velocity encoding, mm/s")

@@ -17,7 +17,7 @@ calib      3 000 000 .. 3 009 999       INT8 calibration of the engines (not tes
 Builders return dicts of stacked arrays plus ``seeds`` (and ``split``), ready for
 ``np.savez`` via :func:`write_dataset`:
 
-* :func:`view_samples` -- image, view label (0..7 in ``calib.echo.VIEWS`` order), balanced;
+* :func:`view_samples` -- image, view label (0..7 in ``streamer.vocab.VIEW_CLASSES`` order), balanced;
 * :func:`segmentation_samples` -- image, LV myocardium and cavity masks (apical views);
 * :func:`flow_samples` -- consecutive frame pairs, truth flow (dx, dy) and the myocardium;
 * :func:`mr_segmentation_samples` -- MR magnitude, myocardium, LV cavity, RV masks;
@@ -31,9 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from calib.echo import SEGMENTS, VIEWS, EchoPhantomConfig, make_echo_clip
+from calib.echo import EchoPhantomConfig, make_echo_clip
 from calib.errors import PhantomParameterError
 from calib.speckle import SpeckleConfig
+from streamer.vocab import A4C_SEGMENTS, AHA_SEGMENTS, SAX_LEVELS, VIEW_CLASSES
 
 SPLITS = {
     "train": (0, 1_000_000),
@@ -82,10 +83,10 @@ def random_echo_config(seed: int, view: str | None = None, rows: int = 256, cols
     seed = int(seed)
     rng = np.random.default_rng([seed, 0xEC40])
     if view is None:
-        view = VIEWS[seed % len(VIEWS)]
+        view = VIEW_CLASSES[seed % len(VIEW_CLASSES)]
     dys = {}
     if rng.random() < 0.3:
-        for s in rng.choice(SEGMENTS, size=rng.integers(1, 3), replace=False):
+        for s in rng.choice(A4C_SEGMENTS, size=rng.integers(1, 3), replace=False):
             dys[str(s)] = float(rng.choice([0.5, 0.0, -0.3]))
     depth_lo = {"sc4c": 170.0, "ivc": 150.0, "psax": 120.0, "plax": 130.0}.get(view, 140.0)
     kw = dict(
@@ -104,10 +105,10 @@ def random_echo_config(seed: int, view: str | None = None, rows: int = 256, cols
 
 
 def random_mr_config(seed: int, slice_level: str | None = None, **overrides):
-    from calib.mr import AHA_SEGMENTS, SLICES, MRPhantomConfig
+    from calib.mr import MRPhantomConfig
     seed = int(seed)
     rng = np.random.default_rng([seed, 0x3A7])
-    level = slice_level or SLICES[seed % 3]
+    level = slice_level or SAX_LEVELS[seed % 3]
     base_r = {"basal": 26.0, "mid": 23.0, "apical": 16.0}[level]
     wm, infarct = {}, []
     if rng.random() < 0.4:
@@ -165,7 +166,7 @@ def view_samples(split: str, n: int, rows: int = 256, cols: int = 256, offset: i
         labels[k] = clip.truth.view_index
     return {"images": imgs[:n], "labels": labels[:n],
             "seeds": np.repeat(seeds, frames_per_clip)[:n], "split": split,
-            "label_names": np.array(VIEWS)}
+            "label_names": np.array(VIEW_CLASSES)}
 
 
 def segmentation_samples(split: str, n: int, rows: int = 256, cols: int = 256, offset: int = 0,
@@ -248,7 +249,7 @@ def write_dataset(path, samples: dict) -> Path:
     p.parent.mkdir(parents=True, exist_ok=True)
     split = samples.get("split", "")
     meta = {"split": split, "seed_range": list(SPLITS.get(split, (None, None))),
-            "generator": "calib.datasets", "views": list(VIEWS)}
+            "generator": "calib.datasets", "views": list(VIEW_CLASSES)}
     arrays = {k: v for k, v in samples.items() if isinstance(v, np.ndarray)}
     np.savez_compressed(p, meta_json=np.array(json.dumps(meta)), **arrays)
     return p

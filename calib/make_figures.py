@@ -24,7 +24,8 @@ import cv2
 import numpy as np
 
 from calib import truth as T
-from calib.echo import VIEWS, EchoPhantomConfig, make_echo_clip
+from calib.echo import EchoPhantomConfig, make_echo_clip
+from streamer.vocab import VIEW_CLASSES
 
 SUNNYBROOK = Path("/work/shared/data/sunnybrook/dicoms/SCD0000101")
 
@@ -67,7 +68,7 @@ def echo_views(out: Path) -> None:
     real = real_echo_frame()
     if real is not None:
         tiles.append(_label(real, "real A4C (pydicom)"))
-    for v in VIEWS:
+    for v in VIEW_CLASSES:
         clip = make_echo_clip(EchoPhantomConfig(view=v, frames=1, seed=1))
         tiles.append(_label(clip.frames[0], f"phantom {v}"))
     while len(tiles) % 3:
@@ -81,8 +82,13 @@ def _plot(curves, size=(256, 512), ylim=(-25.0, 3.0), colors=None, labels=None, 
     h, w = size
     img = np.full((h, w, 3), 255, np.uint8)
     n = max(len(c) for c in curves)
-    x = lambda i: int(30 + (w - 40) * i / max(n - 1, 1))
-    y = lambda v: int(10 + (h - 30) * (ylim[1] - v) / (ylim[1] - ylim[0]))
+
+    def x(i):
+        return int(30 + (w - 40) * i / max(n - 1, 1))
+
+    def y(v):
+        return int(10 + (h - 30) * (ylim[1] - v) / (ylim[1] - ylim[0]))
+
     for gv in np.arange(np.ceil(ylim[0] / 5) * 5, ylim[1] + 1e-9, 5):
         cv2.line(img, (30, y(gv)), (w - 10, y(gv)), (225, 225, 225), 1)
         cv2.putText(img, f"{gv:.0f}", (2, y(gv) + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1)
@@ -169,7 +175,10 @@ def mr_figure(out: Path) -> dict:
     dt = time.perf_counter() - t0
     tr = clip.truth
     ed, es = int(tr.ed_frames[0]), int(tr.es_frames[0])
-    scale = lambda a: np.clip(a / 550.0 * 255, 0, 255).astype(np.uint8)
+
+    def scale(a):
+        return np.clip(a / 550.0 * 255, 0, 255).astype(np.uint8)
+
     tiles = []
     real = real_mr_frame()
     if real is not None:

@@ -42,19 +42,12 @@ import numpy as np
 
 from calib import anatomy as an
 from calib.cycle import CardiacCycleConfig
-from calib.echo import WALL_MOTION_CLASSES
-from calib.errors import (PhantomParameterError, require_choice, require_int_range,
-                          require_range)
+from calib.errors import PhantomParameterError, require_choice, require_int_range, require_range
 from calib.kinematics import THETA, EllipticWall
+from streamer.vocab import AHA_SEGMENTS, SAX_LEVELS, WALL_MOTION_CLASSES, MRLabel
 
-SLICES = ("basal", "mid", "apical")
-AHA_SEGMENTS = {"basal": (1, 2, 3, 4, 5, 6), "mid": (7, 8, 9, 10, 11, 12), "apical": (13, 14, 15, 16)}
-AHA_NAMES = {1: "basal anterior", 2: "basal anteroseptal", 3: "basal inferoseptal",
-             4: "basal inferior", 5: "basal inferolateral", 6: "basal anterolateral",
-             7: "mid anterior", 8: "mid anteroseptal", 9: "mid inferoseptal", 10: "mid inferior",
-             11: "mid inferolateral", 12: "mid anterolateral", 13: "apical anterior",
-             14: "apical septal", 15: "apical inferior", 16: "apical lateral"}
-# motion factor per wall-motion class: (circumferential, radial)
+# motion factor per wall-motion class code (streamer.vocab.WALL_MOTION_CLASSES):
+# (circumferential, radial)
 CLASS_FACTORS = {0: (1.0, 1.0), 1: (0.5, 0.45), 2: (0.0, 0.0), 3: (-0.3, -0.25)}
 
 # bSSFP intensities (Sunnybrook scale)
@@ -106,7 +99,7 @@ class MRPhantomConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        require_choice("slice_level", self.slice_level, SLICES)
+        require_choice("slice_level", self.slice_level, SAX_LEVELS)
         require_int_range("rows", self.rows, 32, 2048)
         require_int_range("cols", self.cols, 32, 2048)
         require_range("pixel_mm", self.pixel_mm, 0.3, 5.0, "mm")
@@ -168,7 +161,7 @@ class MRPhantomConfig:
         return json.dumps({"kind": "mr", "params": self.to_dict()}, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "MRPhantomConfig":
+    def from_dict(cls, d: dict) -> MRPhantomConfig:
         return cls(**dict(d))
 
 
@@ -198,6 +191,15 @@ class MRTruth:
     def arrays(self) -> dict:
         out = {k: v for k, v in dataclasses.asdict(self).items() if isinstance(v, np.ndarray)}
         out["msi"] = np.float64(self.msi)
+        return out
+
+    def label_map(self) -> np.ndarray:
+        """(n, rows, cols) uint8 label images in the values of :class:`streamer.vocab.MRLabel`
+        (0 background, 1 LV cavity, 2 LV myocardium, 3 RV cavity)."""
+        out = np.full(self.myocardium.shape, MRLabel.BACKGROUND, np.uint8)
+        out[self.rv > 0] = MRLabel.RV_CAVITY
+        out[self.cavity > 0] = MRLabel.LV_CAVITY
+        out[self.myocardium > 0] = MRLabel.LV_MYOCARDIUM
         return out
 
 
@@ -573,7 +575,8 @@ def make_mr_clip(cfg: MRPhantomConfig | None = None, **overrides) -> MRClip:
                     cavity_soft=soft["cav"], rv_soft=soft["rv"], infarct=inf, segments=segmap,
                     displacement=disp, velocity_mm_s=vel, segment_ids=np.array(cfg.segments),
                     segment_scores=classes, circ_strain_pct=circ, radial_strain_pct=radial,
-                    msi=float(np.mean(classes + 1)), insertion_points_mm=ins,
+                    msi=float(np.mean(classes + 1)),  # score = class code + 1
+                    insertion_points_mm=ins,
                     lv_centre_mm=sc.centre.copy(), ed_frames=ed, es_frames=es, phase=phases[:n])
     return MRClip(frames=out, velocity_mm_s=vel_noisy, spacing_mm=(sp, sp), fps=cfg.fps_value,
                   truth=truth, config=cfg, timings_s={"total_s": time.perf_counter() - t0})

@@ -85,7 +85,7 @@ class SectorGeometry:
     @classmethod
     def fit(cls, rows: int, cols: int, depth_mm: float, sector_angle_deg: float,
             top_margin: float = 0.04, side_margin: float = 0.02,
-            bottom_margin: float = 0.02) -> "SectorGeometry":
+            bottom_margin: float = 0.02) -> SectorGeometry:
         """Largest isotropic pixel size that keeps the whole sector inside the image."""
         require_positive("depth_mm", depth_mm, "mm")
         require_range("sector_angle_deg", sector_angle_deg, 10.0, 120.0, "degrees")

@@ -1,9 +1,10 @@
 """Echo views other than the apical 4-chamber, for the view classifier.
 
 All views share the sector geometry, the speckle model and the motion machinery of
-:mod:`calib.echo`, and differ in anatomy only, so a classifier has to learn the view:
+:mod:`calib.echo_scene` (rendered by :mod:`calib.echo`), and differ in anatomy only, so a
+classifier has to learn the view:
 
-* ``a2c``  apical 2-chamber: LV + LA, no right heart, coronary sinus (in ``calib.echo``);
+* ``a2c``  apical 2-chamber: LV + LA, no right heart, coronary sinus (in ``calib.echo_scene``);
 * ``alax`` apical long axis (3-chamber): LV + LA + aortic root / LVOT on the right;
 * ``plax`` parasternal long axis: RV(OT) band on top, septum and posterior wall horizontal,
   apex to the left (often out of the sector), aortic root and LA on the right;
@@ -24,8 +25,15 @@ import math
 import numpy as np
 
 from calib import anatomy as an
-from calib.echo import (EchoPhantomConfig, Scene, _lv_wall, _anisotropy, _chest_wall,
-                        apical_scene, lv_state_fn)
+from calib.echo_scene import (
+    EchoPhantomConfig,
+    Scene,
+    _anisotropy,
+    _chest_wall,
+    _lv_wall,
+    apical_scene,
+    lv_state_fn,
+)
 from calib.kinematics import THETA, EllipticWall
 from calib.speckle import SectorGeometry
 

@@ -4,9 +4,11 @@
     cardiostream engines check --iterations 50 --json out/engines_check.json
     cardiostream engines train seg --help
 
-Registered by ``streamer.cli`` through :func:`add_engines_parser`.  Each command
-function returns an exit code; user errors (unknown role or backend, a missing or
-unusable model file) are printed as one line and return 2, without a traceback.
+Registered by ``streamer.cli`` through :func:`add_engines_parser`, which hands over the
+clip reader for ``--calibration-clip`` (``read_frames``): the engines read no clips
+themselves (they sit below ``streamer.io``).  Each command function returns an exit
+code; user errors (unknown role or backend, a missing or unusable model file, an
+unreadable clip) are printed as one line and return 2, without a traceback.
 """
 
 from __future__ import annotations
@@ -17,16 +19,20 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 
 from engines.backends.base import BACKENDS, PRECISIONS, EngineError
-from engines.spec import ROLES
+from engines.spec import REGISTRY, ROLES
 
 log = logging.getLogger(__name__)
 
-TRAIN_MODULES = {"view": "engines.train.view", "seg": "engines.train.seg", "flow": "engines.train.flow"}
+#: role -> trainer module (from the role registry, :data:`engines.spec.REGISTRY`)
+TRAIN_MODULES = {name: role.trainer for name, role in REGISTRY.items()}
+#: a clip reader: path -> the clip's frames as pixel arrays
+ReadFrames = Callable[[Path], Iterable[np.ndarray]]
 
 
 def _roles(text: str) -> list[str]:
@@ -92,6 +98,21 @@ def _user_errors():
     return (EngineError, ValueError, OSError)
 
 
+def _calibration(args):
+    """``--calibration-clip``: the clip's frames (read by the caller's ``read_frames``), or None."""
+    path = getattr(args, "calibration_clip", None)
+    if path is None:
+        return None
+    from engines.int8 import Frames
+
+    try:
+        return Frames.of(args.read_frames(path), origin=str(path))
+    except _user_errors():
+        raise
+    except Exception as exc:  # the reader's own error type (e.g. a ClipError) names the file
+        raise EngineError(str(exc)) from exc
+
+
 # ---------------------------------------------------------------- build
 
 def cmd_build(args) -> int:
@@ -103,12 +124,13 @@ def cmd_build(args) -> int:
     weights = dict(args.weights)
     rows = []
     try:
+        calibration = _calibration(args)
         for role in args.roles:
             backend = resolve_backend(args.backend, args.device, role)
             before = dict(cache.STATS)
             t0 = time.perf_counter()
             engine = create_engine(role, backend, args.precision, weights=weights.get(role),
-                                   device=args.device, calibration=args.calibration_clip,
+                                   device=args.device, calibration=calibration,
                                    use_cache=not args.rebuild)
             seconds = time.perf_counter() - t0
             built = sum(v - before.get(k, 0) for k, v in cache.STATS.items() if k.startswith("build:"))
@@ -243,7 +265,7 @@ def cmd_check(args) -> int:
     try:
         rows = check(args.roles, args.backends, args.precisions, weights=dict(args.weights),
                      iterations=args.iterations, inputs=args.inputs, n_inputs=args.n_inputs,
-                     toy=args.toy, device=args.device, calibration=args.calibration_clip)
+                     toy=args.toy, device=args.device, calibration=_calibration(args))
     except _user_errors() as exc:
         return _fail(args, exc)
     print(f"# {args.iterations} iterations, {threads} threads, inputs: {args.inputs} "
@@ -281,8 +303,12 @@ def cmd_train(args) -> int:
     return trainer_args.func(trainer_args)
 
 
-def add_engines_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``engines`` (build, check, train) on a top-level ``add_subparsers()`` object."""
+def add_engines_parser(subparsers, read_frames: ReadFrames | None = None) -> argparse.ArgumentParser:
+    """Register ``engines`` (build, check, train) on a top-level ``add_subparsers()`` object.
+
+    ``read_frames(path)``: the frames of a clip as pixel arrays (``streamer.cli`` passes
+    ``streamer.io.clips.read_frames``); it enables ``--calibration-clip``, which is left
+    out without one."""
     engines = subparsers.add_parser(
         "engines", help="build, check and train the networks' engines",
         description="The three networks (view classifier, myocardium segmenter, flow) on the "
@@ -306,12 +332,13 @@ def add_engines_parser(subparsers) -> argparse.ArgumentParser:
     build.add_argument("--precision", default="fp32", choices=PRECISIONS,
                        help="fp32 (all backends), fp16 (torch on CUDA, tensorrt), int8 (onnxruntime, "
                             "openvino, tensorrt) (default fp32)")
-    build.add_argument("--calibration-clip", type=Path, metavar="CLIP",
-                       help="int8: calibrate on frames of this recording (any clip format "
-                            "`cardiostream replay` reads) instead of phantoms")
+    if read_frames is not None:
+        build.add_argument("--calibration-clip", type=Path, metavar="CLIP",
+                           help="int8: calibrate on frames of this recording (any clip format "
+                                "`cardiostream replay` reads) instead of phantoms")
     build.add_argument("--rebuild", action="store_true", help="rebuild even when the cache has the engine")
     build.add_argument("--json", type=Path, metavar="PATH", help="also write what was built as JSON")
-    build.set_defaults(func=cmd_build)
+    build.set_defaults(func=cmd_build, read_frames=read_frames)
 
     chk = sub.add_parser(
         "check", help="compare every backend with eager torch and time it",
@@ -336,10 +363,11 @@ def add_engines_parser(subparsers) -> argparse.ArgumentParser:
     chk.add_argument("--toy", action="store_true",
                      help="use small stand-in networks with random weights instead of the shipped "
                           "ones (backend comparison on a machine without trained weights)")
-    chk.add_argument("--calibration-clip", type=Path, metavar="CLIP",
-                     help="int8: calibrate on frames of this recording instead of phantoms")
+    if read_frames is not None:
+        chk.add_argument("--calibration-clip", type=Path, metavar="CLIP",
+                         help="int8: calibrate on frames of this recording instead of phantoms")
     chk.add_argument("--json", type=Path, metavar="PATH", help="also write the rows as JSON")
-    chk.set_defaults(func=cmd_check)
+    chk.set_defaults(func=cmd_check, read_frames=read_frames)
 
     train = sub.add_parser(
         "train", help="train a network on phantom data",
@@ -355,7 +383,8 @@ def add_engines_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m engines.cli ...``: the same commands without the rest of the CLI."""
+    """``python -m engines.cli ...``: the same commands without the rest of the CLI (and
+    without ``--calibration-clip``, which needs the clip readers of ``streamer.io``)."""
     parser = argparse.ArgumentParser(prog="cardiostream")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_engines_parser(sub)

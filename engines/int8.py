@@ -14,30 +14,32 @@ Calibration inputs, in the network's input form (float32 [0, 1], N x C x H x W):
 
 * default: ``calib.datasets.calibration_images(n, kind)`` from the phantom ``calib``
   split (never the test split), cached as .npy beside the engines;
-* a user's recording (``calibration_clip``): frames from ``streamer.io.clips.open_clip``,
-  scaled like ``streamer.pipeline.Preprocess`` and fitted to the input size like the
-  runtime does (:func:`engines.spec.fit_to_input`) -- the right choice for real scanner
-  data, whose grey-level statistics differ from the phantoms';
-* an array given by the caller (``calibration=``).
+* a user's recording, as :class:`Frames` (the clip's frames as arrays: the engines read
+  no files -- the command line reads the clip and hands them over), scaled like the
+  runtime's pre-processing and fitted to the input size like the runtime does
+  (:func:`engines.spec.fit_to_input`) -- the right choice for real scanner data, whose
+  grey-level statistics differ from the phantoms';
+* an array of network inputs given by the caller (``calibration=``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from engines import cache
 from engines.backends.base import EngineError, LoadedModel
-from engines.spec import NetSpec, fit_to_input
+from engines.spec import NetSpec, fit_to_input, get_role
 
 log = logging.getLogger(__name__)
 
 #: calibration images by default (onnxruntime's MinMax ranges settle by ~32 images here)
 DEFAULT_CALIBRATION_N = 32
-CALIBRATION_KIND = {"view": "view", "seg": "segmentation", "flow": "flow"}
 KEEP_OUTPUT_FP32 = True
 #: activation ranges: "MinMax" | "Percentile" | "Entropy" (onnxruntime CalibrationMethod)
 CALIBRATION_METHOD = "MinMax"
@@ -65,7 +67,7 @@ def _as_input(images: np.ndarray, spec: NetSpec) -> np.ndarray:
 
 
 def _grey01(pixels: np.ndarray) -> np.ndarray:
-    """One clip frame -> float32 grey in [0, 1], as streamer.pipeline.Preprocess does it."""
+    """One clip frame -> float32 grey in [0, 1], as the runtime's pre-processing does it."""
     p = pixels
     if p.ndim == 3:
         p = p[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32) if p.shape[2] == 3 else p[..., 0]
@@ -76,16 +78,27 @@ def _grey01(pixels: np.ndarray) -> np.ndarray:
     return (p - lo) / (hi - lo if hi > lo else 1.0)
 
 
-def clip_calibration(path: str | os.PathLike, spec: NetSpec, n: int) -> np.ndarray:
-    """Up to ``n`` inputs from a recorded clip, spread evenly over it (flow: consecutive pairs)."""
-    from streamer.io.clips import open_clip
+@dataclass(frozen=True)
+class Frames:
+    """Raw frames of a recording to calibrate on: pixel arrays as a clip reader gives them
+    ((rows, cols) grey or (rows, cols, channels)), any size; ``origin`` names them in errors."""
 
-    with open_clip(path) as reader:
-        frames = [_grey01(f.pixels) for f in reader]
-    if len(frames) < (2 if spec.role == "flow" else 1):
-        raise EngineError(f"{path}: too few frames ({len(frames)}) to calibrate the {spec.role} network")
+    frames: tuple[np.ndarray, ...]
+    origin: str = "frames"
+
+    @classmethod
+    def of(cls, frames: Iterable[np.ndarray], origin: str = "frames") -> Frames:
+        return cls(tuple(frames), str(origin))
+
+
+def frames_calibration(frames: Frames, spec: NetSpec, n: int) -> np.ndarray:
+    """Up to ``n`` inputs from a recording's frames, spread evenly over it (flow: consecutive pairs)."""
+    grey = [_grey01(np.asarray(f)) for f in frames.frames]
+    if len(grey) < (2 if spec.role == "flow" else 1):
+        raise EngineError(f"{frames.origin}: too few frames ({len(grey)}) to calibrate the "
+                          f"{spec.role} network")
     size = spec.size
-    fitted = [fit_to_input(f, size)[0] for f in frames]
+    fitted = [fit_to_input(f, size)[0] for f in grey]
     if spec.role == "flow":
         starts = np.unique(np.linspace(0, len(fitted) - 2, min(n, len(fitted) - 1)).round().astype(int))
         return np.stack([np.stack([fitted[i], fitted[i + 1]]) for i in starts]).astype(np.float32)
@@ -98,7 +111,7 @@ def phantom_calibration(spec: NetSpec, n: int = DEFAULT_CALIBRATION_N) -> np.nda
     from calib.datasets import calibration_images
 
     h, w = spec.size
-    kind = CALIBRATION_KIND[spec.role]
+    kind = get_role(spec.role).calibration_kind
     path = cache.cache_root() / "calibration" / f"{kind}-{n}-{h}x{w}.npy"
     if path.is_file():
         return _as_input(np.load(path), spec)
@@ -111,11 +124,15 @@ def phantom_calibration(spec: NetSpec, n: int = DEFAULT_CALIBRATION_N) -> np.nda
 
 
 def calibration_inputs(spec: NetSpec, calibration=None, *, n: int = DEFAULT_CALIBRATION_N) -> np.ndarray:
-    """The calibration set as network inputs: an array, a clip path, or None (phantoms)."""
+    """The calibration set as network inputs: an array of inputs, a recording's
+    :class:`Frames`, or None (phantoms)."""
     if calibration is None:
         return phantom_calibration(spec, n)
+    if isinstance(calibration, Frames):
+        return frames_calibration(calibration, spec, n)
     if isinstance(calibration, (str, os.PathLike)):
-        return clip_calibration(calibration, spec, n)
+        raise EngineError(f"{calibration}: the engines read no clips; read its frames and pass "
+                          "engines.int8.Frames (the command line does this for --calibration-clip)")
     return _as_input(calibration, spec)
 
 
@@ -167,15 +184,13 @@ def quantize(fp32_onnx: Path, out: Path, data: np.ndarray) -> Path:
     return out
 
 
-def quantized_onnx(source: LoadedModel, calibration=None, *, n: int = DEFAULT_CALIBRATION_N,
-                   use_cache: bool = True) -> Path:
-    """The cached INT8 QDQ ONNX model of ``source`` (built on first use)."""
+def quantized_onnx(source: LoadedModel, fp32: Path, calibration=None, *,
+                   n: int = DEFAULT_CALIBRATION_N, use_cache: bool = True) -> Path:
+    """The cached INT8 QDQ ONNX model of ``source``, quantised from its fp32 ONNX file
+    ``fp32`` (:func:`engines.backends.onnx_export.onnx_model`), built on first use."""
     import onnxruntime
 
-    from engines.backends.onnx_export import onnx_model
-
     spec = source.spec
-    fp32 = onnx_model(source, use_cache=use_cache)
     data = calibration_inputs(spec, calibration, n=n)
     key = cache.CacheKey(role=spec.role, arch=spec.arch, weights_sha256=source.digest,
                          input_shape=tuple(spec.input.shape), precision="int8", backend="onnx-int8",

@@ -1,21 +1,24 @@
-"""The I/O contract of each network role, shared by every backend and by user weights.
+"""The network roles: one registry (:data:`REGISTRY`) with each role's I/O contract, network
+module, trainer, default CPU backend and INT8 calibration set; every other per-role table
+in :mod:`engines` derives from it.
 
 Three roles, each with exactly one input and one output, batch 1, float32, static shape:
 
 =======  ===========================  =================================================
 role     input                        output
 =======  ===========================  =================================================
-view     ``image``  (1, 1, H, W)      ``logits`` (1, 8), classes in :data:`VIEW_CLASSES`
+view     ``image``  (1, 1, H, W)      ``logits`` (1, 8), classes in
+                                      :data:`streamer.vocab.VIEW_CLASSES`
 seg      ``image``  (1, 1, H, W)      ``logits`` (1, 3, H, W): background, LV myocardium,
-                                      LV cavity (:data:`SEG_CLASSES`)
+                                      LV cavity (:data:`streamer.vocab.SEG_CLASSES`)
 flow     ``frames`` (1, 2, H, W)      ``flow``   (1, 2, H, W) pixels of the input grid,
          previous then current        channels (dx = d_col, dy = d_row), previous ->
                                       current, on the previous frame's grid (OpenCV's
                                       ``calcOpticalFlow*(prev, next)`` convention)
 =======  ===========================  =================================================
 
-Images are greyscale in [0, 1] (``streamer.pipeline.Preprocess``), brought to the
-network's H x W by :func:`fit_to_input` (aspect kept, zero padding, centred).
+Images are greyscale in [0, 1] (the runtime's pre-processing), brought to the network's
+H x W by :func:`fit_to_input` (aspect kept, zero padding, centred).
 
 Each network file in :mod:`engines.nets` defines its :class:`NetSpec` (``SPEC``) with the
 concrete H x W it was trained at; a user's model for a role must have the same input
@@ -29,15 +32,15 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-ROLES = ("view", "seg", "flow")
+# the class names of the view and seg outputs (their home is streamer.vocab)
+from streamer.vocab import SEG_CLASSES, VIEW_CLASSES
+
 #: ``--backend`` choices: auto = torch-tensorrt on a CUDA machine where installed, else the
-#: fastest CPU backend
+#: role's :attr:`Role.cpu_backend`
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
-#: view classes, in the order of the classifier's logits (= ``calib.echo.VIEWS``)
-VIEW_CLASSES = ("a4c", "a2c", "alax", "plax", "psax", "sc4c", "ivc", "unknown")
-#: segmentation classes, in the order of the segmenter's logit channels
-SEG_CLASSES = ("background", "myocardium", "cavity")
+#: what every role's input holds
+NORMALISATION = "greyscale in [0, 1]"
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,79 @@ class TensorSpec:
     name: str
     shape: tuple[int, ...]
     dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class Role:
+    """One network role: its I/O contract and where its parts live."""
+
+    name: str
+    #: input tensor name and channels: (1, input_channels, H, W)
+    input_name: str
+    input_channels: int
+    #: output tensor name and channels; ``dense``: (1, C, H, W), else (1, C)
+    output_name: str
+    output_channels: int
+    dense: bool
+    #: module of the network (defines ``SPEC`` and ``build()``)
+    network: str
+    #: module of the trainer (``cardiostream engines train <role>``)
+    trainer: str
+    #: the CPU backend ``auto`` picks (the fastest measured, see :data:`REGISTRY`)
+    cpu_backend: str
+    #: ``calib.datasets.calibration_images`` kind of the default INT8 calibration set
+    calibration_kind: str
+    #: class names of the output channels (None: a regression)
+    classes: tuple[str, ...] | None = None
+    normalisation: str = NORMALISATION
+
+    def contract(self, size: tuple[int, int]) -> tuple[TensorSpec, TensorSpec]:
+        """The (input, output) tensor specs a model for this role at input size (H, W) has."""
+        h, w = size
+        out = (1, self.output_channels, h, w) if self.dense else (1, self.output_channels)
+        inp = TensorSpec(self.input_name, (1, self.input_channels, h, w))
+        return inp, TensorSpec(self.output_name, out)
+
+
+#: The roles.  ``cpu_backend``: median latency in ms, batch 1, the shipped networks and
+#: weights, 3 interleaved rounds of 30 calls, on this project's 2-core Xeon @ 2.8 GHz
+#: (AVX-512 VNNI) while three training jobs shared it -- absolute figures are high and
+#: +-30 %, but the ranking held in every round and in an earlier run on other versions of
+#: the networks:
+#:
+#:   network (input)       threads  torch fp32  onnxruntime fp32/int8  openvino fp32/int8
+#:   view (1x1x96x96)      2        564          0.43 / 1.49            1.04 / 1.10
+#:                         1          7.5        0.41 / 0.77            0.73 / 0.83
+#:   seg  (1x1x128x128)    2        628         17.0 / 20.1             8.4 / 4.0
+#:                         1         26.6       11.9 / 12.1            11.5 / 5.1
+#:   flow (1x2x256x256)    2        180         61.0 / 61.6            38.6 / 18.6
+#:                         1         44.5       34.9 / 26.3            24.6 / 15.0
+#:
+#: OpenVINO is the fastest on the two networks that dominate a frame (seg up to 2x, flow
+#: 1.4-1.6x onnxruntime; and its INT8 is 2x its fp32, where onnxruntime's QDQ INT8 gains
+#: little); onnxruntime is faster on the small view classifier, where OpenVINO's per-call
+#: overhead dominates.  Eager torch is slowest everywhere, and its OpenMP pool collapses
+#: when the cores are shared (the 2-thread column).  Any backend can still be named.
+REGISTRY: dict[str, Role] = {r.name: r for r in (
+    Role("view", "image", 1, "logits", len(VIEW_CLASSES), dense=False, classes=VIEW_CLASSES,
+         network="engines.nets.view_classifier", trainer="engines.train.view",
+         cpu_backend="onnxruntime", calibration_kind="view"),
+    Role("seg", "image", 1, "logits", len(SEG_CLASSES), dense=True, classes=SEG_CLASSES,
+         network="engines.nets.segmenter", trainer="engines.train.seg",
+         cpu_backend="openvino", calibration_kind="segmentation"),
+    Role("flow", "frames", 2, "flow", 2, dense=True,
+         network="engines.nets.flownet", trainer="engines.train.flow",
+         cpu_backend="openvino", calibration_kind="flow"),
+)}
+ROLES = tuple(REGISTRY)
+
+
+def get_role(name: str) -> Role:
+    """The registry entry of role ``name``; ValueError naming the roles for an unknown one."""
+    try:
+        return REGISTRY[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"role {name!r} is unknown; choose one of {', '.join(ROLES)}") from None
 
 
 @dataclass(frozen=True)
@@ -57,7 +133,7 @@ class NetSpec:
     output: TensorSpec
     #: file name under ``engines/weights/`` (a state dict)
     weights_file: str
-    normalisation: str = "greyscale in [0, 1]"
+    normalisation: str = NORMALISATION
 
     @property
     def size(self) -> tuple[int, int]:
@@ -67,14 +143,7 @@ class NetSpec:
 
 def role_contract(role: str, size: tuple[int, int]) -> tuple[TensorSpec, TensorSpec]:
     """The (input, output) tensor specs a model for ``role`` at input size (H, W) must have."""
-    h, w = size
-    if role == "view":
-        return TensorSpec("image", (1, 1, h, w)), TensorSpec("logits", (1, len(VIEW_CLASSES)))
-    if role == "seg":
-        return TensorSpec("image", (1, 1, h, w)), TensorSpec("logits", (1, len(SEG_CLASSES), h, w))
-    if role == "flow":
-        return TensorSpec("frames", (1, 2, h, w)), TensorSpec("flow", (1, 2, h, w))
-    raise ValueError(f"role {role!r} is unknown; choose one of {', '.join(ROLES)}")
+    return get_role(role).contract(size)
 
 
 @dataclass(frozen=True)

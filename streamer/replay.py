@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
-from engines.spec import VIEW_CLASSES
 from streamer.io.clips import ClipInfo, ClipReader
 from streamer.io.protocol import MODALITIES, EndMessage, FrameMessage, Message, StartMessage
 from streamer.io.sockets import FrameSender, SenderConfig
+from streamer.vocab import VIEW_CLASSES
 
 log = logging.getLogger(__name__)
 

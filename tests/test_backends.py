@@ -15,13 +15,19 @@ import numpy as np
 import pytest
 import torch
 
-from engines.backends import (AUTO_CPU_BACKEND, EngineError, create_engine, get_threads,
-                              resolve_backend, set_threads)
+from engines.backends import (
+    AUTO_CPU_BACKEND,
+    EngineError,
+    create_engine,
+    get_threads,
+    resolve_backend,
+    set_threads,
+)
 from engines.backends.tolerance import INT8_FLOW_EPE_PX, INT8_SEG_AGREEMENT, REL_TOL, compare
 from engines.backends.toy import toy_inputs, toy_model, toy_spec
+from engines.spec import ROLES
 
 SIZE = (32, 48)
-ROLES = ("view", "seg", "flow")
 CPU_BACKENDS = ("onnxruntime", "openvino")
 HAS_TRT = importlib.util.find_spec("torch_tensorrt") is not None
 HAS_CUDA = torch.cuda.is_available()
@@ -81,16 +87,22 @@ def test_int8_within_stated_bounds(nets, backend):
 
 
 def test_int8_calibration_from_a_clip(tmp_path):
-    from engines.int8 import calibration_inputs
-    from streamer.io.clips import write_clip
+    """The caller reads the clip (the engines read no files) and hands its frames over."""
+    from engines.int8 import Frames, calibration_inputs
+    from streamer.io.clips import read_frames, write_clip
 
     frames = (np.random.default_rng(0).random((10, 60, 80)) * 255).astype(np.uint8)
     clip = tmp_path / "rec.npz"
     write_clip(clip, frames, spacing_mm=(0.3, 0.3), fps=30.0, modality="US")
-    seg = calibration_inputs(toy_spec("seg", SIZE), clip, n=4)
-    flow = calibration_inputs(toy_spec("flow", SIZE), clip, n=4)
+    recording = Frames.of(read_frames(clip), origin=str(clip))
+    seg = calibration_inputs(toy_spec("seg", SIZE), recording, n=4)
+    flow = calibration_inputs(toy_spec("flow", SIZE), recording, n=4)
     assert seg.shape == (4, 1, *SIZE) and flow.shape == (4, 2, *SIZE)
     assert seg.dtype == np.float32 and 0 <= seg.min() and seg.max() <= 1
+    with pytest.raises(EngineError, match="too few frames"):
+        calibration_inputs(toy_spec("flow", SIZE), Frames.of(frames[:1], origin="one.npz"), n=4)
+    with pytest.raises(EngineError, match="read no clips"):
+        calibration_inputs(toy_spec("seg", SIZE), clip, n=4)
 
 
 def test_default_calibration_is_the_phantom_calib_split_cached(tmp_path, monkeypatch):
@@ -220,3 +232,24 @@ def test_tensorrt_matches_eager_torch(nets, precision):
     assert engine.device.startswith("cuda")
     m = compare("seg", precision, ref, _outputs(engine, xs))
     assert m["ok"], m
+
+
+def test_the_role_registry_is_the_one_per_role_table():
+    """Every per-role table in engines derives from engines.spec.REGISTRY."""
+    from engines import cli, nets
+    from engines.spec import REGISTRY, get_role, role_contract
+
+    assert tuple(REGISTRY) == ROLES == ("view", "seg", "flow")
+    assert AUTO_CPU_BACKEND == {r: REGISTRY[r].cpu_backend for r in ROLES}
+    assert set(AUTO_CPU_BACKEND.values()) <= set(CPU_BACKENDS)
+    assert nets.MODULES == {r: REGISTRY[r].network for r in ROLES}
+    assert cli.TRAIN_MODULES == {r: REGISTRY[r].trainer for r in ROLES}
+    for name, role in REGISTRY.items():
+        spec = nets.spec(name)  # the network module's SPEC fulfils the registry's contract
+        assert spec.role == name and (spec.input, spec.output) == role.contract(spec.size)
+        assert spec.normalisation == role.normalisation
+        assert importlib.util.find_spec(role.trainer) is not None
+        assert role.calibration_kind in ("view", "segmentation", "flow")
+        assert role_contract(name, (8, 8)) == role.contract((8, 8))
+    with pytest.raises(ValueError, match="choose one of view, seg, flow"):
+        get_role("lv")

@@ -8,8 +8,12 @@ import numpy as np
 import pytest
 
 from streamer.measure import centerline as C
-from streamer.measure.centerline import (CentrelineConfig, extract_centreline,
-                                         project_onto_polyline, resample_polyline)
+from streamer.measure.centerline import (
+    CentrelineConfig,
+    extract_centreline,
+    project_onto_polyline,
+    resample_polyline,
+)
 from streamer.measure.synthetic import Horseshoe
 
 HS = Horseshoe()
@@ -217,6 +221,7 @@ def ref_longest_true_run(f, circular):
 @pytest.fixture(scope="module")
 def phantom_masks():
     import cv2
+
     from calib.datasets import random_echo_config
     from calib.echo import make_echo_clip
     clip = make_echo_clip(random_echo_config(2000013, view="a4c", frames=4, fps=5.0))

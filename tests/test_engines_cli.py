@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,10 +18,10 @@ def engine_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("CARDIOSTREAM_CACHE", str(tmp_path_factory.getbasetemp() / "engine-cache"))
 
 
-def run(argv, capsys):
+def run(argv, capsys, read_frames=None):
     parser = argparse.ArgumentParser(prog="cardiostream")
     sub = parser.add_subparsers(dest="command", required=True)
-    cli.add_engines_parser(sub)
+    cli.add_engines_parser(sub, read_frames=read_frames)
     try:
         args = parser.parse_args(argv)
         code = args.func(args)
@@ -110,3 +111,29 @@ def test_train_hands_the_rest_of_the_line_to_the_role_trainer(capsys):
     assert code == 0 and "--epochs" in out and "--threads" in out
     code, _, err = run(["engines", "train", "view", "--epochs", "-x"], capsys)
     assert code == 2 and "--epochs" in err
+
+
+def test_calibration_clip_is_read_by_the_callers_reader(tmp_path, capsys, monkeypatch):
+    """The engines read no clips: ``--calibration-clip`` goes through the ``read_frames``
+    the caller registered (streamer.cli passes streamer.io.clips.read_frames)."""
+    monkeypatch.setattr(onnx_export, "exporter_for", lambda source: "legacy")
+    calls = []
+
+    def read_frames(path):
+        calls.append(path)
+        return list((np.random.default_rng(0).random((6, 40, 50)) * 255).astype(np.uint8))
+
+    argv = ["engines", "check", "--toy", "--roles", "seg", "--backends", "onnxruntime",
+            "--precisions", "int8", "--inputs", "random", "--iterations", "1", "--n-inputs", "1",
+            "--calibration-clip", str(tmp_path / "rec.npz")]
+    code, out, err = run(argv, capsys, read_frames=read_frames)
+    assert code == 0, err
+    assert calls == [tmp_path / "rec.npz"] and "int8" in out
+
+    def broken(path):
+        raise RuntimeError(f"{path}: not a clip")
+
+    code, _, err = run(argv, capsys, read_frames=broken)
+    assert code == 2 and "rec.npz: not a clip" in err and "Traceback" not in err
+    code, _, err = run(argv, capsys)  # registered without a reader: no such option
+    assert code == 2 and "--calibration-clip" in err

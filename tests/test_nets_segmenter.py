@@ -6,9 +6,10 @@ import numpy as np
 import torch
 
 from engines.nets import WEIGHTS_DIR, segmenter
-from engines.spec import SEG_CLASSES, role_contract
+from engines.spec import role_contract
 from engines.train import common
 from engines.train.seg import dice, evaluate, logits_to_labels
+from streamer.vocab import SEG_CLASSES
 
 
 def test_spec_follows_the_role_contract():

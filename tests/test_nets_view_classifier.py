@@ -6,9 +6,10 @@ import numpy as np
 import torch
 
 from engines.nets import WEIGHTS_DIR, view_classifier
-from engines.spec import VIEW_CLASSES, role_contract
+from engines.spec import role_contract
 from engines.train import common
 from engines.train.view import evaluate
+from streamer.vocab import VIEW_CLASSES
 
 
 def test_spec_follows_the_role_contract():

@@ -3,8 +3,17 @@
 import numpy as np
 import pytest
 
-from calib.datasets import (SPLITS, calibration_images, flow_samples, random_echo_config,
-                            segmentation_samples, split_of, split_seeds, view_samples, write_dataset)
+from calib.datasets import (
+    SPLITS,
+    calibration_images,
+    flow_samples,
+    random_echo_config,
+    segmentation_samples,
+    split_of,
+    split_seeds,
+    view_samples,
+    write_dataset,
+)
 from calib.errors import PhantomParameterError
 
 

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from calib import truth as T
-from calib.echo import SEGMENTS, VIEWS, EchoPhantomConfig, make_echo_clip
+from calib.echo import EchoPhantomConfig, make_echo_clip
 from calib.errors import PhantomParameterError
+from streamer.vocab import A4C_SEGMENTS, VIEW_CLASSES
 
 
 @pytest.fixture(scope="module")
@@ -173,9 +174,9 @@ def test_layout_conventions(a4c):
     top = np.nonzero(sm.any(axis=1))[0][0]
     assert top < 0.1 * sm.shape[0]
     assert abs(np.nonzero(sm[top + 2])[0].mean() - (cols - 1) / 2) < 2
-    assert tr.view == "a4c" and tr.view_index == VIEWS.index("a4c") == 0
+    assert tr.view == "a4c" and tr.view_index == VIEW_CLASSES.index("a4c") == 0
     assert tr.displacement.dtype == np.float32 and tr.displacement.shape[-1] == 2
-    assert len(SEGMENTS) == 6
+    assert len(A4C_SEGMENTS) == 6
 
 
 def test_displacement_channel_order(a4c):

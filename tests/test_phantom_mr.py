@@ -6,7 +6,8 @@ import pytest
 
 from calib import truth as T
 from calib.errors import PhantomParameterError
-from calib.mr import AHA_SEGMENTS, MRPhantomConfig, make_mr_clip
+from calib.mr import MRPhantomConfig, make_mr_clip
+from streamer.vocab import AHA_SEGMENTS, WALL_MOTION_CLASSES, WALL_MOTION_SCORES, MRLabel
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +27,24 @@ def test_shapes_and_labels(mid):
     assert set(np.unique(tr.segments[0])) == {0, 7, 8, 9, 10, 11, 12}
     assert tr.infarct[0].any() and np.all(tr.segments[0][tr.infarct[0] > 0] == 8)
     assert tr.rv[0].any() and not (tr.rv[0] & tr.myocardium[0]).any()
+
+
+def test_wall_motion_codes_and_scores_follow_the_vocabulary(mid):
+    """segment_scores holds class codes (index in WALL_MOTION_CLASSES); the MSI is the mean score."""
+    scores = [WALL_MOTION_SCORES[WALL_MOTION_CLASSES[c]] for c in mid.truth.segment_scores]
+    assert mid.truth.msi == pytest.approx(np.mean(scores))
+    assert MRPhantomConfig(wall_motion={"7": "hypokinetic"}).wall_motion == {"7": 1}
+
+
+def test_label_map_uses_the_mr_label_values(mid):
+    tr = mid.truth
+    lab = tr.label_map()
+    assert lab.shape == tr.myocardium.shape and lab.dtype == np.uint8
+    assert set(np.unique(lab[0])) == {0, 1, 2, 3}
+    assert np.array_equal(lab == MRLabel.LV_MYOCARDIUM, tr.myocardium > 0)
+    assert np.array_equal(lab == MRLabel.LV_CAVITY, (tr.cavity > 0) & (tr.myocardium == 0))
+    assert np.array_equal(lab == MRLabel.RV_CAVITY,
+                          (tr.rv > 0) & (tr.cavity == 0) & (tr.myocardium == 0))
 
 
 def test_aha_layout(mid):

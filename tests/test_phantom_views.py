@@ -3,25 +3,26 @@
 import numpy as np
 import pytest
 
-from calib.echo import VIEWS, EchoPhantomConfig, make_echo_clip
+from calib.echo import EchoPhantomConfig, make_echo_clip
+from streamer.vocab import VIEW_CLASSES
 
 
 @pytest.fixture(scope="module")
 def clips():
     return {v: make_echo_clip(EchoPhantomConfig(view=v, frames=3, rows=160, cols=160, seed=5))
-            for v in VIEWS}
+            for v in VIEW_CLASSES}
 
 
 def test_view_order_is_the_convention():
-    assert VIEWS == ("a4c", "a2c", "alax", "plax", "psax", "sc4c", "ivc", "unknown")
+    assert VIEW_CLASSES == ("a4c", "a2c", "alax", "plax", "psax", "sc4c", "ivc", "unknown")
 
 
-@pytest.mark.parametrize("view", VIEWS)
+@pytest.mark.parametrize("view", VIEW_CLASSES)
 def test_every_view_renders_with_truth(clips, view):
     c = clips[view]
     tr = c.truth
     assert c.frames.shape == (3, 160, 160) and c.frames.dtype == np.uint8
-    assert tr.view == view and tr.view_index == VIEWS.index(view)
+    assert tr.view == view and tr.view_index == VIEW_CLASSES.index(view)
     assert np.isfinite(tr.displacement).all()
     assert c.frames[:, tr.sector_mask > 0].mean() > 3           # something is imaged
     has_lv = view in ("a4c", "a2c", "alax", "plax", "psax", "sc4c")
@@ -39,7 +40,7 @@ def test_views_differ_in_anatomy(clips):
     ref = smooth(clips["a4c"].frames)
     same = np.abs(ref - smooth(make_echo_clip(EchoPhantomConfig(view="a4c", frames=3, rows=160, cols=160,
                                                                  seed=6)).frames)).mean()
-    for v in VIEWS[1:]:
+    for v in VIEW_CLASSES[1:]:
         assert np.abs(ref - smooth(clips[v].frames)).mean() > 1.5 * same, v
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from streamer.io.clips import open_clip
-from streamer.replay import ReplayConfig, ReplayError, clip_messages, replay
 from streamer.io.protocol import decode, encode
+from streamer.replay import ReplayConfig, ReplayError, clip_messages, replay
 
 
 class ListSender:

@@ -5,8 +5,12 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import map_coordinates
 
-from streamer.measure.sampling import (bilinear, flow_to_velocity_mm_s, sample_flow,
-                                       sample_velocity_mm_s)
+from streamer.measure.sampling import (
+    bilinear,
+    flow_to_velocity_mm_s,
+    sample_flow,
+    sample_velocity_mm_s,
+)
 
 
 def test_bilinear_reproduces_linear_fields_and_pixels():

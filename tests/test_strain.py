@@ -8,6 +8,7 @@ import pytest
 from streamer.measure import strain as S
 from streamer.measure.synthetic import Horseshoe
 from streamer.measure.tracking import CentrelineTracker, warmup
+from streamer.vocab import A4C_SEGMENTS
 
 HS = Horseshoe()
 U = np.linspace(0, 1, 120)
@@ -123,7 +124,7 @@ def test_beats_peak_and_es():
         assert abs(b.es_t_s - b.ed_t_s - HS.t_es_s) < 0.03
         assert b.peak_gls_pct == pytest.approx(a.gls_pct[b.es_index])
         d = b.to_dict()
-        assert set(d["regional_peak_pct"]) == set(S.A4C_SEGMENTS)
+        assert set(d["regional_peak_pct"]) == set(A4C_SEGMENTS)
 
 
 def test_invalid_frames_and_no_beats():
@@ -182,7 +183,10 @@ def ring(t_frac, M=96, r_mid=25.0, thick=10.0, c=(64.0, 64.0), ec=-0.18, er=0.4,
     scale = 1 + ec * t_frac * (1 if pattern is None else pattern(ang))
     rm = r_mid * scale
     th = thick * (1 + er * t_frac)
-    pts = lambda r: np.column_stack([c[0] - r * np.sin(ang), c[1] + r * np.cos(ang)])
+
+    def pts(r):
+        return np.column_stack([c[0] - r * np.sin(ang), c[1] + r * np.cos(ang)])
+
     return pts(rm - th / 2), pts(rm + th / 2)
 
 
@@ -221,7 +225,10 @@ def test_sax_strain_global_and_segments():
     assert np.bincount(r.point_segment)[7:].tolist() == [16] * 6
     # a hypokinetic septum (smooth pattern, 40 % of normal motion at the mid-septum):
     # the septal segments shorten less than the lateral ones
-    pattern = lambda a: 1 - 0.6 * (1 + np.cos(a - np.pi)) / 2
+
+    def pattern(a):
+        return 1 - 0.6 * (1 + np.cos(a - np.pi)) / 2
+
     endo = np.stack([ring(f, pattern=pattern)[0] for f in frac])
     epi = np.stack([ring(f, pattern=pattern)[1] for f in frac])
     r2 = S.sax_strain(endo, epi, np.deg2rad(120), level="basal")

@@ -26,10 +26,16 @@ import importlib
 import logging
 import os
 
-from engines.backends.base import (BACKENDS, PRECISIONS, Engine, EngineError, LoadedModel,
-                                   ModelLoadError)
+from engines.backends.base import (
+    BACKENDS,
+    PRECISIONS,
+    Engine,
+    EngineError,
+    LoadedModel,
+    ModelLoadError,
+)
 from engines.backends.threads import cpu_count, get_threads, set_threads
-from engines.spec import ROLES, NetSpec
+from engines.spec import REGISTRY, ROLES, NetSpec
 
 log = logging.getLogger(__name__)
 
@@ -37,26 +43,9 @@ __all__ = ["AUTO_CPU_BACKEND", "BACKENDS", "PRECISIONS", "Engine", "EngineError"
            "ModelLoadError", "backend_module", "backend_status", "create_engine", "cpu_count",
            "get_threads", "resolve_backend", "set_threads", "source_for"]
 
-#: The CPU backend ``auto`` picks, per role: the fastest measured.  Median latency in ms,
-#: batch 1, the shipped networks and weights, 3 interleaved rounds of 30 calls, on this
-#: project's 2-core Xeon @ 2.8 GHz (AVX-512 VNNI) while three training jobs shared it --
-#: absolute figures are high and +-30 %, but the ranking held in every round and in an
-#: earlier run on other versions of the networks:
-#:
-#:   network (input)       threads  torch fp32  onnxruntime fp32/int8  openvino fp32/int8
-#:   view (1x1x96x96)      2        564          0.43 / 1.49            1.04 / 1.10
-#:                         1          7.5        0.41 / 0.77            0.73 / 0.83
-#:   seg  (1x1x128x128)    2        628         17.0 / 20.1             8.4 / 4.0
-#:                         1         26.6       11.9 / 12.1            11.5 / 5.1
-#:   flow (1x2x256x256)    2        180         61.0 / 61.6            38.6 / 18.6
-#:                         1         44.5       34.9 / 26.3            24.6 / 15.0
-#:
-#: OpenVINO is the fastest on the two networks that dominate a frame (seg up to 2x, flow
-#: 1.4-1.6x onnxruntime; and its INT8 is 2x its fp32, where onnxruntime's QDQ INT8 gains
-#: little); onnxruntime is faster on the small view classifier, where OpenVINO's per-call
-#: overhead dominates.  Eager torch is slowest everywhere, and its OpenMP pool collapses
-#: when the cores are shared (the 2-thread column).  Any backend can still be named.
-AUTO_CPU_BACKEND = {"view": "onnxruntime", "seg": "openvino", "flow": "openvino"}
+#: The CPU backend ``auto`` picks, per role: the fastest measured (the figures are with
+#: the role registry, :data:`engines.spec.REGISTRY`).
+AUTO_CPU_BACKEND = {name: role.cpu_backend for name, role in REGISTRY.items()}
 
 _MODULES = {"torch": "torch_backend", "onnxruntime": "onnxruntime_backend",
             "openvino": "openvino_backend", "tensorrt": "tensorrt_backend"}
@@ -122,7 +111,8 @@ def create_engine(role: str, backend: str = "auto", precision: str = "fp32",
     together (default: the count already set, else the number of cores).  ``device``:
     "cpu" or "cuda[:i]" (default: the backend's).  ``model`` + ``spec``: build from an
     ``nn.Module`` directly (tests, experiments).  ``calibration`` (int8): an array of
-    inputs (N, C, H, W), a clip path, or None for the phantom calibration set.
+    inputs (N, C, H, W), a recording's frames (:class:`engines.int8.Frames`), or None for
+    the phantom calibration set.
     ``use_cache=False`` rebuilds the cached artefacts.
     """
     if role not in ROLES:

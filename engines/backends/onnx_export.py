@@ -116,5 +116,6 @@ def cpu_onnx_model(source: LoadedModel, precision: str, backend: str, *, calibra
     if precision == "int8":
         from engines.int8 import quantized_onnx
 
-        return quantized_onnx(source, calibration, use_cache=use_cache)
+        return quantized_onnx(source, onnx_model(source, use_cache=use_cache), calibration,
+                              use_cache=use_cache)
     return onnx_model(source, use_cache=use_cache)

@@ -8,6 +8,7 @@ seg    ``engines.nets.segmenter``        LV myocardium / cavity segmenter (U-Net
 flow   ``engines.nets.flownet``          dense motion between consecutive frames
 =====  ===========================  ============================================
 
+The role -> module table is the role registry's (:data:`engines.spec.REGISTRY`).
 Every module defines ``SPEC`` (:class:`engines.spec.NetSpec`) and ``build()``, which
 returns the network with its default hyperparameters and random weights. Shipped
 weights (state dicts) live in ``engines/weights/`` with a JSON file beside each that
@@ -20,17 +21,15 @@ import importlib
 from pathlib import Path
 from types import ModuleType
 
-from engines.spec import ROLES, NetSpec
+from engines.spec import REGISTRY, NetSpec, get_role
 
-MODULES = {"view": "engines.nets.view_classifier", "seg": "engines.nets.segmenter",
-           "flow": "engines.nets.flownet"}
+#: role -> network module (from the role registry, :data:`engines.spec.REGISTRY`)
+MODULES = {name: role.network for name, role in REGISTRY.items()}
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
 
 def net_module(role: str) -> ModuleType:
-    if role not in MODULES:
-        raise ValueError(f"role {role!r} is unknown; choose one of {', '.join(ROLES)}")
-    return importlib.import_module(MODULES[role])
+    return importlib.import_module(get_role(role).network)
 
 
 def spec(role: str) -> NetSpec:

@@ -8,7 +8,7 @@ smaller input so a frame costs a few milliseconds on a CPU:
 * input greyscale in [0, 1], ``IMAGE_SIZE`` (the 256 x 256 phantom frame downsampled by
   :func:`engines.spec.fit_to_input`);
 * ``WIDTHS`` filters per level, the last entry the bottleneck;
-* a 1x1 head to the logits of :data:`engines.spec.SEG_CLASSES` (background, myocardium,
+* a 1x1 head to the logits of :data:`streamer.vocab.SEG_CLASSES` (background, myocardium,
   cavity) at the input resolution. Callers that need masks on a finer grid upsample the
   logits bilinearly before the argmax.
 """

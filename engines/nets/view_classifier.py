@@ -10,7 +10,7 @@ design scaled down to run in about a millisecond on a CPU:
   appended to the running feature map, followed (except the last) by a 1x1 transition
   convolution and 2x2 average pooling;
 * global average pooling, dropout and a linear layer to the logits of
-  :data:`engines.spec.VIEW_CLASSES`.
+  :data:`streamer.vocab.VIEW_CLASSES`.
 
 Input: greyscale in [0, 1], ``(1, 1, 96, 96)``; output: logits ``(1, 8)``.
 """

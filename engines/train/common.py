@@ -16,8 +16,8 @@ import random
 import shlex
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import torch
@@ -161,7 +161,10 @@ def augment_intensity(x: torch.Tensor, g: torch.Generator, gain=(0.7, 1.35), gam
     """Per-image gain, gamma and additive Gaussian noise on [0, 1] images (N, C, H, W)."""
     n = x.shape[0]
     shape = (n,) + (1,) * (x.dim() - 1)
-    u = lambda lo, hi: lo + (hi - lo) * torch.rand(shape, generator=g)
+
+    def u(lo, hi):
+        return lo + (hi - lo) * torch.rand(shape, generator=g)
+
     x = x.clamp(0, 1) ** u(*gamma) * u(*gain)
     x = x + torch.randn(x.shape, generator=g) * (noise * torch.rand(shape, generator=g))
     return x.clamp(0, 1)

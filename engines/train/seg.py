@@ -28,8 +28,9 @@ import torch
 import torch.nn.functional as F
 
 from engines.nets import segmenter
-from engines.spec import SEG_CLASSES, fit_geometry, fit_to_input
+from engines.spec import fit_geometry, fit_to_input
 from engines.train import common
+from streamer.vocab import SEG_CLASSES, VIEW_CLASSES
 
 ROLE = "seg"
 BUILDER = "segmentation_samples"
@@ -110,9 +111,8 @@ def evaluate(predict, samples: dict, batch_size: int = 16) -> dict:
            "cavity_dice_mean": float(cav_d.mean()), "cavity_dice_min": float(cav_d.min()),
            "classes": list(SEG_CLASSES), "evaluated_at": list(images.shape[1:])}
     if "views" in samples:
-        from calib.echo import VIEWS
         views = np.asarray(samples["views"])
-        out["myocardium_dice_by_view"] = {VIEWS[v]: float(myo_d[views == v].mean()) for v in np.unique(views)}
+        out["myocardium_dice_by_view"] = {VIEW_CLASSES[v]: float(myo_d[views == v].mean()) for v in np.unique(views)}
     return out
 
 

@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from engines.nets import view_classifier
-from engines.spec import VIEW_CLASSES, fit_to_input
+from engines.spec import fit_to_input
 from engines.train import common
+from streamer.vocab import VIEW_CLASSES
 
 ROLE = "view"
 BUILDER = "view_samples"

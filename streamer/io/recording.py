@@ -17,11 +17,14 @@ file that reads up to its last complete record; the reader reports the cut
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator, Sequence
+from typing import BinaryIO
 
-from streamer.io.clips import ClipError, ClipFrame, ClipInfo, ClipReader
+# from the base module, not the package: the package's registry opens .csrec files with
+# this module, so importing the package from here would close an import cycle
+from streamer.io.clips.base import ClipError, ClipFrame, ClipInfo, ClipReader
 from streamer.io.protocol import FrameMessage, ProtocolError, decode
 
 MAGIC = b"CSREC\x01\n"
@@ -53,7 +56,7 @@ class RecordingWriter:
     def close(self) -> None:
         self._file.close()
 
-    def __enter__(self) -> "RecordingWriter":
+    def __enter__(self) -> RecordingWriter:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -15,14 +15,13 @@ Patterns (see docs/protocol.md, "Transport"):
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from streamer.io.protocol import (DEFAULT_MAX_MESSAGE_BYTES, HelloMessage, Message, decode,
-                                  encode)
+from streamer.io.protocol import DEFAULT_MAX_MESSAGE_BYTES, HelloMessage, Message, decode, encode
 
 
 class EndpointError(RuntimeError):
@@ -114,7 +113,7 @@ class FrameSender:
         if self._owns_context:
             self.context.term()
 
-    def __enter__(self) -> "FrameSender":
+    def __enter__(self) -> FrameSender:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -187,7 +186,7 @@ class ResultSubscriber:
     def close(self) -> None:
         self.socket.close()
 
-    def __enter__(self) -> "ResultSubscriber":
+    def __enter__(self) -> ResultSubscriber:
         return self
 
     def __exit__(self, *exc) -> None:

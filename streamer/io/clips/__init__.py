@@ -4,6 +4,7 @@
     reader.info -> ClipInfo             # what the file says, before any pixels
     for frame in reader: ...            # ClipFrame(index, pixels, t_s), streamed
     reader.close()                      # or `with open_clip(path) as reader:`
+    frames = read_frames(path)          # every frame's pixels, read to the end
 
     write_clip(path, frames, spacing_mm=(0.3, 0.3), fps=50.0, modality="US")
 
@@ -21,7 +22,7 @@ Errors are :class:`ClipError` with a message that names the file and what is wro
 """
 
 from .base import ClipError, ClipFrame, ClipInfo, ClipReader, ReaderFactory
-from .registry import open_clip, register_reader, write_clip
+from .registry import open_clip, read_frames, register_reader, write_clip
 
 __all__ = [
     "ClipError",
@@ -30,6 +31,7 @@ __all__ = [
     "ClipReader",
     "ReaderFactory",
     "open_clip",
+    "read_frames",
     "register_reader",
     "write_clip",
 ]

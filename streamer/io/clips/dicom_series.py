@@ -23,7 +23,16 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
-from .base import ClipError, ClipFrame, ClipInfo, ClipReader, FrameClock, apply_overrides, check_frame, merge_metadata
+from .base import (
+    ClipError,
+    ClipFrame,
+    ClipInfo,
+    ClipReader,
+    FrameClock,
+    apply_overrides,
+    check_frame,
+    merge_metadata,
+)
 from .dicom import (
     HEADER_ERRORS,
     check_pixel_data,

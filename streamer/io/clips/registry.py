@@ -22,7 +22,8 @@ from .nifti import NiftiClipReader, write_nifti
 from .npz import NpzClipReader, write_npz
 from .video import VideoClipReader, write_video
 
-__all__ = ["ReaderRegistry", "open_clip", "register_reader", "write_clip", "WRITE_SUFFIXES"]
+__all__ = ["ReaderRegistry", "open_clip", "read_frames", "register_reader", "write_clip",
+           "WRITE_SUFFIXES"]
 
 
 class ReaderRegistry:
@@ -148,6 +149,14 @@ _WRITERS = {
     ".mp4": write_video,
 }
 WRITE_SUFFIXES = tuple(_WRITERS)
+
+
+def read_frames(path: str | os.PathLike[str], **options) -> list[np.ndarray]:
+    """Every frame of a clip, in order, as its pixel array (``open_clip(path, **options)``
+    read to the end).  For callers that want the frames, not a stream: INT8 calibration
+    (``cardiostream engines build --calibration-clip``)."""
+    with open_clip(path, **options) as reader:
+        return [frame.pixels for frame in reader]
 
 
 def write_clip(
