@@ -8,7 +8,7 @@ Every figure is measured against the phantoms' exact truth on seeds of the held-
 * segmentation: myocardium Dice at 256 x 256 (mean, min);
 * flow: end-point error inside the myocardium, the network beside OpenCV DIS (preset
   medium) on the same frame pairs;
-* end to end: held-out A4C clips through the application's pipeline (view -> segmentation
+* end to end: held-out A4C clips through the echo app (view -> segmentation
   -> flow -> tracking -> strain); peak GLS and the six regional peak strains against the
   phantom's mid-wall truth.
 
@@ -71,17 +71,17 @@ def network_accuracy(args) -> dict:
 
 
 def gls_accuracy(args) -> dict:
-    """Held-out A4C clips, one cardiac cycle from end-diastole, through the pipeline."""
+    """Held-out A4C clips, one cardiac cycle from end-diastole, through the echo app."""
     from calib.datasets import random_echo_config, split_seeds
     from calib.echo import make_echo_clip
-    from streamer.io.protocol import FrameMessage, StartMessage
-    from streamer.measure.strain import A4C_SEGMENTS
-    from streamer.pipeline import EngineConfig, PipelineConfig, build_pipeline
+    from streamer.apps import AnalysisConfig, EngineConfig, build_analysis
+    from streamer.io.protocol import EndMessage, FrameMessage, StartMessage
     from streamer.processor import FrameProcessor, Received
+    from streamer.vocab import A4C_SEGMENTS
 
-    pipeline = build_pipeline(PipelineConfig(engines=EngineConfig(
+    analysis = build_analysis(AnalysisConfig(app="echo", engines=EngineConfig(
         backend=args.backend, precision=args.precision, threads=args.threads)))
-    processor = FrameProcessor(pipeline)
+    processor = FrameProcessor(analysis)
     rows = []
     for seed in split_seeds("test", args.gls_clips, offset=args.gls_offset):
         probe = random_echo_config(int(seed), view="a4c")
@@ -90,18 +90,20 @@ def gls_accuracy(args) -> dict:
         clip = make_echo_clip(random_echo_config(int(seed), view="a4c", frames=frames, fps=fps,
                                                  start_phase=0.0))
         stream = f"phantom-{seed}"
-        processor.handle(Received(StartMessage(stream=stream), time.time_ns()))
+        processor.handle(Received(StartMessage(stream=stream, meta={"modality": "US"}),
+                                  time.time_ns()))
         gls, regional, analysed = [], [], 0
         for t, pixels in enumerate(clip.frames):
             message = FrameMessage(stream=stream, seq=t, t_acq_ns=int(t / fps * 1e9),
                                    modality="US", pixels=pixels,
                                    spacing_mm=tuple(clip.spacing_mm), fps=fps)
             result = processor.handle(Received(message, time.time_ns()))[0]
-            ok = result.kind == "result" and result.gls_pct is not None
+            ok = result.kind == "result" and result.fields["gls_pct"] is not None
             analysed += ok
-            gls.append(result.gls_pct if ok else np.nan)
-            regional.append([result.regional_pct[k] for k in A4C_SEGMENTS] if ok
+            gls.append(result.fields["gls_pct"] if ok else np.nan)
+            regional.append([result.fields["regional_pct"][k] for k in A4C_SEGMENTS] if ok
                             else [np.nan] * 6)
+        processor.handle(Received(EndMessage(stream=stream, n_frames=frames), time.time_ns()))
         gls, regional = np.asarray(gls, float), np.asarray(regional, float)
         truth_gls = clip.truth.midwall_gls_pct[:frames]
         truth_reg = clip.truth.midwall_regional_pct[:frames]

@@ -1,8 +1,8 @@
-"""The real pydicom A4C cine through the whole echo pipeline: a picture and the GLS curve.
+"""The real pydicom A4C cine through the whole echo app: a picture and the GLS curve.
 
 pydicom's ``examples_ybr_color.dcm`` (30 frames, 240 x 320, about one cardiac cycle) goes
-frame by frame through ``build_pipeline()`` (the shipped networks on the default
-backend). The view classifier, trained on phantoms only, does not call this clip A4C, so
+frame by frame through one stream of the echo app (``build_analysis``, the shipped networks
+on the default backend). The view classifier, trained on phantoms only, does not call this clip A4C, so
 the frames are sent with the view hint ``a4c`` (as ``cardiostream demo`` does): the
 classifier's own answer is kept in the JSON.
 
@@ -35,22 +35,25 @@ from engines.spec import BACKENDS  # noqa: E402
 def run_clip(backend: str):
     from pydicom.data import get_testdata_file
 
+    from streamer.apps import AnalysisConfig, EngineConfig, build_analysis
     from streamer.io.clips import open_clip
     from streamer.io.protocol import StartMessage
-    from streamer.pipeline import EngineConfig, PipelineConfig, build_pipeline
     from streamer.replay import ReplayConfig, clip_messages
 
     path = Path(get_testdata_file("examples_ybr_color.dcm"))
-    pipeline = build_pipeline(PipelineConfig(engines=EngineConfig(backend=backend)))
+    analysis = build_analysis(AnalysisConfig(app="echo", engines=EngineConfig(backend=backend)))
+    stream = None  # the clip's stream: the echo app's stages with their state
     frames, outcomes = [], []
     with open_clip(path) as reader:
         for timed in clip_messages(reader, ReplayConfig(view="a4c"), t0_ns=0):
             message = timed.message
             if isinstance(message, StartMessage):
-                pipeline.start_stream(message.stream, message.meta)
+                stream = analysis.new_stream(analysis.apps["echo"], message.stream)
             elif message.kind == "frame":
                 frames.append(np.array(message.pixels))
-                outcomes.append(pipeline(message))
+                outcome = stream(message)
+                stream.beat(message, outcome)  # keeps the beat buffer as the side-car does
+                outcomes.append(outcome)
     return path, frames, outcomes
 
 

@@ -6,10 +6,11 @@ stamped by the publisher), the budget check, and those numbers in the result's J
 header. It cannot be switched off in the product, so it is measured by difference, each
 part side by side with the same work without it, interleaved in rounds:
 
-* ``pipeline``: ``Pipeline(stages)(frame)`` against calling the same stages' ``process``
-  in a plain loop, for the echo pipeline's six stage names with no-op bodies;
-* ``result``: ``FrameProcessor.handle`` (latency record, budget flags, result assembly)
-  against the same pipeline call alone;
+* ``pipeline``: a stream's ``Pipeline`` (``App.new_stream(...).pipeline``) called on a frame
+  against calling the same stages' ``process`` in a plain loop, for the echo app's six
+  stage names with no-op bodies;
+* ``result``: ``FrameProcessor.handle`` (stream lookup, latency record, budget flags, fields,
+  result assembly) against the same pipeline call alone;
 * ``publish``: ``_stamp_publish`` plus encoding the result header, against encoding the
   same result with an empty ``latency_ms``;
 
@@ -32,10 +33,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from streamer.app import App, Stage  # noqa: E402
+from streamer.apps import Analysis, AnalysisConfig, build_analysis  # noqa: E402
 from streamer.bench.latency import machine_info, phantom_clip  # noqa: E402
 from streamer.budget import BudgetConfig  # noqa: E402
 from streamer.io.protocol import FrameMessage, StartMessage, encode  # noqa: E402
-from streamer.pipeline import Pipeline, PipelineConfig, Stage, build_pipeline  # noqa: E402
 from streamer.processor import FrameProcessor, Received  # noqa: E402
 from streamer.sidecar import _stamp_publish  # noqa: E402
 
@@ -47,6 +49,15 @@ def _noop_stage(name: str) -> Stage:
                                           "outputs": (f"{name}_out",),
                                           "process": lambda self, frame: {f"{name}_out": None}})
     return cls()
+
+
+class _NoopApp(App):
+    """The echo app's stage names with no-op bodies."""
+
+    name = "noop"
+
+    def stages(self) -> list[Stage]:
+        return [_noop_stage(name) for name in STAGES]
 
 
 def _frame(seq: int, pixels: np.ndarray) -> FrameMessage:
@@ -63,9 +74,10 @@ def _per_call_us(fn, n: int) -> float:
 
 
 def overhead_us(calls: int, rounds: int) -> dict[str, dict[str, float]]:
-    stages = [_noop_stage(name) for name in STAGES]
-    pipeline = Pipeline(stages)
-    processor = FrameProcessor(pipeline, budget=BudgetConfig(frame_ms=25.0), live=True)
+    analysis = Analysis({_NoopApp.name: _NoopApp()}, forced=_NoopApp.name)
+    pipeline = analysis.new_stream(analysis.apps[_NoopApp.name], "t").pipeline
+    stages = pipeline.stages
+    processor = FrameProcessor(analysis, budget=BudgetConfig(frame_ms=25.0), live=True)
     processor.handle(Received(StartMessage("t"), time.time_ns()))
     pixels = np.zeros((256, 256), np.uint8)
     frames = [_frame(i, pixels) for i in range(64)]
@@ -106,7 +118,7 @@ def overhead_us(calls: int, rounds: int) -> dict[str, dict[str, float]]:
 
 def echo_frame_ms(frames: int) -> float:
     clip, spacing_mm, fps = phantom_clip(256, 60, 2_000_001)
-    processor = FrameProcessor(build_pipeline(PipelineConfig()))
+    processor = FrameProcessor(build_analysis(AnalysisConfig(app="echo")))
     processor.handle(Received(StartMessage("e"), time.time_ns()))
     totals = []
     for seq in range(frames + 10):

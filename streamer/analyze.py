@@ -1,23 +1,26 @@
-"""``cardiostream analyze``: a clip through the same pipeline in one process, no sockets.
+"""``cardiostream analyze``: clips through the same apps in one process, no sockets.
 
-Writes what the side-car would publish for the clip, one JSON header per line
-(``start``, a ``result`` or ``error`` per frame, ``end``): the same objects a
-subscriber receives, so files from ``analyze`` and from a live run compare
-line by line.
+Writes what the side-car would publish for the clips, one JSON header per line
+(``start``, a ``result`` or ``error`` per frame, ``beat`` when a cycle closes, ``end``):
+the same objects a subscriber receives, so files from ``analyze`` and from a live run
+compare line by line. Several clips go in as several streams, their frames interleaved in
+the order of their acquisition times, as a side-car would receive them from several
+scanners (or the slices of one MR stack); each stream keeps its own analysis state.
 """
 
 from __future__ import annotations
 
+import heapq
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
+from streamer.apps import Analysis
 from streamer.io.clips import ClipReader
 from streamer.io.protocol import encode
-from streamer.pipeline import Pipeline
 from streamer.processor import FrameProcessor, Received
-from streamer.replay import ReplayConfig, clip_messages
+from streamer.replay import ReplayConfig, TimedMessage, clip_messages
 
 
 @dataclass
@@ -28,25 +31,33 @@ class AnalyzeSummary:
     elapsed_s: float = 0.0
 
 
-def analyze(reader: ClipReader, out_path: str | Path, pipeline: Pipeline,
-            config: ReplayConfig = ReplayConfig(), *,
-            on_frame: Callable[[int], None] | None = None,
+def analyze(reader: ClipReader | Sequence[ClipReader], out_path: str | Path,
+            analysis: Analysis, config: ReplayConfig | Sequence[ReplayConfig] = ReplayConfig(),
+            *, on_frame: Callable[[int], None] | None = None,
             t0_ns: int | None = None) -> AnalyzeSummary:
-    """Run every frame of ``reader`` through ``pipeline``; write JSON lines to ``out_path``.
+    """Run every frame of the clip(s) through their apps; write JSON lines to ``out_path``.
 
-    ``t0_ns`` is the acquisition time of the first frame (default: now); a fixed value makes
-    two runs of the same clip give the same results to the last bit."""
-    processor = FrameProcessor(pipeline)
+    ``reader`` and ``config`` may be one clip or one per clip (the configs name each
+    clip's stream; streams must differ). ``t0_ns`` is the acquisition time of every clip's
+    first frame (default: now); a fixed value makes two runs give the same results to the
+    last bit."""
+    readers = [reader] if isinstance(reader, ClipReader) else list(reader)
+    configs = [config] * len(readers) if isinstance(config, ReplayConfig) else list(config)
+    if len(configs) != len(readers):
+        raise ValueError(f"{len(readers)} clips but {len(configs)} replay configs")
+    t0_ns = time.time_ns() if t0_ns is None else t0_ns
+    processor = FrameProcessor(analysis)
     summary = AnalyzeSummary()
     start = time.perf_counter()
+    streams = [clip_messages(r, c, t0_ns=t0_ns) for r, c in zip(readers, configs)]
     with open(out_path, "wb") as out:
-        for timed in clip_messages(reader, config, t0_ns=t0_ns):
+        for timed in _interleaved(streams):
             message = timed.message
             now_ns = time.time_ns()
             for answer in processor.handle(Received(message, t_recv_ns=now_ns),
                                            t_take_ns=now_ns):
                 if answer.kind == "result":
-                    answer.mask = None  # masks travel as array parts; lines hold headers
+                    answer.arrays = {}  # arrays travel as parts; lines hold headers
                     summary.results += 1
                 elif answer.kind == "error":
                     summary.errors += 1
@@ -57,3 +68,24 @@ def analyze(reader: ClipReader, out_path: str | Path, pipeline: Pipeline,
                     on_frame(summary.frames)
     summary.elapsed_s = time.perf_counter() - start
     return summary
+
+
+def _interleaved(streams: list[Iterator[TimedMessage]]) -> Iterator[TimedMessage]:
+    """The messages of several clips merged by due time (ties: the clip given first);
+    each clip's own order is kept, its start first and its end last."""
+    names = set()
+    for stream in streams:
+        first = next(stream)  # a clip's messages open with its start
+        if first.message.stream in names:
+            raise ValueError(f"two clips would both be stream {first.message.stream!r}; "
+                             "give each its own name")
+        names.add(first.message.stream)
+        yield first
+
+    def keyed(k: int, stream: Iterator[TimedMessage]):
+        for n, timed in enumerate(stream):
+            yield (timed.due_s, k, n), timed
+
+    merged = heapq.merge(*[keyed(k, s) for k, s in enumerate(streams)], key=lambda p: p[0])
+    for _, timed in merged:
+        yield timed

@@ -53,6 +53,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from streamer.options import add_options, option
+
 
 @dataclass(frozen=True)
 class DegradationStep:
@@ -87,16 +89,49 @@ class FrameControls:
 FULL = FrameControls()
 
 
+#: what the budget options do, for --help
+BUDGET_HELP = (
+    "A frame's time runs from its send time (t_send_ns; else its receive time) to its "
+    "result. Results over it are flagged over_budget. Live mode also skips frames that are "
+    "already older than the budget when the worker takes them (counted as stale) and, when "
+    "frames keep running over, sheds work in this order: view classifier on every 4th "
+    "frame while the view is stable, then segmentation/flow/tracking/strain on every 2nd "
+    "frame; it steps back when there is room (docs/architecture.md).")
+
+
+def add_budget_options(parser) -> None:
+    """The budget options (:class:`BudgetConfig`) in a group of their own."""
+    add_options(parser.add_argument_group("latency budget", BUDGET_HELP), BudgetConfig)
+
+
+def parse_stage_budget(text: str) -> tuple[str, float]:
+    """"flow=10" -> ("flow", 10.0)."""
+    stage, sep, ms = text.partition("=")
+    try:
+        value = float(ms)
+    except ValueError:
+        sep = ""
+    if not sep or not stage:
+        raise ValueError("expected STAGE=MS, e.g. flow=10")
+    return stage, value
+
+
 @dataclass(frozen=True)
 class BudgetConfig:
     """``serve --budget-ms``, ``--stage-budget``, ``--no-degrade``."""
 
     #: send (or receive) -> result, ms; None: no budget
-    frame_ms: float | None = None
+    frame_ms: float | None = option(
+        None, "latency budget per frame in ms (default: none)", flag="--budget-ms",
+        metavar="MS")
     #: (stage, ms) pairs: flag a stage that takes longer (``over_budget:<stage>``)
-    stage_ms: tuple[tuple[str, float], ...] = ()
+    stage_ms: tuple[tuple[str, float], ...] = option(
+        (), "flag results whose STAGE (e.g. flow) took longer than MS (over_budget:STAGE)",
+        flag="--stage-budget", metavar="STAGE=MS", parse=parse_stage_budget,
+        format=lambda item: f"{item[0]}={item[1]}")
     #: live mode: step down the degradation order when frames keep running over
-    degrade: bool = True
+    degrade: bool = option(True, "live mode: flag and skip stale frames, but never shed work",
+                           flag="--no-degrade")
     window_frames: int = 20
     over_fraction: float = 0.1
     recover_fraction: float = 0.8

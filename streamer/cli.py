@@ -11,14 +11,11 @@ import threading
 from dataclasses import asdict
 from pathlib import Path
 
-from engines.spec import BACKENDS, PRECISIONS, ROLES, VIEW_CLASSES
 from streamer import __version__
+from streamer.options import add_options, from_args
+from streamer.vocab import VIEW_CLASSES
 
 log = logging.getLogger("cardiostream")
-
-DEFAULT_INGEST = "tcp://127.0.0.1:5555"
-DEFAULT_PUBLISH = "tcp://127.0.0.1:5556"
-
 
 class CLIError(Exception):
     """A user error: printed as one line, exit code 2."""
@@ -48,147 +45,23 @@ def _clip_options() -> argparse.ArgumentParser:
     return parent
 
 
-def _analysis_options() -> argparse.ArgumentParser:
-    """Options of every command that runs the pipeline (serve, analyze, demo)."""
+def _analysis_options(test_hooks: bool = False) -> argparse.ArgumentParser:
+    """Options of every command that runs the apps (serve, analyze, demo): declared once,
+    on the config dataclasses (streamer.apps.AnalysisConfig and each app's Config)."""
+    from streamer.apps import add_analysis_options
+
     parent = argparse.ArgumentParser(add_help=False)
-    group = parent.add_argument_group("analysis")
-    group.add_argument("--analysis", choices=("echo", "none"), default="echo",
-                       help="echo: view -> myocardium -> flow -> tracking -> strain (default); "
-                            "none: preprocessing only, for transport and latency checks")
-    group.add_argument("--backend", default="auto", choices=BACKENDS,
-                       help="how the networks run (default auto: torch-tensorrt on a CUDA "
-                            "machine where installed, else the fastest CPU backend); asking "
-                            "for one that is not available is an error")
-    group.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                       help="network precision (default fp32; fp16 on GPU, int8 on CPU "
-                            "backends with a phantom calibration set)")
-    group.add_argument("--threads", type=int, metavar="N",
-                       help="CPU threads for the networks (default: all cores)")
-    group.add_argument("--device", metavar="DEV",
-                       help="cpu or cuda[:i] for --backend torch / tensorrt (default: the "
-                            "backend's own: torch on the CPU, tensorrt on cuda)")
-    group.add_argument("--weights", action="append", default=[], metavar="ROLE=PATH",
-                       help="your own model for a role (view, seg or flow): a state dict, "
-                            "TorchScript or ONNX file with the role's I/O contract "
-                            "(engines/spec.py); repeat for several roles")
-    group.add_argument("--view-gate", choices=("classifier", "off"), default="classifier",
-                       help="classifier: only frames classified A4C go on (default); "
-                            "off: analyse every frame as A4C")
-    group.add_argument("--min-view-confidence", type=float, default=0.7, metavar="P",
-                       help="classifier probability an A4C frame needs to go on (default 0.7)")
+    add_analysis_options(parent, test_hooks=test_hooks)
     return parent
 
 
 def _budget_options() -> argparse.ArgumentParser:
     """Latency budget of a live side-car (serve, demo, bench latency): streamer/budget.py."""
+    from streamer.budget import add_budget_options
+
     parent = argparse.ArgumentParser(add_help=False)
-    group = parent.add_argument_group(
-        "latency budget",
-        "A frame's time runs from its send time (t_send_ns; else its receive time) to its "
-        "result. Results over it are flagged over_budget. Live mode also skips frames that "
-        "are already older than the budget when the worker takes them (counted as stale) "
-        "and, when frames keep running over, sheds work in this order: view classifier on "
-        "every 4th frame while the view is stable, then segmentation/flow/tracking/strain "
-        "on every 2nd frame; it steps back when there is room (docs/architecture.md).")
-    group.add_argument("--budget-ms", type=float, metavar="MS",
-                       help="latency budget per frame in ms (default: none)")
-    group.add_argument("--stage-budget", action="append", default=[], metavar="STAGE=MS",
-                       help="flag results whose STAGE (e.g. flow) took longer than MS "
-                            "(over_budget:STAGE); repeatable")
-    group.add_argument("--no-degrade", action="store_true",
-                       help="live mode: flag and skip stale frames, but never shed work")
+    add_budget_options(parent)
     return parent
-
-
-def _budget_config(args):
-    from streamer.budget import BudgetConfig
-
-    stages = []
-    for item in args.stage_budget:
-        stage, sep, ms = item.partition("=")
-        try:
-            stages.append((stage, float(ms)))
-        except ValueError:
-            sep = ""
-        if not sep or not stage:
-            raise CLIError(f"--stage-budget {item!r}: expected STAGE=MS, e.g. flow=10")
-    return BudgetConfig(frame_ms=args.budget_ms, stage_ms=tuple(stages),
-                        degrade=not args.no_degrade)
-
-
-def _budget_argv(args) -> list[str]:
-    """The budget options again, as arguments for a `serve` child process."""
-    argv = [] if args.budget_ms is None else ["--budget-ms", str(args.budget_ms)]
-    for item in args.stage_budget:
-        argv += ["--stage-budget", item]
-    return argv + (["--no-degrade"] if args.no_degrade else [])
-
-
-def _debug_delay_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("test hooks")
-    group.add_argument("--debug-delay-ms", type=float, default=0.0, metavar="MS",
-                       help="TEST HOOK: make frames slower by MS (default 0 = off)")
-    group.add_argument("--debug-delay-stage", metavar="STAGE",
-                       help="TEST HOOK: put the delay into this stage (e.g. flow) instead of "
-                            "a stage of its own")
-    group.add_argument("--debug-delay-seqs", metavar="FIRST:LAST",
-                       help="TEST HOOK: delay only frames FIRST..LAST (default: every frame)")
-
-
-def _debug_delay_config(args):
-    from streamer.pipeline import DebugDelayConfig
-
-    seqs = None
-    if args.debug_delay_seqs:
-        first, sep, last = args.debug_delay_seqs.partition(":")
-        try:
-            seqs = (int(first), int(last))
-        except ValueError:
-            sep = ""
-        if not sep:
-            raise CLIError(f"--debug-delay-seqs {args.debug_delay_seqs!r}: expected FIRST:LAST")
-    return DebugDelayConfig(args.debug_delay_ms, args.debug_delay_stage, seqs)
-
-
-def _debug_delay_argv(args) -> list[str]:
-    argv = ["--debug-delay-ms", str(args.debug_delay_ms)] if args.debug_delay_ms else []
-    if args.debug_delay_stage:
-        argv += ["--debug-delay-stage", args.debug_delay_stage]
-    if args.debug_delay_seqs:
-        argv += ["--debug-delay-seqs", args.debug_delay_seqs]
-    return argv
-
-
-def _pipeline_config(args, **extra):
-    from streamer.pipeline import EngineConfig, PipelineConfig, ViewConfig
-
-    weights = []
-    for item in args.weights:
-        role, sep, path = item.partition("=")
-        if not sep or role not in ROLES or not path:
-            raise CLIError(f"--weights {item!r}: expected ROLE=PATH with ROLE one of "
-                           f"{', '.join(ROLES)}")
-        weights.append((role, path))
-    return PipelineConfig(
-        analysis=args.analysis,
-        engines=EngineConfig(backend=args.backend, precision=args.precision,
-                             threads=args.threads, device=args.device, weights=tuple(weights)),
-        view=ViewConfig(gate=args.view_gate, min_confidence=args.min_view_confidence),
-        **extra)
-
-
-def _analysis_argv(args) -> list[str]:
-    """The analysis options again, as arguments for a `serve` child process."""
-    argv = ["--analysis", args.analysis, "--backend", args.backend, "--precision",
-            args.precision, "--view-gate", args.view_gate, "--min-view-confidence",
-            str(args.min_view_confidence)]
-    if args.threads:
-        argv += ["--threads", str(args.threads)]
-    if args.device:
-        argv += ["--device", args.device]
-    for item in args.weights:
-        argv += ["--weights", item]
-    return argv
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,12 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                         help="log level of messages on stderr (default INFO)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from streamer.sidecar import SideCarConfig
+
     clip = _clip_options()
-    analysis = _analysis_options()
+    analysis, hooked = _analysis_options(), _analysis_options(test_hooks=True)
     budget = _budget_options()
 
     serve = commands.add_parser(
-        "serve", parents=[analysis, budget], help="run the side-car",
+        "serve", parents=[hooked, budget], help="run the side-car",
         description="Run the side-car: take frames on --ingest (PULL), publish results on "
                     "--publish (XPUB). Live mode (default) always processes the newest frame "
                     "and reports dropped ones in the next result; --lossless applies "
@@ -215,23 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "{\"event\":\"ready\",...} on stdout when listening and "
                     "{\"event\":\"stopped\",...} after SIGINT/SIGTERM, having flushed every "
                     "result already computed.")
-    serve.add_argument("--ingest", default=DEFAULT_INGEST,
-                       help=f"endpoint to bind for frames (default {DEFAULT_INGEST}; "
-                            "tcp://127.0.0.1:* picks a free port)")
-    serve.add_argument("--publish", default=DEFAULT_PUBLISH,
-                       help=f"endpoint to bind for results (default {DEFAULT_PUBLISH})")
-    serve.add_argument("--lossless", action="store_true",
-                       help="back-pressure instead of dropping (replay and analysis)")
-    serve.add_argument("--queue-frames", type=int, default=32, metavar="N",
-                       help="lossless mode: frames that may wait for the worker (default 32)")
-    serve.add_argument("--max-message-mb", type=float, default=64.0,
-                       help="larger messages are answered with a too_large error (default 64)")
-    serve.add_argument("--drain-timeout-s", type=float, default=30.0,
-                       help="lossless shutdown: time allowed to finish accepted frames")
-    serve.add_argument("--republish-frames", action="store_true",
-                       help="also publish each incoming frame (before its result), so "
-                            "`record --from` keeps frames and results together")
-    _debug_delay_options(serve)
+    add_options(serve.add_argument_group("side-car"), SideCarConfig)
     serve.set_defaults(func=cmd_serve)
 
     replay = commands.add_parser(
@@ -272,12 +131,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="The side-car's pipeline without sockets: writes start, one result (or "
                     "error) per frame and end as JSON lines, the same headers a subscriber "
                     "receives.")
+    analyze.add_argument("more_clips", nargs="*", type=Path, metavar="CLIP",
+                         help="more clips: each is a stream of its own (named after its "
+                              "file), their frames interleaved by acquisition time as a "
+                              "side-car would receive them")
     analyze.add_argument("--out", required=True, type=Path, help="output file (.jsonl)")
     analyze.add_argument("--no-progress", action="store_true", help="no progress bar")
     analyze.set_defaults(func=cmd_analyze)
 
     demo = commands.add_parser(
-        "demo", parents=[analysis, budget],
+        "demo", parents=[hooked, budget],
         help="start a side-car, replay a real echo clip into it, print results",
         description="Starts `cardiostream serve` on free loopback ports, replays a clip "
                     "(default: pydicom's real apical 4-chamber cine) at its native rate, "
@@ -289,15 +152,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--max-frames", type=int, help="stop after N frames")
     demo.add_argument("--view", choices=VIEW_CLASSES, metavar="VIEW",
                       help="send the clip with this view hint (overrides the view gate)")
-    _debug_delay_options(demo)
     demo.set_defaults(func=cmd_demo)
 
     from calib.cli import add_phantom_parser
     from engines.cli import add_engines_parser
     from streamer.bench import add_parser as add_bench_parser
+    from streamer.io.clips import read_frames
 
     add_phantom_parser(commands)
-    add_engines_parser(commands)
+    add_engines_parser(commands, read_frames=read_frames)  # engines read no clips themselves
     add_bench_parser(commands)
     return parser
 
@@ -306,10 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
 # commands
 
 
-def _open(args):
+def _open(args, clip: Path | None = None):
     from streamer.io.clips import open_clip
 
-    return open_clip(args.clip, spacing_mm=tuple(args.spacing_mm) if args.spacing_mm else None,
+    return open_clip(args.clip if clip is None else clip,
+                     spacing_mm=tuple(args.spacing_mm) if args.spacing_mm else None,
                      fps=args.fps, slice_index=args.slice_index)
 
 
@@ -332,17 +196,13 @@ def _print_event(event: str, **fields) -> None:
 
 
 def cmd_serve(args) -> int:
-    from streamer.pipeline import build_pipeline
+    from streamer.apps import analysis_config, build_analysis
+    from streamer.budget import BudgetConfig
     from streamer.sidecar import SideCar, SideCarConfig
 
-    config = SideCarConfig(ingest=args.ingest, publish=args.publish, lossless=args.lossless,
-                           queue_frames=args.queue_frames,
-                           max_message_bytes=int(args.max_message_mb * 1024 * 1024),
-                           drain_timeout_s=args.drain_timeout_s,
-                           republish_frames=args.republish_frames)
-    budget = _budget_config(args)
-    pipeline = build_pipeline(_pipeline_config(args, debug_delay=_debug_delay_config(args)))
-    sidecar = SideCar(config, pipeline, budget=budget).start()
+    config = from_args(SideCarConfig, args)
+    budget = from_args(BudgetConfig, args)
+    sidecar = SideCar(config, build_analysis(analysis_config(args)), budget=budget).start()
 
     def on_signal(signum, _frame) -> None:
         log.info("%s: stopping (flushing results already computed)",
@@ -414,16 +274,28 @@ def cmd_record(args) -> int:
 
 
 def cmd_analyze(args) -> int:
-    from streamer.analyze import analyze
-    from streamer.pipeline import build_pipeline
+    from contextlib import ExitStack
 
-    with _open(args) as reader:
-        total = reader.info.n_frames * args.loop
-        if args.max_frames:
-            total = min(total, args.max_frames)
-        with _progress(total, f"analyze {args.clip.name}", args.no_progress) as bar:
-            summary = analyze(reader, args.out, build_pipeline(_pipeline_config(args)),
-                              _replay_config(args),
+    from streamer.analyze import analyze
+    from streamer.apps import analysis_config, build_analysis
+
+    clips = [args.clip, *args.more_clips]
+    if len(clips) > 1 and args.stream:
+        raise CLIError("--stream names one clip's stream; with several clips each stream "
+                       "is named after its file")
+    names = [clip.name for clip in clips]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise CLIError(f"clips {twice} have the same file name, which names their streams; "
+                       "analyze them one at a time with --stream")
+    with ExitStack() as stack:
+        readers = [stack.enter_context(_open(args, clip)) for clip in clips]
+        total = sum(r.info.n_frames * args.loop if not args.max_frames
+                    else min(r.info.n_frames * args.loop, args.max_frames) for r in readers)
+        desc = f"analyze {clips[0].name}" + (f" +{len(clips) - 1}" if len(clips) > 1 else "")
+        with _progress(total, desc, args.no_progress) as bar:
+            summary = analyze(readers, args.out, build_analysis(analysis_config(args)),
+                              [_replay_config(args) for _ in readers],
                               on_frame=lambda _: bar.update(1))
     _print_event("analyzed", out=str(args.out), frames=summary.frames,
                  results=summary.results, errors=summary.errors,
@@ -432,13 +304,16 @@ def cmd_analyze(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    from streamer.apps import analysis_argv, analysis_config
+    from streamer.budget import BudgetConfig
     from streamer.demo import DemoConfig, run_demo
+    from streamer.options import to_argv
 
-    _budget_config(args), _debug_delay_config(args)  # refuse bad values here, not in the child
+    # built here (bad values are refused here, not in the child) and handed on as options
+    serve_args = (*analysis_argv(analysis_config(args)), *to_argv(from_args(BudgetConfig, args)))
     return run_demo(DemoConfig(clip=args.clip, lossless=args.lossless, loop=args.loop,
                                max_frames=args.max_frames, view=args.view,
-                               serve_args=(*_analysis_argv(args), *_budget_argv(args),
-                                           *_debug_delay_argv(args))))
+                               serve_args=serve_args))
 
 
 # --------------------------------------------------------------------------

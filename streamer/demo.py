@@ -104,15 +104,18 @@ def run_demo(config: DemoConfig, out: TextIO = sys.stdout) -> int:
                 e2e_ms = (now_ns - message.t_recv_ns) / 1e6 + (sent or 0.0)
                 e2e.append(e2e_ms)
                 dropped += message.dropped
-                view = message.view["label"] if message.view else None
+                fields = message.fields
+                view = fields["view"]["label"] if fields.get("view") else None
                 print(f"{message.seq:>5} {(message.t_acq_ns - t_first) / 1e9:>7.3f} "
-                      f"{_fmt(view, '>6')} {_fmt(message.gls_pct, '>8.2f')} "
+                      f"{_fmt(view, '>6')} {_fmt(fields.get('gls_pct'), '>8.2f')} "
                       f"{message.dropped:>7} {total:>11.2f} {e2e_ms:>7.2f}  "
                       f"{','.join(message.flags)}", file=out)
             elif message.kind == "beat":
                 beats += 1
-                print(f"beat {message.beat}: ED seq {message.ed_seq}, ES seq {message.es_seq}, "
-                      f"peak GLS {_fmt(message.peak_gls_pct, '.1f')} %", file=out)
+                fields = message.fields
+                print(f"beat {message.beat}: ED seq {fields.get('ed_seq')}, ES seq "
+                      f"{fields.get('es_seq')}, peak GLS "
+                      f"{_fmt(fields.get('peak_gls_pct'), '.1f')} %", file=out)
             elif message.kind == "error":
                 errors += 1
                 print(f"error {message.code}: {message.message}", file=out)

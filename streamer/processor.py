@@ -2,19 +2,29 @@
 
 The side-car's worker thread and ``cardiostream analyze`` both drive a
 :class:`FrameProcessor`, so a clip analysed in one process and the same clip
-streamed through the live side-car meet exactly the same code.
+streamed through the live side-car meet exactly the same code. It keeps one
+:class:`StreamState` per stream (the stream's app instance and counts), so streams
+interleaved in one side-car give the results each would give alone.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from streamer.app import FrameRejected, StreamApp
+from streamer.apps import Analysis, NoAppError
 from streamer.budget import FULL, BudgetConfig, BudgetController
-from streamer.io.protocol import (EndMessage, ErrorMessage, FrameMessage, Message,
-                                  ResultMessage, StartMessage)
-from streamer.pipeline import RESULT_FIELDS, FrameRejected, Pipeline
+from streamer.io.protocol import (
+    EndMessage,
+    ErrorMessage,
+    FrameMessage,
+    Message,
+    ResultMessage,
+    StartMessage,
+)
 
 #: a sender's t_send_ns further than this from our receive time is not trusted as the
 #: frame's origin (another host's clock): the budget then counts from the receive time
@@ -45,45 +55,80 @@ class StreamCounts:
     stale_pending: int = 0  # stale frames not yet reported in a result
 
 
-@dataclass
-class FrameProcessor:
-    """Runs the pipeline on frames and answers start/end/frame messages.
+@dataclass(frozen=True)
+class StreamLimits:
+    """Bounds on the streams one side-car follows at once."""
 
-    ``handle`` returns the messages to publish for one received item: a result
-    (or an error) for a frame, the echo of a start, and for an end the echo
-    with this side-car's counts for that stream. In live mode (``live=True``) with a
-    frame budget it also skips frames that are already too old and steps the
-    degradation order (:mod:`streamer.budget`); without ``live`` every frame is analysed
-    in full and the budget only flags.
-    """
-
-    pipeline: Pipeline
-    budget: BudgetConfig = field(default_factory=BudgetConfig)
-    live: bool = False
-    counts: dict[str, StreamCounts] = field(default_factory=dict)
+    #: streams followed at once; frames of a further stream get a too_many_streams error
+    max_streams: int = 64
+    #: a stream with no message for this long is closed (its end echo says why)
+    idle_timeout_s: float = 300.0
 
     def __post_init__(self):
+        if self.max_streams < 1:
+            raise ValueError(f"max_streams must be >= 1, got {self.max_streams}")
+        if not self.idle_timeout_s > 0:
+            raise ValueError(f"idle_timeout_s must be > 0, got {self.idle_timeout_s}")
+
+
+@dataclass
+class StreamState:
+    """Everything the runtime remembers of one stream: its app instance (the stages with
+    their state, created at the stream's start or first frame) and its counts."""
+
+    counts: StreamCounts = field(default_factory=StreamCounts)
+    app: StreamApp | None = None  # None until the stream's modality is known
+    last_seen_s: float = 0.0  # monotonic clock
+
+
+class FrameProcessor:
+    """Runs each stream's app on its frames and answers start/end/frame messages.
+
+    ``handle`` returns the messages to publish for one received item: a result (or an
+    error) for a frame, followed by a beat message when the frame closed a beat; the echo
+    of a start (with the declaration of the stream's app in ``meta.app``); and for an end
+    the echo with this side-car's counts for that stream. Each stream has its own app
+    instance (:class:`StreamState`), created at its ``start`` (or first frame) and dropped
+    at its ``end`` or after ``limits.idle_timeout_s`` without a message; engines are shared.
+
+    In live mode (``live=True``) with a frame budget it also skips frames that are already
+    too old and steps the degradation order (:mod:`streamer.budget`); without ``live``
+    every frame is analysed in full and the budget only flags.
+    """
+
+    def __init__(self, analysis: Analysis, budget: BudgetConfig | None = None,
+                 live: bool = False, limits: StreamLimits = StreamLimits(),
+                 clock: Callable[[], float] = time.monotonic):
+        self.analysis = analysis
+        self.budget = budget or BudgetConfig()
+        self.live = live
+        self.limits = limits
+        self.clock = clock
+        self.streams: dict[str, StreamState] = {}
+        self._next_expiry_check_s = 0.0
         self.controller = (BudgetController(self.budget)
-                           if self.live and self.budget.frame_ms is not None and self.budget.degrade
+                           if live and self.budget.frame_ms is not None and self.budget.degrade
                            else None)
 
     def handle(self, item: Received, *, dropped: int = 0,
                t_take_ns: int | None = None) -> list[Message]:
+        now_s = self.clock()
+        out = self.expire_idle(now_s)
         message = item.message
         if isinstance(message, StartMessage):
-            self.pipeline.start_stream(message.stream, message.meta)
-            self.counts[message.stream] = StreamCounts()
-            if self.controller is not None:
-                self.controller.reset()
-            return [message]
-        counts = self.counts.setdefault(message.stream, StreamCounts())
+            return out + self._start(message, now_s)
         if isinstance(message, EndMessage):
-            meta = {**message.meta, "processed": counts.processed,
-                    "dropped": counts.dropped, "stale": counts.stale, "errors": counts.errors,
-                    "last_seq": counts.last_seq}
-            if self.controller is not None:
-                meta["degradation_changes"] = self.controller.changes
-            return [EndMessage(stream=message.stream, n_frames=message.n_frames, meta=meta)]
+            state = self.streams.pop(message.stream, None) or StreamState()
+            state.counts.dropped += dropped  # replaced after the stream's last frame taken
+            return out + [self._end_echo(message.stream, message.n_frames, message.meta,
+                                         state.counts)]
+        state = self.streams.get(message.stream)
+        if state is None:
+            state, error = self._open(message.stream, now_s)
+            if error is not None:
+                return out + [error]
+        state.last_seen_s = now_s
+        counts = state.counts
         counts.dropped += dropped  # drops are handed out with the next frame taken
         t_take_ns = time.time_ns() if t_take_ns is None else t_take_ns
         budget_ms = self.budget.frame_ms
@@ -92,8 +137,67 @@ class FrameProcessor:
             counts.stale += 1  # too old to be worth an answer: skip it, report it
             counts.stale_pending += 1
             counts.dropped_pending += dropped
+            return out
+        return out + self._frame(item, state, dropped, t_take_ns)
+
+    # -- streams ----------------------------------------------------------------
+
+    def _open(self, stream: str, now_s: float) -> tuple[StreamState, ErrorMessage | None]:
+        """A new stream's state, or the error that says why it cannot be followed."""
+        if len(self.streams) >= self.limits.max_streams:
+            return StreamState(), ErrorMessage(
+                code="too_many_streams", stream=stream,
+                message=f"stream {stream!r} not followed: this side-car already follows "
+                        f"{len(self.streams)} streams (the limit); end one first")
+        state = StreamState(last_seen_s=now_s)
+        self.streams[stream] = state
+        return state, None
+
+    def _start(self, message: StartMessage, now_s: float) -> list[Message]:
+        if message.stream in self.streams:  # a stream that starts again starts afresh
+            del self.streams[message.stream]
+        state, error = self._open(message.stream, now_s)
+        if error is not None:
+            return [error]
+        meta = dict(message.meta)
+        modality = meta.get("modality")
+        try:
+            app = self.analysis.route(modality if isinstance(modality, str) else None)
+        except NoAppError as exc:
+            del self.streams[message.stream]
+            return [ErrorMessage(code="no_app", message=str(exc), stream=message.stream)]
+        if app is not None:
+            state.app = self.analysis.new_stream(app, message.stream)
+            meta["app"] = app.declaration()
+        if self.controller is not None and len(self.streams) == 1:
+            self.controller.reset()  # the worker's load starts afresh only when alone
+        return [StartMessage(stream=message.stream, meta=meta)]
+
+    def _end_echo(self, stream: str, n_frames: int | None, meta: dict,
+                  counts: StreamCounts) -> EndMessage:
+        meta = {**meta, "processed": counts.processed, "dropped": counts.dropped,
+                "stale": counts.stale, "errors": counts.errors, "last_seq": counts.last_seq}
+        if self.controller is not None:
+            meta["degradation_changes"] = self.controller.changes
+        return EndMessage(stream=stream, n_frames=n_frames, meta=meta)
+
+    def expire_idle(self, now_s: float | None = None) -> list[Message]:
+        """End echoes (``reason: idle_timeout``) for streams silent for too long; the
+        side-car's worker also calls it while no message comes."""
+        now_s = self.clock() if now_s is None else now_s
+        if now_s < self._next_expiry_check_s:
             return []
-        return self._frame(item, counts, dropped, t_take_ns)
+        self._next_expiry_check_s = now_s + min(1.0, self.limits.idle_timeout_s / 4)
+        limit = self.limits.idle_timeout_s
+        idle = [name for name, state in self.streams.items()
+                if now_s - state.last_seen_s > limit]
+        ends = []
+        for name in idle:
+            state = self.streams.pop(name)
+            log.info("stream %s: no message for %.0f s, closed", name, limit)
+            ends.append(self._end_echo(name, None, {"reason": "idle_timeout",
+                                                    "idle_timeout_s": limit}, state.counts))
+        return ends
 
     @staticmethod
     def _origin_ns(item: Received) -> int:
@@ -104,15 +208,18 @@ class FrameProcessor:
             return sent
         return item.t_recv_ns
 
-    def _frame(self, item: Received, counts: StreamCounts, dropped: int,
+    def _frame(self, item: Received, state: StreamState, dropped: int,
                t_take_ns: int) -> list[Message]:
         """The result (or error) for a frame, followed by a beat message when the frame
         completed a cardiac cycle."""
         frame: FrameMessage = item.message
+        counts = state.counts
         controller = self.controller
         controls = controller.next_controls() if controller is not None else FULL
         try:
-            outcome = self.pipeline(frame, controls)
+            instance = self._app_for(frame, state)
+            outcome = instance(frame, controls)
+            beat = instance.beat(frame, outcome)
         except FrameRejected as exc:
             counts.errors += 1
             return [ErrorMessage(code=exc.code, message=exc.message, stream=frame.stream,
@@ -145,14 +252,28 @@ class FrameProcessor:
             {"budget_ms": self.budget.frame_ms, "level": 0, "mode": "full"}
             if self.budget.frame_ms is not None else None)  # the step this frame was made at
         flags += self._budget_flags(item, t_take_ns, t_result_ns, outcome.latency_ms)
-        values = outcome.values
         result = ResultMessage(
             stream=frame.stream, seq=frame.seq, t_acq_ns=frame.t_acq_ns,
             latency_ms=latency_ms, t_recv_ns=item.t_recv_ns, t_result_ns=t_result_ns,
             dropped=replaced + stale, flags=list(dict.fromkeys(flags)), budget=budget,
-            **{name: values.get(name) for name in RESULT_FIELDS})
-        beat = values.get("beat_closed")
+            app=instance.app.name, fields=instance.fields(outcome),
+            arrays=instance.arrays(outcome))
         return [result] if beat is None else [result, beat]
+
+    def _app_for(self, frame: FrameMessage, state: StreamState) -> StreamApp:
+        """The stream's app instance; made at its first frame when its start did not say
+        the modality."""
+        try:
+            app = self.analysis.route(frame.modality)
+        except NoAppError as exc:
+            raise FrameRejected("no_app", str(exc)) from None
+        if state.app is None:
+            state.app = self.analysis.new_stream(app, frame.stream)
+        elif state.app.app is not app:
+            raise FrameRejected("bad_field", f"stream {frame.stream!r} is analysed by app "
+                                f"{state.app.app.name!r}; a {frame.modality} frame cannot "
+                                f"join it (send it as a stream of its own)")
+        return state.app
 
     def _budget_flags(self, item: Received, t_take_ns: int, t_result_ns: int,
                       stage_ms: dict[str, float]) -> list[str]:

@@ -34,15 +34,28 @@ from dataclasses import dataclass
 import zmq
 
 from streamer import __version__
+from streamer.apps import Analysis
 from streamer.budget import BudgetConfig
-from streamer.io.protocol import (DEFAULT_MAX_MESSAGE_BYTES, EndMessage, ErrorMessage,
-                                  FrameMessage, HelloMessage, ProtocolError, ResultMessage,
-                                  StartMessage, decode, encode)
+from streamer.io.protocol import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    EndMessage,
+    ErrorMessage,
+    FrameMessage,
+    HelloMessage,
+    ProtocolError,
+    ResultMessage,
+    StartMessage,
+    decode,
+    encode,
+)
 from streamer.io.sockets import bind
-from streamer.pipeline import Pipeline
-from streamer.processor import FrameProcessor, Received
+from streamer.options import option
+from streamer.processor import FrameProcessor, Received, StreamLimits
 
 log = logging.getLogger(__name__)
+
+DEFAULT_INGEST = "tcp://127.0.0.1:5555"
+DEFAULT_PUBLISH = "tcp://127.0.0.1:5556"
 
 
 # --------------------------------------------------------------------------
@@ -65,7 +78,8 @@ class _Inbox:
             self._cv.notify_all()
 
     def get(self, timeout_s: float) -> tuple[Received, int] | None:
-        """Next item and the number of frames dropped since the last frame taken."""
+        """Next item and the number of its stream's frames dropped since that stream's last
+        frame was taken (handed out with the stream's next frame, or with its end)."""
         with self._cv:
             if not self._items and not self._cv.wait_for(
                     lambda: self._items or self._closed, timeout_s):
@@ -76,11 +90,13 @@ class _Inbox:
             dropped = 0
             if isinstance(item.message, FrameMessage):
                 self._frames -= 1
-                dropped = self._take_dropped()
+                dropped = self._take_dropped(item)
+            elif isinstance(item.message, EndMessage):
+                dropped = self._take_dropped(item)  # the stream's last drops go with its end
             self._cv.notify_all()
             return item, dropped
 
-    def _take_dropped(self) -> int:
+    def _take_dropped(self, item: Received) -> int:
         return 0
 
     def __len__(self) -> int:
@@ -95,35 +111,47 @@ class _Inbox:
 
 
 class LatestFrameSlot(_Inbox):
-    """Live mode: at most one frame waits; a newer frame replaces it.
+    """Live mode: at most one frame waits per stream; a newer frame of the same stream
+    replaces it.
 
-    ``put_frame`` never blocks. Replaced frames are counted and the count is
-    handed out with the next frame the worker takes, so it appears in the next
-    result. Start/end messages waiting in the slot keep their order.
+    ``put_frame`` never blocks. Replaced frames are counted per stream and the count is
+    handed out with that stream's next frame the worker takes, so it appears in that
+    stream's next result. Frames of different streams do not replace each other (each
+    scanner gets its newest frame analysed), but at most ``max_streams`` frames wait: past
+    that the oldest waiting frame goes, counted against its stream. Start/end messages
+    waiting in the slot keep their order.
     """
 
-    def __init__(self):
+    def __init__(self, max_streams: int = 64):
         super().__init__()
-        self._dropped = 0
+        self.max_streams = max_streams
+        self._dropped: dict[str, int] = {}
         self.dropped_total = 0
 
     def put_frame(self, item: Received) -> bool:
+        stream = item.message.stream
         with self._cv:
             if self._closed:
                 return False
-            if self._frames:
-                kept = deque(i for i in self._items if not isinstance(i.message, FrameMessage))
-                self._dropped += self._frames
-                self.dropped_total += self._frames
-                self._items, self._frames = kept, 0
+            waiting = [i for i in self._items if isinstance(i.message, FrameMessage)]
+            replaced = [i for i in waiting if i.message.stream == stream]
+            if not replaced and len(waiting) >= self.max_streams:
+                replaced = waiting[:1]
+            if replaced:
+                for old in replaced:
+                    name = old.message.stream
+                    self._dropped[name] = self._dropped.get(name, 0) + 1
+                self.dropped_total += len(replaced)
+                self._items = deque(i for i in self._items
+                                    if not any(i is old for old in replaced))
+                self._frames -= len(replaced)
             self._items.append(item)
             self._frames += 1
             self._cv.notify_all()
             return True
 
-    def _take_dropped(self) -> int:
-        dropped, self._dropped = self._dropped, 0
-        return dropped
+    def _take_dropped(self, item: Received) -> int:
+        return self._dropped.pop(item.message.stream, 0)
 
 
 class BoundedFrameQueue(_Inbox):
@@ -159,23 +187,29 @@ class BoundedFrameQueue(_Inbox):
 class SideCarConfig:
     """Endpoints and flow control of one side-car."""
 
-    #: where scanners/replay connect their PUSH sockets (we bind PULL)
-    ingest: str = "tcp://127.0.0.1:5555"
-    #: where consumers connect their SUB sockets (we bind XPUB)
-    publish: str = "tcp://127.0.0.1:5556"
-    #: False: live (newest frame wins, drops counted). True: back-pressure, nothing dropped
-    lossless: bool = False
-    #: lossless mode: frames accepted and waiting for the worker before ingest waits
-    queue_frames: int = 32
-    #: messages larger than this are answered with a ``too_large`` error
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    ingest: str = option(DEFAULT_INGEST, "endpoint to bind for frames, PULL "
+                         "(tcp://127.0.0.1:* picks a free port)")
+    publish: str = option(DEFAULT_PUBLISH, "endpoint to bind for results, XPUB")
+    lossless: bool = option(False, "back-pressure instead of dropping (replay and analysis); "
+                            "default: live, the newest frame wins and drops are counted")
+    queue_frames: int = option(32, "lossless mode: frames accepted and waiting for the "
+                               "worker before ingest waits", metavar="N")
+    max_message_bytes: int = option(
+        DEFAULT_MAX_MESSAGE_BYTES, "larger messages are answered with a too_large error, MB",
+        flag="--max-message-mb", metavar="MB", parse=lambda text: int(float(text) * 2**20),
+        format=lambda n: f"{n / 2**20:g}")
     #: ingest socket receive high-water mark (messages ZeroMQ buffers for us)
     ingest_hwm: int = 100
-    #: lossless shutdown: how long the worker may keep draining accepted frames
-    drain_timeout_s: float = 30.0
-    #: also publish every valid frame as received (before its result), so that
-    #: ``record --from`` captures frames and results in one file
-    republish_frames: bool = False
+    drain_timeout_s: float = option(30.0, "lossless shutdown: time allowed to finish frames "
+                                    "already accepted", metavar="S")
+    republish_frames: bool = option(
+        False, "also publish each incoming frame (before its result), so that `record "
+        "--from` keeps frames and results together")
+    max_streams: int = option(64, "streams followed at once, each with its own analysis "
+                              "state; frames of one more get a too_many_streams error",
+                              metavar="N")
+    stream_idle_timeout_s: float = option(300.0, "close a stream (and drop its state) after "
+                                          "this long without a message", metavar="S")
 
     @property
     def mode(self) -> str:
@@ -207,18 +241,19 @@ class SideCar:
     ``publish_endpoint`` after ``start()``.
     """
 
-    def __init__(self, config: SideCarConfig, pipeline: Pipeline,
+    def __init__(self, config: SideCarConfig, analysis: Analysis,
                  context: zmq.Context | None = None, budget: BudgetConfig | None = None):
         self.config = config
-        self.processor = FrameProcessor(pipeline, budget=budget or BudgetConfig(),
-                                        live=not config.lossless)
+        self.processor = FrameProcessor(
+            analysis, budget=budget or BudgetConfig(), live=not config.lossless,
+            limits=StreamLimits(config.max_streams, config.stream_idle_timeout_s))
         # An owned context is terminated once the threads end: that blocks until the
         # results still queued on the publish socket are sent (up to its 5 s linger).
         self._owns_context = context is None
         self.context = zmq.Context() if context is None else context
         self.stats = SideCarStats()
         self.inbox = BoundedFrameQueue(config.queue_frames) if config.lossless \
-            else LatestFrameSlot()
+            else LatestFrameSlot(config.max_streams)
         self.outbox: queue.Queue = queue.Queue()
         self._stopping = threading.Event()
         self._ingest_done = threading.Event()
@@ -227,7 +262,7 @@ class SideCar:
 
     # -- life cycle ---------------------------------------------------------
 
-    def start(self) -> "SideCar":
+    def start(self) -> SideCar:
         pull = self.context.socket(zmq.PULL)
         pull.setsockopt(zmq.RCVHWM, self.config.ingest_hwm)
         pull.setsockopt(zmq.LINGER, 0)
@@ -237,7 +272,8 @@ class SideCar:
         xpub = self.context.socket(zmq.XPUB)
         xpub.setsockopt(zmq.SNDHWM, 0 if self.config.lossless else 10_000)
         xpub.setsockopt(zmq.LINGER, 5_000)
-        hello = HelloMessage(version=__version__, mode=self.config.mode)
+        hello = HelloMessage(version=__version__, mode=self.config.mode,
+                             apps=self.processor.analysis.declarations())
         xpub.setsockopt(zmq.XPUB_WELCOME_MSG, encode(hello)[0])
         try:
             self.ingest_endpoint = bind(pull, self.config.ingest)
@@ -282,7 +318,7 @@ class SideCar:
             self.context.term()  # flush: returns when queued results are sent
         return True
 
-    def __enter__(self) -> "SideCar":
+    def __enter__(self) -> SideCar:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -336,6 +372,8 @@ class SideCar:
             while True:
                 got = self.inbox.get(timeout_s=0.05)
                 if got is None:
+                    for message in self.processor.expire_idle():  # silent streams close
+                        self.outbox.put(message)
                     if self._stopping.is_set() and (
                             not self.config.lossless
                             or (self._ingest_done.is_set() and len(self.inbox) == 0)):

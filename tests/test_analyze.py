@@ -1,12 +1,14 @@
-"""analyze: the side-car's pipeline in one process, JSON lines out."""
+"""analyze: the side-car's apps in one process, JSON lines out; several clips as several
+streams, interleaved by acquisition time."""
 
 import json
 
 import numpy as np
+import pytest
 
 from streamer.analyze import analyze
+from streamer.apps import AnalysisConfig, build_analysis
 from streamer.io.clips import open_clip
-from streamer.pipeline import PipelineConfig, build_pipeline
 from streamer.replay import ReplayConfig
 
 
@@ -18,13 +20,15 @@ def test_one_result_per_frame_between_start_and_end(npz_clip, tmp_path):
     out = tmp_path / "r.jsonl"
     seen = []
     with open_clip(npz_clip) as reader:
-        summary = analyze(reader, out, build_pipeline(PipelineConfig(analysis="none")),
+        summary = analyze(reader, out, build_analysis(AnalysisConfig(app="none")),
                           ReplayConfig(stream="a"),
                           on_frame=seen.append)
     rows = lines(out)
     assert [r["kind"] for r in rows] == ["start"] + ["result"] * 12 + ["end"]
     assert [r["seq"] for r in rows[1:-1]] == list(range(12))
     assert all(r["v"] == 1 and r["stream"] == "a" for r in rows)
+    assert rows[0]["meta"]["app"]["name"] == "none"
+    assert rows[1]["app"] == "none"
     assert rows[1]["flags"] == ["analysis_off"] and "preprocess" in rows[1]["latency_ms"]
     assert rows[-1]["meta"]["processed"] == 12
     assert (summary.frames, summary.results, summary.errors) == (12, 12, 0)
@@ -39,8 +43,59 @@ def test_a_nan_frame_is_an_error_line_and_the_rest_go_on(tmp_path):
              modality=np.array("MR"))
     out = tmp_path / "r.jsonl"
     with open_clip(clip) as reader:
-        summary = analyze(reader, out, build_pipeline(PipelineConfig(analysis="none")))
+        summary = analyze(reader, out, build_analysis(AnalysisConfig(app="none")))
     rows = lines(out)
     assert [r["kind"] for r in rows[1:-1]] == ["result", "result", "error", "result"]
     assert rows[3]["code"] == "bad_pixels" and rows[3]["seq"] == 2
     assert summary.errors == 1 and summary.results == 3
+
+
+def mr_clip(path, n, fps):
+    frames = np.random.default_rng(n).random((n, 8, 8)).astype(np.float32)
+    np.savez(path, frames=frames, spacing_mm=np.array([1.0, 1.0]), fps=np.array(fps),
+             modality=np.array("MR"))
+    return path
+
+
+def test_several_clips_are_interleaved_streams_each_with_its_own_state(tmp_path):
+    """Two slices of an MR stack at 20 and 10 fps: merged by acquisition time, routed by
+    modality (auto) to the MR app, each slice counting its own frames."""
+    a, b = mr_clip(tmp_path / "a.npz", 4, 20.0), mr_clip(tmp_path / "b.npz", 2, 10.0)
+    out = tmp_path / "r.jsonl"
+    analysis = build_analysis(AnalysisConfig())  # auto: routed by modality
+    with open_clip(a) as ra, open_clip(b) as rb:
+        summary = analyze([ra, rb], out, analysis,
+                          [ReplayConfig(stream="s/slice-0"), ReplayConfig(stream="s/slice-1")],
+                          t0_ns=0)
+    rows = lines(out)
+    assert all(r["meta"]["app"]["name"] == "mr-sax" for r in rows if r["kind"] == "start")
+    assert all(r["app"] == "mr-sax" for r in rows if r["kind"] == "result")
+    order = [(r["kind"], r["stream"], r.get("seq")) for r in rows]
+    assert order == [
+        ("start", "s/slice-0", None), ("start", "s/slice-1", None),
+        ("result", "s/slice-0", 0), ("result", "s/slice-1", 0),  # both at t = 0: given order
+        ("result", "s/slice-0", 1),                              # 0.05 s
+        ("result", "s/slice-0", 2), ("result", "s/slice-1", 1),  # 0.10 s
+        ("end", "s/slice-1", None),                              # b's last frame was at 0.10 s
+        ("result", "s/slice-0", 3),                              # 0.15 s
+        ("end", "s/slice-0", None)]
+    counts = {(r["stream"], r["seq"]): r["frames_in_slice"] for r in rows if r["kind"] == "result"}
+    assert counts == {("s/slice-0", 0): 1, ("s/slice-0", 1): 2, ("s/slice-0", 2): 3,
+                      ("s/slice-0", 3): 4, ("s/slice-1", 0): 1, ("s/slice-1", 1): 2}
+    ends = {r["stream"]: r["meta"]["processed"] for r in rows if r["kind"] == "end"}
+    assert ends == {"s/slice-0": 4, "s/slice-1": 2}
+    assert (summary.frames, summary.results, summary.errors) == (6, 6, 0)
+    # a fixed t0: every acquisition time is known
+    assert [r["t_acq_ns"] for r in rows if r["kind"] == "result" and r["stream"] == "s/slice-1"] \
+        == [0, 100_000_000]
+
+
+def test_several_clips_need_one_stream_name_each(tmp_path):
+    a, b = mr_clip(tmp_path / "a.npz", 2, 20.0), mr_clip(tmp_path / "b.npz", 2, 20.0)
+    analysis = build_analysis(AnalysisConfig(app="none"))
+    with open_clip(a) as ra, open_clip(b) as rb:
+        with pytest.raises(ValueError, match="both be stream 'same'"):
+            analyze([ra, rb], tmp_path / "r.jsonl", analysis, ReplayConfig(stream="same"))
+    with open_clip(a) as ra, open_clip(b) as rb:
+        with pytest.raises(ValueError, match="2 clips but 1 replay configs"):
+            analyze([ra, rb], tmp_path / "r.jsonl", analysis, [ReplayConfig(stream="x")])

@@ -32,7 +32,7 @@ def _check_report(report: dict, modes: tuple[str, ...], sent: int) -> None:
     assert report["command"].startswith("cardiostream bench latency ")
     assert report["machine"]["cpus"] >= 1 and report["machine"]["python"]
     assert report["created_utc"].endswith("Z")
-    for mode, run in report["runs"].items():
+    for run in report["runs"].values():
         frames = run["frames"]
         assert frames["sent"] == sent and frames["warmup"] == 5 and frames["timed"] == 40
         assert 0 < frames["results_timed"] <= frames["timed"]

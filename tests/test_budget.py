@@ -10,15 +10,28 @@ import pytest
 
 from calib.datasets import random_echo_config
 from calib.echo import make_echo_clip
+from streamer.app import App
+from streamer.apps import Analysis, AnalysisConfig, build_analysis
+from streamer.apps.common import DebugDelay, DebugDelayConfig, Preprocess
 from streamer.budget import DEGRADATION_ORDER, BudgetConfig, BudgetController
 from streamer.io.protocol import EndMessage, FrameMessage, StartMessage
 from streamer.io.sockets import FrameSender, ResultSubscriber, SenderConfig, SubscriberConfig
-from streamer.pipeline import (DebugDelay, DebugDelayConfig, Pipeline, PipelineConfig, Preprocess,
-                               build_pipeline)
 from streamer.processor import FrameProcessor, Received
 from streamer.sidecar import SideCar, SideCarConfig
 
 IMAGE = np.zeros((32, 32), np.uint8)
+
+
+def stages_analysis(make_stages) -> Analysis:
+    """An analysis whose one app runs ``make_stages()`` (fresh stages per stream)."""
+
+    class StagesApp(App):
+        name = "stages"
+
+        def stages(self):
+            return make_stages()
+
+    return Analysis({"stages": StagesApp()}, forced="stages")
 
 
 def frame(seq: int, stream: str = "s", pixels: np.ndarray = IMAGE, t_send_ns: int | None = None,
@@ -92,8 +105,8 @@ def test_budget_config_refuses_nonsense():
 
 
 def test_over_budget_flags_and_budget_field_in_lossless_mode():
-    pipeline = Pipeline([Preprocess(), DebugDelay(15.0)])
-    processor = FrameProcessor(pipeline, budget=BudgetConfig(
+    analysis = stages_analysis(lambda: [Preprocess(), DebugDelay(15.0)])
+    processor = FrameProcessor(analysis, budget=BudgetConfig(
         frame_ms=10.0, stage_ms=(("debug_delay", 5.0), ("preprocess", 1000.0))))
     now = time.time_ns()
     [result] = processor.handle(Received(frame(0, t_send_ns=now), now), t_take_ns=now)
@@ -107,8 +120,8 @@ def test_over_budget_flags_and_budget_field_in_lossless_mode():
 
 
 def test_live_processor_skips_frames_older_than_the_budget_and_reports_them():
-    processor = FrameProcessor(Pipeline([Preprocess()]), budget=BudgetConfig(frame_ms=20.0),
-                               live=True)
+    processor = FrameProcessor(stages_analysis(lambda: [Preprocess()]),
+                               budget=BudgetConfig(frame_ms=20.0), live=True)
     processor.handle(Received(StartMessage("s"), 0))
     now = time.time_ns()
     assert processor.handle(Received(frame(0, t_send_ns=now - 30_000_000), now),
@@ -123,6 +136,26 @@ def test_live_processor_skips_frames_older_than_the_budget_and_reports_them():
     skewed = frame(3, t_send_ns=now - 3600 * 10**9)
     [kept] = processor.handle(Received(skewed, now), t_take_ns=now)
     assert kept.kind == "result"
+
+
+def test_a_stream_starting_beside_another_does_not_reset_the_degradation_step():
+    """The worker's load is shared by every stream: only a start with no other stream
+    followed begins it afresh."""
+    processor = FrameProcessor(stages_analysis(lambda: [Preprocess()]),
+                               budget=BudgetConfig(frame_ms=20.0, window_frames=8), live=True)
+    controller = processor.controller
+    processor.handle(Received(StartMessage("a"), 0))
+    for _ in range(4):
+        controller.observe(30.0, 0.0, {"flow": 25.0})
+    assert controller.level == 1
+    processor.handle(Received(StartMessage("b"), 0))
+    assert controller.level == 1
+    processor.handle(Received(StartMessage("a"), 0))  # a restarts while b is followed
+    assert controller.level == 1
+    for name in ("a", "b"):
+        processor.handle(Received(EndMessage(name), 0))
+    processor.handle(Received(StartMessage("c"), 0))
+    assert controller.level == 0
 
 
 # -- a forced slow stage: the degradation order and the recovery -----------------------------
@@ -149,7 +182,7 @@ def test_forced_slow_flow_degrades_in_order_and_recovers():
     side-car first classifies the view on every 4th frame, then analyses every 2nd frame;
     when the delay ends it steps back to full service. Every step shows in the results."""
     delay = DebugDelayConfig(300.0, stage="flow", seqs=(30, 59))
-    processor = FrameProcessor(build_pipeline(PipelineConfig(debug_delay=delay)),
+    processor = FrameProcessor(build_analysis(AnalysisConfig(app="echo", debug_delay=delay)),
                                budget=BudgetConfig(frame_ms=200.0), live=True)
     clip = Echo()
     processor.handle(Received(StartMessage("echo"), time.time_ns()))
@@ -172,14 +205,15 @@ def test_forced_slow_flow_degrades_in_order_and_recovers():
     skipped = [r for r in half if "analysis_skipped" in r.flags]
     assert skipped and len(skipped) in (len(half) // 2, (len(half) + 1) // 2)
     for r in skipped:  # shed stages: not timed, no centreline, the view still answered
-        assert r.points_mm is None and r.gls_pct is None and r.view is not None
+        assert r.fields["points_mm"] is None and r.fields["gls_pct"] is None
+        assert r.fields["view"] is not None
         assert "segment" not in r.latency_ms and "flow" not in r.latency_ms
     reused = [r for r in results if "view_reused" in r.flags]
     assert reused and all(r.budget["level"] >= 1 for r in reused)
     assert "view" not in reused[0].latency_ms or reused[0].latency_ms["view"] < 5
     # full service again at the end: every stage runs and the strain is back
     tail = [by_seq[s] for s in range(190, 200)]
-    assert all(r.budget["level"] == 0 and r.points_mm is not None for r in tail)
+    assert all(r.budget["level"] == 0 and r.fields["points_mm"] is not None for r in tail)
     assert all("analysis_skipped" not in r.flags and "view_reused" not in r.flags for r in tail)
 
 
@@ -192,9 +226,9 @@ def test_live_sidecar_never_processes_a_frame_older_than_the_budget_and_counts_e
     answered frame was older than the budget when the worker took it; results carry the
     publish-time telemetry."""
     config = SideCarConfig(ingest="tcp://127.0.0.1:*", publish="tcp://127.0.0.1:*")
-    pipeline = Pipeline([Preprocess(), DebugDelay(25.0)])
+    analysis = stages_analysis(lambda: [Preprocess(), DebugDelay(25.0)])
     n = 150
-    with SideCar(config, pipeline, budget=BudgetConfig(frame_ms=20.0, degrade=False)) as sidecar, \
+    with SideCar(config, analysis, budget=BudgetConfig(frame_ms=20.0, degrade=False)) as sidecar, \
             ResultSubscriber(SubscriberConfig(sidecar.publish_endpoint)) as subscriber, \
             FrameSender(SenderConfig(sidecar.ingest_endpoint)) as sender:
         sender.send(StartMessage("live"))

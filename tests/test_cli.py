@@ -12,9 +12,9 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from streamer.cli import build_parser
+from streamer.io.clips import open_clip
 from streamer.io.protocol import decode
 from streamer.io.recording import iter_records
-from streamer.io.clips import open_clip
 from streamer.io.sockets import ResultSubscriber, SubscriberConfig
 
 CLI = [sys.executable, "-m", "streamer"]

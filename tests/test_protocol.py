@@ -65,30 +65,123 @@ def test_multichannel_mr_frame_names_its_channels():
     assert got.channels == ("magnitude", "vx", "vy", "vz") and got.modality == "MR"
 
 
+APP_DECLARATION = {"name": "echo", "modalities": ["US"], "roles": ["view", "seg", "flow"],
+                   "gate": "a4c", "result_fields": [{"name": "gls_pct", "type": "number",
+                                                     "doc": "GLS, %"}],
+                   "beat_fields": []}
+
+
 def test_every_other_kind_round_trips():
     messages = [
-        P.StartMessage("echo", {"n_frames": 30, "fps": 30.0}),
+        P.StartMessage("echo", {"n_frames": 30, "fps": 30.0, "app": APP_DECLARATION}),
         P.EndMessage("echo", 30, {"processed": 29}),
         P.ResultMessage("echo", 3, 10, {"preprocess": 0.5, "total": 1.25}, t_recv_ns=11,
                         t_result_ns=12, dropped=2, flags=["dropped:2"],
-                        view={"label": "a4c", "p": 0.99}, points_mm=[[1.0, 2.0]] * 120,
-                        gls_pct=-18.5, regional_pct={"basal_septal": -15.0}, beat=0,
-                        phase="ES", extra={"strain_rate_per_s": -1.1}),
-        P.BeatMessage("echo", 0, ed_seq=0, es_seq=12, peak_gls_pct=-19.0,
-                      regional_peak_pct={"apical_lateral": -22.0}),
+                        budget={"budget_ms": 20.0, "level": 1, "mode": "view_every_4"},
+                        t_publish_ns=13, app="echo",
+                        fields={"view": {"label": "a4c", "p": 0.99},
+                                "points_mm": [[1.0, 2.0]] * 120, "gls_pct": -18.5,
+                                "regional_pct": {"basal_septal": -15.0}, "beat": 0,
+                                "phase": "ES", "strain_rate_per_s": -1.1, "empty": None}),
+        P.ResultMessage("bare", 0, 0, {}),
+        P.BeatMessage("echo", 0, fields={"ed_seq": 0, "es_seq": 12, "peak_gls_pct": -19.0,
+                                         "regional_peak_pct": {"apical_lateral": -22.0},
+                                         "duration_s": 0.8, "ed_source": "ecg"}),
+        P.BeatMessage("mr/slice-3", 4),
         P.ErrorMessage("payload_size", "too short", stream="echo", seq=4),
-        P.HelloMessage(version="0.1.0", mode="live"),
+        P.ErrorMessage("too_many_streams", "limit", stream="s"),
+        P.ErrorMessage("no_app", "no app analyses modality 'CT'"),
+        P.HelloMessage(version="0.1.0", mode="live", apps={"echo": APP_DECLARATION}),
+        P.HelloMessage(version="0.1.0", mode="lossless"),
     ]
     for sent in messages:
         assert P.decode(P.encode(sent)) == sent
 
 
+def test_result_and_beat_fields_are_top_level_header_keys():
+    result = P.ResultMessage("echo", 1, 5, {"total": 1.0}, app="echo",
+                             fields={"gls_pct": -12.5, "phase": None})
+    header = header_of(P.encode(result))
+    assert header["app"] == "echo" and header["gls_pct"] == -12.5 and header["phase"] is None
+    assert "fields" not in header and "parts" not in header
+    assert P.result_header(result) == header
+    beat = header_of(P.encode(P.BeatMessage("echo", 2, fields={"ed_seq": 40})))
+    assert beat == {"v": 1, "kind": "beat", "stream": "echo", "beat": 2, "ed_seq": 40}
+    # a result of no app has no app key
+    assert "app" not in header_of(P.encode(P.ResultMessage("s", 0, 0, {})))
+
+
+def test_hello_declares_the_apps():
+    hello = P.HelloMessage(version="1", mode="live", apps={"echo": APP_DECLARATION})
+    header = header_of(P.encode(hello))
+    assert header["apps"]["echo"]["result_fields"][0]["name"] == "gls_pct"
+    # a hello without apps (an older side-car) still decodes
+    del header["apps"]
+    assert P.decode([json.dumps(header).encode()]).apps == {}
+    assert code_of([json.dumps({**header, "apps": [1]}).encode()]).code == "bad_field"
+
+
 def test_result_with_mask_part():
     mask = (np.arange(20).reshape(4, 5) % 2).astype(np.uint8)
-    sent = P.ResultMessage("echo", 1, 5, {"total": 1.0}, mask=mask)
+    sent = P.ResultMessage("echo", 1, 5, {"total": 1.0}, arrays={"mask": mask})
     parts = P.encode(sent)
-    assert len(parts) == 2 and header_of(parts)["mask"] == {"shape": [4, 5], "dtype": "uint8"}
-    np.testing.assert_array_equal(P.decode(parts).mask, mask)
+    header = header_of(parts)
+    assert len(parts) == 2 and header["mask"] == {"shape": [4, 5], "dtype": "uint8"}
+    assert header["parts"] == ["mask"]
+    got = P.decode(parts)
+    assert list(got.arrays) == ["mask"] and got.fields == {}
+    np.testing.assert_array_equal(got.arrays["mask"], mask)
+
+
+def test_result_with_two_array_parts_round_trips():
+    mask = (np.arange(20).reshape(4, 5) % 2).astype(np.uint8)
+    speed = np.arange(6, dtype=">f4").reshape(2, 3) / 7  # big-endian: sent little-endian
+    rgb = np.arange(2 * 2 * 3, dtype=np.uint16).reshape(2, 2, 3)
+    sent = P.ResultMessage("echo", 9, 5, {"total": 1.0}, app="echo",
+                           fields={"gls_pct": -3.0}, arrays={"speed": speed, "mask": mask,
+                                                             "overlay": rgb})
+    parts = P.encode(sent)
+    header = header_of(parts)
+    assert len(parts) == 4 and header["parts"] == ["speed", "mask", "overlay"]
+    assert header["speed"] == {"shape": [2, 3], "dtype": "float32"}
+    assert bytes(parts[1]) == np.ascontiguousarray(speed, "<f4").tobytes()
+    got = P.decode(parts)
+    assert list(got.arrays) == ["speed", "mask", "overlay"]
+    np.testing.assert_array_equal(got.arrays["speed"], speed)
+    np.testing.assert_array_equal(got.arrays["mask"], mask)
+    np.testing.assert_array_equal(got.arrays["overlay"], rgb)
+    assert got.arrays["mask"].dtype == np.uint8 and got.arrays["overlay"].dtype == np.uint16
+    # the array specs are not fields
+    assert got.fields == {"gls_pct": -3.0} and got.app == "echo"
+    assert (got.stream, got.seq, got.latency_ms) == ("echo", 9, {"total": 1.0})
+    # one part short or too many, a part the wrong size, an unnamed array spec
+    assert code_of(parts[:3]).code == "bad_parts"
+    assert code_of([*parts, b"x"]).code == "bad_parts"
+    assert code_of([parts[0], bytes(parts[1])[:-1], *parts[2:]]).code == "payload_size"
+    assert code_of(with_header(parts, speed=...)).code == "bad_field"
+    not_a_list = json.dumps({**header, "parts": "mask"}).encode()
+    assert code_of([not_a_list, *parts[1:]]).code == "bad_field"
+    with pytest.raises(P.ProtocolError, match="dtype"):
+        P.encode(P.ResultMessage("s", 0, 0, {}, arrays={"bad": np.zeros(3, np.float64)}))
+
+
+def test_legacy_result_header_with_only_a_mask_still_decodes():
+    """v1 before ``parts``: a result carried at most a mask, named by its header key."""
+    mask = (np.arange(12).reshape(3, 4) % 3 == 0).astype(np.uint8)
+    header = {"v": 1, "kind": "result", "stream": "old", "seq": 4, "t_acq_ns": 7,
+              "t_recv_ns": 8, "t_result_ns": 9, "latency_ms": {"total": 2.0}, "dropped": 0,
+              "flags": [], "budget": None, "view": {"label": "a4c", "p": 0.9},
+              "gls_pct": -10.0, "mask": {"shape": [3, 4], "dtype": "uint8"}}
+    got = P.decode([json.dumps(header).encode(), mask.tobytes()])
+    assert isinstance(got, P.ResultMessage) and got.app is None
+    assert list(got.arrays) == ["mask"]
+    np.testing.assert_array_equal(got.arrays["mask"], mask)
+    assert got.fields == {"view": {"label": "a4c", "p": 0.9}, "gls_pct": -10.0}
+    # its mask part is required, and no other
+    assert code_of([json.dumps(header).encode()]).code == "bad_parts"
+    del header["mask"]
+    got = P.decode([json.dumps(header).encode()])
+    assert got.arrays == {} and got.fields["gls_pct"] == -10.0
 
 
 @settings(max_examples=60, deadline=None)
@@ -228,9 +321,13 @@ def test_plain_frame_fast_path_accepts_only_what_full_validation_accepts(changes
 @given(header=st.dictionaries(
     st.sampled_from(["v", "kind", "stream", "seq", "t_acq_ns", "modality", "shape", "dtype",
                      "spacing_mm", "fps", "meta", "n_frames", "code", "message", "mask",
-                     "latency_ms", "flags", "beat", "ed_seq", "channels", "service"]),
+                     "latency_ms", "flags", "beat", "ed_seq", "channels", "service",
+                     "parts", "app", "apps"]),
     st.one_of(json_values, st.sampled_from(["frame", "start", "end", "result", "beat",
-                                            "error", "hello"]), st.just(1))),
+                                            "error", "hello"]), st.just(1),
+              st.lists(st.sampled_from(["mask", "stream", "seq", "shape"]), max_size=3),
+              st.fixed_dictionaries({"shape": st.lists(st.integers(-1, 3), max_size=3),
+                                     "dtype": st.sampled_from(["uint8", "float32", "x"])}))),
     payload=st.binary(max_size=64), n_parts=st.integers(1, 3))
 def test_decode_never_raises_anything_but_protocol_error(header, payload, n_parts):
     parts = [json.dumps(header).encode()] + [payload] * (n_parts - 1)

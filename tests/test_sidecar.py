@@ -18,10 +18,12 @@ import numpy as np
 import pytest
 import zmq
 
-from streamer.io.protocol import (EndMessage, FrameMessage, ResultMessage, StartMessage,
-                                  encode)
+from streamer.app import App
+from streamer.apps import Analysis, AnalysisConfig, build_analysis
+from streamer.apps.common import DebugDelayConfig, Preprocess
+from streamer.apps.none import AnalysisOff
+from streamer.io.protocol import EndMessage, FrameMessage, ResultMessage, StartMessage, encode
 from streamer.io.sockets import FrameSender, ResultSubscriber, SenderConfig, SubscriberConfig
-from streamer.pipeline import AnalysisOff, Pipeline, Preprocess
 from streamer.processor import Received
 from streamer.sidecar import BoundedFrameQueue, LatestFrameSlot, SideCar, SideCarConfig
 
@@ -34,8 +36,8 @@ def make_frame(seq: int, stream: str = "s", pixels: np.ndarray = IMAGE) -> Frame
                         spacing_mm=(0.3, 0.3), fps=50.0, t_send_ns=now)
 
 
-def received(seq: int) -> Received:
-    return Received(make_frame(seq), time.time_ns())
+def received(seq: int, stream: str = "s") -> Received:
+    return Received(make_frame(seq, stream), time.time_ns())
 
 
 def collect(subscriber: ResultSubscriber, stream: str, timeout_s: float = 30.0) -> list:
@@ -58,6 +60,57 @@ def test_latest_frame_slot_keeps_the_newest_and_counts_the_rest():
     end, dropped = slot.get(0.1)
     assert end.message.kind == "end" and dropped == 0
     assert slot.get(0.01) is None and slot.dropped_total == 9
+
+
+def test_latest_frame_slot_keeps_the_newest_frame_of_each_stream():
+    """A newer frame replaces only its own stream's waiting frame; drops count per stream
+    and are handed out with that stream's next frame."""
+    slot = LatestFrameSlot()
+    for seq in range(3):
+        slot.put_frame(received(seq, "a"))
+        if seq < 2:
+            slot.put_frame(received(10 + seq, "b"))
+    # waiting: b#11 (replaced b#10), a#2 (replaced a#0, a#1)
+    taken = [slot.get(0.1) for _ in range(2)]
+    assert [(item.message.stream, item.message.seq, dropped) for item, dropped in taken] == [
+        ("b", 11, 1), ("a", 2, 2)]
+    assert slot.get(0.01) is None and slot.dropped_total == 3
+    # counts already handed out are not handed out again
+    slot.put_frame(received(3, "a"))
+    item, dropped = slot.get(0.1)
+    assert (item.message.seq, dropped) == (3, 0)
+
+
+def test_latest_frame_slot_holds_one_frame_per_stream_up_to_max_streams():
+    slot = LatestFrameSlot(max_streams=2)
+    slot.put_control(Received(StartMessage("a"), 0))
+    slot.put_frame(received(0, "a"))
+    slot.put_frame(received(0, "b"))
+    slot.put_frame(received(0, "c"))  # a third stream: the oldest waiting frame (a#0) goes
+    slot.put_frame(received(1, "c"))  # replaces c#0
+    assert len(slot) == 3  # the start and two frames
+    start, dropped = slot.get(0.1)
+    assert start.message.kind == "start" and dropped == 0
+    taken = [slot.get(0.1) for _ in range(2)]
+    assert [(item.message.stream, item.message.seq, dropped) for item, dropped in taken] == [
+        ("b", 0, 0), ("c", 1, 1)]
+    assert slot.get(0.01) is None and slot.dropped_total == 2
+    # a's lost frame is reported with a's next frame
+    slot.put_frame(received(5, "a"))
+    item, dropped = slot.get(0.1)
+    assert (item.message.stream, item.message.seq, dropped) == ("a", 5, 1)
+
+
+def test_a_closed_inbox_refuses_frames_and_wakes_its_reader():
+    slot = LatestFrameSlot()
+    slot.close()
+    assert not slot.put_frame(received(0))
+    assert slot.get(1.0) is None
+    queue = BoundedFrameQueue(max_frames=1)
+    queue.close()
+    assert not queue.put_frame(received(0))
+    with pytest.raises(ValueError):
+        BoundedFrameQueue(max_frames=0)
 
 
 def test_bounded_queue_waits_for_room_and_loses_nothing():
@@ -83,7 +136,7 @@ def test_lossless_serve_returns_1000_results_in_order(serve, tmp_path):
     frames = np.random.default_rng(0).integers(0, 255, (100, 64, 80)).astype(np.uint8)
     np.savez(clip, frames=frames, spacing_mm=np.array([0.3, 0.3]), fps=np.array(50.0),
              modality=np.array("US"))
-    sidecar = serve("--lossless", "--queue-frames", "4", "--debug-delay-ms", "1", "--analysis", "none")
+    sidecar = serve("--lossless", "--queue-frames", "4", "--debug-delay-ms", "1", "--app", "none")
     with ResultSubscriber(SubscriberConfig(sidecar.ready["publish"])) as subscriber:
         replay = subprocess.run(
             [sys.executable, "-m", "streamer", "replay", str(clip), "--to",
@@ -99,7 +152,7 @@ def test_lossless_serve_returns_1000_results_in_order(serve, tmp_path):
 
 
 def test_live_serve_never_blocks_the_sender_and_processes_the_latest_frame(serve):
-    sidecar = serve("--debug-delay-ms", "50", "--analysis", "none")  # ~20 frames/s at most
+    sidecar = serve("--debug-delay-ms", "50", "--app", "none")  # ~20 frames/s at most
     sent = 0
     with ResultSubscriber(SubscriberConfig(sidecar.ready["publish"])) as subscriber, \
             FrameSender(SenderConfig(sidecar.ready["ingest"])) as sender:
@@ -153,7 +206,7 @@ def test_live_serve_never_blocks_the_sender_and_processes_the_latest_frame(serve
 
 
 def test_bad_messages_get_errors_and_the_next_good_frame_a_result(serve):
-    sidecar = serve("--max-message-mb", "1", "--analysis", "none")
+    sidecar = serve("--max-message-mb", "1", "--app", "none")
     good = encode(make_frame(0, "bad"))
     header = json.loads(bytes(good[0]))
 
@@ -200,6 +253,7 @@ def test_bad_messages_get_errors_and_the_next_good_frame_a_result(serve):
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_flushes_every_accepted_frame_lossless(serve, signum):
+    # the option's older spelling, --analysis, still works
     sidecar = serve("--lossless", "--debug-delay-ms", "50", "--analysis", "none")
     with ResultSubscriber(SubscriberConfig(sidecar.ready["publish"])) as subscriber, \
             FrameSender(SenderConfig(sidecar.ready["ingest"])) as sender:
@@ -219,18 +273,103 @@ def test_signal_flushes_every_accepted_frame_lossless(serve, signum):
     assert stopped["stats"]["results"] == 20
 
 
-def test_in_process_sidecar_with_a_custom_pipeline():
-    """The SideCar class wires any pipeline; stage latencies come back by stage name."""
+class CustomApp(App):
+    name = "custom"
+
+    def stages(self):
+        return [Preprocess(), AnalysisOff()]
+
+
+def test_in_process_sidecar_with_a_custom_app():
+    """The SideCar class runs any app; stage latencies come back by stage name, and the
+    hello declares the app."""
     config = SideCarConfig(ingest="tcp://127.0.0.1:*", publish="tcp://127.0.0.1:*",
                            lossless=True)
-    with SideCar(config, Pipeline([Preprocess(), AnalysisOff()])) as sidecar, \
+    analysis = Analysis({"custom": CustomApp()}, forced="custom")
+    with SideCar(config, analysis) as sidecar, \
             ResultSubscriber(SubscriberConfig(sidecar.publish_endpoint)) as subscriber, \
             FrameSender(SenderConfig(sidecar.ingest_endpoint)) as sender:
         for seq in range(5):
             sender.send(make_frame(seq, "inproc"))
         sender.send(EndMessage("inproc", 5))
         messages = collect(subscriber, "inproc")
+    assert subscriber.hello.mode == "lossless"
+    assert subscriber.hello.apps == {"custom": CustomApp().declaration()}
     results = [m for m in messages if m.kind == "result"]
     assert [r.seq for r in results] == [0, 1, 2, 3, 4]
     assert {"decode", "queue", "preprocess", "analysis_off", "total"} <= set(results[0].latency_ms)
-    assert results[0].flags == ["analysis_off"]
+    assert results[0].flags == ["analysis_off"] and results[0].app == "custom"
+
+
+def test_live_sidecar_answers_the_newest_frame_of_every_stream():
+    """Two scanners into one live side-car whose worker is slower than both: each stream's
+    newest frame is analysed, one stream's frames never replace the other's, and each
+    stream's results and end count only its own frames."""
+    config = SideCarConfig(ingest="tcp://127.0.0.1:*", publish="tcp://127.0.0.1:*",
+                           max_streams=4)
+    analysis = build_analysis(AnalysisConfig(app="none", debug_delay=DebugDelayConfig(20.0)))
+    n = 60
+    with SideCar(config, analysis) as sidecar, \
+            ResultSubscriber(SubscriberConfig(sidecar.publish_endpoint)) as subscriber, \
+            FrameSender(SenderConfig(sidecar.ingest_endpoint)) as sender:
+        assert set(subscriber.hello.apps) == {"none"}
+        for name in ("a", "b"):
+            sender.send(StartMessage(name))
+        for seq in range(n):
+            for name in ("a", "b"):
+                sender.send(make_frame(seq, name))
+            time.sleep(0.002)
+        for name in ("a", "b"):
+            sender.send(EndMessage(name, n))
+        messages = []
+        ended = set()
+        while ended != {"a", "b"}:
+            message = subscriber.recv(timeout_s=30)
+            assert message is not None, "no end from the side-car"
+            messages.append(message)
+            if message.kind == "end":
+                ended.add(message.stream)
+    for name in ("a", "b"):
+        mine = [m for m in messages if getattr(m, "stream", None) == name]
+        results = [m for m in mine if m.kind == "result"]
+        [end] = [m for m in mine if m.kind == "end"]
+        assert mine[0].kind == "start" and mine[-1] is end
+        seqs = [r.seq for r in results]
+        assert seqs == sorted(set(seqs)) and seqs[-1] == n - 1  # the newest frame wins
+        assert len(results) < n  # the worker was slower: some were dropped
+        previous = -1
+        for r in results:  # every gap is counted in that stream's next result
+            assert r.dropped == r.seq - previous - 1
+            previous = r.seq
+        assert end.meta["processed"] == len(results)
+        assert end.meta["processed"] + end.meta["dropped"] == n
+
+
+def test_a_silent_stream_is_closed_while_no_message_comes():
+    """The idle timeout needs no traffic: the worker closes a silent stream by itself."""
+    config = SideCarConfig(ingest="tcp://127.0.0.1:*", publish="tcp://127.0.0.1:*",
+                           lossless=True, stream_idle_timeout_s=0.3)
+    analysis = build_analysis(AnalysisConfig(app="none"))
+    with SideCar(config, analysis) as sidecar, \
+            ResultSubscriber(SubscriberConfig(sidecar.publish_endpoint)) as subscriber, \
+            FrameSender(SenderConfig(sidecar.ingest_endpoint)) as sender:
+        sender.send(make_frame(0, "quiet"))
+        messages = collect(subscriber, "quiet", timeout_s=10.0)
+        assert "quiet" not in sidecar.processor.streams
+    [end] = [m for m in messages if m.kind == "end"]
+    assert end.meta["reason"] == "idle_timeout" and end.meta["processed"] == 1
+
+
+def test_a_drop_just_before_a_streams_end_is_in_its_end_counts():
+    """A frame pushed out by another stream's (the max_streams cap) with no later frame of
+    its own: the drop is handed out with its stream's end, not lost or charged elsewhere."""
+    slot = LatestFrameSlot(max_streams=1)
+    slot.put_frame(received(0, "a"))
+    slot.put_frame(received(0, "b"))  # the slot is full: a's waiting frame goes
+    slot.put_control(Received(EndMessage("a", 1), 0))
+    item, dropped = slot.get(0.1)
+    assert (item.message.stream, dropped) == ("b", 0)
+    item, dropped = slot.get(0.1)
+    assert (item.message.kind, item.message.stream, dropped) == ("end", "a", 1)
+    slot.put_frame(received(0, "a"))  # a new stream of the same name starts clean
+    assert slot.get(0.1)[1] == 0

@@ -20,8 +20,9 @@ __all__ = ["add_parser", "build_parser", "main"]
 
 def add_parser(commands) -> argparse.ArgumentParser:
     """Register ``bench latency`` and ``bench compare`` on the CLI's sub-parsers object."""
+    from streamer.apps import add_analysis_options
     from streamer.bench import compare, latency
-    from streamer.cli import _analysis_options, _budget_options
+    from streamer.budget import add_budget_options
 
     bench = commands.add_parser(
         "bench", help="latency benchmarks: side-car over sockets, pipeline in process; "
@@ -30,7 +31,10 @@ def add_parser(commands) -> argparse.ArgumentParser:
                     "and compare two such reports (`bench compare`). Each prints a table "
                     "and writes JSON.")
     sub = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
-    latency.add_parser(sub, parents=[_analysis_options(), _budget_options()])
+    options = argparse.ArgumentParser(add_help=False)
+    add_analysis_options(options)
+    add_budget_options(options)
+    latency.add_parser(sub, parents=[options])
     compare.add_parser(sub)
     return bench
 

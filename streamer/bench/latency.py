@@ -9,7 +9,7 @@ Two ways to run the same frames (``--transport``, default both, one after the ot
   or skipped as stale under a budget, and are counted); ``--lossless`` for back-pressure.
   At the end the side-car is stopped and its ``end`` message's counts are checked
   against the frames sent.
-* ``in-process``: ``FrameProcessor(build_pipeline(...))`` driven frame by frame in this
+* ``in-process``: ``FrameProcessor(build_analysis(...))`` driven frame by frame in this
   process, back to back, no sockets: every frame is processed (each frame is still
   encoded and decoded, so ``decode`` is the wire cost of the frame).
 
@@ -87,15 +87,15 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
-from engines.spec import VIEW_CLASSES
 from streamer.io.clips import ClipFrame, ClipInfo, ClipReader
+from streamer.vocab import VIEW_CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +105,6 @@ TRANSPORTS = ("sockets", "in-process")
 #: the order keys are shown in; keys not listed follow in the order they first appear
 KEY_ORDER = ("transport", "decode", "queue", "preprocess", "debug_delay", "view", "segment",
              "flow", "track", "strain", "analysis_off", "publish", "total", "end_to_end")
-#: keys that sum others (not "stages" in the plot)
-AGGREGATES = ("total", "end_to_end")
 #: a frame's age when the worker starts on it: send -> receive, then receive -> taken
 #: (the side-car's ``queue`` is counted from the receive time, so it contains ``decode``)
 START_AGE_KEYS = ("transport", "queue")
@@ -346,14 +344,15 @@ def accounting(sent: int, end_counts: dict | None) -> dict:
 
 
 # --------------------------------------------------------------------------
-# budget options (the CLI's own: streamer.cli._budget_options, _budget_config, _budget_argv)
+# budget options (declared on streamer.budget.BudgetConfig)
 
 
 def budget_config(args):
-    """``streamer.budget.BudgetConfig`` from the options (CLIError/ValueError when bad)."""
-    from streamer.cli import _budget_config
+    """``streamer.budget.BudgetConfig`` from the options (ValueError when bad)."""
+    from streamer.budget import BudgetConfig
+    from streamer.options import from_args
 
-    return _budget_config(args)
+    return from_args(BudgetConfig, args)
 
 
 # --------------------------------------------------------------------------
@@ -369,7 +368,7 @@ def _progress(total: int, desc: str, disable: bool):
 
 def configured_backends(args) -> dict:
     """The backend each network runs on, resolved from the options (no engine is built)."""
-    if args.analysis == "none":
+    if args.app == "none":
         return {}
     from engines.backends import resolve_backend
 
@@ -398,16 +397,16 @@ class _StampingSender:
 
 
 def run_sockets(args, source: ClipSource, recv_timeout_s: float = 60.0) -> dict:
-    from streamer.cli import _analysis_argv, _budget_argv
-    from streamer.io.sockets import (FrameSender, ResultSubscriber, SenderConfig,
-                                     SubscriberConfig)
+    from streamer.apps import analysis_argv, analysis_config
+    from streamer.io.sockets import FrameSender, ResultSubscriber, SenderConfig, SubscriberConfig
+    from streamer.options import to_argv
     from streamer.replay import replay
     from streamer.serve_process import SideCarProcess
 
     config = replay_config(args, source)
     total = args.warmup + args.frames
-    serve_args = [*_analysis_argv(args), *(["--lossless"] if args.lossless else []),
-                  *_budget_argv(args)]
+    serve_args = [*analysis_argv(analysis_config(args)),
+                  *(["--lossless"] if args.lossless else []), *to_argv(budget_config(args))]
     print(f"sockets: starting `cardiostream serve {shlex.join(serve_args)}` on free loopback "
           "ports (a first start on a machine builds the engines and compiles the tracking "
           "code: a minute or two; later starts take seconds)", file=sys.stderr, flush=True)
@@ -504,9 +503,8 @@ def run_sockets(args, source: ClipSource, recv_timeout_s: float = 60.0) -> dict:
 
 
 def run_in_process(args, source: ClipSource) -> dict:
-    from streamer.cli import _pipeline_config
+    from streamer.apps import analysis_config, build_analysis
     from streamer.io.protocol import FrameMessage, decode, encode
-    from streamer.pipeline import build_pipeline
     from streamer.processor import FrameProcessor, Received
     from streamer.replay import clip_messages
 
@@ -516,12 +514,12 @@ def run_in_process(args, source: ClipSource) -> dict:
     print("in-process: building the pipeline (engines from the engine cache; a first run on "
           "a machine builds them: a minute or two)", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-    pipeline = build_pipeline(_pipeline_config(args))
+    analysis = build_analysis(analysis_config(args))
     startup_s = time.perf_counter() - t0
-    backends = {stage.name: _backend_label(stage.engine.backend, stage.engine.precision,
-                                           getattr(stage.engine, "device", None))
-                for stage in pipeline.stages if hasattr(stage, "engine")}
-    processor = FrameProcessor(pipeline, budget=budget)  # not live: every frame processed
+    backends = {ROLE_STAGE[role]: _backend_label(engine.backend, engine.precision,
+                                                 getattr(engine, "device", None))
+                for app in analysis.apps.values() for role, engine in app.engines.items()}
+    processor = FrameProcessor(analysis, budget=budget)  # not live: every frame processed
     tally = Tally(args.warmup)
     sent = 0
     t_first = t_last = None
@@ -630,7 +628,7 @@ def settings(args) -> dict:
     return {"transport": args.transport, "frames": args.frames, "warmup": args.warmup,
             "rate_fps": args.rate_fps, "lossless": args.lossless, "budget_ms": args.budget_ms,
             "stage_budget_ms": dict(budget_config(args).stage_ms),
-            "degrade": not args.no_degrade, "analysis": args.analysis,
+            "degrade": not args.no_degrade, "analysis": args.app,
             "backend": args.backend, "precision": args.precision, "threads": args.threads,
             "device": getattr(args, "device", None),
             "weights": list(args.weights), "view_gate": args.view_gate,
@@ -816,13 +814,12 @@ def add_parser(commands, parents: list[argparse.ArgumentParser]) -> argparse.Arg
 
 
 def cmd_latency(args) -> int:
-    from streamer.cli import CLIError
     from streamer.io.clips import ClipError
     from streamer.io.sockets import EndpointError
 
     try:
         report = run(args)
-    except (BenchError, CLIError, ClipError, EndpointError, ValueError, OSError) as exc:
+    except (BenchError, ClipError, EndpointError, ValueError, OSError) as exc:
         log.debug("traceback of the error below", exc_info=True)
         print(f"cardiostream bench latency: error: {exc}", file=sys.stderr)
         return 2

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from streamer.bench.latency import AGGREGATES
+#: latency keys that sum others (not "stages" in the plot)
+AGGREGATES = ("total", "end_to_end")
 
 MODE_COLOURS = {"sockets": "tab:blue", "in-process": "tab:orange"}
 STAGE_COLOURS = ("tab:green", "tab:red", "tab:purple")

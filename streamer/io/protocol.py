@@ -29,8 +29,9 @@ buffer protocol (``bytes``, ``memoryview``, ``zmq.Frame``).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence, Union
+from typing import Any
 
 import numpy as np
 import orjson
@@ -52,8 +53,10 @@ MAX_HEADER_BYTES = 256 * 1024
 MAX_SIDE_PX = 16384
 _INF = float("inf")
 MAX_CHANNELS = 16
+#: axes an array part of a result may have (a mask: 2; a flow field: 3; a stack: 4)
+MAX_PART_AXES = 4
 
-Part = Union[bytes, bytearray, memoryview, Any]  # Any: zmq.Frame and other buffers
+Part = bytes | bytearray | memoryview | Any  # Any: zmq.Frame and other buffers
 
 
 class ProtocolError(ValueError):
@@ -85,6 +88,8 @@ ERROR_CODES = {
     "bad_pixels": "the pixels are not usable (NaN or infinite values)",
     "unexpected_kind": "a valid message that this receiver does not accept",
     "stage_failed": "a processing stage raised an error on this frame",
+    "too_many_streams": "the side-car already follows as many streams as it may (--max-streams)",
+    "no_app": "no app analyses this stream's modality (or the app named does not)",
 }
 
 
@@ -142,8 +147,11 @@ class EndMessage:
 class ResultMessage:
     """The side-car's answer to one processed frame.
 
-    Fields left ``None`` were not computed for this frame (for example no
-    strain before the first end-diastole); ``flags`` says why where it matters.
+    ``fields`` holds the result fields of the app that analysed the frame (``app``): the
+    app declares them (name, type, unit in the name) in ``hello`` and in the echo of the
+    stream's ``start``. A field left ``None`` was not computed for this frame (for example
+    no strain before the first end-diastole); ``flags`` says why where it matters.
+    ``arrays`` are optional array parts (e.g. ``mask``), named in the header's ``parts``.
     ``latency_ms`` maps stage names to milliseconds spent in them.
     """
 
@@ -159,29 +167,22 @@ class ResultMessage:
     budget: dict | None = None
     #: when the publisher sent it (set by the side-car's publish thread)
     t_publish_ns: int | None = None
-    view: dict | None = None  # {"label": str, "p": float}
-    points_mm: list | None = None  # 120 x [row, col]
-    gls_pct: float | None = None
-    regional_pct: dict[str, float] | None = None
-    beat: int | None = None
-    phase: str | None = None  # "ED" | "ES" | None
-    extra: dict = field(default_factory=dict)
-    mask: np.ndarray | None = None  # optional uint8 mask part
+    #: the app that analysed the frame (its declaration lists the fields)
+    app: str | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
     kind = "result"
 
 
 @dataclass
 class BeatMessage:
-    """One completed cardiac cycle."""
+    """One completed cardiac cycle: its number in the stream (``beat``) and the beat fields
+    of the app (the echo app: ``ed_seq``, ``es_seq``, ``peak_gls_pct``, ...)."""
 
     stream: str
     beat: int
-    ed_seq: int
-    es_seq: int | None
-    peak_gls_pct: float | None
-    regional_peak_pct: dict[str, float] | None = None
-    extra: dict = field(default_factory=dict)
+    fields: dict[str, Any] = field(default_factory=dict)
 
     kind = "beat"
 
@@ -198,23 +199,27 @@ class ErrorMessage:
     kind = "error"
 
     @classmethod
-    def from_exception(cls, exc: ProtocolError) -> "ErrorMessage":
+    def from_exception(cls, exc: ProtocolError) -> ErrorMessage:
         return cls(code=exc.code, message=exc.message, stream=exc.stream, seq=exc.seq)
 
 
 @dataclass
 class HelloMessage:
-    """Sent by the side-car to each new subscriber: proof that the subscription is live."""
+    """Sent by the side-car to each new subscriber: proof that the subscription is live.
+
+    ``apps`` holds the declaration of every app this side-car runs, by name: the
+    modalities routed to it, its result and beat fields (name, type, unit in the name)."""
 
     service: str = "cardiostream"
     version: str = ""
     mode: str = ""
+    apps: dict = field(default_factory=dict)
 
     kind = "hello"
 
 
-Message = Union[FrameMessage, StartMessage, EndMessage, ResultMessage, BeatMessage,
-                ErrorMessage, HelloMessage]
+Message = (FrameMessage | StartMessage | EndMessage | ResultMessage | BeatMessage
+           | ErrorMessage | HelloMessage)
 
 
 # --------------------------------------------------------------------------
@@ -282,17 +287,27 @@ def encode(message: Message) -> list[Part]:
         return [_dumps(header)]
     if kind == "result":
         header = result_header(message)
-        if message.mask is None:
+        if not message.arrays:
             return [_dumps(header)]
-        mask, dtype = _wire_array(message.mask, "mask")
-        header["mask"] = {"shape": list(mask.shape), "dtype": dtype}
-        return [_dumps(header), mask]
+        parts: list[Part] = [b""]
+        header["parts"] = list(message.arrays)
+        for name, array in message.arrays.items():
+            if not (1 <= array.ndim <= MAX_PART_AXES and all(
+                    0 < n <= MAX_SIDE_PX for n in array.shape)):
+                raise ProtocolError("bad_field", f"array part {name!r} has shape "
+                                    f"{list(array.shape)}: 1 to {MAX_PART_AXES} sides of "
+                                    f"1..{MAX_SIDE_PX}")
+            if name in RESULT_KEYS:
+                raise ProtocolError("bad_field", f"array part {name!r} would overwrite a "
+                                    "result key")
+            wire, dtype = _wire_array(array, name)
+            header[name] = {"shape": list(wire.shape), "dtype": dtype}
+            parts.append(wire)
+        parts[0] = _dumps(header)
+        return parts
     if kind == "beat":
-        return [_dumps({
-            "v": PROTOCOL_VERSION, "kind": "beat", "stream": message.stream,
-            "beat": message.beat, "ed_seq": message.ed_seq, "es_seq": message.es_seq,
-            "peak_gls_pct": message.peak_gls_pct,
-            "regional_peak_pct": message.regional_peak_pct, **message.extra})]
+        return [_dumps({"v": PROTOCOL_VERSION, "kind": "beat", "stream": message.stream,
+                        "beat": int(message.beat), **message.fields})]
     if kind == "error":
         header = {"v": PROTOCOL_VERSION, "kind": "error", "code": message.code,
                   "message": message.message}
@@ -303,8 +318,16 @@ def encode(message: Message) -> list[Part]:
         return [_dumps(header)]
     if kind == "hello":
         return [_dumps({"v": PROTOCOL_VERSION, "kind": "hello", "service": message.service,
-                        "version": message.version, "mode": message.mode})]
+                        "version": message.version, "mode": message.mode,
+                        "apps": message.apps})]
     raise TypeError(f"not a protocol message: {message!r}")
+
+
+#: header keys of every result; an app's fields must not use them
+RESULT_KEYS = ("v", "kind", "stream", "seq", "t_acq_ns", "t_recv_ns", "t_result_ns",
+               "t_publish_ns", "latency_ms", "dropped", "flags", "budget", "app", "parts")
+#: header keys of every beat message
+BEAT_KEYS = ("v", "kind", "stream", "beat")
 
 
 def result_header(message: ResultMessage) -> dict:
@@ -316,10 +339,10 @@ def result_header(message: ResultMessage) -> dict:
         "t_publish_ns": message.t_publish_ns,
         "latency_ms": {k: round(float(v), 4) for k, v in message.latency_ms.items()},
         "dropped": int(message.dropped), "flags": list(message.flags), "budget": message.budget,
-        "view": message.view, "points_mm": message.points_mm, "gls_pct": message.gls_pct,
-        "regional_pct": message.regional_pct, "beat": message.beat, "phase": message.phase,
     }
-    header.update(message.extra)
+    if message.app is not None:
+        header["app"] = message.app
+    header.update(message.fields)
     return header
 
 
@@ -386,20 +409,14 @@ def decode(parts: Sequence[Part], *, max_message_bytes: int = DEFAULT_MAX_MESSAG
     if kind == "result":
         return _decode_result(reader, parts)
     if kind == "beat":
-        known = {"v", "kind", "stream", "beat", "ed_seq", "es_seq", "peak_gls_pct",
-                 "regional_peak_pct"}
         return BeatMessage(stream=reader.str("stream"), beat=reader.int("beat", minimum=0),
-                           ed_seq=reader.int("ed_seq", minimum=0),
-                           es_seq=reader.int("es_seq", None, minimum=0),
-                           peak_gls_pct=reader.float("peak_gls_pct", None),
-                           regional_peak_pct=reader.dict("regional_peak_pct", None),
-                           extra={k: v for k, v in header.items() if k not in known})
+                           fields={k: v for k, v in header.items() if k not in BEAT_KEYS})
     if kind == "error":
         return ErrorMessage(code=reader.str("code"), message=reader.str("message"),
                             stream=stream, seq=seq)
     if kind == "hello":
         return HelloMessage(service=reader.str("service"), version=reader.str("version", ""),
-                            mode=reader.str("mode", ""))
+                            mode=reader.str("mode", ""), apps=reader.dict("apps", {}))
     raise ProtocolError("unknown_kind", f"unknown message kind {kind!r} (expected one of "
                         "frame, start, end, result, beat, error, hello)",
                         stream=stream, seq=seq)
@@ -447,7 +464,7 @@ def _decode_plain_frame(header: dict, parts: Sequence[Part], max_pixel_bytes: in
                         spacing_mm=(spacing[0], spacing[1]), fps=fps, t_send_ns=t_send)
 
 
-def _decode_frame(reader: "_Fields", parts: Sequence[Part], max_message_bytes: int
+def _decode_frame(reader: _Fields, parts: Sequence[Part], max_message_bytes: int
                   ) -> FrameMessage:
     stream, seq = reader.str("stream"), reader.int("seq", minimum=0)
     reader.seq = seq
@@ -481,31 +498,28 @@ def _decode_frame(reader: "_Fields", parts: Sequence[Part], max_message_bytes: i
         view=reader.str("view", None))
 
 
-def _decode_result(reader: "_Fields", parts: Sequence[Part]) -> ResultMessage:
+def _decode_result(reader: _Fields, parts: Sequence[Part]) -> ResultMessage:
     header = reader.header
     stream, seq = reader.str("stream"), reader.int("seq", minimum=0)
-    mask = None
-    spec = header.get("mask")
-    if spec is not None:
-        _expect_parts(parts, 2, "result with mask", stream, seq)
+    names = reader.str_list("parts", None)
+    if names is None:
+        names = ["mask"] if "mask" in header else []  # v1 before 'parts': a mask alone
+    _expect_parts(parts, 1 + len(names), "result" + (f" with {names}" if names else ""),
+                  stream, seq)
+    arrays = {}
+    for name, part in zip(names, parts[1:]):
+        spec = header.get(name)
         sub = _Fields(spec if isinstance(spec, dict) else {}, stream, seq)
-        dtype, shape = sub.array_spec(None)
-        mask = _array_from_part(parts[1], dtype, shape, "mask", stream, seq)
-    else:
-        _expect_parts(parts, 1, "result", stream, seq)
-    known = {"v", "kind", "stream", "seq", "t_acq_ns", "t_recv_ns", "t_result_ns",
-             "t_publish_ns", "latency_ms", "dropped", "flags", "budget", "view", "points_mm",
-             "gls_pct", "regional_pct", "beat", "phase", "mask"}
+        dtype, shape = sub.part_spec(name)
+        arrays[name] = _array_from_part(part, dtype, shape, name, stream, seq)
     return ResultMessage(
         stream=stream, seq=seq, t_acq_ns=reader.int("t_acq_ns"),
         latency_ms=reader.dict("latency_ms", {}), t_recv_ns=reader.int("t_recv_ns", None),
         t_result_ns=reader.int("t_result_ns", None), t_publish_ns=reader.int("t_publish_ns", None),
         dropped=reader.int("dropped", 0), budget=reader.dict("budget", None),
-        flags=reader.str_list("flags", []) or [], view=reader.dict("view", None),
-        points_mm=header.get("points_mm"), gls_pct=reader.float("gls_pct", None),
-        regional_pct=reader.dict("regional_pct", None), beat=reader.int("beat", None),
-        phase=reader.str("phase", None),
-        extra={k: v for k, v in header.items() if k not in known}, mask=mask)
+        flags=reader.str_list("flags", []) or [], app=reader.str("app", None),
+        fields={k: v for k, v in header.items() if k not in RESULT_KEYS and k not in arrays},
+        arrays=arrays)
 
 
 def _array_from_part(part: Part, dtype: np.dtype, shape: tuple[int, ...], what: str,
@@ -585,6 +599,20 @@ class _Fields:
         if value is not default and not isinstance(value, dict):
             raise self.error(f"{key} must be a JSON object, got {value!r}")
         return value
+
+    def part_spec(self, name: str) -> tuple[np.dtype, tuple[int, ...]]:
+        """dtype and shape of a result's named array part (1 to 4 axes)."""
+        dtype = self.get("dtype")
+        if not isinstance(dtype, str) or dtype not in WIRE_DTYPES:
+            raise self.error(f"array part {name!r}: dtype {dtype!r} is not one of "
+                             f"{sorted(WIRE_DTYPES)} (little-endian)")
+        shape = self.get("shape")
+        if not (isinstance(shape, list) and 1 <= len(shape) <= MAX_PART_AXES and all(
+                isinstance(n, int) and not isinstance(n, bool) and 0 < n <= MAX_SIDE_PX
+                for n in shape)):
+            raise self.error(f"array part {name!r}: shape must be 1 to {MAX_PART_AXES} sides "
+                             f"of 1..{MAX_SIDE_PX}, got {shape!r}")
+        return WIRE_DTYPES[dtype], tuple(shape)
 
     def array_spec(self, channels: list[str] | None) -> tuple[np.dtype, tuple[int, ...]]:
         name = self.get("dtype")

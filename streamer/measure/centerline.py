@@ -67,12 +67,15 @@ import numpy as np
 from numba import njit
 from scipy.ndimage import gaussian_filter1d
 
+from streamer.options import option
 
 
 @dataclass(frozen=True)
 class CentrelineConfig:
     n_points: int = 120
-    septum_side: str = "left"  # "left": septum at smaller col (standard A4C display)
+    septum_side: str = option(
+        "left", "side of the image the septum is on: left (the standard A4C display) or "
+        "right (a mirrored display)", choices=("left", "right"))
     min_area_px: int = 50
     second_component_frac: float = 0.2
     max_hole_frac: float = 0.05

@@ -45,9 +45,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.signal import find_peaks
 
-A4C_SEGMENTS = ("basal_septal", "mid_septal", "apical_septal",
-                "apical_lateral", "mid_lateral", "basal_lateral")
-
+from streamer.vocab import A4C_SEGMENTS
 
 # --------------------------------------------------------------------------------------
 # lengths
@@ -280,6 +278,22 @@ def _beat(k: int, a: int, b: int, t: np.ndarray, L: np.ndarray, gls: np.ndarray,
                 float(gls[es]), rpk, reg[es].copy(), source, flags)
 
 
+def beat_from_points(index: int, t_s: np.ndarray, points_mm: np.ndarray, ed_source: str,
+                     n_segments: int = 6) -> Beat:
+    """One closed beat from its frames: ``t_s`` (T,) and ``points_mm`` (T, N, 2) from its
+    end-diastole to the next one (both included; the closing ED is the beat's end).
+
+    Segments are equal in arc length at the opening ED and material through the beat (as
+    :class:`StrainMonitor` draws them); strain is against the opening ED."""
+    t = np.asarray(t_s, dtype=np.float64)
+    P = np.asarray(points_mm, dtype=np.float64)
+    L = np.array([float(polyline_length(p)) for p in P])
+    bounds = equal_arc_bounds(P[0], n_segments)
+    S = np.stack([segment_lengths(p, n_segments, bounds=bounds) for p in P])
+    return _beat(index, 0, len(t) - 1, t, L, strain_pct(L, L[0]), strain_pct(S, S[0]),
+                 ed_source)
+
+
 def analyse_a4c(t_s: np.ndarray, points_mm: np.ndarray, ecg_r: np.ndarray | None = None,
                 config: BeatConfig | None = None, n_segments: int = 6) -> A4CStrain:
     """GLS, regional strain, strain rate and beats of a tracked centreline sequence.
@@ -479,14 +493,6 @@ class StrainMonitor:
 # --------------------------------------------------------------------------------------
 # MR short axis
 # --------------------------------------------------------------------------------------
-
-AHA_NAMES = {
-    1: "basal anterior", 2: "basal anteroseptal", 3: "basal inferoseptal", 4: "basal inferior",
-    5: "basal inferolateral", 6: "basal anterolateral", 7: "mid anterior",
-    8: "mid anteroseptal", 9: "mid inferoseptal", 10: "mid inferior", 11: "mid inferolateral",
-    12: "mid anterolateral", 13: "apical anterior", 14: "apical septal", 15: "apical inferior",
-    16: "apical lateral",
-}
 
 
 def aha_segment_ids(points_mm: np.ndarray, centre_mm, anterior_rv_insertion_rad: float,

@@ -66,14 +66,14 @@ def analyse(name: str, path: Path, options: dict, folder: Path) -> list[dict]:
     """The clip through ``streamer.analyze.analyze`` (what `cardiostream analyze` runs) with
     the first frame acquired at t = 0: the headers it writes, less what varies run to run."""
     from streamer.analyze import analyze
+    from streamer.apps import AnalysisConfig, EngineConfig, build_analysis
     from streamer.io.clips import open_clip
-    from streamer.pipeline import EngineConfig, PipelineConfig, build_pipeline
     from streamer.replay import ReplayConfig
 
     out = folder / f"{name}.jsonl"
-    pipeline = build_pipeline(PipelineConfig(engines=EngineConfig(**BACKEND)))
+    analysis = build_analysis(AnalysisConfig(engines=EngineConfig(**BACKEND)))
     with open_clip(path) as reader:
-        analyze(reader, out, pipeline, ReplayConfig(stream=name, **options), t0_ns=0)
+        analyze(reader, out, analysis, ReplayConfig(stream=name, **options), t0_ns=0)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     return [{k: v for k, v in row.items() if k not in VOLATILE} for row in rows]
 

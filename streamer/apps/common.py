@@ -1,0 +1,153 @@
+"""Stages every app may use: preprocessing, and the runtime's test hook that slows frames.
+
+:class:`Preprocess` turns any frame into the float image the networks take;
+:class:`DebugDelay` and :class:`Delayed` are the test hook behind ``serve --debug-delay-ms``
+(never part of an app's own stages: the runtime adds them when asked).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from streamer.app import FrameRejected, PipelineWiringError, Stage
+from streamer.io.protocol import FrameMessage
+from streamer.options import option
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How frames are brought to the networks' input form."""
+
+    #: reject frames with NaN/inf pixels (float frames only; integer frames cannot hold them)
+    reject_non_finite: bool = True
+
+
+class Preprocess(Stage):
+    """Frame pixels -> float32 greyscale image scaled to [0, 1] (rows, cols).
+
+    RGB colour is converted to luma (ITU-R BT.601), multichannel MR uses its
+    first channel (magnitude). Integer frames are scaled by their dtype's
+    maximum; float frames are min-max scaled per frame. NaN or infinite pixels
+    reject the frame.
+    """
+
+    name = "preprocess"
+    inputs = ("frame",)
+    outputs = ("image",)
+
+    def __init__(self, config: PreprocessConfig = PreprocessConfig()):
+        self.config = config
+
+    def process(self, frame: FrameMessage) -> dict[str, Any]:
+        pixels = frame.pixels
+        if pixels.ndim == 3:
+            if frame.channels is None and pixels.shape[2] == 3:
+                pixels = cv2.cvtColor(np.ascontiguousarray(pixels), cv2.COLOR_RGB2GRAY) \
+                    if pixels.dtype == np.uint8 else pixels @ np.array(
+                        [0.299, 0.587, 0.114], dtype=np.float32)
+            else:
+                pixels = pixels[..., 0]
+        if pixels.dtype.kind == "f":
+            if self.config.reject_non_finite:
+                finite = np.isfinite(pixels)
+                if not finite.all():
+                    bad = int(finite.size - np.count_nonzero(finite))
+                    raise FrameRejected("bad_pixels", f"frame {frame.stream}#{frame.seq} has "
+                                        f"{bad} NaN or infinite pixel(s) of {finite.size}")
+            lo, hi = float(pixels.min()), float(pixels.max())
+            image = (pixels.astype(np.float32) - lo) / (hi - lo if hi > lo else 1.0)
+        else:
+            image = pixels.astype(np.float32) * np.float32(1.0 / np.iinfo(pixels.dtype).max)
+        return {"image": image}
+
+
+def parse_seqs(text: str) -> tuple[int, int]:
+    """"30:59" -> (30, 59)."""
+    first, sep, last = text.partition(":")
+    try:
+        seqs = (int(first), int(last))
+    except ValueError:
+        sep = ""
+    if not sep:
+        raise ValueError("expected FIRST:LAST")
+    return seqs
+
+
+@dataclass(frozen=True)
+class DebugDelayConfig:
+    """TEST HOOK (``serve --debug-delay-ms``): make the worker slower than the sender.
+
+    ``stage=None`` adds a stage of its own (``debug_delay``) after preprocessing; a stage
+    name (e.g. ``"flow"``) makes that stage slower instead, so that shedding it helps.
+    ``seqs=(first, last)`` limits the delay to frames first..last (inclusive)."""
+
+    delay_ms: float = option(0.0, "TEST HOOK: make frames slower by MS (0 = off)",
+                             flag="--debug-delay-ms", metavar="MS")
+    stage: str | None = option(None, "TEST HOOK: put the delay into this stage (e.g. flow) "
+                               "instead of a stage of its own", flag="--debug-delay-stage",
+                               metavar="STAGE")
+    seqs: tuple[int, int] | None = option(
+        None, "TEST HOOK: delay only frames FIRST..LAST (default: every frame)",
+        flag="--debug-delay-seqs", metavar="FIRST:LAST", parse=parse_seqs,
+        format=lambda seqs: f"{seqs[0]}:{seqs[1]}")
+
+    def __post_init__(self):
+        if self.delay_ms < 0:
+            raise ValueError(f"delay_ms must be >= 0, got {self.delay_ms}")
+        if self.seqs is not None and not 0 <= self.seqs[0] <= self.seqs[1]:
+            raise ValueError(f"seqs must be (first, last) with 0 <= first <= last, got {self.seqs}")
+
+    def applies(self, seq: int) -> bool:
+        return self.seqs is None or self.seqs[0] <= seq <= self.seqs[1]
+
+
+class DebugDelay(Stage):
+    """TEST HOOK: sleeps a fixed time per frame (see :class:`DebugDelayConfig`); never
+    part of a default pipeline."""
+
+    name = "debug_delay"
+    inputs = ("frame",)
+
+    def __init__(self, delay_ms: float, seqs: tuple[int, int] | None = None):
+        self.config = DebugDelayConfig(delay_ms, None, seqs)
+
+    def process(self, frame: FrameMessage) -> dict[str, Any]:
+        if self.config.applies(frame.seq):
+            time.sleep(self.config.delay_ms / 1e3)
+        return {}
+
+
+class Delayed(Stage):
+    """TEST HOOK: another stage, made slower by a sleep before it runs."""
+
+    def __init__(self, stage: Stage, config: DebugDelayConfig):
+        self.stage, self.config = stage, config
+        self.name, self.outputs, self.sheddable = stage.name, stage.outputs, stage.sheddable
+        self.inputs = tuple(dict.fromkeys(("frame", *stage.inputs)))
+
+    def process(self, frame: FrameMessage, **inputs: Any) -> dict[str, Any]:
+        if self.config.applies(frame.seq):
+            time.sleep(self.config.delay_ms / 1e3)
+        if "frame" in self.stage.inputs:
+            inputs["frame"] = frame
+        return self.stage.process(**inputs)
+
+
+def with_debug_delay(stages: list[Stage], config: DebugDelayConfig) -> list[Stage]:
+    """The test hook put into a stream's stages: a stage of its own after the first
+    (preprocessing), or the named stage made slower."""
+    if config.delay_ms <= 0:
+        return stages
+    if config.stage is None:
+        return [stages[0], DebugDelay(config.delay_ms, config.seqs), *stages[1:]]
+    names = [stage.name for stage in stages]
+    if config.stage not in names:
+        raise PipelineWiringError(f"--debug-delay-stage {config.stage!r} is not a stage of "
+                                  f"this app ({', '.join(names)})")
+    return [Delayed(stage, config) if stage.name == config.stage else stage
+            for stage in stages]

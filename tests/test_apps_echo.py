@@ -1,0 +1,260 @@
+"""The echo app (streamer.apps.echo): its stages in the order of the method, its declared
+fields, the beat summary, and the whole app with the shipped engines on held-out phantoms."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from calib.datasets import random_echo_config
+from calib.echo import make_echo_clip
+from streamer.app import BEAT_CLOSED, BeatBoundary, BeatFrames
+from streamer.apps import AnalysisConfig, build_analysis
+from streamer.apps.echo import (
+    EchoApp,
+    EchoConfig,
+    MeasureStrain,
+    StrainSample,
+    SummariseBeat,
+    TrackingGrid,
+    ViewConfig,
+)
+from streamer.io.protocol import BeatMessage, FrameMessage, StartMessage
+from streamer.processor import FrameProcessor, Received
+from streamer.vocab import A4C_SEGMENTS
+
+# -- configuration and the beat summary (no engines) -------------------------------------
+
+
+def test_view_config_refuses_nonsense():
+    with pytest.raises(ValueError, match="view gate 'maybe'"):
+        ViewConfig(gate="maybe")
+    with pytest.raises(ValueError, match="analysed_view"):
+        ViewConfig(analysed_view="a5c_typo")
+    with pytest.raises(ValueError, match="min_confidence"):
+        ViewConfig(min_confidence=1.5)
+    assert EchoConfig().view == ViewConfig()
+
+
+def test_echo_app_declares_its_fields_and_wiring():
+    assert EchoApp.name == "echo" and EchoApp.modalities == ("US",)
+    assert EchoApp.roles == ("view", "seg", "flow") and EchoApp.Config is EchoConfig
+    assert [f.name for f in EchoApp.result_fields] == ["view", "points_mm", "gls_pct",
+                                                       "regional_pct", "beat", "phase"]
+    assert [f.name for f in EchoApp.beat_fields] == ["es_seq", "peak_gls_pct",
+                                                     "regional_peak_pct", "duration_s",
+                                                     "ed_source"]
+    # every beat field is written by the beat summary or by the strain stage's boundary
+    assert set(SummariseBeat.outputs) | {"ed_source"} == {f.name for f in EchoApp.beat_fields}
+    assert {"strain_sample", BEAT_CLOSED} <= set(MeasureStrain.outputs)
+    assert SummariseBeat.keeps == ("strain_sample",)
+    with pytest.raises(ValueError, match="needs engines"):
+        EchoApp()
+
+
+def arc(n: int = 120) -> np.ndarray:
+    """A horseshoe centreline, [row, col] mm."""
+    theta = np.linspace(-0.9 * np.pi, -0.1 * np.pi, n)
+    return np.stack([40 + 35 * np.sin(theta) * -1, 40 + 20 * np.cos(theta)], axis=1)
+
+
+def beat_frames(scales, seqs, ed_seq, end_seq, fps=50.0) -> BeatFrames:
+    base = arc()
+    samples = [StrainSample(seq / fps, base * s) for seq, s in zip(seqs, scales)]
+    boundary = BeatBoundary(index=3, ed_seq=ed_seq, end_seq=end_seq,
+                            fields={"ed_source": "ecg"})
+    return BeatFrames(stream="s", boundary=boundary, seqs=list(seqs),
+                      values={"strain_sample": samples})
+
+
+def test_beat_summary_finds_end_systole_and_the_peak_strains():
+    """A centreline scaled uniformly by s shortens every segment by (s - 1) x 100 %."""
+    scales = [1.0, 0.95, 0.88, 0.85, 0.9, 0.97, 1.0]
+    seqs = list(range(10, 17))
+    out = SummariseBeat().process(beat_frames(scales, seqs, 10, 16))
+    assert set(out) == set(SummariseBeat.outputs)
+    assert out["es_seq"] == 13
+    assert out["peak_gls_pct"] == pytest.approx(-15.0, abs=0.01)
+    assert list(out["regional_peak_pct"]) == list(A4C_SEGMENTS)
+    assert all(v == pytest.approx(-15.0, abs=0.01) for v in out["regional_peak_pct"].values())
+    assert out["duration_s"] == pytest.approx(6 / 50.0)
+
+
+def test_beat_summary_of_a_beat_whose_ends_were_not_kept_is_empty():
+    scales = [1.0, 0.9, 0.85, 0.9, 1.0]
+    # its opening end-diastole (seq 10) was not kept
+    out = SummariseBeat().process(beat_frames(scales, range(11, 16), 10, 15))
+    assert out == dict.fromkeys(SummariseBeat.outputs)
+    # nor its closing one
+    out = SummariseBeat().process(beat_frames(scales, range(10, 15), 10, 15))
+    assert out == dict.fromkeys(SummariseBeat.outputs)
+    empty = BeatFrames("s", BeatBoundary(0, 0, 5), [], {"strain_sample": []})
+    assert SummariseBeat().process(empty) == dict.fromkeys(SummariseBeat.outputs)
+
+
+def test_tracking_grid_maps_grid_mm_to_frame_mm():
+    from engines.spec import fit_to_input
+
+    # a 240 x 320 frame letterboxed into 256 x 256
+    _, fit = fit_to_input(np.zeros((240, 320), np.float32), (256, 256))
+    grid = TrackingGrid(fit, (0.3 / fit.scale, 0.3 / fit.scale))
+    # grid pixel g lies at frame pixel (g - offset + 0.5) / scale - 0.5
+    g = np.array([[100.0, 50.0]])
+    frame_px = (g - [fit.top, fit.left] + 0.5) / fit.scale - 0.5
+    np.testing.assert_allclose(grid.to_frame_mm(g * grid.spacing_mm), frame_px * 0.3,
+                               atol=1e-9)
+
+
+# --------------------------------------------------------------------------
+# the echo app with the shipped engines (default backend)
+
+
+@pytest.fixture(scope="module")
+def echo_analysis():
+    return build_analysis(AnalysisConfig(app="echo"))
+
+
+def phantom(seed, view="a4c", frames=12, size=256, **kw):
+    cfg = random_echo_config(seed, view=view, rows=size, cols=size, frames=frames, fps=50.0,
+                             start_phase=0.0, **kw)
+    return make_echo_clip(cfg)
+
+
+def clip_frames(clip, stream, view_hint=None, pixels=None):
+    return [FrameMessage(stream=stream, seq=t, t_acq_ns=int(t / clip.fps * 1e9),
+                         modality="US", pixels=image, spacing_mm=tuple(clip.spacing_mm),
+                         fps=clip.fps, view=view_hint)
+            for t, image in enumerate(clip.frames if pixels is None else pixels)]
+
+
+def run_clip(analysis, clip, stream, view_hint=None, pixels=None):
+    processor = FrameProcessor(analysis)
+    processor.handle(Received(StartMessage(stream, {"modality": "US"}), 0))
+    out = []
+    for message in clip_frames(clip, stream, view_hint, pixels):
+        out += processor.handle(Received(message, 0))
+    return out
+
+
+def test_echo_app_runs_the_method_in_order(echo_analysis):
+    app = echo_analysis.apps["echo"]
+    assert isinstance(app, EchoApp) and echo_analysis.route("US") is app
+    instance = echo_analysis.new_stream(app, "s")
+    assert [s.name for s in instance.pipeline.stages] == ["preprocess", "view", "segment",
+                                                          "flow", "track", "strain"]
+    assert [s.name for s in instance.beat_stages] == ["beat_summary"]
+    roles = {s.engine.spec.role for s in instance.pipeline.stages if hasattr(s, "engine")}
+    assert roles == {"view", "seg", "flow"}
+    # engines are shared by every stream; the stages (with their state) are not
+    other = echo_analysis.new_stream(app, "t")
+    for mine, theirs in zip(instance.pipeline.stages, other.pipeline.stages):
+        assert mine is not theirs
+        if hasattr(mine, "engine"):
+            assert mine.engine is theirs.engine is app.engines[mine.engine.spec.role]
+
+
+def test_held_out_a4c_clip_gives_view_centreline_and_strain(echo_analysis):
+    clip = phantom(2_000_101, frames=16)
+    results = [m for m in run_clip(echo_analysis, clip, "a4c") if m.kind == "result"]
+    assert len(results) == 16
+    assert all(r.app == "echo" for r in results)
+    assert all(set(r.fields) == {f.name for f in EchoApp.result_fields} for r in results)
+    assert all(r.fields["view"]["label"] == "a4c" for r in results), \
+        [r.fields["view"] for r in results]
+    assert all(len(r.fields["points_mm"]) == 120 for r in results)
+    assert results[0].fields["gls_pct"] == 0.0 and "reinitialised" in results[0].flags
+    gls = np.array([r.fields["gls_pct"] for r in results])
+    truth = clip.truth.midwall_gls_pct[:16]
+    # early systole: the wall shortens, and the measured curve follows the truth
+    assert gls[-1] < -3 and abs(gls[-1] - truth[-1]) < 2.0, (gls, truth)
+    assert set(results[5].fields["regional_pct"]) == {
+        "basal_septal", "mid_septal", "apical_septal", "apical_lateral", "mid_lateral",
+        "basal_lateral"}
+    assert {"view", "segment", "flow", "track", "strain"} <= set(results[5].latency_ms)
+    # values kept for the beat summary are not result fields
+    assert "strain_sample" not in results[5].fields and BEAT_CLOSED not in results[5].fields
+
+
+def test_the_strain_stage_writes_a_sample_for_the_beat_summary(echo_analysis):
+    clip = phantom(2_000_101, frames=3)
+    instance = echo_analysis.new_stream(echo_analysis.apps["echo"], "samples")
+    outcomes = []
+    for message in clip_frames(clip, "samples"):
+        outcomes.append(instance(message))
+        assert instance.beat(message, outcomes[-1]) is None  # keeps the sample
+    samples = [o.values["strain_sample"] for o in outcomes]
+    assert all(isinstance(s, StrainSample) and s.points_mm.shape == (120, 2) for s in samples)
+    assert samples[1].t_s == pytest.approx(1 / clip.fps)
+    assert all(o.values[BEAT_CLOSED] is None for o in outcomes)  # no cycle yet
+    assert len(instance.beat_buffer) == 3
+
+
+def test_view_gate_stops_other_views_and_a_hint_overrides_it(echo_analysis):
+    clip = phantom(2_000_102, view="psax", frames=3)
+    gated = [m for m in run_clip(echo_analysis, clip, "psax") if m.kind == "result"]
+    assert all(r.fields["view"]["label"] == "psax" and "not_a4c" in r.flags for r in gated)
+    assert all(r.fields["points_mm"] is None and r.fields["gls_pct"] is None for r in gated)
+    a4c = phantom(2_000_101, frames=3)
+    hinted = [m for m in run_clip(echo_analysis, a4c, "hint", view_hint="a4c")
+              if m.kind == "result"]
+    assert all(r.fields["points_mm"] is not None for r in hinted)
+
+
+def test_points_are_in_millimetres_of_the_frame_whatever_its_shape(echo_analysis):
+    """A 240 x 320 frame sits letterboxed in the networks' square input; the centreline
+    comes back in mm from the frame's own top-left pixel."""
+    import cv2
+
+    clip = phantom(2_000_101, frames=2)
+    square = [m for m in run_clip(echo_analysis, clip, "sq") if m.kind == "result"]
+    wide = np.stack([np.pad(cv2.resize(f, (240, 240), interpolation=cv2.INTER_AREA),
+                            ((0, 0), (40, 40))) for f in clip.frames])
+    spacing = tuple(s * 256 / 240 for s in clip.spacing_mm)
+    wide_clip = type(clip)(frames=wide, spacing_mm=spacing, fps=clip.fps, truth=clip.truth,
+                           config=clip.config)
+    padded = [m for m in run_clip(echo_analysis, wide_clip, "wide") if m.kind == "result"]
+    a = np.array(square[1].fields["points_mm"])
+    b = np.array(padded[1].fields["points_mm"]) - [0.0, 40 * spacing[1]]
+    # the same wall: the segmentations differ a little (the networks see the wall at two
+    # scales), a wrong offset would move every point by millimetres to centimetres
+    assert np.linalg.norm(a.mean(0) - b.mean(0)) < 2.0  # about one grid pixel here
+    assert np.median(np.linalg.norm(a - b, axis=1)) < 2.5
+
+
+def test_interleaved_streams_give_the_results_each_gives_alone(echo_analysis):
+    """Two scanners into one side-car: each stream's tracker and strain state is its own."""
+    clip_a, clip_b = phantom(2_000_101, frames=10), phantom(2_000_103, frames=10)
+    alone = {name: [m.fields for m in run_clip(echo_analysis, clip, name)
+                    if m.kind == "result"]
+             for name, clip in (("a", clip_a), ("b", clip_b))}
+    processor = FrameProcessor(echo_analysis)
+    for name in ("a", "b"):
+        processor.handle(Received(StartMessage(name, {"modality": "US"}), 0))
+    together: dict[str, list] = {"a": [], "b": []}
+    for fa, fb in zip(clip_frames(clip_a, "a"), clip_frames(clip_b, "b")):
+        for message in (fa, fb):
+            together[message.stream] += [m.fields for m in processor.handle(Received(message, 0))
+                                         if m.kind == "result"]
+    assert together == alone
+    assert alone["a"][-1]["gls_pct"] != alone["b"][-1]["gls_pct"]  # two different clips
+
+
+def test_a_completed_cycle_publishes_a_beat_message(echo_analysis):
+    clip = phantom(2_000_101, frames=90, heart_rate_bpm=75.0)  # 1.9 cycles at 50 fps
+    messages = run_clip(echo_analysis, clip, "beats")
+    beats = [m for m in messages if isinstance(m, BeatMessage)]
+    assert len(beats) >= 1
+    beat = beats[0]
+    assert beat.stream == "beats" and beat.beat == 0
+    assert {f.name for f in EchoApp.beat_fields} | {"ed_seq"} <= set(beat.fields)
+    assert "beat_incomplete" not in beat.fields.get("flags", [])
+    results = {m.seq: m for m in messages if m.kind == "result"}
+    f = beat.fields
+    assert f["ed_seq"] < f["es_seq"] and f["peak_gls_pct"] < -5
+    assert f["ed_source"] in ("ecg", "length") and f["duration_s"] > 0.5
+    assert results[f["es_seq"]].fields["gls_pct"] is not None
+    # the beat message follows the result of the frame that closed the beat
+    closing = messages.index(beat) - 1
+    assert messages[closing].kind == "result" and messages[closing].seq > f["es_seq"]
+    truth_peak = clip.truth.midwall_gls_pct.min()
+    assert abs(f["peak_gls_pct"] - truth_peak) < 3.0, (beat, truth_peak)
