@@ -127,10 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     record.set_defaults(func=cmd_record)
 
     analyze = commands.add_parser(
-        "analyze", parents=[clip, analysis], help="run a clip through the pipeline in one process",
-        description="The side-car's pipeline without sockets: writes start, one result (or "
-                    "error) per frame and end as JSON lines, the same headers a subscriber "
-                    "receives.")
+        "analyze", parents=[clip, analysis],
+        help="run clips through the side-car's apps in one process",
+        description="The side-car's analysis without sockets: writes start, one result (or "
+                    "error) per frame, beat messages and end as JSON lines, the same headers "
+                    "a subscriber receives. Several clips go in as several streams, their "
+                    "frames interleaved by acquisition time, each with its own state.")
     analyze.add_argument("more_clips", nargs="*", type=Path, metavar="CLIP",
                          help="more clips: each is a stream of its own (named after its "
                               "file), their frames interleaved by acquisition time as a "

@@ -287,9 +287,8 @@ def beat_from_points(index: int, t_s: np.ndarray, points_mm: np.ndarray, ed_sour
     :class:`StrainMonitor` draws them); strain is against the opening ED."""
     t = np.asarray(t_s, dtype=np.float64)
     P = np.asarray(points_mm, dtype=np.float64)
-    L = np.array([float(polyline_length(p)) for p in P])
-    bounds = equal_arc_bounds(P[0], n_segments)
-    S = np.stack([segment_lengths(p, n_segments, bounds=bounds) for p in P])
+    L = polyline_length(P)  # (T,): each frame's length, as StrainMonitor computes it
+    S = segment_lengths(P, n_segments, bounds=equal_arc_bounds(P[0], n_segments))
     return _beat(index, 0, len(t) - 1, t, L, strain_pct(L, L[0]), strain_pct(S, S[0]),
                  ed_source)
 
