@@ -382,8 +382,9 @@ class SideCar:
                 item, dropped = got
                 self.stats.dropped += dropped
                 messages = self.processor.handle(item, dropped=dropped, t_take_ns=time.time_ns())
-                if not messages and isinstance(item.message, FrameMessage):
-                    self.stats.stale += 1
+                if isinstance(item.message, FrameMessage) and not any(
+                        m.kind in ("result", "error") for m in messages):
+                    self.stats.stale += 1  # (the messages may hold idle streams' ends)
                 for message in messages:
                     if message.kind == "result":
                         self.stats.results += 1
