@@ -18,8 +18,8 @@ from pathlib import Path
 
 from streamer.apps import Analysis
 from streamer.io.clips import ClipReader
-from streamer.io.protocol import encode
-from streamer.processor import FrameProcessor, Received
+from streamer.io.protocol import ErrorMessage, ProtocolError, encode
+from streamer.processor import FrameProcessor, Received, StreamLimits
 from streamer.replay import ReplayConfig, TimedMessage, clip_messages
 
 
@@ -46,7 +46,9 @@ def analyze(reader: ClipReader | Sequence[ClipReader], out_path: str | Path,
     if len(configs) != len(readers):
         raise ValueError(f"{len(readers)} clips but {len(configs)} replay configs")
     t0_ns = time.time_ns() if t0_ns is None else t0_ns
-    processor = FrameProcessor(analysis)
+    # offline: every clip is followed to its end however long the analysis takes
+    processor = FrameProcessor(analysis, limits=StreamLimits(
+        max_streams=len(readers), idle_timeout_s=float("inf")))
     summary = AnalyzeSummary()
     start = time.perf_counter()
     streams = [clip_messages(r, c, t0_ns=t0_ns) for r, c in zip(readers, configs)]
@@ -58,10 +60,17 @@ def analyze(reader: ClipReader | Sequence[ClipReader], out_path: str | Path,
                                            t_take_ns=now_ns):
                 if answer.kind == "result":
                     answer.arrays = {}  # arrays travel as parts; lines hold headers
-                    summary.results += 1
-                elif answer.kind == "error":
-                    summary.errors += 1
-                out.write(bytes(encode(answer)[0]) + b"\n")
+                try:
+                    line = bytes(encode(answer)[0])
+                except ProtocolError as exc:  # an app's field JSON cannot hold
+                    answer = ErrorMessage(code="stage_failed", stream=message.stream,
+                                          seq=getattr(answer, "seq", None),
+                                          message=f"the {answer.kind} could not be "
+                                                  f"encoded: {exc.message}")
+                    line = bytes(encode(answer)[0])
+                summary.results += answer.kind == "result"
+                summary.errors += answer.kind == "error"
+                out.write(line + b"\n")
             if message.kind == "frame":
                 summary.frames += 1
                 if on_frame is not None:

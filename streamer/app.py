@@ -327,6 +327,13 @@ class App(ABC):
             if undeclared:
                 raise PipelineWiringError(f"beat stage {stage.name!r} writes {undeclared}, "
                                           f"which app {self.name!r} does not declare")
+        for kind, declared_fields in (("result", self.result_fields),
+                                      ("beat", self.beat_fields)):
+            names = [f.name for f in declared_fields]
+            twice = sorted({name for name in names if names.count(name) > 1})
+            if twice:
+                raise PipelineWiringError(f"app {self.name!r} declares {kind} fields {twice} "
+                                          "more than once")
         reserved = [f.name for f in self.result_fields if f.name in RESULT_KEYS] + [
             f.name for f in self.beat_fields if f.name in (*BEAT_KEYS, "ed_seq")]
         if reserved:
@@ -376,6 +383,11 @@ class StreamApp:
         if boundary is None:
             return None
         frames = self.beat_buffer.close(frame.stream, boundary)
+        declared = {f.name for f in self.app.beat_fields}
+        undeclared = [name for name in boundary.fields if name not in declared]
+        if undeclared:
+            raise RuntimeError(f"the beat boundary writes {undeclared}, which app "
+                               f"{self.app.name!r} does not declare as beat fields")
         fields: dict[str, Any] = {"ed_seq": boundary.ed_seq, **boundary.fields}
         for stage in self.beat_stages:
             t0 = time.perf_counter_ns()

@@ -190,10 +190,15 @@ class BudgetController:
         self.hold = self.config.window_frames
         self._window.clear()
 
-    def next_controls(self) -> FrameControls:
+    def next_controls(self, frame_at_step: int | None = None) -> FrameControls:
+        """The controls for the next frame. ``frame_at_step`` counts the frame's own
+        stream's frames since the step last changed (so that every stream, not every other
+        frame of the worker, is analysed at ``half_rate``); without it the controller counts
+        all frames itself (one stream)."""
         step = self.step
-        analyse = self._frame % step.analyse_every == 0
-        self._frame += 1
+        if frame_at_step is None:
+            frame_at_step, self._frame = self._frame, self._frame + 1
+        analyse = frame_at_step % step.analyse_every == 0
         return FrameControls(view_every=step.view_every, analyse=analyse)
 
     def observe(self, frame_ms: float, wait_ms: float, stage_ms: dict[str, float]) -> str | None:

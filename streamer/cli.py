@@ -182,7 +182,8 @@ def _open(args, clip: Path | None = None):
 def _replay_config(args, **extra):
     from streamer.replay import ReplayConfig
 
-    return ReplayConfig(stream=args.stream, fps=args.fps, loop=args.loop,
+    extra.setdefault("stream", args.stream)
+    return ReplayConfig(fps=args.fps, loop=args.loop,
                         modality=args.modality, max_frames=args.max_frames, view=args.view,
                         **extra)
 
@@ -280,16 +281,15 @@ def cmd_analyze(args) -> int:
 
     from streamer.analyze import analyze
     from streamer.apps import analysis_config, build_analysis
+    from streamer.replay import default_stream_name
 
     clips = [args.clip, *args.more_clips]
     if len(clips) > 1 and args.stream:
         raise CLIError("--stream names one clip's stream; with several clips each stream "
                        "is named after its file")
-    names = [clip.name for clip in clips]
-    twice = sorted({name for name in names if names.count(name) > 1})
-    if twice:
-        raise CLIError(f"clips {twice} have the same file name, which names their streams; "
-                       "analyze them one at a time with --stream")
+    names = [args.stream or default_stream_name(clip) for clip in clips]
+    streams = [name if names.count(name) == 1 else f"{name}-{k + 1}"
+               for k, name in enumerate(names)]  # same file names: numbered in order given
     with ExitStack() as stack:
         readers = [stack.enter_context(_open(args, clip)) for clip in clips]
         total = sum(r.info.n_frames * args.loop if not args.max_frames
@@ -297,7 +297,7 @@ def cmd_analyze(args) -> int:
         desc = f"analyze {clips[0].name}" + (f" +{len(clips) - 1}" if len(clips) > 1 else "")
         with _progress(total, desc, args.no_progress) as bar:
             summary = analyze(readers, args.out, build_analysis(analysis_config(args)),
-                              [_replay_config(args) for _ in readers],
+                              [_replay_config(args, stream=name) for name in streams],
                               on_frame=lambda _: bar.update(1))
     _print_event("analyzed", out=str(args.out), frames=summary.frames,
                  results=summary.results, errors=summary.errors,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from streamer.app import FrameRejected, StreamApp
 from streamer.apps import Analysis, NoAppError
-from streamer.budget import FULL, BudgetConfig, BudgetController
+from streamer.budget import FULL, BudgetConfig, BudgetController, FrameControls
 from streamer.io.protocol import (
     EndMessage,
     ErrorMessage,
@@ -79,6 +79,11 @@ class StreamState:
     counts: StreamCounts = field(default_factory=StreamCounts)
     app: StreamApp | None = None  # None until the stream's modality is known
     last_seen_s: float = 0.0  # monotonic clock
+    #: the budget controller's step changes when the stream opened, and when this stream
+    #: last counted its frames at a step (its frames since then: frames_at_step)
+    changes_at_open: int = 0
+    changes_seen: int = 0
+    frames_at_step: int = 0
 
 
 class FrameProcessor:
@@ -121,7 +126,7 @@ class FrameProcessor:
             state = self.streams.pop(message.stream, None) or StreamState()
             state.counts.dropped += dropped  # replaced after the stream's last frame taken
             return out + [self._end_echo(message.stream, message.n_frames, message.meta,
-                                         state.counts)]
+                                         state)]
         state = self.streams.get(message.stream)
         if state is None:
             state, error = self._open(message.stream, now_s)
@@ -149,36 +154,46 @@ class FrameProcessor:
                 code="too_many_streams", stream=stream,
                 message=f"stream {stream!r} not followed: this side-car already follows "
                         f"{len(self.streams)} streams (the limit); end one first")
-        state = StreamState(last_seen_s=now_s)
+        changes = self.controller.changes if self.controller is not None else 0
+        state = StreamState(last_seen_s=now_s, changes_at_open=changes, changes_seen=changes)
         self.streams[stream] = state
         return state, None
 
     def _start(self, message: StartMessage, now_s: float) -> list[Message]:
-        if message.stream in self.streams:  # a stream that starts again starts afresh
-            del self.streams[message.stream]
+        out: list[Message] = []
+        old = self.streams.pop(message.stream, None)
+        if old is not None:  # a stream that starts again starts afresh: close the old one
+            out.append(self._end_echo(message.stream, None, {"reason": "restarted"}, old))
         state, error = self._open(message.stream, now_s)
         if error is not None:
-            return [error]
+            return out + [error]
         meta = dict(message.meta)
         modality = meta.get("modality")
         try:
             app = self.analysis.route(modality if isinstance(modality, str) else None)
+            if app is not None:
+                state.app = self.analysis.new_stream(app, message.stream)
+                meta["app"] = app.declaration()
         except NoAppError as exc:
             del self.streams[message.stream]
-            return [ErrorMessage(code="no_app", message=str(exc), stream=message.stream)]
-        if app is not None:
-            state.app = self.analysis.new_stream(app, message.stream)
-            meta["app"] = app.declaration()
+            return out + [ErrorMessage(code="no_app", message=str(exc), stream=message.stream)]
+        except Exception as exc:  # an app that cannot make a stream must not stop the worker
+            del self.streams[message.stream]
+            log.exception("stream %s: its app could not start it", message.stream)
+            return out + [ErrorMessage(code="stage_failed", stream=message.stream,
+                                       message=f"stream {message.stream!r} could not start: "
+                                               f"{type(exc).__name__}: {exc}")]
         if self.controller is not None and len(self.streams) == 1:
             self.controller.reset()  # the worker's load starts afresh only when alone
-        return [StartMessage(stream=message.stream, meta=meta)]
+        return out + [StartMessage(stream=message.stream, meta=meta)]
 
     def _end_echo(self, stream: str, n_frames: int | None, meta: dict,
-                  counts: StreamCounts) -> EndMessage:
+                  state: StreamState) -> EndMessage:
+        counts = state.counts
         meta = {**meta, "processed": counts.processed, "dropped": counts.dropped,
                 "stale": counts.stale, "errors": counts.errors, "last_seq": counts.last_seq}
-        if self.controller is not None:
-            meta["degradation_changes"] = self.controller.changes
+        if self.controller is not None:  # the worker's step changes while the stream was open
+            meta["degradation_changes"] = self.controller.changes - state.changes_at_open
         return EndMessage(stream=stream, n_frames=n_frames, meta=meta)
 
     def expire_idle(self, now_s: float | None = None) -> list[Message]:
@@ -196,7 +211,7 @@ class FrameProcessor:
             state = self.streams.pop(name)
             log.info("stream %s: no message for %.0f s, closed", name, limit)
             ends.append(self._end_echo(name, None, {"reason": "idle_timeout",
-                                                    "idle_timeout_s": limit}, state.counts))
+                                                    "idle_timeout_s": limit}, state))
         return ends
 
     @staticmethod
@@ -214,12 +229,10 @@ class FrameProcessor:
         completed a cardiac cycle."""
         frame: FrameMessage = item.message
         counts = state.counts
-        controller = self.controller
-        controls = controller.next_controls() if controller is not None else FULL
+        controls = self._controls(state)
         try:
             instance = self._app_for(frame, state)
             outcome = instance(frame, controls)
-            beat = instance.beat(frame, outcome)
         except FrameRejected as exc:
             counts.errors += 1
             return [ErrorMessage(code=exc.code, message=exc.message, stream=frame.stream,
@@ -231,6 +244,7 @@ class FrameProcessor:
                                  message=f"frame {frame.stream}#{frame.seq}: "
                                          f"{type(exc).__name__}: {exc}",
                                  stream=frame.stream, seq=frame.seq)]
+        beat = self._beat(instance, frame, outcome)
         counts.processed += 1
         counts.last_seq = frame.seq
         t_result_ns = time.time_ns()
@@ -259,6 +273,30 @@ class FrameProcessor:
             app=instance.app.name, fields=instance.fields(outcome),
             arrays=instance.arrays(outcome))
         return [result] if beat is None else [result, beat]
+
+    @staticmethod
+    def _beat(instance: StreamApp, frame: FrameMessage, outcome) -> Message | None:
+        """The beat this frame closed, if any; a failing beat stage costs the beat (an
+        error), not the frame's result."""
+        try:
+            return instance.beat(frame, outcome)
+        except Exception as exc:
+            log.exception("beat stage failed on %s#%d", frame.stream, frame.seq)
+            return ErrorMessage(code="stage_failed", stream=frame.stream, seq=frame.seq,
+                                message=f"the beat closed at frame {frame.stream}#{frame.seq} "
+                                        f"was lost: {type(exc).__name__}: {exc}")
+
+    def _controls(self, state: StreamState) -> FrameControls:
+        """The budget controller's controls for this stream's next frame (``half_rate``
+        counts each stream's own frames)."""
+        controller = self.controller
+        if controller is None:
+            return FULL
+        if state.changes_seen != controller.changes:
+            state.changes_seen, state.frames_at_step = controller.changes, 0
+        controls = controller.next_controls(state.frames_at_step)
+        state.frames_at_step += 1
+        return controls
 
     def _app_for(self, frame: FrameMessage, state: StreamState) -> StreamApp:
         """The stream's app instance; made at its first frame when its start did not say

@@ -68,8 +68,13 @@ class TimedMessage:
     message: Message
 
 
+def default_stream_name(path: str | Path) -> str:
+    """A clip's stream name when none is given: its file name up to the first dot."""
+    return Path(path).name.split(".")[0] or "clip"
+
+
 def _stream_fields(info: ClipInfo, config: ReplayConfig) -> tuple[str, str, tuple, float]:
-    stream = config.stream or Path(info.path).name.split(".")[0] or "clip"
+    stream = config.stream or default_stream_name(info.path)
     modality = config.modality or info.modality
     if modality not in MODALITIES:
         raise ReplayError(f"{info.path}: the file does not say whether it is US or MR "

@@ -99,6 +99,9 @@ class _Inbox:
     def _take_dropped(self, item: Received) -> int:
         return 0
 
+    def forget(self, stream: str) -> int:
+        return 0
+
     def __len__(self) -> int:
         with self._cv:
             return len(self._items)
@@ -136,7 +139,11 @@ class LatestFrameSlot(_Inbox):
             waiting = [i for i in self._items if isinstance(i.message, FrameMessage)]
             replaced = [i for i in waiting if i.message.stream == stream]
             if not replaced and len(waiting) >= self.max_streams:
-                replaced = waiting[:1]
+                # as many streams wait as the side-car follows: the newcomer's frame goes
+                # (counted against its stream), not a frame of a stream already waiting
+                self._dropped[stream] = self._dropped.get(stream, 0) + 1
+                self.dropped_total += 1
+                return True
             if replaced:
                 for old in replaced:
                     name = old.message.stream
@@ -152,6 +159,12 @@ class LatestFrameSlot(_Inbox):
 
     def _take_dropped(self, item: Received) -> int:
         return self._dropped.pop(item.message.stream, 0)
+
+    def forget(self, stream: str) -> int:
+        """The drops not yet handed out for a stream the worker closed (idle): returned, and
+        forgotten here."""
+        with self._cv:
+            return self._dropped.pop(stream, 0)
 
 
 class BoundedFrameQueue(_Inbox):
@@ -195,9 +208,9 @@ class SideCarConfig:
     queue_frames: int = option(32, "lossless mode: frames accepted and waiting for the "
                                "worker before ingest waits", metavar="N")
     max_message_bytes: int = option(
-        DEFAULT_MAX_MESSAGE_BYTES, "larger messages are answered with a too_large error, MB",
-        flag="--max-message-mb", metavar="MB", parse=lambda text: int(float(text) * 2**20),
-        format=lambda n: f"{n / 2**20:g}")
+        DEFAULT_MAX_MESSAGE_BYTES, "larger messages are answered with a too_large error, "
+        "MiB", flag="--max-message-mb", metavar="MIB", parse=lambda text: int(float(text) * 2**20),
+        format=lambda n: repr(n / 2**20))
     #: ingest socket receive high-water mark (messages ZeroMQ buffers for us)
     ingest_hwm: int = 100
     drain_timeout_s: float = option(30.0, "lossless shutdown: time allowed to finish frames "
@@ -210,6 +223,11 @@ class SideCarConfig:
                               metavar="N")
     stream_idle_timeout_s: float = option(300.0, "close a stream (and drop its state) after "
                                           "this long without a message", metavar="S")
+
+    def __post_init__(self):
+        if self.max_message_bytes < 1024:
+            raise ValueError(f"--max-message-mb {self.max_message_bytes / 2**20!r} is too small "
+                             "for any frame (at least 1 KiB)")
 
     @property
     def mode(self) -> str:
@@ -351,7 +369,8 @@ class SideCar:
                         stats.frames += 1
                 elif isinstance(message, (StartMessage, EndMessage)):
                     if self.config.republish_frames and isinstance(message, StartMessage):
-                        self.outbox.put(message)  # ahead of the frames republished after it
+                        # ahead of the frames republished after it, with the stream's app
+                        self.outbox.put(self.processor.analysis.declare_start(message))
                     self.inbox.put_control(item)
                 else:
                     stats.protocol_errors += 1
@@ -373,6 +392,8 @@ class SideCar:
                 got = self.inbox.get(timeout_s=0.05)
                 if got is None:
                     for message in self.processor.expire_idle():  # silent streams close
+                        message.meta["dropped"] += self.inbox.forget(message.stream)
+                        self.stats.dropped += message.meta["dropped"]
                         self.outbox.put(message)
                     if self._stopping.is_set() and (
                             not self.config.lossless
@@ -402,8 +423,9 @@ class SideCar:
                         log.warning("drain timeout: %d accepted item(s) not processed",
                                     len(self.inbox))
                         break
-        except Exception:  # pragma: no cover
+        except Exception:  # pragma: no cover - a bug: stop rather than swallow frames
             log.exception("worker thread failed")
+            self._stopping.set()
         finally:
             self.inbox.close()
             self.outbox.put(_STOP)
@@ -421,7 +443,7 @@ class SideCar:
                 if message is not None:
                     if isinstance(message, ResultMessage):
                         _stamp_publish(message)
-                    socket.send_multipart(encode(message))
+                    socket.send_multipart(_encode_or_error(message))
                     self.stats.published += 1
         except Exception:  # pragma: no cover
             log.exception("publisher thread failed")
@@ -434,6 +456,21 @@ class SideCar:
         """XPUB hands us (un)subscription messages; read them so they do not pile up."""
         while socket.poll(0):
             socket.recv_multipart()
+
+
+def _encode_or_error(message) -> list:
+    """The message's parts; one that cannot be encoded (an app's field of a type JSON
+    cannot hold, an array of a dtype the wire does not carry) is answered with an error for
+    its frame instead of stopping the publisher."""
+    try:
+        return encode(message)
+    except (ProtocolError, TypeError, ValueError) as exc:
+        log.error("%s of %s could not be encoded: %s", message.kind,
+                  getattr(message, "stream", None), exc)
+        return encode(ErrorMessage(
+            code="stage_failed", stream=getattr(message, "stream", None),
+            seq=getattr(message, "seq", None),
+            message=f"the {message.kind} could not be encoded: {exc}"))
 
 
 def _stamp_publish(result: ResultMessage) -> None:

@@ -99,3 +99,20 @@ def test_several_clips_need_one_stream_name_each(tmp_path):
     with open_clip(a) as ra, open_clip(b) as rb:
         with pytest.raises(ValueError, match="2 clips but 1 replay configs"):
             analyze([ra, rb], tmp_path / "r.jsonl", analysis, [ReplayConfig(stream="x")])
+
+
+def test_cli_analyze_of_clips_with_the_same_name_numbers_their_streams(npz_clip, tmp_path):
+    import shutil
+
+    from streamer.cli import main
+
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(npz_clip, other / npz_clip.name)
+    out = tmp_path / "both.jsonl"
+    assert main(["analyze", str(npz_clip), str(other / npz_clip.name), "--app", "none",
+                 "--out", str(out), "--no-progress"]) == 0
+    rows = lines(out)
+    assert [r["stream"] for r in rows if r["kind"] == "start"] == ["clip-1", "clip-2"]
+    ends = {r["stream"]: r["meta"]["processed"] for r in rows if r["kind"] == "end"}
+    assert ends == {"clip-1": 12, "clip-2": 12}

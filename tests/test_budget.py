@@ -279,3 +279,36 @@ def test_live_serve_degrades_and_recovers_over_sockets(serve):
     for r in results:  # nothing older than the budget was processed
         lat = r.latency_ms
         assert lat["transport"] + lat["queue"] <= 200.0 + 1e-3
+
+
+def test_at_half_rate_every_stream_is_analysed_every_other_of_its_own_frames():
+    """Two streams alternating in one live worker at half_rate: each stream's frames are
+    analysed every other frame, not one stream always and the other never."""
+    from streamer.app import Field, Stage
+
+    class Sheddable(Stage):
+        name = "work"
+        inputs = ("image",)
+        outputs = ("worked",)
+        sheddable = True
+
+        def process(self, image):
+            return {"worked": True}
+
+    class ShedApp(App):
+        name = "shed"
+        result_fields = (Field("worked", "boolean", "the sheddable stage ran"),)
+
+        def stages(self):
+            return [Preprocess(), Sheddable()]
+
+    processor = FrameProcessor(Analysis({"shed": ShedApp()}, forced="shed"),
+                               budget=BudgetConfig(frame_ms=1e6), live=True)
+    controller = processor.controller
+    controller.level = [s.name for s in DEGRADATION_ORDER].index("half_rate")
+    worked = {"a": [], "b": []}
+    for seq in range(6):
+        for stream in ("a", "b"):
+            [result] = processor.handle(Received(frame(seq, stream), time.time_ns()))
+            worked[stream].append(result.fields["worked"] is True)
+    assert worked == {"a": [True, False] * 3, "b": [True, False] * 3}

@@ -109,8 +109,11 @@ def test_start_resets_the_stream_counts_and_its_app_instance():
     processor = FrameProcessor(counting_analysis())
     processor.handle(received(frame(0)))
     first = processor.streams["s"].app
-    processor.handle(received(StartMessage("s", {"modality": "US"})))
+    closed, _ = processor.handle(received(StartMessage("s", {"modality": "US"})))
     assert processor.streams["s"].app is not first
+    # the counts of the stream so far are not lost: an end echo closes it first
+    assert (closed.kind, closed.meta["reason"], closed.meta["processed"]) == (
+        "end", "restarted", 1)
     [result] = processor.handle(received(frame(1)))
     assert result.fields == {"n": 1}  # the new instance starts counting afresh
     [end] = processor.handle(received(EndMessage("s")))
@@ -241,8 +244,8 @@ def test_more_streams_than_the_limit_get_too_many_streams():
     # the streams already followed go on; a start of one of them is not refused
     [result] = processor.handle(received(frame(1, stream="a")))
     assert result.kind == "result"
-    [start] = processor.handle(received(StartMessage("b")))
-    assert start.kind == "start"
+    restarted, start = processor.handle(received(StartMessage("b")))
+    assert (restarted.kind, restarted.meta["reason"], start.kind) == ("end", "restarted", "start")
     # once one ends there is room again
     processor.handle(received(EndMessage("a")))
     [result] = processor.handle(received(frame(1, stream="c")))
@@ -372,3 +375,44 @@ def test_drops_after_a_streams_last_frame_are_counted_in_its_end():
     processor.handle(received(frame(0)))
     [end] = processor.handle(received(EndMessage("s", 3)), dropped=2)
     assert end.meta["dropped"] == 2 and end.meta["processed"] == 1
+
+
+def test_a_failing_beat_stage_costs_the_beat_not_the_frames_result():
+    from streamer.app import BEAT_CLOSED, BeatBoundary, BeatStage
+
+    class Closes(Stage):
+        name = "closes"
+        inputs = ("frame",)
+        outputs = ("sample", BEAT_CLOSED)
+
+        def process(self, frame):
+            closed = BeatBoundary(0, 0, frame.seq) if frame.seq == 2 else None
+            return {"sample": frame.seq, BEAT_CLOSED: closed}
+
+    class Fails(BeatStage):
+        name = "fails"
+        keeps = ("sample",)
+        outputs = ("summary",)
+
+        def process(self, beat):
+            raise ZeroDivisionError("a bug in a beat stage")
+
+    class BeatApp(UsCountApp):
+        name = "beats"
+        beat_fields = (Field("summary", "number", "what the beat stage computes"),)
+
+        def stages(self):
+            return [Preprocess(), Count(), Closes()]
+
+        def beat_stages(self):
+            return [Fails()]
+
+    processor = FrameProcessor(Analysis({"beats": BeatApp()}))
+    for seq in range(2):
+        processor.handle(received(frame(seq)))
+    result, error = processor.handle(received(frame(2)))
+    assert result.kind == "result" and result.fields == {"n": 3}
+    assert (error.kind, error.code, error.seq) == ("error", "stage_failed", 2)
+    assert "beat" in error.message and "ZeroDivisionError" in error.message
+    [result] = processor.handle(received(frame(3)))  # the stream goes on
+    assert result.fields == {"n": 4}

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import zmq
 
-from streamer.app import App
+from streamer.app import App, Field, Stage
 from streamer.apps import Analysis, AnalysisConfig, build_analysis
 from streamer.apps.common import DebugDelayConfig, Preprocess
 from streamer.apps.none import AnalysisOff
@@ -82,23 +82,25 @@ def test_latest_frame_slot_keeps_the_newest_frame_of_each_stream():
 
 
 def test_latest_frame_slot_holds_one_frame_per_stream_up_to_max_streams():
+    """Past max_streams waiting frames, a newcomer stream's frame is dropped (counted against
+    it): the streams already waiting keep theirs."""
     slot = LatestFrameSlot(max_streams=2)
     slot.put_control(Received(StartMessage("a"), 0))
     slot.put_frame(received(0, "a"))
     slot.put_frame(received(0, "b"))
-    slot.put_frame(received(0, "c"))  # a third stream: the oldest waiting frame (a#0) goes
-    slot.put_frame(received(1, "c"))  # replaces c#0
+    assert slot.put_frame(received(0, "c"))  # a third stream while two wait: c#0 goes
+    slot.put_frame(received(1, "a"))  # replaces a#0
     assert len(slot) == 3  # the start and two frames
     start, dropped = slot.get(0.1)
     assert start.message.kind == "start" and dropped == 0
     taken = [slot.get(0.1) for _ in range(2)]
     assert [(item.message.stream, item.message.seq, dropped) for item, dropped in taken] == [
-        ("b", 0, 0), ("c", 1, 1)]
+        ("b", 0, 0), ("a", 1, 1)]
     assert slot.get(0.01) is None and slot.dropped_total == 2
-    # a's lost frame is reported with a's next frame
-    slot.put_frame(received(5, "a"))
+    # c's lost frame is reported with c's next frame
+    slot.put_frame(received(5, "c"))
     item, dropped = slot.get(0.1)
-    assert (item.message.stream, item.message.seq, dropped) == ("a", 5, 1)
+    assert (item.message.stream, item.message.seq, dropped) == ("c", 5, 1)
 
 
 def test_a_closed_inbox_refuses_frames_and_wakes_its_reader():
@@ -361,15 +363,58 @@ def test_a_silent_stream_is_closed_while_no_message_comes():
 
 
 def test_a_drop_just_before_a_streams_end_is_in_its_end_counts():
-    """A frame pushed out by another stream's (the max_streams cap) with no later frame of
-    its own: the drop is handed out with its stream's end, not lost or charged elsewhere."""
+    """A stream's frame dropped with no later frame of its own: the drop is handed out with
+    its stream's end, not lost or charged elsewhere."""
     slot = LatestFrameSlot(max_streams=1)
     slot.put_frame(received(0, "a"))
-    slot.put_frame(received(0, "b"))  # the slot is full: a's waiting frame goes
-    slot.put_control(Received(EndMessage("a", 1), 0))
+    slot.put_frame(received(0, "b"))  # the slot is full: b's newcomer frame goes
+    slot.put_control(Received(EndMessage("b", 1), 0))
     item, dropped = slot.get(0.1)
-    assert (item.message.stream, dropped) == ("b", 0)
+    assert (item.message.stream, dropped) == ("a", 0)
     item, dropped = slot.get(0.1)
-    assert (item.message.kind, item.message.stream, dropped) == ("end", "a", 1)
-    slot.put_frame(received(0, "a"))  # a new stream of the same name starts clean
+    assert (item.message.kind, item.message.stream, dropped) == ("end", "b", 1)
+    slot.put_frame(received(0, "b"))  # a new stream of the same name starts clean
     assert slot.get(0.1)[1] == 0
+    slot.put_frame(received(0, "c"))
+    slot.put_frame(received(1, "c"))
+    assert slot.get(0.1)[1] == 1 and slot.forget("c") == 0
+
+
+class UnwritableApp(App):
+    """Writes a field JSON cannot hold on frame 1 (an app bug)."""
+
+    name = "unwritable"
+    result_fields = (Field("thing", "object", "a value"),)
+
+    def stages(self):
+        return [Preprocess(), Thing()]
+
+
+class Thing(Stage):
+    name = "thing"
+    inputs = ("frame",)
+    outputs = ("thing",)
+
+    def process(self, frame):
+        return {"thing": object() if frame.seq == 1 else {"ok": True}}
+
+
+def test_a_result_that_cannot_be_encoded_is_an_error_and_the_side_car_goes_on():
+    config = SideCarConfig(ingest="tcp://127.0.0.1:*", publish="tcp://127.0.0.1:*",
+                           lossless=True, republish_frames=True)
+    analysis = Analysis({"unwritable": UnwritableApp()}, forced="unwritable")
+    with SideCar(config, analysis) as sidecar, \
+            ResultSubscriber(SubscriberConfig(sidecar.publish_endpoint)) as subscriber, \
+            FrameSender(SenderConfig(sidecar.ingest_endpoint)) as sender:
+        sender.send(StartMessage("u", {"modality": "US"}))
+        for seq in range(3):
+            sender.send(make_frame(seq, "u"))
+        sender.send(EndMessage("u", 3))
+        messages = collect(subscriber, "u")
+    # republished start: the ingest thread adds the app's declaration too
+    [start] = [m for m in messages if m.kind == "start"]
+    assert start.meta["app"]["name"] == "unwritable"
+    answers = [(m.kind, m.seq) for m in messages if m.kind in ("result", "error")]
+    assert answers == [("result", 0), ("error", 1), ("result", 2)]
+    [error] = [m for m in messages if m.kind == "error"]
+    assert error.code == "stage_failed" and "could not be encoded" in error.message

@@ -24,6 +24,7 @@ from streamer.apps.common import DebugDelayConfig, with_debug_delay
 from streamer.apps.echo import EchoApp
 from streamer.apps.mr_sax import MrShortAxisApp
 from streamer.apps.none import NoAnalysisApp
+from streamer.io.protocol import StartMessage
 from streamer.options import add_options, from_args, option, to_argv
 
 #: every app, by name, in routing order: a stream of modality M goes to the first that takes M
@@ -164,6 +165,18 @@ class Analysis:
         raise NoAppError(f"no app analyses modality {modality!r} (apps: "
                          + ", ".join(f"{a.name} for {'/'.join(a.modalities) or 'none'}"
                                      for a in self.apps.values()) + ")")
+
+    def declare_start(self, start: StartMessage) -> StartMessage:
+        """A stream's start with the declaration of its app in ``meta.app``, where its
+        ``meta.modality`` (or a named app) decides it; reads nothing that changes."""
+        modality = start.meta.get("modality")
+        try:
+            app = self.route(modality if isinstance(modality, str) else None)
+        except NoAppError:
+            app = None
+        if app is None:
+            return start
+        return StartMessage(stream=start.stream, meta={**start.meta, "app": app.declaration()})
 
     def new_stream(self, app: App, stream: str) -> StreamApp:
         """A stream's instance of its app (with the test hook's delay, when set)."""

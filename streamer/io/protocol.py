@@ -229,7 +229,13 @@ Message = (FrameMessage | StartMessage | EndMessage | ResultMessage | BeatMessag
 def _dumps(header: dict) -> bytes:
     # orjson: ~10x faster than the json module on these small headers (the header is
     # per-frame overhead). It writes NaN/inf as null; frame fields are checked first.
-    return orjson.dumps(header)
+    # An app's field may be a numpy scalar or array: written as a number or nested list.
+    try:
+        return orjson.dumps(header, option=orjson.OPT_SERIALIZE_NUMPY)
+    except TypeError as exc:  # orjson.JSONEncodeError
+        raise ProtocolError("bad_field", f"a header value cannot be written as JSON: {exc}",
+                            stream=_maybe_str(header.get("stream")),
+                            seq=_maybe_int(header.get("seq"))) from None
 
 
 #: numpy dtype.str -> wire name, both byte orders (dtype.name is slow on the hot path)
@@ -297,15 +303,16 @@ def encode(message: Message) -> list[Part]:
                 raise ProtocolError("bad_field", f"array part {name!r} has shape "
                                     f"{list(array.shape)}: 1 to {MAX_PART_AXES} sides of "
                                     f"1..{MAX_SIDE_PX}")
-            if name in RESULT_KEYS:
+            if name in RESULT_KEYS or name in message.fields:
                 raise ProtocolError("bad_field", f"array part {name!r} would overwrite a "
-                                    "result key")
+                                    "result key or field")
             wire, dtype = _wire_array(array, name)
             header[name] = {"shape": list(wire.shape), "dtype": dtype}
             parts.append(wire)
         parts[0] = _dumps(header)
         return parts
     if kind == "beat":
+        _refuse_reserved(message.fields, BEAT_KEYS, "beat", message.stream)
         return [_dumps({"v": PROTOCOL_VERSION, "kind": "beat", "stream": message.stream,
                         "beat": int(message.beat), **message.fields})]
     if kind == "error":
@@ -342,8 +349,18 @@ def result_header(message: ResultMessage) -> dict:
     }
     if message.app is not None:
         header["app"] = message.app
-    header.update(message.fields)
+    if message.fields:
+        _refuse_reserved(message.fields, RESULT_KEYS, "result", message.stream)
+        header.update(message.fields)
     return header
+
+
+def _refuse_reserved(fields: dict, reserved: tuple[str, ...], kind: str, stream) -> None:
+    """An app's field may not overwrite a key every message of its kind has."""
+    clash = [key for key in fields if key in reserved]
+    if clash:
+        raise ProtocolError("bad_field", f"{kind} fields {clash} would overwrite the "
+                            f"message's own keys", stream=stream)
 
 
 # --------------------------------------------------------------------------
@@ -502,8 +519,9 @@ def _decode_result(reader: _Fields, parts: Sequence[Part]) -> ResultMessage:
     header = reader.header
     stream, seq = reader.str("stream"), reader.int("seq", minimum=0)
     names = reader.str_list("parts", None)
-    if names is None:
-        names = ["mask"] if "mask" in header else []  # v1 before 'parts': a mask alone
+    if names is None:  # v1 before 'parts': a mask's shape and dtype, the mask in part 1
+        mask = header.get("mask")
+        names = ["mask"] if isinstance(mask, dict) and {"shape", "dtype"} <= set(mask) else []
     _expect_parts(parts, 1 + len(names), "result" + (f" with {names}" if names else ""),
                   stream, seq)
     arrays = {}
