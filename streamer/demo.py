@@ -91,7 +91,7 @@ def run_demo(config: DemoConfig, out: TextIO = sys.stdout) -> int:
         sender.start()
         print(f"{'seq':>5} {'t_s':>7} {'view':>6} {'gls_pct':>8} {'dropped':>7} "
               f"{'pipeline_ms':>11} {'e2e_ms':>7}  flags", file=out)
-        beats = 0
+        beats, measurable, not_measurable = 0, 0, 0
         totals, e2e, dropped, errors, t_first = [], [], 0, 0, None
         for message in subscriber.iter_until_end(timeout_s=30.0):
             now_ns = time.time_ns()
@@ -105,6 +105,8 @@ def run_demo(config: DemoConfig, out: TextIO = sys.stdout) -> int:
                 e2e.append(e2e_ms)
                 dropped += message.dropped
                 fields = message.fields
+                measurable += fields.get("measurable") is True
+                not_measurable += fields.get("measurable") is False
                 view = fields["view"]["label"] if fields.get("view") else None
                 print(f"{message.seq:>5} {(message.t_acq_ns - t_first) / 1e9:>7.3f} "
                       f"{_fmt(view, '>6')} {_fmt(fields.get('gls_pct'), '>8.2f')} "
@@ -128,6 +130,9 @@ def run_demo(config: DemoConfig, out: TextIO = sys.stdout) -> int:
     n = len(totals)
     print(f"\n{replay_stats['stats'].frames} frames sent, {n} results, {dropped} dropped, "
           f"{errors} errors, {beats} completed beats", file=out)
+    if measurable or not_measurable:
+        print(f"strain measurable on {measurable} of {measurable + not_measurable} analysed "
+              "frames (the others say why: not_measurable:REASON)", file=out)
     if n:
         q = statistics.quantiles(e2e, n=100) if n > 1 else e2e * 99
         print(f"pipeline latency (decode + stages) median {statistics.median(totals):.2f} ms; "

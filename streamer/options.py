@@ -176,7 +176,13 @@ def to_argv(config: Any) -> list[str]:
             argv.append(flag)
         elif kind == _REPEAT:
             for item in value:
-                argv += [flag, how.format(item)]
+                argv += _flag_value(flag, how.format(item))
         else:
-            argv += [flag, how.format(value)]
+            argv += _flag_value(flag, how.format(value))
     return argv
+
+
+def _flag_value(flag: str, text: str) -> list[str]:
+    """``[flag, text]``, or ``[flag=text]`` where text starts with '-' (which argparse would
+    take for an option)."""
+    return [f"{flag}={text}"] if text.startswith("-") else [flag, text]

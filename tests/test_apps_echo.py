@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from calib.datasets import random_echo_config
 from calib.echo import make_echo_clip
 from streamer.app import BEAT_CLOSED, BeatBoundary, BeatFrames
-from streamer.apps import AnalysisConfig, build_analysis
+from streamer.apps import Analysis, AnalysisConfig, build_analysis
 from streamer.apps.echo import (
     EchoApp,
     EchoConfig,
@@ -21,7 +23,7 @@ from streamer.apps.echo import (
 )
 from streamer.io.protocol import BeatMessage, FrameMessage, StartMessage
 from streamer.processor import FrameProcessor, Received
-from streamer.vocab import A4C_SEGMENTS
+from streamer.vocab import A4C_SEGMENTS, VIEW_CLASSES
 
 # -- configuration and the beat summary (no engines) -------------------------------------
 
@@ -40,14 +42,16 @@ def test_echo_app_declares_its_fields_and_wiring():
     assert EchoApp.name == "echo" and EchoApp.modalities == ("US",)
     assert EchoApp.roles == ("view", "seg", "flow") and EchoApp.Config is EchoConfig
     assert [f.name for f in EchoApp.result_fields] == ["view", "points_mm", "gls_pct",
-                                                       "regional_pct", "beat", "phase"]
+                                                       "regional_pct", "measurable", "beat",
+                                                       "phase"]
     assert [f.name for f in EchoApp.beat_fields] == ["es_seq", "peak_gls_pct",
-                                                     "regional_peak_pct", "duration_s",
+                                                     "regional_peak_pct", "quality",
+                                                     "measurable_fraction", "duration_s",
                                                      "ed_source"]
     # every beat field is written by the beat summary or by the strain stage's boundary
     assert set(SummariseBeat.outputs) | {"ed_source"} == {f.name for f in EchoApp.beat_fields}
     assert {"strain_sample", BEAT_CLOSED} <= set(MeasureStrain.outputs)
-    assert SummariseBeat.keeps == ("strain_sample",)
+    assert SummariseBeat.keeps == ("strain_sample", "wall_followed")
     with pytest.raises(ValueError, match="needs engines"):
         EchoApp()
 
@@ -58,13 +62,14 @@ def arc(n: int = 120) -> np.ndarray:
     return np.stack([40 + 35 * np.sin(theta) * -1, 40 + 20 * np.cos(theta)], axis=1)
 
 
-def beat_frames(scales, seqs, ed_seq, end_seq, fps=50.0) -> BeatFrames:
+def beat_frames(scales, seqs, ed_seq, end_seq, fps=50.0, followed=None) -> BeatFrames:
     base = arc()
     samples = [StrainSample(seq / fps, base * s) for seq, s in zip(seqs, scales)]
     boundary = BeatBoundary(index=3, ed_seq=ed_seq, end_seq=end_seq,
                             fields={"ed_source": "ecg"})
+    followed = [True] * len(samples) if followed is None else followed
     return BeatFrames(stream="s", boundary=boundary, seqs=list(seqs),
-                      values={"strain_sample": samples})
+                      values={"strain_sample": samples, "wall_followed": followed})
 
 
 def test_beat_summary_finds_end_systole_and_the_peak_strains():
@@ -78,18 +83,43 @@ def test_beat_summary_finds_end_systole_and_the_peak_strains():
     assert list(out["regional_peak_pct"]) == list(A4C_SEGMENTS)
     assert all(v == pytest.approx(-15.0, abs=0.01) for v in out["regional_peak_pct"].values())
     assert out["duration_s"] == pytest.approx(6 / 50.0)
+    assert (out["quality"], out["measurable_fraction"]) == ("good", 1.0)
+
+
+@pytest.mark.parametrize("followed,quality", [
+    ([True, True, True, True, True, False, True], "fair"),  # 5 of 6: the closing ED not counted
+    ([True, False, False, True, False, False, True], "poor")])
+def test_a_beat_whose_wall_was_lost_on_some_frames_is_graded_and_a_poor_one_has_no_peak(
+        followed, quality):
+    scales = [1.0, 0.95, 0.88, 0.85, 0.9, 0.97, 1.0]
+    out = SummariseBeat().process(beat_frames(scales, range(10, 17), 10, 16, followed=followed))
+    assert out["quality"] == quality
+    assert out["measurable_fraction"] == round(sum(followed[:-1]) / 6, 3)
+    if quality == "poor":
+        assert out["peak_gls_pct"] is None and out["regional_peak_pct"] is None
+        assert out["es_seq"] is None
+    else:
+        assert out["peak_gls_pct"] == pytest.approx(-15.0, abs=0.01)
+
+
+def test_a_beat_whose_peak_is_outside_the_physiological_range_publishes_no_peak():
+    scales = [1.0, 0.8, 0.55, 0.5, 0.7, 0.9, 1.0]  # -50 %: not a heart
+    out = SummariseBeat().process(beat_frames(scales, range(10, 17), 10, 16))
+    assert out["quality"] == "poor" and out["peak_gls_pct"] is None
 
 
 def test_beat_summary_of_a_beat_whose_ends_were_not_kept_is_empty():
     scales = [1.0, 0.9, 0.85, 0.9, 1.0]
     # its opening end-diastole (seq 10) was not kept
+    nothing = {**dict.fromkeys(SummariseBeat.outputs), "quality": "poor"}
     out = SummariseBeat().process(beat_frames(scales, range(11, 16), 10, 15))
-    assert out == dict.fromkeys(SummariseBeat.outputs)
+    assert out == nothing
     # nor its closing one
     out = SummariseBeat().process(beat_frames(scales, range(10, 15), 10, 15))
-    assert out == dict.fromkeys(SummariseBeat.outputs)
-    empty = BeatFrames("s", BeatBoundary(0, 0, 5), [], {"strain_sample": []})
-    assert SummariseBeat().process(empty) == dict.fromkeys(SummariseBeat.outputs)
+    assert out == nothing
+    empty = BeatFrames("s", BeatBoundary(0, 0, 5), [], {"strain_sample": [],
+                                                          "wall_followed": []})
+    assert SummariseBeat().process(empty) == nothing
 
 
 def test_tracking_grid_maps_grid_mm_to_frame_mm():
@@ -141,7 +171,8 @@ def test_echo_app_runs_the_method_in_order(echo_analysis):
     assert isinstance(app, EchoApp) and echo_analysis.route("US") is app
     instance = echo_analysis.new_stream(app, "s")
     assert [s.name for s in instance.pipeline.stages] == ["preprocess", "view", "segment",
-                                                          "flow", "track", "strain"]
+                                                          "flow", "track", "strain",
+                                                          "quality"]
     assert [s.name for s in instance.beat_stages] == ["beat_summary"]
     roles = {s.engine.spec.role for s in instance.pipeline.stages if hasattr(s, "engine")}
     assert roles == {"view", "seg", "flow"}
@@ -258,3 +289,118 @@ def test_a_completed_cycle_publishes_a_beat_message(echo_analysis):
     assert messages[closing].kind == "result" and messages[closing].seq > f["es_seq"]
     truth_peak = clip.truth.midwall_gls_pct.min()
     assert abs(f["peak_gls_pct"] - truth_peak) < 3.0, (beat, truth_peak)
+
+
+# --------------------------------------------------------------------------
+# quality control: no strain number that is not a measurement
+
+
+def track_result(points, measured=None, flags=(), valid=True):
+    from streamer.measure.tracking import TrackResult
+
+    points = np.asarray(points, float)
+    measured = points if measured is None else np.asarray(measured, float)
+    return TrackResult(points_mm=points, velocity_mm_s=np.zeros_like(points),
+                       measured_points_mm=measured, t_s=0.0, dt_s=0.02, valid=valid,
+                       flags=list(flags))
+
+
+def lv_centreline(long_axis_mm: float = 85.0, n: int = 120) -> np.ndarray:
+    """A horseshoe from basal septum over the apex to basal lateral, [row, col] mm."""
+    theta = np.linspace(0.0, np.pi, n)
+    return np.stack([long_axis_mm * np.sin(theta), 22.0 * np.cos(theta)], axis=1)
+
+
+def check(frame_view="a4c", view=None, **track_kw):
+    from streamer.apps.echo import CheckMeasurability
+
+    frame = FrameMessage(stream="s", seq=0, t_acq_ns=0, modality="US",
+                         pixels=np.zeros((4, 4), np.uint8), spacing_mm=(0.3, 0.3), fps=50.0,
+                         view=frame_view)
+    gls = track_kw.pop("gls", -12.0)
+    regional = track_kw.pop("regional", dict.fromkeys(A4C_SEGMENTS, -12.0))
+    track = track_result(track_kw.pop("points", lv_centreline()), **track_kw)
+    return CheckMeasurability().process(frame, view, track, gls, regional)
+
+
+def test_a_clean_frame_publishes_its_strain():
+    out = check()
+    assert out["measurable"] is True and out["wall_followed"] is True
+    assert out["gls_pct"] == -12.0 and out["regional_pct"]["apical_septal"] == -12.0
+    assert "flags" not in out
+
+
+@pytest.mark.parametrize("kw,reason", [
+    ({"gls": 21.0}, "gls_range"),
+    ({"gls": -45.0}, "gls_range"),
+    ({"regional": {**dict.fromkeys(A4C_SEGMENTS, -12.0), "basal_septal": 55.0}},
+     "regional_range"),
+    ({"flags": ("two_components",)}, "mask_topology"),
+    ({"points": lv_centreline(30.0)}, "centreline_length"),  # a 30 mm long axis
+    ({"measured": lv_centreline() + [0.0, 14.0]}, "tracking"),  # 14 mm off this frame's mask
+    ({"frame_view": None, "view": {"label": "a2c", "p": 0.9}}, "view"),
+    ({"frame_view": None, "view": {"label": "a4c", "p": 0.5}}, "view"),
+    ({"valid": False, "gls": None}, "no_centreline"),
+])
+def test_a_frame_that_fails_a_test_publishes_no_strain_and_says_why(kw, reason):
+    out = check(**kw)
+    assert out["measurable"] is False and out["gls_pct"] is None and out["regional_pct"] is None
+    assert f"not_measurable:{reason}" in out["flags"]
+    # a strain value out of range does not mean the wall was lost (the beat grade counts it)
+    assert out["wall_followed"] is (reason in ("gls_range", "regional_range"))
+
+
+def test_the_classifier_vouches_for_a_frame_without_a_hint():
+    assert check(frame_view=None, view={"label": "a4c", "p": 0.95})["measurable"] is True
+
+
+def random_clip(data, size):
+    """Frames with nothing of a heart in them, or phantoms of any view."""
+    kind = data.draw(st.sampled_from(["noise", "blobs", "phantom"]))
+    seed = data.draw(st.integers(0, 10_000))
+    rng = np.random.default_rng(seed)
+    if kind == "phantom":
+        from calib.errors import PhantomParameterError
+
+        view = data.draw(st.sampled_from(VIEW_CLASSES))
+        try:
+            clip = phantom(2_000_000 + seed % 100_000, view=view, frames=14, size=size)
+        except PhantomParameterError:  # a drawn anatomy the motion model cannot realise
+            assume(False)
+        return clip.frames, tuple(clip.spacing_mm)
+    frames = rng.integers(0, 256, (14, size, size)).astype(np.uint8)
+    if kind == "blobs":  # a moving bright ring, the phantom's look without its anatomy
+        yy, xx = np.mgrid[:size, :size]
+        for t in range(14):
+            r = np.hypot(yy - size / 2, xx - size / 2 - 3 * np.sin(t / 3))
+            frames[t] = np.where(np.abs(r - size / 4 * (1 + 0.1 * np.sin(t / 2))) < 4, 220,
+                                 frames[t] // 4)
+    spacing = float(data.draw(st.floats(0.1, 1.0)))
+    return frames, (spacing, spacing)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_no_strain_outside_the_physiological_ranges_is_ever_published(echo_analysis, data):
+    """Random clips (noise, a moving ring, phantoms of every view) with the view gate off:
+    whatever the networks make of them, a published GLS lies in -40..+15 % and every
+    regional strain in -60..+40 %; a frame analysed without a number says why."""
+    frames, spacing = random_clip(data, data.draw(st.sampled_from([96, 160])))
+    analysis = Analysis({"echo": EchoApp(EchoConfig(view=ViewConfig(gate="off")),
+                                         echo_analysis.apps["echo"].engines)})
+    processor = FrameProcessor(analysis)
+    for t, image in enumerate(frames):
+        message = FrameMessage(stream="r", seq=t, t_acq_ns=int(t * 2e7), modality="US",
+                               pixels=image, spacing_mm=spacing, fps=50.0)
+        for answer in processor.handle(Received(message, 0)):
+            if answer.kind == "beat":
+                peak = answer.fields["peak_gls_pct"]
+                assert peak is None or -40 <= peak <= 15
+                continue
+            assert answer.kind == "result", answer
+            gls, regional = answer.fields["gls_pct"], answer.fields["regional_pct"]
+            if gls is not None:
+                assert -40 <= gls <= 15 and answer.fields["measurable"] is True
+                assert all(-60 <= v <= 40 for v in regional.values())
+            elif answer.fields["measurable"] is False:
+                assert any(f.startswith("not_measurable:") for f in answer.flags)

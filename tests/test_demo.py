@@ -16,14 +16,15 @@ def test_demo_replays_the_real_echo_through_a_live_sidecar_and_stops_it():
     rows = [line.split() for line in out.splitlines()
             if re.match(r"^\s+\d+\s+\d+\.\d{3}\s", line)]
     assert len(rows) == 30  # one line per frame
-    # every frame analysed: a view label from the classifier, and a strain value wherever
-    # the segmentation gave a usable mask; where it did not, "-" and the reason in the flags
-    # (the phantom-trained segmenter loses the wall on several frames of this real clip)
+    # every frame analysed: a view label from the classifier, and a strain value only where
+    # quality control passed it; where it did not, "-" and the reasons in the flags (the
+    # phantom-trained networks lose the wall of this real clip: no frame is measurable yet)
     assert all(row[2] in ("a4c", "a2c", "alax", "plax", "psax", "sc4c", "ivc", "unknown")
                for row in rows)
     strain = [row for row in rows if re.match(r"^-?\d+\.\d\d$", row[3])]
-    assert len(strain) >= 10, rows
-    assert all(row[3] == "-" and re.search(r"broken_mask|empty_mask|no_points", row[-1])
+    assert all(-40 <= float(row[3]) <= 15 for row in strain), rows
+    assert all(row[3] == "-" and re.search(r"not_measurable:", row[-1])
                for row in rows if row not in strain), rows
+    assert re.search(rf"strain measurable on {len(strain)} of 30 analysed frames", out)
     assert "30 frames sent, 30 results, 0 dropped, 0 errors" in out
     assert "side-car stopped cleanly" in out and "'results': 30" in out

@@ -3,8 +3,8 @@
 In the order of the method::
 
     Preprocess -> ClassifyView -> SegmentMyocardium -> EstimateMotion
-               -> TrackCentreline -> MeasureStrain            (per frame)
-    SummariseBeat                                             (per closed beat)
+               -> TrackCentreline -> MeasureStrain -> CheckMeasurability  (per frame)
+    SummariseBeat                                                       (per closed beat)
 
 The gate is the view: only frames the classifier calls A4C with enough confidence (or that
 the sender says are A4C) are segmented, tracked and measured. The three networks run
@@ -26,7 +26,7 @@ from streamer.apps.common import Preprocess
 from streamer.budget import FrameControls
 from streamer.io.protocol import FrameMessage
 from streamer.measure.centerline import CentrelineConfig
-from streamer.measure.strain import BeatConfig, StrainMonitor, beat_from_points
+from streamer.measure.strain import BeatConfig, StrainMonitor, beat_from_points, polyline_length
 from streamer.measure.tracking import CentrelineTracker, TrackerConfig
 from streamer.measure.tracking import warmup as tracking_warmup
 from streamer.options import option
@@ -211,7 +211,8 @@ class TrackCentreline(Stage):
 
 
 class MeasureStrain(Stage):
-    """Tracked centreline -> ``gls_pct``, ``regional_pct``, ``beat``, ``phase``;
+    """Tracked centreline -> ``gls_unchecked_pct``, ``regional_unchecked_pct`` (published
+    only once :class:`CheckMeasurability` passes them), ``beat``, ``phase``;
     ``strain_sample`` (the frame's time and centreline, kept for the beat summary) and
     ``beat_closed`` (a :class:`~streamer.app.BeatBoundary`) when a cycle completes.
 
@@ -221,7 +222,8 @@ class MeasureStrain(Stage):
 
     name = "strain"
     inputs = ("frame", "track")
-    outputs = ("gls_pct", "regional_pct", "beat", "phase", "strain_sample", BEAT_CLOSED)
+    outputs = ("gls_unchecked_pct", "regional_unchecked_pct", "beat", "phase", "strain_sample",
+               BEAT_CLOSED)
     sheddable = True
 
     def __init__(self, config: BeatConfig = BeatConfig()):
@@ -252,8 +254,9 @@ class MeasureStrain(Stage):
                                   fields={"ed_source": b.ed_source})
         if not np.isfinite(fs.gls_pct):
             return {**none, "strain_sample": sample, BEAT_CLOSED: closed, "flags": flags}
-        return {"gls_pct": round(fs.gls_pct, 3),
-                "regional_pct": {k: round(float(v), 3) for k, v in zip(A4C_SEGMENTS, fs.regional_pct)},
+        return {"gls_unchecked_pct": round(fs.gls_pct, 3),
+                "regional_unchecked_pct": {k: round(float(v), 3)
+                                           for k, v in zip(A4C_SEGMENTS, fs.regional_pct)},
                 "beat": fs.beat_index, "phase": "ED" if fs.is_ed else None,
                 "strain_sample": sample, BEAT_CLOSED: closed, "flags": flags}
 
@@ -266,26 +269,156 @@ class StrainSample:
     points_mm: np.ndarray
 
 
+def parse_range(text: str) -> tuple[float, float]:
+    """"-40:15" -> (-40.0, 15.0)."""
+    lo, sep, hi = text.partition(":")
+    try:
+        bounds = (float(lo), float(hi))
+    except ValueError:
+        sep = ""
+    if not sep or not bounds[0] < bounds[1]:
+        raise ValueError("expected LO:HI with LO < HI")
+    return bounds
+
+
+def _format_range(bounds: tuple[float, float]) -> str:
+    return f"{bounds[0]!r}:{bounds[1]!r}"
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    """When a frame's strain is a measurement. A frame that fails any test publishes no
+    strain number and says why (``not_measurable:REASON``); ranges are (low, high)."""
+
+    gls_range_pct: tuple[float, float] = option(
+        (-40.0, 15.0), "a GLS outside LO:HI %% is not a measurement (a negative LO needs the '=' form: "
+        "--gls-range-pct=-30:10)", flag="--gls-range-pct",
+        metavar="LO:HI", parse=parse_range, format=_format_range)
+    regional_range_pct: tuple[float, float] = option(
+        (-60.0, 40.0), "a regional strain outside LO:HI %% is not a measurement",
+        flag="--regional-range-pct", metavar="LO:HI", parse=parse_range, format=_format_range)
+    centreline_length_mm: tuple[float, float] = option(
+        (100.0, 320.0), "a tracked centreline (basal septum -> apex -> basal lateral) shorter "
+        "or longer than LO:HI mm is not an adult left ventricle (long axis 70-110 mm)",
+        flag="--centreline-length-mm", metavar="LO:HI", parse=parse_range,
+        format=_format_range)
+    max_track_offset_mm: float = option(
+        10.0, "mean distance from the tracked centreline to this frame's mask centreline "
+        "beyond which tracking has lost the wall, mm", metavar="MM")
+    #: the share of a beat's frames whose wall was followed, for its grade: good, fair
+    good_fraction: float = 0.9
+    fair_fraction: float = 0.6
+
+    def __post_init__(self):
+        if not self.max_track_offset_mm > 0:
+            raise ValueError(f"max_track_offset_mm must be > 0, got {self.max_track_offset_mm}")
+
+
+#: mask flags from the tracker that mean the frame's myocardium is not one clean wall
+_MASK_FLAGS = ("empty_mask", "broken_mask", "two_components")
+#: reasons about the strain value itself, not about following the wall
+_STRAIN_REASONS = ("gls_range", "regional_range")
+
+
+class CheckMeasurability(Stage):
+    """Strain -> published ``gls_pct`` and ``regional_pct``, or none and the reasons why.
+
+    A frame's strain is a measurement when: the frame is vouched A4C (the classifier with
+    enough confidence, or the sender's view hint); its mask is one clean wall; its tracked
+    centreline has the length of a left ventricle and lies on this frame's mask centreline
+    (``max_track_offset_mm``); and GLS and every regional strain are in physiological
+    ranges. Otherwise ``measurable`` is False and each failed test adds a flag
+    ``not_measurable:REASON`` (``view``, ``mask_topology``, ``no_centreline``,
+    ``centreline_length``, ``tracking``, ``gls_range``, ``regional_range``)."""
+
+    name = "quality"
+    inputs = ("frame", "view", "track", "gls_unchecked_pct", "regional_unchecked_pct")
+    outputs = ("gls_pct", "regional_pct", "measurable", "wall_followed")
+    sheddable = True
+
+    def __init__(self, config: QualityConfig = QualityConfig(),
+                 view: ViewConfig = ViewConfig()):
+        self.config, self.view_config = config, view
+
+    def reasons(self, frame: FrameMessage, view, track, gls, regional) -> list[str]:
+        cfg, out = self.config, []
+        vouched = frame.view == self.view_config.analysed_view or (
+            view is not None and view["label"] == self.view_config.analysed_view
+            and view["p"] >= self.view_config.min_confidence)
+        if not vouched:
+            out.append("view")
+        if any(flag in track.flags for flag in _MASK_FLAGS):
+            out.append("mask_topology")
+        if not track.valid or gls is None:
+            return [*out, "no_centreline"]
+        length = float(polyline_length(track.points_mm))
+        if not cfg.centreline_length_mm[0] <= length <= cfg.centreline_length_mm[1]:
+            out.append("centreline_length")
+        offset = np.hypot(*(track.points_mm - track.measured_points_mm).T)
+        if not np.isfinite(offset).any() or np.nanmean(offset) > cfg.max_track_offset_mm:
+            out.append("tracking")
+        if not cfg.gls_range_pct[0] <= gls <= cfg.gls_range_pct[1]:
+            out.append("gls_range")
+        lo, hi = cfg.regional_range_pct
+        if regional is None or not all(lo <= v <= hi for v in regional.values()):
+            out.append("regional_range")
+        return out
+
+    def process(self, frame: FrameMessage, view, track, gls_unchecked_pct,
+                regional_unchecked_pct) -> dict[str, Any]:
+        if track is None:  # not analysed (gated, shed, analysis off): nothing to judge
+            return dict.fromkeys(self.outputs)
+        reasons = self.reasons(frame, view, track, gls_unchecked_pct, regional_unchecked_pct)
+        # the wall was followed (the frame counts for its beat's grade) even where this
+        # frame's strain, against a provisional reference, is out of range
+        followed = not [r for r in reasons if r not in _STRAIN_REASONS]
+        if reasons:
+            return {"gls_pct": None, "regional_pct": None, "measurable": False,
+                    "wall_followed": followed,
+                    "flags": [f"not_measurable:{reason}" for reason in reasons]}
+        return {"gls_pct": gls_unchecked_pct, "regional_pct": regional_unchecked_pct,
+                "measurable": True, "wall_followed": True}
+
+
 class SummariseBeat(BeatStage):
     """Per beat: end-systole (the frame of peak shortening), peak GLS and the six regional
-    peak strains, over the beat's frames from its end-diastole to the next one."""
+    peak strains, over the beat's frames from its end-diastole to the next one; and a grade
+    from the share of its frames on which the wall was followed (view, mask, centreline and
+    tracking tests passed: good >= 90 %, fair >= 60 %, else poor). A poor beat, or one whose
+    peak is outside the physiological ranges, publishes no peak numbers."""
 
     name = "beat_summary"
-    keeps = ("strain_sample",)
-    outputs = ("es_seq", "peak_gls_pct", "regional_peak_pct", "duration_s")
+    keeps = ("strain_sample", "wall_followed")
+    outputs = ("es_seq", "peak_gls_pct", "regional_peak_pct", "duration_s", "quality",
+               "measurable_fraction")
+
+    def __init__(self, config: QualityConfig = QualityConfig()):
+        self.config = config
 
     def process(self, beat: BeatFrames) -> dict[str, Any]:
         samples = beat.values["strain_sample"]
+        out = dict.fromkeys(self.outputs)
         if not samples or beat.seqs[0] != beat.boundary.ed_seq \
                 or beat.seqs[-1] != beat.boundary.end_seq:  # its ends were not kept
-            return dict.fromkeys(self.outputs)
+            return {**out, "quality": "poor"}
+        cfg = self.config
+        followed = beat.values["wall_followed"][:-1]  # the closing ED opens the next beat
+        fraction = sum(followed) / len(followed)
+        quality = ("good" if fraction >= cfg.good_fraction
+                   else "fair" if fraction >= cfg.fair_fraction else "poor")
         b = beat_from_points(beat.boundary.index, [s.t_s for s in samples],
                              np.stack([s.points_mm for s in samples]),
                              beat.boundary.fields.get("ed_source", ""))
-        return {"es_seq": beat.seqs[b.es_index], "peak_gls_pct": round(float(b.peak_gls_pct), 3),
-                "regional_peak_pct": {k: round(float(v), 3)
-                                      for k, v in zip(A4C_SEGMENTS, b.regional_peak_pct)},
-                "duration_s": round(b.duration_s, 4)}
+        out.update(duration_s=round(b.duration_s, 4), quality=quality,
+                   measurable_fraction=round(fraction, 3))
+        peak, regional = float(b.peak_gls_pct), [float(v) for v in b.regional_peak_pct]
+        lo, hi = cfg.regional_range_pct
+        in_range = (cfg.gls_range_pct[0] <= peak <= cfg.gls_range_pct[1]
+                    and all(lo <= v <= hi for v in regional))
+        if quality == "poor" or not in_range:
+            return {**out, "quality": "poor"}
+        return {**out, "es_seq": beat.seqs[b.es_index], "peak_gls_pct": round(peak, 3),
+                "regional_peak_pct": {k: round(v, 3) for k, v in zip(A4C_SEGMENTS, regional)}}
 
 
 # --------------------------------------------------------------------------
@@ -300,6 +433,7 @@ class EchoConfig:
     tracker: TrackerConfig = TrackerConfig()
     centreline: CentrelineConfig = CentrelineConfig()
     beats: BeatConfig = BeatConfig()
+    quality: QualityConfig = QualityConfig()
 
 
 class EchoApp(App):
@@ -317,17 +451,23 @@ class EchoApp(App):
         Field("points_mm", "list", "tracked centreline: 120 [row, col] mm from the frame's "
               "top-left pixel, basal septum -> apex -> basal lateral"),
         Field("gls_pct", "number", "global longitudinal strain against the beat's "
-              "end-diastole, %"),
+              "end-diastole, %; null where the frame is not measurable"),
         Field("regional_pct", "object", "longitudinal strain of the six A4C segments, % "
-              "(basal/mid/apical septal and lateral)"),
+              "(basal/mid/apical septal and lateral); null where not measurable"),
+        Field("measurable", "boolean", "the frame's strain passed quality control (else "
+              "flags not_measurable:REASON say why); null where not analysed"),
         Field("beat", "integer", "number of the beat this frame belongs to"),
         Field("phase", "string", "\"ED\" on an end-diastole frame, else null"),
     )
     beat_fields = (
         Field("es_seq", "integer", "end-systole: the frame of peak shortening"),
-        Field("peak_gls_pct", "number", "GLS at end-systole, %"),
+        Field("peak_gls_pct", "number", "GLS at end-systole, %; null for a poor beat"),
         Field("regional_peak_pct", "object", "each A4C segment's most negative strain in the "
-              "beat, %"),
+              "beat, %; null for a poor beat"),
+        Field("quality", "string", "good (the wall followed on >= 90 % of its frames), fair "
+              "(>= 60 %) or poor (no peak numbers)"),
+        Field("measurable_fraction", "number", "share of the beat's frames on which the wall "
+              "was followed (view, mask, centreline and tracking tests passed)"),
         Field("duration_s", "number", "end-diastole to the next, s"),
         Field("ed_source", "string", "how end-diastole was found: ecg or length (written by "
               "the strain stage when the beat closes)"),
@@ -342,10 +482,11 @@ class EchoApp(App):
             EstimateMotion(engines["flow"], grid_size=engines["seg"].spec.size),
             TrackCentreline(cfg.tracker, cfg.centreline),
             MeasureStrain(cfg.beats),
+            CheckMeasurability(cfg.quality, cfg.view),
         ]
 
     def beat_stages(self) -> list[BeatStage]:
-        return [SummariseBeat()]
+        return [SummariseBeat(self.config.quality)]
 
     def warmup(self) -> None:
         tracking_warmup()  # numba compiles (or loads its cache) now, not on the first frame
