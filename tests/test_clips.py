@@ -504,3 +504,22 @@ def test_reader_can_be_iterated_again_and_refuses_after_close(tmp_path):
     reader.close()
     with pytest.raises(ClipError, match="closed"):
         next(iter(reader))
+
+
+def test_palette_colour_ultrasound_reads_as_rgb_through_its_lookup_tables():
+    """Many scanners write PALETTE COLOR; frames come out as RGB uint8, the LUT's top 8 bits
+    (pydicom-data's 16-bit ALOKA pelvis scan, little- and big-endian)."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.pixels import apply_color_lut
+
+    for name in ("gdcm-US-ALOKA-16.dcm", "gdcm-US-ALOKA-16_big.dcm"):
+        path = get_testdata_file(name)
+        with open_clip(path) as reader:
+            [frame] = list(reader)
+            info = reader.info
+        assert info.shape == (480, 640, 3) and info.dtype == "uint8"
+        assert info.metadata["palette_applied"] is True and info.modality == "US"
+        ds = pydicom.dcmread(path)
+        expected = (apply_color_lut(ds.pixel_array, ds) >> 8).astype(np.uint8)
+        np.testing.assert_array_equal(frame.pixels, expected)

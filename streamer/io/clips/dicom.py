@@ -7,8 +7,10 @@ without pixels, the pixel data element is located and checked against the declar
 count before any decoding (native: element length and file size; encapsulated: the
 fragment items are walked with seeks only), then frames are decoded one at a time through
 :func:`pydicom.pixels.iter_pixels` (JPEG baseline decodes through Pillow).  Colour (RGB,
-YBR_FULL, YBR_FULL_422) comes out as RGB uint8 (rows, cols, 3); MONOCHROME1 is inverted
-to the MONOCHROME2 sense and says so in the metadata.  Stored values are yielded as they
+YBR_FULL, YBR_FULL_422) comes out as RGB uint8 (rows, cols, 3), and so does PALETTE COLOR
+(the ultrasound scanners that write it) through its lookup tables, 16-bit entries to their
+top 8 bits (``metadata["palette_applied"]``); MONOCHROME1 is inverted to the MONOCHROME2
+sense and says so in the metadata.  Stored values are yielded as they
 are: Rescale Slope / Intercept are reported in the metadata, not applied.  Directories of
 one image per file are read by :mod:`.dicom_series` with the helpers here.
 
@@ -38,7 +40,7 @@ import math
 import os
 import struct
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -112,14 +114,18 @@ class FrameFormat:
     bits_allocated: int
     bits_stored: int
     signed: bool
+    #: PALETTE COLOR: RGB uint8 for every stored value (frames come out as RGB)
+    palette: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return (self.rows, self.cols) if self.samples == 1 else (self.rows, self.cols, self.samples)
+        if self.samples == 1 and self.palette is None:
+            return (self.rows, self.cols)
+        return (self.rows, self.cols, 3 if self.palette is not None else self.samples)
 
     @property
     def dtype(self) -> np.dtype:
-        if self.bits_allocated == 1:
+        if self.bits_allocated == 1 or self.palette is not None:
             return np.dtype(np.uint8)
         return np.dtype(f"{'i' if self.signed else 'u'}{self.bits_allocated // 8}")
 
@@ -136,23 +142,47 @@ def frame_format(header: Dataset, path: Path) -> FrameFormat:
     samples = int(header.get("SamplesPerPixel", 1))
     photometric = str(header.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     bits = int(header.BitsAllocated)
-    if samples == 1 and photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise ClipError(f"photometric interpretation {photometric} is not supported (grey MONOCHROME1/2 only)", path=path)
+    if samples == 1 and photometric not in ("MONOCHROME1", "MONOCHROME2", "PALETTE COLOR"):
+        raise ClipError(f"photometric interpretation {photometric} is not supported (grey "
+                        "MONOCHROME1/2 or PALETTE COLOR only)", path=path)
     if samples == 3 and photometric not in _COLOUR:
         raise ClipError(f"photometric interpretation {photometric} is not supported for colour", path=path)
     if samples not in (1, 3):
         raise ClipError(f"{samples} samples per pixel is not supported (1 or 3)", path=path)
     if bits not in (1, 8, 16, 32):
         raise ClipError(f"BitsAllocated {bits} is not supported (1, 8, 16 or 32)", path=path)
+    bits_stored = int(header.get("BitsStored", bits))
+    signed = int(header.get("PixelRepresentation", 0)) == 1
     return FrameFormat(
         rows=int(header.Rows),
         cols=int(header.Columns),
         samples=samples,
         photometric=photometric,
         bits_allocated=bits,
-        bits_stored=int(header.get("BitsStored", bits)),
-        signed=int(header.get("PixelRepresentation", 0)) == 1,
+        bits_stored=bits_stored,
+        signed=signed,
+        palette=palette_table(header, bits, bits_stored, signed, path)
+        if photometric == "PALETTE COLOR" else None,
     )
+
+
+def palette_table(header: Dataset, bits: int, bits_stored: int, signed: bool,
+                  path: Path) -> np.ndarray:
+    """PALETTE COLOR: the RGB (uint8) of every stored value, from the header's colour
+    lookup tables (many ultrasound scanners write their greyscale-with-colour this way)."""
+    from pydicom.pixels import apply_color_lut
+
+    if signed or bits not in (8, 16) or bits_stored > 16:
+        raise ClipError(f"PALETTE COLOR with {'signed ' if signed else ''}{bits_stored}-bit "
+                        "stored values is not supported (unsigned 8 or 16 bits only)", path=path)
+    values = np.arange(1 << bits_stored, dtype=np.uint8 if bits == 8 else np.uint16)
+    try:
+        rgb = np.asarray(apply_color_lut(values, header))
+    except Exception as exc:  # a missing or malformed lookup table
+        raise ClipError(f"PALETTE COLOR lookup tables cannot be read: {exc}", path=path) from exc
+    if rgb.dtype.itemsize > 1:  # 16-bit entries: keep the top 8 bits
+        rgb = (rgb >> (8 * rgb.dtype.itemsize - 8)).astype(np.uint8)
+    return np.ascontiguousarray(rgb, dtype=np.uint8)
 
 
 def number(header: Dataset, keyword: str) -> float | None:
@@ -313,6 +343,8 @@ def common_metadata(header: Dataset, fmt: FrameFormat) -> dict[str, Any]:
         meta["rescale_applied"] = False
     if fmt.photometric == "MONOCHROME1":
         meta["inverted_to_monochrome2"] = True
+    if fmt.palette is not None:
+        meta["palette_applied"] = True  # PALETTE COLOR frames come out as RGB uint8
     return meta
 
 
@@ -452,6 +484,8 @@ def decoded_frames(fh: IO[bytes], fmt: FrameFormat, n_frames: int, path: Path) -
             ) from exc
         if fmt.photometric == "MONOCHROME1":
             arr = (~arr) if fmt.signed else (np.asarray((1 << fmt.bits_stored) - 1, dtype=arr.dtype) - arr)
+        elif fmt.palette is not None:
+            arr = fmt.palette[np.minimum(arr, len(fmt.palette) - 1)]
         yield arr
         produced += 1
     if produced < n_frames:
