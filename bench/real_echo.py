@@ -52,8 +52,9 @@ def clip_path(name: str) -> Path:
     return Path(path)
 
 
-def run_clip(analysis, path: Path, view: str | None):
-    """Every frame of the clip through one echo stream: frames, outcomes, beat messages."""
+def run_clip(analysis, path: Path, view: str | None, first_frame: int = 0):
+    """Every frame of the clip (from ``first_frame`` on) through one echo stream: frames,
+    outcomes, beat messages."""
     from streamer.io.clips import open_clip
     from streamer.io.protocol import StartMessage
     from streamer.replay import ReplayConfig, clip_messages
@@ -66,6 +67,8 @@ def run_clip(analysis, path: Path, view: str | None):
             if isinstance(message, StartMessage):
                 stream = analysis.new_stream(analysis.apps["echo"], message.stream)
             elif message.kind == "frame":
+                if message.seq < first_frame:
+                    continue
                 frames.append(np.array(message.pixels))
                 outcome = stream(message)
                 beat = stream.beat(message, outcome)  # the beat stages, as in the side-car
@@ -98,11 +101,12 @@ def measure(frames, outcomes, beats) -> dict:
     length = np.array([mask_length_mm(t) for t in tracks])
     peaks = [b["peak_gls_pct"] for b in beats if b.get("peak_gls_pct") is not None]
     es_offsets = []
+    first = outcomes[0].values["frame"].seq  # frames are indexed from the clip's first seq
     for b in beats:
         ed, end = b["ed_seq"], outcomes[-1].values["frame"].seq + 1
         later = [x["ed_seq"] for x in beats if x["ed_seq"] > ed]
         end = min(later) if later else end
-        window = length[ed:end]
+        window = length[ed - first:end - first]
         if b.get("es_seq") is not None and np.isfinite(window).any():
             es_offsets.append(int(b["es_seq"] - (ed + int(np.nanargmin(window)))))
     return {
@@ -118,7 +122,20 @@ def measure(frames, outcomes, beats) -> dict:
         "beat_to_beat_sd_pct": float(np.std(peaks, ddof=1)) if len(peaks) > 1 else None,
         "es_offset_frames": es_offsets,
         "reasons": _reasons(outcomes),
+        "track_offset_mm_median": _track_offset(tracks),
     }
+
+
+def _track_offset(tracks) -> float | None:
+    """Median over frames of the mean distance between the tracked centreline and the
+    frame's mask centreline, mm (how far tracking strays from the wall the mask shows)."""
+    offsets = []
+    for t in tracks:
+        if t is not None and t.valid:
+            d = np.hypot(*(t.points_mm - t.measured_points_mm).T)
+            if np.isfinite(d).any():
+                offsets.append(float(np.nanmean(d)))
+    return float(np.median(offsets)) if offsets else None
 
 
 def _reasons(outcomes) -> dict[str, int]:

@@ -1,12 +1,14 @@
-"""``cardiostream engines``: build engines ahead of time, check backends, train networks.
+"""``cardiostream engines``: build engines ahead of time, check backends, train networks,
+adapt the flow network to a site's own clips.
 
     cardiostream engines build --roles seg,flow --backend openvino --precision int8
     cardiostream engines check --iterations 50 --json out/engines_check.json
     cardiostream engines train seg --help
+    cardiostream engines adapt clip.dcm --fit-frames 0:60 --judge-frames 60:120 --out flow.pt
 
 Registered by ``streamer.cli`` through :func:`add_engines_parser`, which hands over the
-clip reader for ``--calibration-clip`` (``read_frames``): the engines read no clips
-themselves (they sit below ``streamer.io``).  Each command function returns an exit
+clip reader for ``--calibration-clip`` and ``adapt`` (``read_frames``): the engines read no
+clips themselves (they sit below ``streamer.io``).  Each command function returns an exit
 code; user errors (unknown role or backend, a missing or unusable model file, an
 unreadable clip) are printed as one line and return 2, without a traceback.
 """
@@ -303,6 +305,90 @@ def cmd_train(args) -> int:
     return trainer_args.func(trainer_args)
 
 
+# ---------------------------------------------------------------- adapt
+
+def _frame_range(text: str) -> tuple[int, int]:
+    """"0:60" -> (0, 60): frames 0..59."""
+    first, sep, stop = text.partition(":")
+    try:
+        lo, hi = int(first), int(stop)
+    except ValueError:
+        sep = ""
+    if not sep or not 0 <= lo < hi:
+        raise argparse.ArgumentTypeError(f"expected FIRST:STOP with 0 <= FIRST < STOP, got {text!r}")
+    return lo, hi
+
+
+def cmd_adapt(args) -> int:
+    """``engines adapt CLIP... --role flow``: fine-tune the flow network on a site's own
+    clips with the self-supervised motion objective (engines/adapt.py)."""
+    import torch
+
+    from engines import adapt
+    from engines.byo import load_model, shipped_model
+
+    try:
+        model = (load_model("flow", args.start_from) if args.start_from
+                 else shipped_model("flow"))
+    except EngineError as exc:
+        print(f"cardiostream engines adapt: error: {exc}", file=sys.stderr)
+        return 2
+    if model.module is None or model.kind == "torchscript":
+        print("cardiostream engines adapt: error: adaptation needs a state dict of the shipped "
+              f"architecture, not {model.kind} ({model.origin})", file=sys.stderr)
+        return 2
+    fit, judge = [], []
+    for clip in args.clips:
+        try:
+            frames = list(args.read_frames(clip))
+        except (OSError, ValueError) as exc:
+            print(f"cardiostream engines adapt: error: {exc}", file=sys.stderr)
+            return 2
+        (lo, hi), judged = args.fit_frames, args.judge_frames
+        if hi > len(frames) or (judged and judged[1] > len(frames)):
+            print(f"cardiostream engines adapt: error: {clip} has {len(frames)} frames; "
+                  f"--fit-frames {lo}:{hi} / --judge-frames reach beyond it", file=sys.stderr)
+            return 2
+        fit.append(adapt.prepare_frames(frames[lo:hi]))
+        if judged:
+            if judged[0] < hi and judged[1] > lo:
+                print("cardiostream engines adapt: error: --judge-frames overlap --fit-frames: "
+                      "judge on frames the adaptation never sees", file=sys.stderr)
+                return 2
+            judge.append(adapt.prepare_frames(frames[judged[0]:judged[1]]))
+    config = adapt.AdaptConfig(steps=args.steps, learning_rate=args.learning_rate,
+                               seed=args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    def progress(step: int, steps: int, loss: float) -> None:
+        if step == 1 or step % 25 == 0 or step == steps:
+            print(f"step {step}/{steps}: objective {loss:.5f}", file=sys.stderr, flush=True)
+
+    # several clips: adapt on their frames in turn (each clip's frames stay consecutive)
+    result, records = None, []
+    for k, frames in enumerate(fit):
+        result = adapt.adapt_flow(result.model if result else model.module, frames,
+                                  judge[k] if judge else None, config, progress)
+        records.append({"clip": str(args.clips[k]), **result.record})
+    from engines.train.common import save_weights
+
+    record = {"role": "flow", "adapted_from": model.origin, "command": " ".join(sys.argv),
+              "fit_frames": list(args.fit_frames),
+              "judge_frames": list(args.judge_frames) if args.judge_frames else None,
+              "clips": records, "architecture": model.module.hparams
+              if hasattr(model.module, "hparams") else None}
+    json_path = save_weights(result.model, "flow", record, args.out)
+    print(f"{'clip':<32} {'objective on':<12} {'before':>10} {'after':>10}")
+    for rec in records:
+        for part in ("fit", "judge"):
+            if part in rec["before"]:
+                b, a = rec["before"][part]["total"], rec["after"][part]["total"]
+                print(f"{Path(rec['clip']).name:<32} {part:<12} {b:10.5f} {a:10.5f}")
+    print(f"wrote {args.out} and {json_path}; use it with --weights flow={args.out}")
+    return 0
+
+
 def add_engines_parser(subparsers, read_frames: ReadFrames | None = None) -> argparse.ArgumentParser:
     """Register ``engines`` (build, check, train) on a top-level ``add_subparsers()`` object.
 
@@ -379,6 +465,38 @@ def add_engines_parser(subparsers, read_frames: ReadFrames | None = None) -> arg
     train.add_argument("train_args", nargs=argparse.REMAINDER, metavar="...",
                        help="the trainer's options (see ROLE --help)")
     train.set_defaults(func=cmd_train)
+
+    if read_frames is not None:
+        ad = sub.add_parser(
+            "adapt", help="fine-tune the flow network on your own unlabelled clips",
+            description="Self-supervised adaptation (Qin et al. 2018's unsupervised motion "
+                        "objective: the next frame warped back by the flow should match this "
+                        "frame, with Huber-smooth flow in space and time) of the flow network "
+                        "to a site's own recordings. No labels needed. Writes a state dict "
+                        "and a JSON record with the objective before and after, on the "
+                        "frames it trained on and on --judge-frames it never saw. Use the "
+                        "result with `--weights flow=PATH`.")
+        ad.add_argument("clips", nargs="+", type=Path, metavar="CLIP",
+                        help="unlabelled clips of the site (any format the readers take)")
+        ad.add_argument("--role", choices=("flow",), default="flow",
+                        help="the network to adapt (flow; segmenter adaptation is to come)")
+        ad.add_argument("--fit-frames", type=_frame_range, default=(0, 60), metavar="FIRST:STOP",
+                        help="the frames of each clip to adapt on (default 0:60)")
+        ad.add_argument("--judge-frames", type=_frame_range, metavar="FIRST:STOP",
+                        help="frames of each clip to report the objective on, never adapted "
+                             "on (e.g. 60:120)")
+        ad.add_argument("--steps", type=_positive, default=150,
+                        help="optimiser steps per clip (default 150)")
+        ad.add_argument("--learning-rate", type=float, default=2e-5, metavar="LR",
+                        help="Adam learning rate (default 2e-5: small steps from the shipped "
+                             "weights)")
+        ad.add_argument("--start-from", type=Path, metavar="PATH",
+                        help="flow weights to start from (default: the shipped ones)")
+        ad.add_argument("--threads", type=_positive, help="CPU threads for torch")
+        ad.add_argument("--seed", type=int, default=0)
+        ad.add_argument("--out", type=Path, required=True, metavar="PATH.pt",
+                        help="the adapted state dict (its record goes beside it as flow.json)")
+        ad.set_defaults(func=cmd_adapt, read_frames=read_frames)
     return engines
 
 

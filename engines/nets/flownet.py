@@ -247,8 +247,10 @@ class FlowNet(nn.Module):
 @functools.lru_cache(maxsize=16)
 def _interp_matrix(out_size: int, in_size: int) -> torch.Tensor:
     """(out, in) matrix of 1-D bilinear interpolation, ``F.interpolate(align_corners=False)``."""
-    eye = torch.eye(in_size).reshape(1, 1, in_size, in_size)
-    return F.interpolate(eye, size=(out_size, in_size), mode="bilinear", align_corners=False)[0, 0]
+    with torch.inference_mode(False):  # a cached constant autograd may use (engines.adapt)
+        eye = torch.eye(in_size).reshape(1, 1, in_size, in_size)
+        return F.interpolate(eye, size=(out_size, in_size), mode="bilinear",
+                             align_corners=False)[0, 0]
 
 
 def upsample(flow: torch.Tensor, size, scale: float) -> torch.Tensor:

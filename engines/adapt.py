@@ -1,0 +1,168 @@
+"""Self-supervised adaptation of the flow network to a site's own, unlabelled clips.
+
+The shipped networks learned phantoms only. A site's own recordings have no labels, but
+they constrain motion by themselves: the next frame, warped back by the estimated motion,
+should look like this frame. This is the unsupervised motion objective of Qin et al. 2018
+(joint learning of motion estimation and segmentation for cardiac MR):
+
+    L = mean((I_t - W(I_t+1, u_t))^2)                         photometric error
+        + lambda_s * Huber(d u_t / dx, d u_t / dy)           spatial smoothness
+        + lambda_t * Huber(u_t+1 - u_t)                       temporal smoothness
+
+with ``W(I, u)`` the frame ``I`` sampled at ``x + u(x)`` (:func:`engines.nets.flownet.warp`),
+``u_t`` the flow from frame t to t+1 in pixels, and the Huber penalty taken with a width
+of ``huber_delta_px`` pixels. :func:`adapt_flow` fine-tunes the flow network's weights on
+the frames of the clips a site names (``fit`` frames) and reports the objective before and
+after on those and on frames it never trained on (``judge`` frames), so a user sees whether
+it generalised. Never adapt on frames you will report results for.
+
+The engines read no clips (they sit below ``streamer.io``): callers hand the frames over as
+arrays (``cardiostream engines adapt`` reads them through the CLI's clip reader).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engines.nets import flownet
+from engines.spec import fit_to_input
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    """How the flow network is adapted (defaults: a few minutes on 2 CPU cores)."""
+
+    steps: int = 150
+    batch_pairs: int = 4
+    learning_rate: float = 2e-5
+    #: weight of the Huber penalty on the flow's spatial gradients
+    smooth_spatial: float = 0.05
+    #: weight of the Huber penalty on the change of flow between consecutive pairs
+    smooth_temporal: float = 0.02
+    #: width of the Huber penalty, px (per px for gradients)
+    huber_delta_px: float = 0.5
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.steps < 1 or self.batch_pairs < 1:
+            raise ValueError("steps and batch_pairs must be >= 1")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+
+
+def prepare_frames(frames: list[np.ndarray] | np.ndarray,
+                   size: tuple[int, int] = flownet.SPEC.size) -> np.ndarray:
+    """Frames (grey or RGB, any integer or float dtype) -> (T, H, W) float32 in [0, 1] on the
+    network's input grid, as the runtime's preprocessing and ``fit_to_input`` give them."""
+    out = []
+    for pixels in frames:
+        image = np.asarray(pixels)
+        if image.ndim == 3:
+            image = image[..., :3].astype(np.float32) @ np.float32([0.299, 0.587, 0.114]) \
+                if image.shape[-1] == 3 else image[..., 0]
+        image = image.astype(np.float32)
+        if np.issubdtype(np.asarray(pixels).dtype, np.integer):
+            image = image / float(np.iinfo(np.asarray(pixels).dtype).max)
+        else:
+            lo, hi = float(np.nanmin(image)), float(np.nanmax(image))
+            image = (image - lo) / (hi - lo if hi > lo else 1.0)
+        fitted, _ = fit_to_input(np.nan_to_num(image), size)
+        out.append(fitted)
+    return np.stack(out).astype(np.float32)
+
+
+def _huber(x: torch.Tensor, delta: float) -> torch.Tensor:
+    return F.huber_loss(x, torch.zeros_like(x), delta=delta, reduction="mean")
+
+
+def objective_terms(model: flownet.FlowNet, frames: torch.Tensor, config: AdaptConfig
+                    ) -> dict[str, torch.Tensor]:
+    """The objective on consecutive triples: ``frames`` (N, 3, H, W) -> its terms (means)."""
+    pairs = torch.cat([frames[:, 0:2], frames[:, 1:3]])  # (2N, 2, H, W): t->t+1, t+1->t+2
+    flow = model(pairs)
+    warped = flownet.warp(pairs[:, 1:2], flow)
+    photometric = torch.mean((pairs[:, 0:1] - warped) ** 2)
+    d = config.huber_delta_px
+    spatial = (_huber(flow[..., :, 1:] - flow[..., :, :-1], d)
+               + _huber(flow[..., 1:, :] - flow[..., :-1, :], d))
+    n = frames.shape[0]
+    temporal = _huber(flow[n:] - flow[:n], d)
+    total = photometric + config.smooth_spatial * spatial + config.smooth_temporal * temporal
+    return {"total": total, "photometric": photometric, "spatial": spatial,
+            "temporal": temporal}
+
+
+def evaluate(model: flownet.FlowNet, frames: np.ndarray, config: AdaptConfig,
+             batch: int = 8) -> dict[str, float]:
+    """The objective's terms over every consecutive triple of ``frames`` (T, H, W)."""
+    if len(frames) < 3:
+        raise ValueError(f"the objective needs at least 3 frames, got {len(frames)}")
+    triples = np.stack([frames[i:i + 3] for i in range(len(frames) - 2)])
+    sums: dict[str, float] = {}
+    model.eval()
+    with torch.no_grad():
+        for k in range(0, len(triples), batch):
+            chunk = torch.from_numpy(triples[k:k + batch])
+            terms = objective_terms(model, chunk, config)
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0.0) + float(value) * len(chunk)
+    return {name: value / len(triples) for name, value in sums.items()}
+
+
+@dataclass
+class AdaptResult:
+    model: flownet.FlowNet
+    record: dict
+
+
+def adapt_flow(model: flownet.FlowNet, fit: np.ndarray, judge: np.ndarray | None = None,
+               config: AdaptConfig = AdaptConfig(), progress=None) -> AdaptResult:
+    """Fine-tune a copy of ``model`` on the ``fit`` frames (T, H, W in [0, 1], on the
+    network's grid: :func:`prepare_frames`); the objective before and after on ``fit`` and
+    on ``judge`` (frames it never trains on) goes in the record."""
+    if len(fit) < 3:
+        raise ValueError(f"adaptation needs at least 3 consecutive frames, got {len(fit)}")
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    adapted = copy.deepcopy(model)
+    before = {"fit": evaluate(model, fit, config)}
+    if judge is not None:
+        before["judge"] = evaluate(model, judge, config)
+    triples = torch.from_numpy(np.stack([fit[i:i + 3] for i in range(len(fit) - 2)]))
+    optimiser = torch.optim.Adam(adapted.parameters(), lr=config.learning_rate)
+    t0 = time.perf_counter()
+    losses = []
+    for step in range(config.steps):
+        adapted.train()
+        pick = torch.randint(len(triples), (config.batch_pairs,), generator=generator)
+        batch = triples[pick]
+        if torch.rand((), generator=generator) < 0.5:  # the same motion, mirrored
+            batch = batch.flip(-1)
+        loss = objective_terms(adapted, batch, config)["total"]
+        optimiser.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(adapted.parameters(), 1.0)
+        optimiser.step()
+        losses.append(loss.item())
+        if progress is not None:
+            progress(step + 1, config.steps, losses[-1])
+        if not math.isfinite(losses[-1]):
+            raise FloatingPointError(f"the objective became {losses[-1]} at step {step}")
+    adapted.eval()
+    after = {"fit": evaluate(adapted, fit, config)}
+    if judge is not None:
+        after["judge"] = evaluate(adapted, judge, config)
+    record = {"objective": "Qin et al. 2018: photometric MSE + Huber spatial and temporal "
+                           "smoothness of the flow",
+              "config": asdict(config), "fit_frames": len(fit),
+              "judge_frames": None if judge is None else len(judge),
+              "before": before, "after": after, "seconds": round(time.perf_counter() - t0, 1),
+              "loss_first_last": [losses[0], losses[-1]]}
+    return AdaptResult(adapted, record)
