@@ -1,4 +1,5 @@
-"""Self-supervised adaptation of the flow network to a site's own, unlabelled clips.
+"""Self-supervised adaptation of the flow network and the segmenter to a site's own,
+unlabelled clips.
 
 The shipped networks learned phantoms only. A site's own recordings have no labels, but
 they constrain motion by themselves: the next frame, warped back by the estimated motion,
@@ -15,6 +16,14 @@ of ``huber_delta_px`` pixels. :func:`adapt_flow` fine-tunes the flow network's w
 the frames of the clips a site names (``fit`` frames) and reports the objective before and
 after on those and on frames it never trained on (``judge`` frames), so a user sees whether
 it generalised. Never adapt on frames you will report results for.
+
+The segmenter is adapted the same way, with the flow network (fixed) supplying the motion:
+its class probabilities of the next frame, warped back by the flow, should match those of
+this frame (temporal consistency, as in Qin et al.'s joint model), while a cross-entropy
+against the starting network's own labels (weight ``seg_anchor``) keeps it from drifting to
+a trivially consistent answer (everything background):
+
+    L_seg = mean((P_t - W(P_t+1, u_t))^2) + seg_anchor * CE(S(I_t), argmax S0(I_t))
 
 The engines read no clips (they sit below ``streamer.io``): callers hand the frames over as
 arrays (``cardiostream engines adapt`` reads them through the CLI's clip reader).
@@ -48,6 +57,8 @@ class AdaptConfig:
     smooth_temporal: float = 0.02
     #: width of the Huber penalty, px (per px for gradients)
     huber_delta_px: float = 0.5
+    #: segmenter: weight of the cross-entropy against the starting network's labels
+    seg_anchor: float = 0.1
     seed: int = 0
 
     def __post_init__(self):
@@ -163,6 +174,107 @@ def adapt_flow(model: flownet.FlowNet, fit: np.ndarray, judge: np.ndarray | None
                            "smoothness of the flow",
               "config": asdict(config), "fit_frames": len(fit),
               "judge_frames": None if judge is None else len(judge),
+              "before": before, "after": after, "seconds": round(time.perf_counter() - t0, 1),
+              "loss_first_last": [losses[0], losses[-1]]}
+    return AdaptResult(adapted, record)
+
+
+# --------------------------------------------------------------------------
+# the segmenter: temporal consistency of its masks along the flow
+
+
+def flows_between(flow_model: flownet.FlowNet, frames: np.ndarray, size: tuple[int, int],
+                  batch: int = 8) -> torch.Tensor:
+    """The flow (fixed, no gradient) from each frame to the next, (T-1, 2, h, w) in pixels
+    of a ``size`` grid (the segmenter's: the same letterbox at another scale)."""
+    flow_model.eval()
+    out = []
+    with torch.no_grad():
+        for k in range(0, len(frames) - 1, batch):
+            stop = min(k + batch, len(frames) - 1)
+            pairs = torch.from_numpy(np.stack([frames[k:stop], frames[k + 1:stop + 1]], axis=1))
+            flow = flow_model(pairs)
+            scale = size[0] / flow.shape[-2]
+            out.append(F.interpolate(flow, size=size, mode="bilinear", align_corners=False)
+                       * scale)
+    return torch.cat(out)
+
+
+def seg_objective_terms(model: torch.nn.Module, start: torch.nn.Module, frames: torch.Tensor,
+                        flow: torch.Tensor, config: AdaptConfig) -> dict[str, torch.Tensor]:
+    """``frames`` (N, 2, h, w): pairs (t, t+1) on the segmenter's grid; ``flow`` (N, 2, h, w)
+    t -> t+1 on that grid -> the terms (means)."""
+    n = frames.shape[0]
+    logits = model(frames.reshape(n * 2, 1, *frames.shape[2:]))
+    p = torch.softmax(logits, dim=1).reshape(n, 2, logits.shape[1], *logits.shape[2:])
+    warped = flownet.warp(p[:, 1], flow)
+    consistency = torch.mean((p[:, 0] - warped) ** 2)
+    with torch.no_grad():
+        labels = start(frames[:, :1]).argmax(dim=1)
+    anchor = F.cross_entropy(logits.reshape(n, 2, *logits.shape[1:])[:, 0], labels)
+    return {"total": consistency + config.seg_anchor * anchor, "consistency": consistency,
+            "anchor": anchor}
+
+
+def _seg_pairs(frames: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.stack([frames[:-1], frames[1:]], axis=1))
+
+
+def evaluate_seg(model, start, frames: np.ndarray, flow: torch.Tensor, config: AdaptConfig,
+                 batch: int = 16) -> dict[str, float]:
+    pairs = _seg_pairs(frames)
+    sums: dict[str, float] = {}
+    model.eval()
+    with torch.no_grad():
+        for k in range(0, len(pairs), batch):
+            terms = seg_objective_terms(model, start, pairs[k:k + batch], flow[k:k + batch],
+                                        config)
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0.0) + float(value) * len(pairs[k:k + batch])
+    return {name: value / len(pairs) for name, value in sums.items()}
+
+
+def adapt_seg(model: torch.nn.Module, flow_model: flownet.FlowNet, fit_seg: np.ndarray,
+              fit_flow: np.ndarray, judge: tuple[np.ndarray, np.ndarray] | None = None,
+              config: AdaptConfig = AdaptConfig(), progress=None) -> AdaptResult:
+    """Fine-tune a copy of the segmenter ``model`` on consecutive ``fit`` frames, given on the
+    segmenter's grid (``fit_seg``) and on the flow network's (``fit_flow``); ``judge``
+    likewise, never trained on."""
+    if len(fit_seg) < 2 or len(fit_seg) != len(fit_flow):
+        raise ValueError("adaptation needs at least 2 consecutive frames on both grids")
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    start = copy.deepcopy(model).eval()
+    adapted = copy.deepcopy(model).eval()  # eval: any normalisation keeps its statistics
+    size = tuple(fit_seg.shape[1:])
+    flow = flows_between(flow_model, fit_flow, size)
+    judge_flow = flows_between(flow_model, judge[1], size) if judge is not None else None
+    before = {"fit": evaluate_seg(model, start, fit_seg, flow, config)}
+    if judge is not None:
+        before["judge"] = evaluate_seg(model, start, judge[0], judge_flow, config)
+    pairs = _seg_pairs(fit_seg)
+    optimiser = torch.optim.Adam(adapted.parameters(), lr=config.learning_rate)
+    t0 = time.perf_counter()
+    losses = []
+    for step in range(config.steps):
+        pick = torch.randint(len(pairs), (config.batch_pairs,), generator=generator)
+        loss = seg_objective_terms(adapted, start, pairs[pick], flow[pick], config)["total"]
+        optimiser.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(adapted.parameters(), 1.0)
+        optimiser.step()
+        losses.append(loss.item())
+        if progress is not None:
+            progress(step + 1, config.steps, losses[-1])
+        if not math.isfinite(losses[-1]):
+            raise FloatingPointError(f"the objective became {losses[-1]} at step {step}")
+    after = {"fit": evaluate_seg(adapted, start, fit_seg, flow, config)}
+    if judge is not None:
+        after["judge"] = evaluate_seg(adapted, start, judge[0], judge_flow, config)
+    record = {"objective": "temporal consistency of the class probabilities along the flow "
+                           "+ seg_anchor x cross-entropy against the starting labels",
+              "config": asdict(config), "fit_frames": len(fit_seg),
+              "judge_frames": None if judge is None else len(judge[0]),
               "before": before, "after": after, "seconds": round(time.perf_counter() - t0, 1),
               "loss_first_last": [losses[0], losses[-1]]}
     return AdaptResult(adapted, record)

@@ -319,73 +319,85 @@ def _frame_range(text: str) -> tuple[int, int]:
     return lo, hi
 
 
+def _grids(frames, seg_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Frames on the segmenter's grid and on the flow network's."""
+    from engines import adapt
+
+    return adapt.prepare_frames(frames, seg_size), adapt.prepare_frames(frames)
+
+
 def cmd_adapt(args) -> int:
-    """``engines adapt CLIP... --role flow``: fine-tune the flow network on a site's own
-    clips with the self-supervised motion objective (engines/adapt.py)."""
+    """``engines adapt CLIP... --role flow|seg``: fine-tune a network on a site's own clips
+    with the self-supervised objectives of engines/adapt.py."""
     import torch
 
     from engines import adapt
     from engines.byo import load_model, shipped_model
+    from engines.nets import spec
+    from engines.train.common import save_weights
+
+    role = args.role
+
+    def fail(text: str) -> int:
+        print(f"cardiostream engines adapt: error: {text}", file=sys.stderr)
+        return 2
 
     try:
-        model = (load_model("flow", args.start_from) if args.start_from
-                 else shipped_model("flow"))
+        model = load_model(role, args.start_from) if args.start_from else shipped_model(role)
+        flow = (model if role == "flow" else
+                load_model("flow", args.flow_weights) if args.flow_weights
+                else shipped_model("flow"))
     except EngineError as exc:
-        print(f"cardiostream engines adapt: error: {exc}", file=sys.stderr)
-        return 2
-    if model.module is None or model.kind == "torchscript":
-        print("cardiostream engines adapt: error: adaptation needs a state dict of the shipped "
-              f"architecture, not {model.kind} ({model.origin})", file=sys.stderr)
-        return 2
-    fit, judge = [], []
-    for clip in args.clips:
-        try:
-            frames = list(args.read_frames(clip))
-        except (OSError, ValueError) as exc:
-            print(f"cardiostream engines adapt: error: {exc}", file=sys.stderr)
-            return 2
-        (lo, hi), judged = args.fit_frames, args.judge_frames
-        if hi > len(frames) or (judged and judged[1] > len(frames)):
-            print(f"cardiostream engines adapt: error: {clip} has {len(frames)} frames; "
-                  f"--fit-frames {lo}:{hi} / --judge-frames reach beyond it", file=sys.stderr)
-            return 2
-        fit.append(adapt.prepare_frames(frames[lo:hi]))
-        if judged:
-            if judged[0] < hi and judged[1] > lo:
-                print("cardiostream engines adapt: error: --judge-frames overlap --fit-frames: "
-                      "judge on frames the adaptation never sees", file=sys.stderr)
-                return 2
-            judge.append(adapt.prepare_frames(frames[judged[0]:judged[1]]))
-    config = adapt.AdaptConfig(steps=args.steps, learning_rate=args.learning_rate,
-                               seed=args.seed)
+        return fail(str(exc))
+    for loaded in (model, flow):
+        if loaded.module is None or loaded.kind == "torchscript":
+            return fail("adaptation needs a state dict of the shipped architecture, not "
+                        f"{loaded.kind} ({loaded.origin})")
     if args.threads:
         torch.set_num_threads(args.threads)
+    (lo, hi), judged = args.fit_frames, args.judge_frames
+    if judged and judged[0] < hi and judged[1] > lo:
+        return fail("--judge-frames overlap --fit-frames: judge on frames the adaptation "
+                    "never sees")
+    config = adapt.AdaptConfig(steps=args.steps, learning_rate=args.learning_rate,
+                               seed=args.seed)
 
     def progress(step: int, steps: int, loss: float) -> None:
         if step == 1 or step % 25 == 0 or step == steps:
             print(f"step {step}/{steps}: objective {loss:.5f}", file=sys.stderr, flush=True)
 
-    # several clips: adapt on their frames in turn (each clip's frames stay consecutive)
-    result, records = None, []
-    for k, frames in enumerate(fit):
-        result = adapt.adapt_flow(result.model if result else model.module, frames,
-                                  judge[k] if judge else None, config, progress)
-        records.append({"clip": str(args.clips[k]), **result.record})
-    from engines.train.common import save_weights
-
-    record = {"role": "flow", "adapted_from": model.origin, "command": " ".join(sys.argv),
-              "fit_frames": list(args.fit_frames),
-              "judge_frames": list(args.judge_frames) if args.judge_frames else None,
-              "clips": records, "architecture": model.module.hparams
-              if hasattr(model.module, "hparams") else None}
-    json_path = save_weights(result.model, "flow", record, args.out)
+    current, records = model.module, []
+    for clip in args.clips:  # several clips: adapted on each in turn
+        try:
+            frames = list(args.read_frames(clip))
+        except (OSError, ValueError) as exc:
+            return fail(str(exc))
+        if hi > len(frames) or (judged and judged[1] > len(frames)):
+            return fail(f"{clip} has {len(frames)} frames; --fit-frames {lo}:{hi} or "
+                        "--judge-frames reach beyond it")
+        if role == "flow":
+            result = adapt.adapt_flow(
+                current, adapt.prepare_frames(frames[lo:hi]),
+                adapt.prepare_frames(frames[judged[0]:judged[1]]) if judged else None,
+                config, progress)
+        else:
+            result = adapt.adapt_seg(
+                current, flow.module, *_grids(frames[lo:hi], spec("seg").size),
+                _grids(frames[judged[0]:judged[1]], spec("seg").size) if judged else None,
+                config, progress)
+        current = result.model
+        records.append({"clip": str(clip), **result.record})
+    record = {"role": role, "adapted_from": model.origin, "command": " ".join(sys.argv),
+              "flow": flow.origin, "fit_frames": list(args.fit_frames),
+              "judge_frames": list(args.judge_frames) if judged else None, "clips": records}
+    json_path = save_weights(current, role, record, args.out)
     print(f"{'clip':<32} {'objective on':<12} {'before':>10} {'after':>10}")
     for rec in records:
         for part in ("fit", "judge"):
             if part in rec["before"]:
                 b, a = rec["before"][part]["total"], rec["after"][part]["total"]
                 print(f"{Path(rec['clip']).name:<32} {part:<12} {b:10.5f} {a:10.5f}")
-    print(f"wrote {args.out} and {json_path}; use it with --weights flow={args.out}")
+    print(f"wrote {args.out} and {json_path}; use it with --weights {role}={args.out}")
     return 0
 
 
@@ -468,18 +480,23 @@ def add_engines_parser(subparsers, read_frames: ReadFrames | None = None) -> arg
 
     if read_frames is not None:
         ad = sub.add_parser(
-            "adapt", help="fine-tune the flow network on your own unlabelled clips",
-            description="Self-supervised adaptation (Qin et al. 2018's unsupervised motion "
-                        "objective: the next frame warped back by the flow should match this "
-                        "frame, with Huber-smooth flow in space and time) of the flow network "
-                        "to a site's own recordings. No labels needed. Writes a state dict "
-                        "and a JSON record with the objective before and after, on the "
-                        "frames it trained on and on --judge-frames it never saw. Use the "
-                        "result with `--weights flow=PATH`.")
+            "adapt", help="fine-tune the flow network or the segmenter on your own clips",
+            description="Self-supervised adaptation to a site's own recordings, no labels "
+                        "needed. flow: Qin et al. 2018's unsupervised motion objective (the "
+                        "next frame warped back by the flow should match this frame, with "
+                        "Huber-smooth flow in space and time). seg: the segmenter's masks "
+                        "should agree from frame to frame along the flow, anchored to its own "
+                        "starting labels. Writes a state dict and a JSON record with the "
+                        "objective before and after, on the frames it trained on and on "
+                        "--judge-frames it never saw. Use the result with "
+                        "`--weights ROLE=PATH`.")
         ad.add_argument("clips", nargs="+", type=Path, metavar="CLIP",
                         help="unlabelled clips of the site (any format the readers take)")
-        ad.add_argument("--role", choices=("flow",), default="flow",
-                        help="the network to adapt (flow; segmenter adaptation is to come)")
+        ad.add_argument("--role", choices=("flow", "seg"), default="flow",
+                        help="the network to adapt (default flow)")
+        ad.add_argument("--flow-weights", type=Path, metavar="PATH",
+                        help="seg: the flow network that supplies the motion (default: the "
+                             "shipped one; e.g. one adapted first with --role flow)")
         ad.add_argument("--fit-frames", type=_frame_range, default=(0, 60), metavar="FIRST:STOP",
                         help="the frames of each clip to adapt on (default 0:60)")
         ad.add_argument("--judge-frames", type=_frame_range, metavar="FIRST:STOP",
@@ -491,11 +508,11 @@ def add_engines_parser(subparsers, read_frames: ReadFrames | None = None) -> arg
                         help="Adam learning rate (default 2e-5: small steps from the shipped "
                              "weights)")
         ad.add_argument("--start-from", type=Path, metavar="PATH",
-                        help="flow weights to start from (default: the shipped ones)")
+                        help="weights of the role to start from (default: the shipped ones)")
         ad.add_argument("--threads", type=_positive, help="CPU threads for torch")
         ad.add_argument("--seed", type=int, default=0)
         ad.add_argument("--out", type=Path, required=True, metavar="PATH.pt",
-                        help="the adapted state dict (its record goes beside it as flow.json)")
+                        help="the adapted state dict (its record goes beside it as ROLE.json)")
         ad.set_defaults(func=cmd_adapt, read_frames=read_frames)
     return engines
 

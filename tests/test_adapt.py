@@ -112,3 +112,31 @@ def test_cli_adapts_on_a_clip_and_writes_weights_the_runtime_can_load(npz_clip, 
     assert main(["engines", "adapt", str(npz_clip), "--fit-frames", "0:6", "--judge-frames",
                  "4:12", "--steps", "1", "--out", str(out)]) == 2
     assert "overlap" in capsys.readouterr().err
+
+
+def test_segmenter_consistency_is_zero_for_masks_that_move_with_the_flow():
+    """Two identical frames with zero flow: the class probabilities agree exactly."""
+    seg = shipped_model("seg").module
+    frame = adapt.prepare_frames(shifted_clip(1, size=128), seg_size := (128, 128))[0]
+    pairs = torch.from_numpy(np.stack([frame, frame])[None])
+    flow = torch.zeros(1, 2, *seg_size)
+    terms = adapt.seg_objective_terms(seg, seg, pairs, flow, adapt.AdaptConfig())
+    assert float(terms["consistency"]) == pytest.approx(0.0, abs=1e-10)
+    moved = torch.ones(1, 2, *seg_size) * 6.0  # a wrong motion breaks the agreement
+    assert float(adapt.seg_objective_terms(seg, seg, pairs, moved, adapt.AdaptConfig())[
+        "consistency"]) > 0
+
+
+def test_segmenter_adaptation_changes_a_copy_and_reports_before_and_after():
+    seg, flow = shipped_model("seg").module, shipped_model("flow").module
+    start = {k: v.clone() for k, v in seg.state_dict().items()}
+    clip = shifted_clip(6, dx=2.0, size=128)
+    grids = (adapt.prepare_frames(clip, (128, 128)), adapt.prepare_frames(clip))
+    judge = (grids[0][3:], grids[1][3:])
+    result = adapt.adapt_seg(seg, flow, grids[0][:3], grids[1][:3], judge,
+                             adapt.AdaptConfig(steps=2, batch_pairs=2, learning_rate=1e-3))
+    assert all(torch.equal(v, seg.state_dict()[k]) for k, v in start.items())
+    assert any(not torch.equal(v, result.model.state_dict()[k]) for k, v in start.items()
+               if v.dtype.is_floating_point)
+    assert set(result.record["after"]) == {"fit", "judge"}
+    assert {"consistency", "anchor"} <= set(result.record["before"]["judge"])
