@@ -127,6 +127,26 @@ def evaluate(model: flownet.FlowNet, frames: np.ndarray, config: AdaptConfig,
     return {name: value / len(triples) for name, value in sums.items()}
 
 
+def _optimise(model: torch.nn.Module, batch_loss, config: AdaptConfig, progress
+              ) -> list[float]:
+    """Adam on ``batch_loss()`` (the objective of a fresh random batch) for ``config.steps``
+    steps, gradients clipped to norm 1; the loss of each step."""
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    losses: list[float] = []
+    for step in range(config.steps):
+        loss = batch_loss()
+        optimiser.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimiser.step()
+        losses.append(loss.item())
+        if progress is not None:
+            progress(step + 1, config.steps, losses[-1])
+        if not math.isfinite(losses[-1]):
+            raise FloatingPointError(f"the objective became {losses[-1]} at step {step}")
+    return losses
+
+
 @dataclass
 class AdaptResult:
     model: flownet.FlowNet
@@ -147,26 +167,16 @@ def adapt_flow(model: flownet.FlowNet, fit: np.ndarray, judge: np.ndarray | None
     if judge is not None:
         before["judge"] = evaluate(model, judge, config)
     triples = torch.from_numpy(np.stack([fit[i:i + 3] for i in range(len(fit) - 2)]))
-    optimiser = torch.optim.Adam(adapted.parameters(), lr=config.learning_rate)
-    t0 = time.perf_counter()
-    losses = []
-    for step in range(config.steps):
-        adapted.train()
+
+    def batch_loss() -> torch.Tensor:
         pick = torch.randint(len(triples), (config.batch_pairs,), generator=generator)
         batch = triples[pick]
         if torch.rand((), generator=generator) < 0.5:  # the same motion, mirrored
             batch = batch.flip(-1)
-        loss = objective_terms(adapted, batch, config)["total"]
-        optimiser.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(adapted.parameters(), 1.0)
-        optimiser.step()
-        losses.append(loss.item())
-        if progress is not None:
-            progress(step + 1, config.steps, losses[-1])
-        if not math.isfinite(losses[-1]):
-            raise FloatingPointError(f"the objective became {losses[-1]} at step {step}")
-    adapted.eval()
+        return objective_terms(adapted, batch, config)["total"]
+
+    t0 = time.perf_counter()
+    losses = _optimise(adapted.eval(), batch_loss, config, progress)  # no normalisation layers
     after = {"fit": evaluate(adapted, fit, config)}
     if judge is not None:
         after["judge"] = evaluate(adapted, judge, config)
@@ -253,21 +263,13 @@ def adapt_seg(model: torch.nn.Module, flow_model: flownet.FlowNet, fit_seg: np.n
     if judge is not None:
         before["judge"] = evaluate_seg(model, start, judge[0], judge_flow, config)
     pairs = _seg_pairs(fit_seg)
-    optimiser = torch.optim.Adam(adapted.parameters(), lr=config.learning_rate)
-    t0 = time.perf_counter()
-    losses = []
-    for step in range(config.steps):
+
+    def batch_loss() -> torch.Tensor:
         pick = torch.randint(len(pairs), (config.batch_pairs,), generator=generator)
-        loss = seg_objective_terms(adapted, start, pairs[pick], flow[pick], config)["total"]
-        optimiser.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(adapted.parameters(), 1.0)
-        optimiser.step()
-        losses.append(loss.item())
-        if progress is not None:
-            progress(step + 1, config.steps, losses[-1])
-        if not math.isfinite(losses[-1]):
-            raise FloatingPointError(f"the objective became {losses[-1]} at step {step}")
+        return seg_objective_terms(adapted, start, pairs[pick], flow[pick], config)["total"]
+
+    t0 = time.perf_counter()
+    losses = _optimise(adapted, batch_loss, config, progress)
     after = {"fit": evaluate_seg(adapted, start, fit_seg, flow, config)}
     if judge is not None:
         after["judge"] = evaluate_seg(adapted, start, judge[0], judge_flow, config)

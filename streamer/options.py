@@ -48,6 +48,17 @@ class Option:
     format: Callable[[Any], str] = str
 
 
+def parse_pair(text: str, kind: Callable[[str], Any], names: str = "A:B") -> tuple[Any, Any]:
+    """"30:59" -> (kind("30"), kind("59")); ValueError naming the form ``names`` else."""
+    first, sep, second = text.partition(":")
+    try:
+        if sep:
+            return kind(first), kind(second)
+    except ValueError:
+        pass
+    raise ValueError(f"expected {names}")
+
+
 def option(default: Any, help: str, **how: Any) -> Any:
     """A dataclass field that is also a command-line option (see the module docstring).
 

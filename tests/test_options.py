@@ -113,3 +113,13 @@ def test_budget_and_side_car_options():
         parser = argparse.ArgumentParser()
         add_analysis_options(parser)
         analysis_config(parser.parse_args(["--weights", "x"]))
+
+
+def test_parse_pair_reads_two_values_or_names_the_form():
+    from streamer.options import parse_pair
+
+    assert parse_pair("-40:15", float) == (-40.0, 15.0)
+    assert parse_pair("3:5", int, "FIRST:LAST") == (3, 5)
+    for bad in ("3", "a:5", "3:"):
+        with pytest.raises(ValueError, match="expected FIRST:LAST"):
+            parse_pair(bad, int, "FIRST:LAST")

@@ -16,7 +16,7 @@ import numpy as np
 
 from streamer.app import FrameRejected, PipelineWiringError, Stage
 from streamer.io.protocol import FrameMessage
-from streamer.options import option
+from streamer.options import option, parse_pair
 
 
 @dataclass(frozen=True)
@@ -68,14 +68,7 @@ class Preprocess(Stage):
 
 def parse_seqs(text: str) -> tuple[int, int]:
     """"30:59" -> (30, 59)."""
-    first, sep, last = text.partition(":")
-    try:
-        seqs = (int(first), int(last))
-    except ValueError:
-        sep = ""
-    if not sep:
-        raise ValueError("expected FIRST:LAST")
-    return seqs
+    return parse_pair(text, int, "FIRST:LAST")
 
 
 @dataclass(frozen=True)

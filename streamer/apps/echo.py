@@ -29,7 +29,7 @@ from streamer.measure.centerline import CentrelineConfig
 from streamer.measure.strain import BeatConfig, StrainMonitor, beat_from_points, polyline_length
 from streamer.measure.tracking import CentrelineTracker, TrackerConfig
 from streamer.measure.tracking import warmup as tracking_warmup
-from streamer.options import option
+from streamer.options import option, parse_pair
 from streamer.vocab import A4C_SEGMENTS, SEG_CLASSES, VIEW_CLASSES
 
 
@@ -271,12 +271,8 @@ class StrainSample:
 
 def parse_range(text: str) -> tuple[float, float]:
     """"-40:15" -> (-40.0, 15.0)."""
-    lo, sep, hi = text.partition(":")
-    try:
-        bounds = (float(lo), float(hi))
-    except ValueError:
-        sep = ""
-    if not sep or not bounds[0] < bounds[1]:
+    bounds = parse_pair(text, float, "LO:HI")
+    if not bounds[0] < bounds[1]:
         raise ValueError("expected LO:HI with LO < HI")
     return bounds
 
