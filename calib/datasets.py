@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from calib.appearance import DROPOUT_REGIONS, EchoAppearance
 from calib.echo import EchoPhantomConfig, make_echo_clip
 from calib.errors import PhantomParameterError
 from calib.speckle import SpeckleConfig
@@ -77,10 +78,38 @@ def random_speckle(rng: np.random.Generator) -> SpeckleConfig:
         display_blur_mm=_u(rng, 0.4, 1.2))
 
 
+def random_appearance(rng: np.random.Generator) -> EchoAppearance:
+    """Every appearance knob (calib.appearance) drawn over the range real scanners show."""
+    return EchoAppearance(
+        wall_echo_variation=_u(rng, 0.0, 0.8), lateral_wall_gain=_u(rng, 0.2, 1.0),
+        dropout_gain=_u(rng, 0.1, 1.0), dropout_region=str(rng.choice(DROPOUT_REGIONS)),
+        dropout_width_deg=_u(rng, 10.0, 30.0), bright_annulus_gain=_u(rng, 0.0, 3.0),
+        pericardium_gain=_u(rng, 0.0, 3.0), axial_resolution_mm=_u(rng, 0.9, 2.0))
+
+
+#: stream key of the appearance draws (with the seed); apart from the config's own stream
+_APPEARANCE_KEY = 0xA9E0
+
+
 def random_echo_config(seed: int, view: str | None = None, rows: int = 256, cols: int = 256,
-                       frames: int = 2, start_phase: float | None = None, **overrides) -> EchoPhantomConfig:
-    """An echo clip config whose anatomy, timing and imaging are drawn from ``seed``."""
+                       frames: int = 2, start_phase: float | None = None,
+                       appearance: str | EchoAppearance = "neutral", **overrides) -> EchoPhantomConfig:
+    """An echo clip config whose anatomy, timing and imaging are drawn from ``seed``.
+
+    ``appearance``: "neutral" (the default: every appearance knob neutral, the configs and
+    frames of every existing data set), "random" (:func:`random_appearance` from its own
+    stream of the seed, so everything else is the neutral config's), or an EchoAppearance.
+    """
     seed = int(seed)
+    if isinstance(appearance, EchoAppearance):
+        app = appearance
+    elif appearance == "neutral":
+        app = None
+    elif appearance == "random":
+        app = random_appearance(np.random.default_rng([seed, _APPEARANCE_KEY]))
+    else:
+        raise PhantomParameterError(
+            f"appearance={appearance!r} is unknown; choose neutral, random or an EchoAppearance")
     rng = np.random.default_rng([seed, 0xEC40])
     if view is None:
         view = VIEW_CLASSES[seed % len(VIEW_CLASSES)]
@@ -100,6 +129,8 @@ def random_echo_config(seed: int, view: str | None = None, rows: int = 256, cols
         apex_azimuth_deg=_u(rng, -6, 8), axis_tilt_deg=_u(rng, -2, 16),
         inward_motion_per_strain=_u(rng, 0.3, 0.6), thickening_exponent=_u(rng, 1.2, 1.8),
         speckle=random_speckle(rng))
+    if app is not None:
+        kw["appearance"] = app
     kw.update(overrides)
     return EchoPhantomConfig(**kw)
 

@@ -54,6 +54,7 @@ import numpy as np
 
 # the configuration and the scenes live in calib.echo_scene (calib.views builds on them
 # too); the names are re-exported here, where users of the phantom look for them
+from calib.appearance import apply_static, dropout_fn, speckle_with
 from calib.echo_scene import (
     N_CENTRELINE,
     WALL_MOTION,
@@ -258,7 +259,9 @@ def make_echo_clip(cfg: EchoPhantomConfig | None = None, **overrides) -> EchoCli
     scene = build_scene(cfg, rng_anat)
     geom = scene.geom
     sp = cfg.speckle
-    renderer = SpeckleRenderer(geom, sp)
+    app = cfg.appearance
+    # appearance knobs (calib.appearance): each one is skipped when neutral
+    renderer = SpeckleRenderer(geom, speckle_with(app, sp))
     gain = scene.beam_gain if scene.beam_gain is not None else _rib_shadows(
         rng_misc, renderer.beam_angles(), geom.half_angle_rad, sp.dropout)
     renderer.beam_gain = np.asarray(gain, dtype=np.float32)[None, :]
@@ -274,6 +277,8 @@ def make_echo_clip(cfg: EchoPhantomConfig | None = None, **overrides) -> EchoCli
     p0, echo0 = p0[keep], echo0[keep]
     n0 = rng_scat.standard_normal(p0.shape[0])
     th0, rh0 = wall.to_local(p0)
+    echo0 = apply_static(app, scene, cfg, p0, th0, rh0, echo0)
+    dropout = dropout_fn(app, scene)
     if scene.static_clutter is not None:
         clut_p, clut_a = scene.static_clutter
     else:
@@ -310,6 +315,8 @@ def make_echo_clip(cfg: EchoPhantomConfig | None = None, **overrides) -> EchoCli
         # ---- image
         pts = wall.forward_mm(th0, rh0, st)
         amp = echo0 * (math.sqrt(1.0 - eps * eps) * n0 + eps * rng_frame.standard_normal(n0.size))
+        if dropout is not None:
+            amp = amp * dropout(pts)
         all_p = [pts, clut_p]
         all_a = [amp, clut_a]
         if leaf:
@@ -319,8 +326,9 @@ def make_echo_clip(cfg: EchoPhantomConfig | None = None, **overrides) -> EchoCli
                 hth, hrh = wall.to_local(lf.hinge_ed_mm[None, :])
                 hinge = wall.to_mm(*wall.forward(hth, hrh, st))[0]
                 op = opening_av if lf.timing == "av" else opening_sl
-                all_p.append(lf.place(scene.frame, hinge, op, s, off))
-                all_a.append(a)
+                lp = lf.place(scene.frame, hinge, op, s, off)
+                all_p.append(lp)
+                all_a.append(a if dropout is None else a * dropout(lp))
         img = renderer.render(np.concatenate(all_p), np.concatenate(all_a), rng_frame)
         frames[t] = to_uint8(img)
         tb = time.perf_counter()

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from calib import anatomy as an
+from calib.appearance import EchoAppearance
 from calib.cycle import CardiacCycleConfig
 from calib.errors import PhantomParameterError, require_choice, require_int_range, require_range
 from calib.kinematics import THETA, EllipticWall, WallState, circular_smooth
@@ -81,10 +82,13 @@ class EchoPhantomConfig:
     thickening_exponent: float = 1.5
     speckle: SpeckleConfig = field(default_factory=SpeckleConfig)
     seed: int = 0
+    # appearance knobs (calib.appearance); the default is neutral: today's frames exactly
+    appearance: EchoAppearance = field(default_factory=EchoAppearance)
 
     def __post_init__(self) -> None:
         if isinstance(self.speckle, dict):
             self.speckle = SpeckleConfig(**self.speckle)
+        self.appearance = EchoAppearance.coerce(self.appearance)
         require_choice("view", self.view, VIEW_CLASSES)
         require_int_range("rows", self.rows, 32, 2048)
         require_int_range("cols", self.cols, 32, 2048)
@@ -130,6 +134,8 @@ class EchoPhantomConfig:
         d = dict(d)
         if "speckle" in d and isinstance(d["speckle"], dict):
             d["speckle"] = SpeckleConfig(**d["speckle"])
+        if "appearance" in d:
+            d["appearance"] = EchoAppearance.coerce(d["appearance"])
         return cls(**d)
 
 

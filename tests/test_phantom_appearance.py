@@ -1,0 +1,179 @@
+"""Appearance knobs of the echo phantom (calib.appearance): neutral by default, bit for bit;
+each knob changes the frames where it should and never the truth."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from calib.appearance import EchoAppearance
+from calib.datasets import random_appearance, random_echo_config
+from calib.echo import EchoPhantomConfig, make_echo_clip
+from calib.errors import PhantomParameterError
+
+BASE = dict(view="a4c", rows=128, cols=128, frames=2, seed=5)
+
+
+@pytest.fixture(scope="module")
+def neutral():
+    return make_echo_clip(EchoPhantomConfig(**BASE))
+
+
+def _with(**knobs):
+    return make_echo_clip(EchoPhantomConfig(**BASE, appearance=EchoAppearance(**knobs)))
+
+
+def _same_truth(a, b) -> bool:
+    ta, tb = a.truth.arrays(), b.truth.arrays()
+    assert sorted(ta) == sorted(tb)
+    return all(np.array_equal(ta[k], tb[k], equal_nan=ta[k].dtype.kind == "f") for k in ta)
+
+
+def _sides(clip, t=0):
+    """(septal, lateral) boolean pixel masks of the LV myocardium, split by the long axis."""
+    cl = clip.truth.centreline_mm[t]
+    apex, base = cl[len(cl) // 2], 0.5 * (cl[0] + cl[-1])
+    rows, cols = clip.frames.shape[1:]
+    rr, cc = np.mgrid[0:rows, 0:cols] * clip.spacing_mm[0]
+
+    def side(r, c):
+        ax = base - apex
+        return np.sign(ax[0] * (c - apex[1]) - ax[1] * (r - apex[0]))
+    lat_sign = side(*cl[-1])
+    s = side(rr, cc)
+    myo = clip.truth.myocardium[t].astype(bool)
+    return myo & (s != lat_sign), myo & (s == lat_sign)
+
+
+def _mean(clip, mask):
+    return float(clip.frames[:, mask].astype(np.float64).mean())
+
+
+def test_neutral_appearance_is_todays_phantom(neutral):
+    explicit = make_echo_clip(EchoPhantomConfig(**BASE, appearance=EchoAppearance()))
+    assert np.array_equal(explicit.frames, neutral.frames)
+    assert _same_truth(explicit, neutral)
+    # metadata written before the knobs existed (no "appearance") remakes the same clip
+    d = neutral.config.to_dict()
+    assert d["appearance"] == EchoAppearance().to_dict()
+    d.pop("appearance")
+    old = make_echo_clip(EchoPhantomConfig.from_dict(d))
+    assert np.array_equal(old.frames, neutral.frames)
+    assert EchoAppearance().is_neutral
+
+
+def test_lateral_wall_gain_dims_the_lateral_wall_only(neutral):
+    clip = _with(lateral_wall_gain=0.3)
+    sept, lat = _sides(neutral)
+    assert _mean(clip, lat) < _mean(clip, sept)
+    assert _mean(clip, lat) < _mean(neutral, lat) - 15.0
+    assert abs(_mean(clip, sept) - _mean(neutral, sept)) < 3.0
+    assert _same_truth(clip, neutral)
+
+
+def test_wall_echo_variation_changes_the_wall_and_is_reproducible(neutral):
+    a, b = _with(wall_echo_variation=0.8), _with(wall_echo_variation=0.8)
+    assert np.array_equal(a.frames, b.frames)
+    myo = neutral.truth.myocardium[0].astype(bool)
+    diff = np.abs(a.frames[0].astype(float) - neutral.frames[0])
+    assert diff[myo].mean() > 5.0 * max(diff[~ndimage.binary_dilation(myo, iterations=6)].mean(), 0.1)
+    assert _same_truth(a, neutral)
+
+
+def test_dropout_darkens_its_sector(neutral):
+    sept, lat = _sides(neutral)
+    clip = _with(dropout_gain=0.1, dropout_region="lateral", dropout_width_deg=25.0)
+    assert _mean(clip, lat) < _mean(neutral, lat) - 20.0
+    assert abs(_mean(clip, sept) - _mean(neutral, sept)) < 3.0
+    assert _same_truth(clip, neutral)
+    apical = _with(dropout_gain=0.1, dropout_region="apical")
+    cl = neutral.truth.centreline_mm[0]
+    rr, cc = np.mgrid[0:128, 0:128] * neutral.spacing_mm[0]
+    near_apex = np.hypot(rr - cl[60, 0], cc - cl[60, 1]) < 6.0
+    assert _mean(apical, near_apex) < _mean(neutral, near_apex) - 15.0
+    assert _same_truth(apical, neutral)
+
+
+def test_pericardium_gain_brightens_just_outside_the_epicardium(neutral):
+    clip = _with(pericardium_gain=3.0)
+    myo = neutral.truth.myocardium[0].astype(bool)
+    cav = neutral.truth.cavity[0].astype(bool)
+    _, lat = _sides(neutral)
+    lat_side = ndimage.binary_dilation(lat, iterations=5)
+    ring = ndimage.binary_dilation(myo, iterations=5) & ~ndimage.binary_dilation(myo | cav, iterations=1)
+    band = ring & lat_side
+    assert band.sum() > 20
+    assert _mean(clip, band) > _mean(neutral, band) + 10.0
+    assert _same_truth(clip, neutral)
+
+
+def test_bright_annulus_gain_brightens_the_annuli(neutral):
+    clip = _with(bright_annulus_gain=3.0)
+    cl = neutral.truth.centreline_mm[0]
+    rr, cc = np.mgrid[0:128, 0:128] * neutral.spacing_mm[0]
+    near = np.zeros((128, 128), bool)
+    for p in (cl[0], cl[-1]):
+        near |= np.hypot(rr - p[0], cc - p[1]) < 5.0
+    far = ~ndimage.binary_dilation(near, iterations=12)
+    assert _mean(clip, near) > _mean(neutral, near) + 10.0
+    assert abs(_mean(clip, far) - _mean(neutral, far)) < 2.0
+    assert _same_truth(clip, neutral)
+
+
+def test_axial_resolution_makes_speckle_finer(neutral):
+    fine = _with(axial_resolution_mm=0.5)
+    sector = neutral.truth.sector_mask.astype(bool)
+    inner = ndimage.binary_erosion(sector, iterations=3)[1:]
+
+    def axial_roughness(clip):
+        return float(np.abs(np.diff(clip.frames.astype(np.float64), axis=1))[:, inner].mean())
+    assert axial_roughness(fine) > 1.15 * axial_roughness(neutral)
+    assert _same_truth(fine, neutral)
+
+
+def test_random_appearance_configs():
+    a = random_echo_config(2_000_001, appearance="random")
+    b = random_echo_config(2_000_001, appearance="random")
+    n = random_echo_config(2_000_001)
+    assert a.to_dict() == b.to_dict()
+    assert n.to_dict() == random_echo_config(2_000_001, appearance="neutral").to_dict()
+    assert n.appearance.is_neutral and not a.appearance.is_neutral
+    assert dataclasses.replace(a, appearance=EchoAppearance()).to_dict() == n.to_dict()
+    assert random_echo_config(2_000_002, appearance="random").appearance != a.appearance
+    with pytest.raises(PhantomParameterError):
+        random_echo_config(1, appearance="shiny")
+    # every knob is drawn (none stays neutral over a few draws)
+    draws = [random_appearance(np.random.default_rng(i)) for i in range(8)]
+    for f in dataclasses.fields(EchoAppearance):
+        assert len({getattr(d, f.name) for d in draws}) > 1, f.name
+
+
+def test_random_appearance_clip_is_recorded_and_remade():
+    cfg = random_echo_config(2_000_003, view="a4c", rows=96, cols=96, frames=2, appearance="random")
+    clip = make_echo_clip(cfg)
+    md = clip.metadata
+    assert md["params"]["appearance"] == cfg.appearance.to_dict()
+    again = make_echo_clip(EchoPhantomConfig.from_dict(md["params"]))
+    assert np.array_equal(again.frames, clip.frames)
+    plain = make_echo_clip(dataclasses.replace(cfg, appearance=EchoAppearance()))
+    assert not np.array_equal(plain.frames, clip.frames)
+    assert _same_truth(plain, clip)
+
+
+@pytest.mark.parametrize("view", ["psax", "plax", "a2c"])
+def test_knobs_in_other_views_change_frames_not_truth(view):
+    cfg = EchoPhantomConfig(view=view, rows=96, cols=96, frames=2, seed=2)
+    knobs = EchoAppearance(wall_echo_variation=0.6, lateral_wall_gain=0.4, dropout_gain=0.3,
+                           bright_annulus_gain=2.0, pericardium_gain=2.0, axial_resolution_mm=0.7)
+    a, b = make_echo_clip(cfg), make_echo_clip(dataclasses.replace(cfg, appearance=knobs))
+    assert not np.array_equal(a.frames, b.frames)
+    assert _same_truth(a, b)
+
+
+def test_invalid_knobs_are_refused():
+    with pytest.raises(PhantomParameterError):
+        EchoAppearance(dropout_region="septal")
+    with pytest.raises(PhantomParameterError):
+        EchoAppearance(dropout_gain=1.5)
+    assert EchoPhantomConfig(appearance={"lateral_wall_gain": 0.5}).appearance.lateral_wall_gain == 0.5
