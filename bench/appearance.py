@@ -86,6 +86,8 @@ from scipy.stats import wasserstein_distance
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from engines.spec import network_image  # noqa: E402
+
 REAL_CINES = (("examples_ybr_color.dcm", {}),
               ("color3d_jpeg_baseline.dcm", {"download": False}))
 JS_BINS = 64                 # Jensen-Shannon histogram: 64 bins over [0, 1]
@@ -107,17 +109,8 @@ ROWS = (
 
 # ============================================================================ frames
 def to_gray(pixels: np.ndarray) -> np.ndarray:
-    """One frame -> float32 luma in [0, 1], as streamer.apps.common.Preprocess does."""
-    if pixels.ndim == 3:
-        if pixels.shape[2] == 3:
-            pixels = cv2.cvtColor(np.ascontiguousarray(pixels), cv2.COLOR_RGB2GRAY) \
-                if pixels.dtype == np.uint8 else pixels @ np.array([0.299, 0.587, 0.114])
-        else:
-            pixels = pixels[..., 0]
-    if pixels.dtype.kind == "f":
-        lo, hi = float(pixels.min()), float(pixels.max())
-        return ((pixels - lo) / (hi - lo if hi > lo else 1.0)).astype(np.float32)
-    return pixels.astype(np.float32) * np.float32(1.0 / np.iinfo(pixels.dtype).max)
+    """One frame -> float32 luma in [0, 1], as the runtime's pre-processing does."""
+    return network_image(pixels)
 
 
 def corrected_spacing(info) -> tuple[tuple[float, float], float]:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 import cv2
@@ -139,12 +140,9 @@ def _track_offset(tracks) -> float | None:
 
 
 def _reasons(outcomes) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for o in outcomes:
-        for flag in o.flags:
-            if flag.startswith("not_measurable:"):
-                out[flag.split(":", 1)[1]] = out.get(flag.split(":", 1)[1], 0) + 1
-    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+    counts = Counter(flag.split(":", 1)[1] for o in outcomes for flag in o.flags
+                     if flag.startswith("not_measurable:"))
+    return dict(counts.most_common())
 
 
 def grid_to_frame_px(points_grid_px: np.ndarray, grid) -> np.ndarray:

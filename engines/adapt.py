@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from engines.nets import flownet
-from engines.spec import fit_to_input
+from engines.spec import fit_to_input, network_image
 
 
 @dataclass(frozen=True)
@@ -72,20 +72,8 @@ def prepare_frames(frames: list[np.ndarray] | np.ndarray,
                    size: tuple[int, int] = flownet.SPEC.size) -> np.ndarray:
     """Frames (grey or RGB, any integer or float dtype) -> (T, H, W) float32 in [0, 1] on the
     network's input grid, as the runtime's preprocessing and ``fit_to_input`` give them."""
-    out = []
-    for pixels in frames:
-        image = np.asarray(pixels)
-        if image.ndim == 3:
-            image = image[..., :3].astype(np.float32) @ np.float32([0.299, 0.587, 0.114]) \
-                if image.shape[-1] == 3 else image[..., 0]
-        image = image.astype(np.float32)
-        if np.issubdtype(np.asarray(pixels).dtype, np.integer):
-            image = image / float(np.iinfo(np.asarray(pixels).dtype).max)
-        else:
-            lo, hi = float(np.nanmin(image)), float(np.nanmax(image))
-            image = (image - lo) / (hi - lo if hi > lo else 1.0)
-        fitted, _ = fit_to_input(np.nan_to_num(image), size)
-        out.append(fitted)
+    out = [fit_to_input(np.nan_to_num(network_image(np.asarray(pixels))), size)[0]
+           for pixels in frames]
     return np.stack(out).astype(np.float32)
 
 
@@ -115,16 +103,22 @@ def evaluate(model: flownet.FlowNet, frames: np.ndarray, config: AdaptConfig,
     """The objective's terms over every consecutive triple of ``frames`` (T, H, W)."""
     if len(frames) < 3:
         raise ValueError(f"the objective needs at least 3 frames, got {len(frames)}")
-    triples = np.stack([frames[i:i + 3] for i in range(len(frames) - 2)])
-    sums: dict[str, float] = {}
+    triples = torch.from_numpy(np.stack([frames[i:i + 3] for i in range(len(frames) - 2)]))
     model.eval()
+    return _mean_terms(len(triples), batch,
+                       lambda k, stop: objective_terms(model, triples[k:stop], config))
+
+
+def _mean_terms(n: int, batch: int, terms_of) -> dict[str, float]:
+    """The mean over ``n`` items of each objective term, ``terms_of(k, stop)`` giving the
+    terms (means) of items k..stop-1; no gradients."""
+    sums: dict[str, float] = {}
     with torch.no_grad():
-        for k in range(0, len(triples), batch):
-            chunk = torch.from_numpy(triples[k:k + batch])
-            terms = objective_terms(model, chunk, config)
-            for name, value in terms.items():
-                sums[name] = sums.get(name, 0.0) + float(value) * len(chunk)
-    return {name: value / len(triples) for name, value in sums.items()}
+        for k in range(0, n, batch):
+            stop = min(k + batch, n)
+            for name, value in terms_of(k, stop).items():
+                sums[name] = sums.get(name, 0.0) + float(value) * (stop - k)
+    return {name: value / n for name, value in sums.items()}
 
 
 def _optimise(model: torch.nn.Module, batch_loss, config: AdaptConfig, progress
@@ -232,16 +226,11 @@ def _seg_pairs(frames: np.ndarray) -> torch.Tensor:
 
 def evaluate_seg(model, start, frames: np.ndarray, flow: torch.Tensor, config: AdaptConfig,
                  batch: int = 16) -> dict[str, float]:
+    """The segmenter objective's terms over every consecutive pair of ``frames``."""
     pairs = _seg_pairs(frames)
-    sums: dict[str, float] = {}
     model.eval()
-    with torch.no_grad():
-        for k in range(0, len(pairs), batch):
-            terms = seg_objective_terms(model, start, pairs[k:k + batch], flow[k:k + batch],
-                                        config)
-            for name, value in terms.items():
-                sums[name] = sums.get(name, 0.0) + float(value) * len(pairs[k:k + batch])
-    return {name: value / len(pairs) for name, value in sums.items()}
+    return _mean_terms(len(pairs), batch, lambda k, stop: seg_objective_terms(
+        model, start, pairs[k:stop], flow[k:stop], config))
 
 
 def adapt_seg(model: torch.nn.Module, flow_model: flownet.FlowNet, fit_seg: np.ndarray,

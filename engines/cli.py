@@ -28,6 +28,7 @@ import numpy as np
 
 from engines.backends.base import BACKENDS, PRECISIONS, EngineError
 from engines.spec import REGISTRY, ROLES
+from streamer.options import parse_pair
 
 log = logging.getLogger(__name__)
 
@@ -309,12 +310,11 @@ def cmd_train(args) -> int:
 
 def _frame_range(text: str) -> tuple[int, int]:
     """"0:60" -> (0, 60): frames 0..59."""
-    first, sep, stop = text.partition(":")
     try:
-        lo, hi = int(first), int(stop)
+        lo, hi = parse_pair(text, int, "FIRST:STOP")
     except ValueError:
-        sep = ""
-    if not sep or not 0 <= lo < hi:
+        lo = hi = -1
+    if not 0 <= lo < hi:
         raise argparse.ArgumentTypeError(f"expected FIRST:STOP with 0 <= FIRST < STOP, got {text!r}")
     return lo, hi
 

@@ -34,7 +34,7 @@ import numpy as np
 
 from engines import cache
 from engines.backends.base import EngineError, LoadedModel
-from engines.spec import NetSpec, fit_to_input, get_role
+from engines.spec import NetSpec, fit_to_input, get_role, network_image
 
 log = logging.getLogger(__name__)
 
@@ -66,18 +66,6 @@ def _as_input(images: np.ndarray, spec: NetSpec) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-def _grey01(pixels: np.ndarray) -> np.ndarray:
-    """One clip frame -> float32 grey in [0, 1], as the runtime's pre-processing does it."""
-    p = pixels
-    if p.ndim == 3:
-        p = p[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32) if p.shape[2] == 3 else p[..., 0]
-    if p.dtype.kind in "ui":
-        return p.astype(np.float32) / np.float32(np.iinfo(p.dtype).max)
-    p = p.astype(np.float32)
-    lo, hi = float(np.nanmin(p)), float(np.nanmax(p))
-    return (p - lo) / (hi - lo if hi > lo else 1.0)
-
-
 @dataclass(frozen=True)
 class Frames:
     """Raw frames of a recording to calibrate on: pixel arrays as a clip reader gives them
@@ -93,7 +81,7 @@ class Frames:
 
 def frames_calibration(frames: Frames, spec: NetSpec, n: int) -> np.ndarray:
     """Up to ``n`` inputs from a recording's frames, spread evenly over it (flow: consecutive pairs)."""
-    grey = [_grey01(np.asarray(f)) for f in frames.frames]
+    grey = [network_image(np.asarray(f)) for f in frames.frames]
     if len(grey) < (2 if spec.role == "flow" else 1):
         raise EngineError(f"{frames.origin}: too few frames ({len(grey)}) to calibrate the "
                           f"{spec.role} network")

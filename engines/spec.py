@@ -165,6 +165,38 @@ def fit_geometry(frame_shape: tuple[int, int], size: tuple[int, int]) -> Fit:
     return Fit(scale=scale, top=(h - r) // 2, left=(w - c) // 2, rows=r, cols=c)
 
 
+#: ITU-R BT.601 luma weights (R, G, B)
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def grey_plane(pixels: np.ndarray, multichannel: bool = False) -> np.ndarray:
+    """A frame's grey plane: RGB -> luma (BT.601; uint8 through OpenCV, which rounds), a
+    multichannel frame (MR velocity mapping: ``multichannel=True``) -> its first channel
+    (magnitude); grey frames as they are. The dtype is kept (float for float RGB)."""
+    if pixels.ndim != 3:
+        return pixels
+    if multichannel or pixels.shape[2] != 3:
+        return pixels[..., 0]
+    if pixels.dtype == np.uint8:
+        return cv2.cvtColor(np.ascontiguousarray(pixels), cv2.COLOR_RGB2GRAY)
+    return pixels @ LUMA
+
+
+def unit_range(grey: np.ndarray) -> np.ndarray:
+    """A grey plane -> float32 in [0, 1], the networks' input normalisation: integer frames
+    by their dtype's maximum, float frames min-max per frame (NaN ignored)."""
+    if grey.dtype.kind == "f":
+        lo, hi = float(np.nanmin(grey)), float(np.nanmax(grey))
+        return (grey.astype(np.float32) - lo) / (hi - lo if hi > lo else 1.0)
+    return grey.astype(np.float32) * np.float32(1.0 / np.iinfo(grey.dtype).max)
+
+
+def network_image(pixels: np.ndarray, multichannel: bool = False) -> np.ndarray:
+    """A frame's pixels -> the image every network takes before :func:`fit_to_input`:
+    float32 greyscale in [0, 1] (what the runtime's pre-processing gives)."""
+    return unit_range(grey_plane(pixels, multichannel))
+
+
 def fit_to_input(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, Fit]:
     """Resize a (rows, cols) float32 image into (H, W), aspect kept, zero padding, centred."""
     fit = fit_geometry(image.shape[:2], size)

@@ -293,6 +293,38 @@ class App(ABC):
         missing = [role for role in self.roles if role not in self.engines]
         if missing:
             raise ValueError(f"app {self.name!r} needs engines for {missing}")
+        self._check_wiring()
+
+    def _check_wiring(self) -> None:
+        """The declarations and the stages fit together: checked once, at start-up, on a
+        probe stream's stages (every stream gets stages of the same kinds)."""
+        for kind, declared_fields in (("result", self.result_fields),
+                                      ("beat", self.beat_fields)):
+            names = [f.name for f in declared_fields]
+            twice = sorted({name for name in names if names.count(name) > 1})
+            if twice:
+                raise PipelineWiringError(f"app {self.name!r} declares {kind} fields {twice} "
+                                          "more than once")
+        reserved = [f.name for f in self.result_fields if f.name in RESULT_KEYS] + [
+            f.name for f in self.beat_fields if f.name in (*BEAT_KEYS, "ed_seq")]
+        if reserved:
+            raise PipelineWiringError(f"app {self.name!r} declares fields {reserved}, which "
+                                      "every message of their kind has (docs/protocol.md)")
+        written = Pipeline(self.stages()).values_written
+        declared = {f.name for f in self.beat_fields}
+        for stage in self.beat_stages():
+            missing = [name for name in stage.keeps if name not in written]
+            if missing:
+                raise PipelineWiringError(f"beat stage {stage.name!r} keeps {missing}, which "
+                                          "no frame stage writes")
+            undeclared = [name for name in stage.outputs if name not in declared]
+            if undeclared:
+                raise PipelineWiringError(f"beat stage {stage.name!r} writes {undeclared}, "
+                                          f"which app {self.name!r} does not declare")
+        unwritten = [f.name for f in self.result_fields if f.name not in written]
+        if unwritten:
+            raise PipelineWiringError(f"app {self.name!r} declares result fields {unwritten} "
+                                      "that no stage writes")
 
     @abstractmethod
     def stages(self) -> list[Stage]:
@@ -317,33 +349,6 @@ class App(ABC):
         stages = self.stages()
         pipeline = Pipeline(wrap(stages) if wrap is not None else stages)
         beat_stages = self.beat_stages()
-        declared = {f.name for f in self.beat_fields}
-        for stage in beat_stages:
-            missing = [name for name in stage.keeps if name not in pipeline.values_written]
-            if missing:
-                raise PipelineWiringError(f"beat stage {stage.name!r} keeps {missing}, which "
-                                          "no frame stage writes")
-            undeclared = [name for name in stage.outputs if name not in declared]
-            if undeclared:
-                raise PipelineWiringError(f"beat stage {stage.name!r} writes {undeclared}, "
-                                          f"which app {self.name!r} does not declare")
-        for kind, declared_fields in (("result", self.result_fields),
-                                      ("beat", self.beat_fields)):
-            names = [f.name for f in declared_fields]
-            twice = sorted({name for name in names if names.count(name) > 1})
-            if twice:
-                raise PipelineWiringError(f"app {self.name!r} declares {kind} fields {twice} "
-                                          "more than once")
-        reserved = [f.name for f in self.result_fields if f.name in RESULT_KEYS] + [
-            f.name for f in self.beat_fields if f.name in (*BEAT_KEYS, "ed_seq")]
-        if reserved:
-            raise PipelineWiringError(f"app {self.name!r} declares fields {reserved}, which "
-                                      "every message of their kind has (docs/protocol.md)")
-        undeclared = [f.name for f in self.result_fields
-                      if f.name not in pipeline.values_written]
-        if undeclared:
-            raise PipelineWiringError(f"app {self.name!r} declares result fields {undeclared} "
-                                      "that no stage writes")
         keeps = [name for stage in beat_stages for name in stage.keeps]
         return StreamApp(self, stream, pipeline, beat_stages,
                          BeatBuffer(keeps, self.max_beat_frames))
@@ -357,6 +362,10 @@ class StreamApp:
         self.app, self.stream, self.pipeline = app, stream, pipeline
         self.beat_stages = list(beat_stages)
         self.beat_buffer = beat_buffer
+        # the declared result fields, split once: header fields and array parts
+        self._header_fields = tuple(f.name for f in app.result_fields if f.type != "array")
+        self._array_fields = tuple(f.name for f in app.result_fields if f.type == "array")
+        self._beat_fields = frozenset(f.name for f in app.beat_fields)
 
     def __call__(self, frame: FrameMessage, controls: FrameControls = FULL) -> FrameOutcome:
         return self.pipeline(frame, controls)
@@ -364,15 +373,14 @@ class StreamApp:
     def fields(self, outcome: FrameOutcome) -> dict[str, Any]:
         """The declared result fields of a frame's outcome that go in the header."""
         values = outcome.values
-        return {f.name: values.get(f.name) for f in self.app.result_fields
-                if f.type != "array"}
+        return {name: values.get(name) for name in self._header_fields}
 
     def arrays(self, outcome: FrameOutcome) -> dict[str, Any]:
         """The declared ``array`` fields of a frame's outcome (sent as array parts); those
         not computed for this frame are left out."""
         values = outcome.values
-        return {f.name: values[f.name] for f in self.app.result_fields
-                if f.type == "array" and values.get(f.name) is not None}
+        return {name: values[name] for name in self._array_fields
+                if values.get(name) is not None}
 
     def beat(self, frame: FrameMessage, outcome: FrameOutcome) -> BeatMessage | None:
         """Keep what the beat stages need; when this frame closed a beat, run them."""
@@ -383,8 +391,7 @@ class StreamApp:
         if boundary is None:
             return None
         frames = self.beat_buffer.close(frame.stream, boundary)
-        declared = {f.name for f in self.app.beat_fields}
-        undeclared = [name for name in boundary.fields if name not in declared]
+        undeclared = [name for name in boundary.fields if name not in self._beat_fields]
         if undeclared:
             raise RuntimeError(f"the beat boundary writes {undeclared}, which app "
                                f"{self.app.name!r} does not declare as beat fields")

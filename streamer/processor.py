@@ -168,9 +168,8 @@ class FrameProcessor:
         if error is not None:
             return out + [error]
         meta = dict(message.meta)
-        modality = meta.get("modality")
         try:
-            app = self.analysis.route(modality if isinstance(modality, str) else None)
+            app = self.analysis.route_start(message)
             if app is not None:
                 state.app = self.analysis.new_stream(app, message.stream)
                 meta["app"] = app.declaration()
@@ -301,17 +300,21 @@ class FrameProcessor:
     def _app_for(self, frame: FrameMessage, state: StreamState) -> StreamApp:
         """The stream's app instance; made at its first frame when its start did not say
         the modality."""
+        instance = state.app
+        if instance is not None and (self.analysis.forced is not None
+                                     or frame.modality in instance.app.modalities):
+            return instance  # the common case: no routing per frame
         try:
             app = self.analysis.route(frame.modality)
         except NoAppError as exc:
             raise FrameRejected("no_app", str(exc)) from None
-        if state.app is None:
-            state.app = self.analysis.new_stream(app, frame.stream)
-        elif state.app.app is not app:
+        if instance is None:
+            state.app = instance = self.analysis.new_stream(app, frame.stream)
+        elif instance.app is not app:
             raise FrameRejected("bad_field", f"stream {frame.stream!r} is analysed by app "
-                                f"{state.app.app.name!r}; a {frame.modality} frame cannot "
+                                f"{instance.app.name!r}; a {frame.modality} frame cannot "
                                 f"join it (send it as a stream of its own)")
-        return state.app
+        return instance
 
     def _budget_flags(self, item: Received, t_take_ns: int, t_result_ns: int,
                       stage_ms: dict[str, float]) -> list[str]:

@@ -121,8 +121,8 @@ class LatestFrameSlot(_Inbox):
     handed out with that stream's next frame the worker takes, so it appears in that
     stream's next result. Frames of different streams do not replace each other (each
     scanner gets its newest frame analysed), but at most ``max_streams`` frames wait: past
-    that the oldest waiting frame goes, counted against its stream. Start/end messages
-    waiting in the slot keep their order.
+    that a frame of yet another stream goes (counted against that stream), not one of a
+    stream already waiting. Start/end messages waiting in the slot keep their order.
     """
 
     def __init__(self, max_streams: int = 64):
@@ -137,25 +137,24 @@ class LatestFrameSlot(_Inbox):
             if self._closed:
                 return False
             waiting = [i for i in self._items if isinstance(i.message, FrameMessage)]
-            replaced = [i for i in waiting if i.message.stream == stream]
-            if not replaced and len(waiting) >= self.max_streams:
+            replaced = next((i for i in waiting if i.message.stream == stream), None)
+            if replaced is None and len(waiting) >= self.max_streams:
                 # as many streams wait as the side-car follows: the newcomer's frame goes
                 # (counted against its stream), not a frame of a stream already waiting
-                self._dropped[stream] = self._dropped.get(stream, 0) + 1
-                self.dropped_total += 1
+                self._count_drop(stream)
                 return True
-            if replaced:
-                for old in replaced:
-                    name = old.message.stream
-                    self._dropped[name] = self._dropped.get(name, 0) + 1
-                self.dropped_total += len(replaced)
-                self._items = deque(i for i in self._items
-                                    if not any(i is old for old in replaced))
-                self._frames -= len(replaced)
+            if replaced is not None:  # one frame per stream waits: the newer replaces it
+                self._count_drop(stream)
+                self._items = deque(i for i in self._items if i is not replaced)
+                self._frames -= 1
             self._items.append(item)
             self._frames += 1
             self._cv.notify_all()
             return True
+
+    def _count_drop(self, stream: str) -> None:
+        self._dropped[stream] = self._dropped.get(stream, 0) + 1
+        self.dropped_total += 1
 
     def _take_dropped(self, item: Received) -> int:
         return self._dropped.pop(item.message.stream, 0)

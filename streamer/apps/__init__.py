@@ -166,12 +166,17 @@ class Analysis:
                          + ", ".join(f"{a.name} for {'/'.join(a.modalities) or 'none'}"
                                      for a in self.apps.values()) + ")")
 
-    def declare_start(self, start: StartMessage) -> StartMessage:
-        """A stream's start with the declaration of its app in ``meta.app``, where its
-        ``meta.modality`` (or a named app) decides it; reads nothing that changes."""
+    def route_start(self, start: StartMessage) -> App | None:
+        """The app for a stream by its start: its ``meta.modality`` (or the named app);
+        None while that does not say; NoAppError when no app takes the modality."""
         modality = start.meta.get("modality")
+        return self.route(modality if isinstance(modality, str) else None)
+
+    def declare_start(self, start: StartMessage) -> StartMessage:
+        """A stream's start with the declaration of its app in ``meta.app``, where the start
+        decides it (:meth:`route_start`); reads nothing that changes."""
         try:
-            app = self.route(modality if isinstance(modality, str) else None)
+            app = self.route_start(start)
         except NoAppError:
             app = None
         if app is None:

@@ -11,9 +11,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 
+from engines.spec import grey_plane, unit_range
 from streamer.app import FrameRejected, PipelineWiringError, Stage
 from streamer.io.protocol import FrameMessage
 from streamer.options import option, parse_pair
@@ -44,26 +44,14 @@ class Preprocess(Stage):
         self.config = config
 
     def process(self, frame: FrameMessage) -> dict[str, Any]:
-        pixels = frame.pixels
-        if pixels.ndim == 3:
-            if frame.channels is None and pixels.shape[2] == 3:
-                pixels = cv2.cvtColor(np.ascontiguousarray(pixels), cv2.COLOR_RGB2GRAY) \
-                    if pixels.dtype == np.uint8 else pixels @ np.array(
-                        [0.299, 0.587, 0.114], dtype=np.float32)
-            else:
-                pixels = pixels[..., 0]
-        if pixels.dtype.kind == "f":
-            if self.config.reject_non_finite:
-                finite = np.isfinite(pixels)
-                if not finite.all():
-                    bad = int(finite.size - np.count_nonzero(finite))
-                    raise FrameRejected("bad_pixels", f"frame {frame.stream}#{frame.seq} has "
-                                        f"{bad} NaN or infinite pixel(s) of {finite.size}")
-            lo, hi = float(pixels.min()), float(pixels.max())
-            image = (pixels.astype(np.float32) - lo) / (hi - lo if hi > lo else 1.0)
-        else:
-            image = pixels.astype(np.float32) * np.float32(1.0 / np.iinfo(pixels.dtype).max)
-        return {"image": image}
+        grey = grey_plane(frame.pixels, multichannel=frame.channels is not None)
+        if grey.dtype.kind == "f" and self.config.reject_non_finite:
+            finite = np.isfinite(grey)
+            if not finite.all():
+                bad = int(finite.size - np.count_nonzero(finite))
+                raise FrameRejected("bad_pixels", f"frame {frame.stream}#{frame.seq} has "
+                                    f"{bad} NaN or infinite pixel(s) of {finite.size}")
+        return {"image": unit_range(grey)}
 
 
 def parse_seqs(text: str) -> tuple[int, int]:

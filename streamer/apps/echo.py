@@ -287,9 +287,9 @@ class QualityConfig:
     strain number and says why (``not_measurable:REASON``); ranges are (low, high)."""
 
     gls_range_pct: tuple[float, float] = option(
-        (-40.0, 15.0), "a GLS outside LO:HI %% is not a measurement (a negative LO needs the '=' form: "
-        "--gls-range-pct=-30:10)", flag="--gls-range-pct",
-        metavar="LO:HI", parse=parse_range, format=_format_range)
+        (-40.0, 15.0), "a GLS outside LO:HI %% is not a measurement (a negative LO needs "
+        "the '=' form: --gls-range-pct=-30:10)", flag="--gls-range-pct", metavar="LO:HI",
+        parse=parse_range, format=_format_range)
     regional_range_pct: tuple[float, float] = option(
         (-60.0, 40.0), "a regional strain outside LO:HI %% is not a measurement",
         flag="--regional-range-pct", metavar="LO:HI", parse=parse_range, format=_format_range)
@@ -308,6 +308,14 @@ class QualityConfig:
     def __post_init__(self):
         if not self.max_track_offset_mm > 0:
             raise ValueError(f"max_track_offset_mm must be > 0, got {self.max_track_offset_mm}")
+
+    def gls_in_range(self, gls_pct: float) -> bool:
+        return self.gls_range_pct[0] <= gls_pct <= self.gls_range_pct[1]
+
+    def regional_in_range(self, regional_pct) -> bool:
+        """Every value of ``regional_pct`` (an iterable of %) in the regional range."""
+        lo, hi = self.regional_range_pct
+        return all(lo <= v <= hi for v in regional_pct)
 
 
 #: mask flags from the tracker that mean the frame's myocardium is not one clean wall
@@ -353,10 +361,9 @@ class CheckMeasurability(Stage):
         offset = np.hypot(*(track.points_mm - track.measured_points_mm).T)
         if not np.isfinite(offset).any() or np.nanmean(offset) > cfg.max_track_offset_mm:
             out.append("tracking")
-        if not cfg.gls_range_pct[0] <= gls <= cfg.gls_range_pct[1]:
+        if not cfg.gls_in_range(gls):
             out.append("gls_range")
-        lo, hi = cfg.regional_range_pct
-        if regional is None or not all(lo <= v <= hi for v in regional.values()):
+        if regional is None or not cfg.regional_in_range(regional.values()):
             out.append("regional_range")
         return out
 
@@ -408,10 +415,7 @@ class SummariseBeat(BeatStage):
         out.update(duration_s=round(b.duration_s, 4), quality=quality,
                    measurable_fraction=round(fraction, 3))
         peak, regional = float(b.peak_gls_pct), [float(v) for v in b.regional_peak_pct]
-        lo, hi = cfg.regional_range_pct
-        in_range = (cfg.gls_range_pct[0] <= peak <= cfg.gls_range_pct[1]
-                    and all(lo <= v <= hi for v in regional))
-        if quality == "poor" or not in_range:
+        if quality == "poor" or not (cfg.gls_in_range(peak) and cfg.regional_in_range(regional)):
             return {**out, "quality": "poor"}
         return {**out, "es_seq": beat.seqs[b.es_index], "peak_gls_pct": round(peak, 3),
                 "regional_peak_pct": {k: round(v, 3) for k, v in zip(A4C_SEGMENTS, regional)}}
