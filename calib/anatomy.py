@@ -24,6 +24,12 @@ LIVER = 0.8
 VESSEL_WALL = 2.5
 
 
+def blood_smoke(amp: np.ndarray, t2: np.ndarray, gain: float = 1.0) -> np.ndarray:
+    """Blood (amplitude exactly ``BLOOD``) as faint moving smoke: texture ``t2`` and the
+    appearance's blood ``gain`` (``EchoAppearance.blood_gain``; 1.0 leaves it as it was)."""
+    return np.where(amp == BLOOD, BLOOD * gain * np.exp(0.5 * t2), amp)
+
+
 @dataclass(frozen=True)
 class Frame2D:
     """Local frame: x = origin + u * eu + v * ev (all [row, col] mm)."""

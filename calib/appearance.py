@@ -3,12 +3,13 @@
 :class:`EchoAppearance` (held by ``EchoPhantomConfig.appearance``) describes what real
 scanners show and the default phantom does not: a myocardium whose echo strength varies
 along the wall, a dim lateral wall, drop-out of a sector, bright specular annuli and
-pericardium, and speckle as fine as a real scanner's.  Every knob's default is neutral and
+pericardium, speckle as fine as a real scanner's, a darker (or hazier) blood pool, brighter
+or fainter valve leaflets and the display's frame averaging (persistence).  Every knob's default is neutral and
 a neutral knob is not applied at all, so a config with the default appearance renders the
 same frames, bit for bit, as before the knobs existed.
 
 The knobs change scatterer amplitudes (and, for ``axial_resolution_mm``, the point-spread
-function and display blur) only: scatterer positions, motion and every truth array are
+function and display blur; for ``persistence``, the displayed frame) only: scatterer positions, motion and every truth array are
 untouched.  Random parts (the shape of the wall profile) come from their own stream,
 derived from the clip's seed, so the clip is remade exactly from its config.
 
@@ -47,6 +48,12 @@ class EchoAppearance:
     pericardium_gain: float = 0.0        # 0..5: extra echo just outside the epicardium (0 = none)
     axial_resolution_mm: float | None = None  # pulse FWHM replacing the speckle config's
     #                                      pulse and display blur (None = keep them)
+    blood_echo_db: float = 0.0           # -30..+6: change of the blood pool's echo (chambers,
+    #                                      vessels); real scanners show it 10-25 dB darker than
+    #                                      the default's (-20 dB below myocardium), or hazy
+    leaflet_gain: float = 1.0            # 0.2..4: echo of the valve leaflets
+    persistence: float = 0.0             # 0..0.8: frame averaging of the display (the weight
+    #                                      of the previous displayed frame; 0 = none)
 
     def __post_init__(self) -> None:
         require_range("wall_echo_variation", self.wall_echo_variation, 0.0, 0.95)
@@ -58,12 +65,22 @@ class EchoAppearance:
         require_range("pericardium_gain", self.pericardium_gain, 0.0, 10.0)
         if self.axial_resolution_mm is not None:
             require_range("axial_resolution_mm", self.axial_resolution_mm, 0.1, 10.0, "mm")
+        require_range("blood_echo_db", self.blood_echo_db, -40.0, 12.0, "dB")
+        require_range("leaflet_gain", self.leaflet_gain, 0.0, 10.0)
+        require_range("persistence", self.persistence, 0.0, 0.9)
 
     @property
     def is_neutral(self) -> bool:
         return (self.wall_echo_variation == 0.0 and self.lateral_wall_gain == 1.0
                 and self.dropout_gain == 1.0 and self.bright_annulus_gain == 0.0
-                and self.pericardium_gain == 0.0 and self.axial_resolution_mm is None)
+                and self.pericardium_gain == 0.0 and self.axial_resolution_mm is None
+                and self.blood_echo_db == 0.0 and self.leaflet_gain == 1.0
+                and self.persistence == 0.0)
+
+    @property
+    def blood_gain(self) -> float:
+        """Amplitude factor of the blood echo (exactly 1.0 when neutral)."""
+        return 1.0 if self.blood_echo_db == 0.0 else 10.0 ** (self.blood_echo_db / 20.0)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

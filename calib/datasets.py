@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from calib.appearance import DROPOUT_REGIONS, EchoAppearance
+from calib.display import PALETTES as DISPLAY_PALETTES
+from calib.display import ScannerDisplay, grey_frames
 from calib.echo import EchoPhantomConfig, make_echo_clip
 from calib.errors import PhantomParameterError
 from calib.speckle import SpeckleConfig
@@ -84,7 +86,42 @@ def random_appearance(rng: np.random.Generator) -> EchoAppearance:
         wall_echo_variation=_u(rng, 0.0, 0.8), lateral_wall_gain=_u(rng, 0.2, 1.0),
         dropout_gain=_u(rng, 0.1, 1.0), dropout_region=str(rng.choice(DROPOUT_REGIONS)),
         dropout_width_deg=_u(rng, 10.0, 30.0), bright_annulus_gain=_u(rng, 0.0, 3.0),
-        pericardium_gain=_u(rng, 0.0, 3.0), axial_resolution_mm=_u(rng, 0.9, 2.0))
+        pericardium_gain=_u(rng, 0.0, 3.0), axial_resolution_mm=_u(rng, 0.9, 2.0),
+        blood_echo_db=_u(rng, -25.0, 3.0), leaflet_gain=_u(rng, 0.5, 3.0),
+        persistence=_u(rng, 0.1, 0.6) if rng.random() < 0.5 else 0.0)
+
+
+def random_anatomy(rng: np.random.Generator, view: str) -> dict:
+    """Anatomy and timing over the range of real adult hearts and scanners (the "random"
+    appearance's overrides of :func:`random_echo_config`'s narrower defaults): end-diastolic
+    LV long axis 70-110 mm, frame rates 25-80 fps, depth that holds the heart."""
+    lv_length = _u(rng, 70.0, 110.0)
+    apex_depth = _u(rng, 15.0, 40.0)
+    depth_lo = {"sc4c": 170.0, "ivc": 150.0, "psax": 120.0, "plax": 130.0}.get(view, 140.0)
+    return dict(lv_length_mm=lv_length, lv_width_mm=_u(rng, 0.42, 0.62) * lv_length,
+                apex_depth_mm=apex_depth, fps=_u(rng, 25.0, 80.0),
+                depth_mm=max(_u(rng, depth_lo, depth_lo + 50.0), apex_depth + 1.6 * lv_length))
+
+
+def random_display(rng: np.random.Generator) -> ScannerDisplay:
+    """Every scanner-display knob (calib.display) drawn over what real scanner frames show.
+
+    The canvas stays the rendered size (the builders keep network-size frames); the sector
+    fills 0.55-1 of it (a real 480x640 frame fitted aspect-kept into 256x256 shows its
+    sector at 0.55-0.8), placed anywhere in the free margin vertically and near the centre
+    horizontally; each overlay is on with probability 0.5-0.7; palette grey 60 %, a tint
+    40 %; no JPEG 40 %, else quality 30-95; a native frame up to 2.5 times coarser.
+    :func:`random_echo_config` draws it with the "random" appearance."""
+    tints = [p for p in DISPLAY_PALETTES if p != "grey"]
+    return ScannerDisplay(
+        sector_scale=_u(rng, 0.55, 1.0), offset_rows_frac=_u(rng, -1.0, 1.0),
+        offset_cols_frac=_u(rng, -0.4, 0.4),
+        native_scale=_u(rng, 1.0, 2.5) if rng.random() < 0.7 else 1.0,
+        text_overlay=bool(rng.random() < 0.7), depth_scale=bool(rng.random() < 0.6),
+        marker_dot=bool(rng.random() < 0.6), toolbar=bool(rng.random() < 0.5),
+        ecg_trace=bool(rng.random() < 0.5), overlay_grey=_u(rng, 0.45, 0.95),
+        palette="grey" if rng.random() < 0.6 else str(tints[int(rng.integers(len(tints)))]),
+        jpeg_quality=None if rng.random() < 0.4 else int(rng.integers(30, 96)))
 
 
 #: stream key of the appearance draws (with the seed); apart from the config's own stream
@@ -97,8 +134,10 @@ def random_echo_config(seed: int, view: str | None = None, rows: int = 256, cols
     """An echo clip config whose anatomy, timing and imaging are drawn from ``seed``.
 
     ``appearance``: "neutral" (the default: every appearance knob neutral, the configs and
-    frames of every existing data set), "random" (:func:`random_appearance` from its own
-    stream of the seed, so everything else is the neutral config's), or an EchoAppearance.
+    frames of every existing data set), "random" (:func:`random_appearance`,
+    :func:`random_display` and the wider :func:`random_anatomy`, from their own stream of
+    the seed; the frames may be RGB, see :func:`calib.display.grey_frames`), or an
+    EchoAppearance.
     """
     seed = int(seed)
     if isinstance(appearance, EchoAppearance):
@@ -106,7 +145,8 @@ def random_echo_config(seed: int, view: str | None = None, rows: int = 256, cols
     elif appearance == "neutral":
         app = None
     elif appearance == "random":
-        app = random_appearance(np.random.default_rng([seed, _APPEARANCE_KEY]))
+        rng_app = np.random.default_rng([seed, _APPEARANCE_KEY])
+        app = random_appearance(rng_app)
     else:
         raise PhantomParameterError(
             f"appearance={appearance!r} is unknown; choose neutral, random or an EchoAppearance")
@@ -131,6 +171,9 @@ def random_echo_config(seed: int, view: str | None = None, rows: int = 256, cols
         speckle=random_speckle(rng))
     if app is not None:
         kw["appearance"] = app
+    if appearance == "random":
+        kw["display"] = random_display(rng_app)
+        kw.update(random_anatomy(rng_app, view))
     kw.update(overrides)
     return EchoPhantomConfig(**kw)
 
@@ -171,13 +214,13 @@ def _echo_clip(seed: int, **kw):
 
 
 def view_samples(split: str, n: int, rows: int = 256, cols: int = 256, offset: int = 0,
-                 frames_per_clip: int = 1) -> dict:
+                 frames_per_clip: int = 1, appearance: str = "neutral") -> dict:
     """Images with view labels; label = seed % 8, so any 8 consecutive seeds are balanced.
 
     ``frames_per_clip`` > 1 takes that many frames spread over one cardiac cycle from each
     clip (frames of a clip are consecutive in the output; ``offset`` counts clips), so
     ``n`` a multiple of ``8 * frames_per_clip`` stays balanced. A frame costs little once
-    its clip's scene is built.
+    its clip's scene is built. ``appearance``: as :func:`random_echo_config`'s.
     """
     if frames_per_clip < 1:
         raise PhantomParameterError(f"frames_per_clip={frames_per_clip} must be at least 1")
@@ -187,13 +230,13 @@ def view_samples(split: str, n: int, rows: int = 256, cols: int = 256, offset: i
     labels = np.empty(n_clips * frames_per_clip, np.int64)
     for i, s in enumerate(seeds):
         if frames_per_clip == 1:
-            clip = _echo_clip(int(s), rows=rows, cols=cols, frames=1)
+            clip = _echo_clip(int(s), rows=rows, cols=cols, frames=1, appearance=appearance)
         else:
             hr = random_echo_config(int(s)).heart_rate_bpm
             clip = _echo_clip(int(s), rows=rows, cols=cols, frames=frames_per_clip,
-                              fps=frames_per_clip * hr / 60.0)
+                              fps=frames_per_clip * hr / 60.0, appearance=appearance)
         k = slice(i * frames_per_clip, (i + 1) * frames_per_clip)
-        imgs[k] = clip.frames
+        imgs[k] = grey_frames(clip.frames)
         labels[k] = clip.truth.view_index
     return {"images": imgs[:n], "labels": labels[:n],
             "seeds": np.repeat(seeds, frames_per_clip)[:n], "split": split,
@@ -201,7 +244,8 @@ def view_samples(split: str, n: int, rows: int = 256, cols: int = 256, offset: i
 
 
 def segmentation_samples(split: str, n: int, rows: int = 256, cols: int = 256, offset: int = 0,
-                         frames_per_clip: int = 4, views=("a4c", "a2c", "alax")) -> dict:
+                         frames_per_clip: int = 4, views=("a4c", "a2c", "alax"),
+                         appearance: str = "neutral") -> dict:
     """LV myocardium / cavity masks; ``frames_per_clip`` frames spread over one cycle."""
     n_clips = -(-n // frames_per_clip)
     seeds = split_seeds(split, n_clips, offset)
@@ -210,9 +254,11 @@ def segmentation_samples(split: str, n: int, rows: int = 256, cols: int = 256, o
         v = views[int(s) % len(views)]
         cfg_probe = random_echo_config(int(s), view=v)
         fps = frames_per_clip * cfg_probe.heart_rate_bpm / 60.0
-        clip = _echo_clip(int(s), view=v, rows=rows, cols=cols, frames=frames_per_clip, fps=fps)
+        clip = _echo_clip(int(s), view=v, rows=rows, cols=cols, frames=frames_per_clip, fps=fps,
+                          appearance=appearance)
+        grey = grey_frames(clip.frames)
         for t in range(frames_per_clip):
-            imgs.append(clip.frames[t])
+            imgs.append(grey[t])
             myo.append(clip.truth.myocardium[t])
             cav.append(clip.truth.cavity[t])
             sd.append(s)
@@ -223,16 +269,19 @@ def segmentation_samples(split: str, n: int, rows: int = 256, cols: int = 256, o
 
 
 def flow_samples(split: str, n: int, rows: int = 256, cols: int = 256, offset: int = 0,
-                 pairs_per_clip: int = 4, views=("a4c", "a2c", "alax")) -> dict:
+                 pairs_per_clip: int = 4, views=("a4c", "a2c", "alax"),
+                 appearance: str = "neutral") -> dict:
     """Consecutive frame pairs at the clip's frame rate with the truth flow (dx, dy) px."""
     n_clips = -(-n // pairs_per_clip)
     seeds = split_seeds(split, n_clips, offset)
     pairs, flows, masks, sd = [], [], [], []
     for s in seeds:
         v = views[int(s) % len(views)]
-        clip = _echo_clip(int(s), view=v, rows=rows, cols=cols, frames=pairs_per_clip + 1)
+        clip = _echo_clip(int(s), view=v, rows=rows, cols=cols, frames=pairs_per_clip + 1,
+                          appearance=appearance)
+        grey = grey_frames(clip.frames)
         for t in range(pairs_per_clip):
-            pairs.append(clip.frames[t:t + 2])
+            pairs.append(grey[t:t + 2])
             flows.append(clip.truth.displacement[t])
             masks.append(clip.truth.myocardium[t])
             sd.append(s)

@@ -55,6 +55,7 @@ import numpy as np
 # the configuration and the scenes live in calib.echo_scene (calib.views builds on them
 # too); the names are re-exported here, where users of the phantom look for them
 from calib.appearance import apply_static, dropout_fn, speckle_with
+from calib.display import apply_display, display_rng
 from calib.echo_scene import (
     N_CENTRELINE,
     WALL_MOTION,
@@ -106,7 +107,7 @@ class EchoTruth:
 
 @dataclass
 class EchoClip:
-    frames: np.ndarray              # (n, rows, cols) uint8
+    frames: np.ndarray              # (n, rows, cols) uint8; (n, rows, cols, 3) RGB (display palette)
     spacing_mm: tuple
     fps: float
     truth: EchoTruth
@@ -247,8 +248,12 @@ def build_scene(cfg: EchoPhantomConfig, rng: np.random.Generator) -> Scene:
     return build_view_scene(cfg, rng)
 
 
-def make_echo_clip(cfg: EchoPhantomConfig | None = None, **overrides) -> EchoClip:
-    """Generate one echo clip and its truth (deterministic in ``cfg`` incl. ``cfg.seed``)."""
+def make_echo_clip(cfg: EchoPhantomConfig | None = None, *, renderer_factory=None,
+                   **overrides) -> EchoClip:
+    """Generate one echo clip and its truth (deterministic in ``cfg`` incl. ``cfg.seed``).
+
+    ``renderer_factory(geom, speckle_config)``: another image model with SpeckleRenderer's
+    interface (e.g. calib.physics_sim.PhysicsRenderer); the truth does not depend on it."""
     if cfg is None:
         cfg = EchoPhantomConfig(**overrides)
     elif overrides:
@@ -261,7 +266,7 @@ def make_echo_clip(cfg: EchoPhantomConfig | None = None, **overrides) -> EchoCli
     sp = cfg.speckle
     app = cfg.appearance
     # appearance knobs (calib.appearance): each one is skipped when neutral
-    renderer = SpeckleRenderer(geom, speckle_with(app, sp))
+    renderer = (renderer_factory or SpeckleRenderer)(geom, speckle_with(app, sp))
     gain = scene.beam_gain if scene.beam_gain is not None else _rib_shadows(
         rng_misc, renderer.beam_angles(), geom.half_angle_rad, sp.dropout)
     renderer.beam_gain = np.asarray(gain, dtype=np.float32)[None, :]
@@ -284,6 +289,9 @@ def make_echo_clip(cfg: EchoPhantomConfig | None = None, **overrides) -> EchoCli
     else:
         clut_p, clut_a = _near_field_clutter(rng_scat, geom, sp.clutter_db)
     leaf = [(lf, *lf.sample(rng_valve, sp.scatterers_per_mm2 * 2.0)) for lf in scene.leaflets]
+    if app.leaflet_gain != 1.0:
+        leaf = [(lf, s, off, a * app.leaflet_gain) for lf, s, off, a in leaf]
+    shown = None    # the displayed frame of the last step (persistence)
     t_setup = time.perf_counter()
 
     # pixel grid in the wall frame (fixed)
@@ -330,6 +338,10 @@ def make_echo_clip(cfg: EchoPhantomConfig | None = None, **overrides) -> EchoCli
                 all_p.append(lp)
                 all_a.append(a if dropout is None else a * dropout(lp))
         img = renderer.render(np.concatenate(all_p), np.concatenate(all_a), rng_frame)
+        if app.persistence > 0.0:
+            # the scanner's frame averaging: a recursive filter over the displayed frames
+            shown = img if shown is None else (1.0 - app.persistence) * img + app.persistence * shown
+            img = shown
         frames[t] = to_uint8(img)
         tb = time.perf_counter()
         # ---- truth
@@ -395,8 +407,13 @@ def make_echo_clip(cfg: EchoPhantomConfig | None = None, **overrides) -> EchoCli
                       segment_factors=f, sector_mask=geom.sector_mask().astype(np.uint8),
                       midwall_centreline_mm=mw_cl, midwall_gls_pct=mw_gls,
                       midwall_regional_pct=mw_regional)
+    spacing = geom.spacing_mm
+    if not cfg.display.is_neutral:
+        # scanner display (calib.display): canvas, overlays, palette, JPEG; truth mapped along
+        frames, truth, spacing = apply_display(cfg.display, frames, truth, geom, cfg.fps,
+                                               display_rng(cfg.seed), cfg.heart_rate_bpm)
     t_end = time.perf_counter()
     timings = {"setup_s": t_setup - t_start, "render_s": t_render, "truth_s": t_truth,
                "total_s": t_end - t_start}
-    return EchoClip(frames=frames, spacing_mm=(geom.spacing_mm, geom.spacing_mm), fps=cfg.fps,
+    return EchoClip(frames=frames, spacing_mm=(spacing, spacing), fps=cfg.fps,
                     truth=truth, config=cfg, timings_s=timings)

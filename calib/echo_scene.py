@@ -19,6 +19,7 @@ import numpy as np
 from calib import anatomy as an
 from calib.appearance import EchoAppearance
 from calib.cycle import CardiacCycleConfig
+from calib.display import ScannerDisplay
 from calib.errors import PhantomParameterError, require_choice, require_int_range, require_range
 from calib.kinematics import THETA, EllipticWall, WallState, circular_smooth
 from calib.speckle import SectorGeometry, SpeckleConfig
@@ -84,11 +85,14 @@ class EchoPhantomConfig:
     seed: int = 0
     # appearance knobs (calib.appearance); the default is neutral: today's frames exactly
     appearance: EchoAppearance = field(default_factory=EchoAppearance)
+    # scanner-display knobs (calib.display: canvas, overlays, palette, JPEG); neutral default
+    display: ScannerDisplay = field(default_factory=ScannerDisplay)
 
     def __post_init__(self) -> None:
         if isinstance(self.speckle, dict):
             self.speckle = SpeckleConfig(**self.speckle)
         self.appearance = EchoAppearance.coerce(self.appearance)
+        self.display = ScannerDisplay.coerce(self.display)
         require_choice("view", self.view, VIEW_CLASSES)
         require_int_range("rows", self.rows, 32, 2048)
         require_int_range("cols", self.cols, 32, 2048)
@@ -136,6 +140,8 @@ class EchoPhantomConfig:
             d["speckle"] = SpeckleConfig(**d["speckle"])
         if "appearance" in d:
             d["appearance"] = EchoAppearance.coerce(d["appearance"])
+        if "display" in d:
+            d["display"] = ScannerDisplay.coerce(d["display"])
         return cls(**d)
 
 
@@ -338,7 +344,7 @@ def apical_scene(cfg: EchoPhantomConfig, rng: np.random.Generator, view: str = "
         if extra is not None:
             amp = extra(pts, amp, p, v, d_heart, t1, t2)
         # blood smoke and chest wall
-        amp = np.where(amp == an.BLOOD, an.BLOOD * np.exp(0.5 * t2), amp)
+        amp = an.blood_smoke(amp, t2, cfg.appearance.blood_gain)
         cw = r < 14.0
         amp = np.where(cw, _chest_wall(r, 14.0, t1), amp)
         return amp

@@ -178,7 +178,7 @@ def plax_scene(cfg: EchoPhantomConfig, rng: np.random.Generator) -> Scene:
         amp = np.where(cav, an.BLOOD, amp)
         aniso = _anisotropy(wall, th, pts, geom)
         amp = np.where(wall.in_wall(th, rh), an.MYOCARDIUM * np.exp(0.3 * t1) * (0.35 + 0.65 * aniso), amp)
-        amp = np.where(amp == an.BLOOD, an.BLOOD * np.exp(0.5 * t2), amp)
+        amp = an.blood_smoke(amp, t2, cfg.appearance.blood_gain)
         amp = np.where(r < 14.0, _chest_wall(r, 14.0, t1), amp)
         return amp
 
@@ -238,7 +238,7 @@ def psax_scene(cfg: EchoPhantomConfig, rng: np.random.Generator) -> Scene:
             amp = np.where(cav & (np.hypot(*(pts - pc).T) < rp), an.MYOCARDIUM * 0.9 * np.exp(0.3 * t1), amp)
         aniso = _anisotropy(wall, th, pts, geom)
         amp = np.where(wall.in_wall(th, rh), an.MYOCARDIUM * np.exp(0.3 * t1) * (0.3 + 0.7 * aniso), amp)
-        amp = np.where(amp == an.BLOOD, an.BLOOD * np.exp(0.5 * t2), amp)
+        amp = an.blood_smoke(amp, t2, cfg.appearance.blood_gain)
         amp = np.where(r < 14.0, _chest_wall(r, 14.0, t1), amp)
         return amp
 
@@ -315,7 +315,7 @@ def ivc_scene(cfg: EchoPhantomConfig, rng: np.random.Generator) -> Scene:
         amp = np.where(in_tube, an.BLOOD, amp)
         dra = np.hypot(*(pts - ra_c).T) - 24.0
         amp = np.where(dra < 0, an.BLOOD, np.where(an.band(dra, 0, 2.5), an.THIN_WALL, amp))
-        amp = np.where(amp == an.BLOOD, an.BLOOD * np.exp(0.5 * t2), amp)
+        amp = an.blood_smoke(amp, t2, cfg.appearance.blood_gain)
         amp = np.where(r < 14.0, _chest_wall(r, 14.0, t1), amp)
         return amp
 

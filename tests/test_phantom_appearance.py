@@ -3,12 +3,13 @@ each knob changes the frames where it should and never the truth."""
 
 import dataclasses
 
+import cv2
 import numpy as np
 import pytest
 from scipy import ndimage
 
 from calib.appearance import EchoAppearance
-from calib.datasets import random_appearance, random_echo_config
+from calib.datasets import random_anatomy, random_appearance, random_echo_config
 from calib.echo import EchoPhantomConfig, make_echo_clip
 from calib.errors import PhantomParameterError
 
@@ -139,7 +140,11 @@ def test_random_appearance_configs():
     assert a.to_dict() == b.to_dict()
     assert n.to_dict() == random_echo_config(2_000_001, appearance="neutral").to_dict()
     assert n.appearance.is_neutral and not a.appearance.is_neutral
-    assert dataclasses.replace(a, appearance=EchoAppearance()).to_dict() == n.to_dict()
+    # the random config differs from the neutral one in its appearance and the wider anatomy
+    anatomy = random_anatomy(np.random.default_rng(0), "a4c")
+    differ = {k for k in n.to_dict() if a.to_dict()[k] != n.to_dict()[k]}
+    assert differ <= {"appearance", "display", *anatomy}
+    assert 70.0 <= a.lv_length_mm <= 110.0 and 25.0 <= a.fps <= 80.0
     assert random_echo_config(2_000_002, appearance="random").appearance != a.appearance
     with pytest.raises(PhantomParameterError):
         random_echo_config(1, appearance="shiny")
@@ -171,9 +176,46 @@ def test_knobs_in_other_views_change_frames_not_truth(view):
     assert _same_truth(a, b)
 
 
+def test_blood_echo_darkens_the_cavity_only(neutral):
+    clip = _with(blood_echo_db=-20.0)
+    cav = neutral.truth.cavity[0].astype(bool)
+    cav = cav & ~cv2.dilate(neutral.truth.myocardium[0], np.ones((5, 5), np.uint8)).astype(bool)
+    myo = neutral.truth.myocardium[0].astype(bool)
+    assert _mean(clip, cav) < 0.6 * _mean(neutral, cav)
+    assert abs(_mean(clip, myo) - _mean(neutral, myo)) < 0.15 * _mean(neutral, myo)
+    assert EchoAppearance(blood_echo_db=0.0).blood_gain == 1.0
+    assert _same_truth(clip, neutral)
+
+
+def test_leaflet_gain_changes_the_leaflets_only(neutral):
+    clip = _with(leaflet_gain=4.0)
+    diff = np.abs(clip.frames.astype(np.int16) - neutral.frames.astype(np.int16)) > 0
+    assert diff.any()
+    # the leaflets hang in the cavity near the base; the LV wall elsewhere is untouched
+    far = neutral.truth.myocardium[0].astype(bool)
+    far[int(0.55 * far.shape[0]):] = False
+    assert diff[0][far].mean() < 0.02
+    assert _same_truth(clip, neutral)
+
+
+def test_persistence_averages_frames(neutral):
+    base = dict(BASE, frames=4)
+    plain = make_echo_clip(EchoPhantomConfig(**base))
+    kept = make_echo_clip(EchoPhantomConfig(**base, appearance=EchoAppearance(persistence=0.6)))
+    sector = plain.truth.sector_mask.astype(bool)
+
+    def change(c):
+        return float(np.abs(np.diff(c.frames.astype(np.float64), axis=0))[:, sector].mean())
+    assert np.array_equal(kept.frames[0], plain.frames[0])   # nothing to average yet
+    assert change(kept) < 0.7 * change(plain)
+    assert _same_truth(plain, kept)
+
+
 def test_invalid_knobs_are_refused():
     with pytest.raises(PhantomParameterError):
         EchoAppearance(dropout_region="septal")
     with pytest.raises(PhantomParameterError):
         EchoAppearance(dropout_gain=1.5)
+    with pytest.raises(PhantomParameterError, match="persistence"):
+        EchoAppearance(persistence=0.95)
     assert EchoPhantomConfig(appearance={"lateral_wall_gain": 0.5}).appearance.lateral_wall_gain == 0.5
