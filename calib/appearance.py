@@ -13,10 +13,13 @@ function and display blur; for ``persistence``, the displayed frame) only: scatt
 untouched.  Random parts (the shape of the wall profile) come from their own stream,
 derived from the clip's seed, so the clip is remade exactly from its config.
 
-Wall knobs (``wall_echo_variation``, ``lateral_wall_gain``, ``pericardium_gain``) act on
+Wall knobs (``wall_echo_variation``, ``lateral_wall_gain``, ``septum_gain``,
+``pericardium_gain``) act on
 the views with an open LV wall (A4C, A2C, ALAX, PLAX, SC4C): material angle theta runs from
 the basal septum (-half angle; the image-left wall in A4C) over the apex (0) to the basal
 lateral wall (+half angle).  Other views (PSAX, IVC, unknown) get the sector knobs only.
+The right-heart knobs (``rv_wall_gain``, ``rv_scale``) act on the apical four-chamber
+scenes (A4C, SC4C); ``rv_scale`` moves no LV tissue, so the LV truth stays the same.
 """
 
 from __future__ import annotations
@@ -54,6 +57,11 @@ class EchoAppearance:
     leaflet_gain: float = 1.0            # 0.2..4: echo of the valve leaflets
     persistence: float = 0.0             # 0..0.8: frame averaging of the display (the weight
     #                                      of the previous displayed frame; 0 = none)
+    septum_gain: float = 1.0             # 0.5..3: echo of the (mid-basal) septum vs the rest
+    #                                      of the wall: often the brightest structure in A4C
+    rv_wall_gain: float = 1.0            # 0.1..1.5: echo of the RV free wall and the RA wall
+    #                                      (A4C, SC4C); real ones are often faint
+    rv_scale: float = 1.0                # 0.6..1.5: RV size (length and width) about the septum
 
     def __post_init__(self) -> None:
         require_range("wall_echo_variation", self.wall_echo_variation, 0.0, 0.95)
@@ -68,6 +76,9 @@ class EchoAppearance:
         require_range("blood_echo_db", self.blood_echo_db, -40.0, 12.0, "dB")
         require_range("leaflet_gain", self.leaflet_gain, 0.0, 10.0)
         require_range("persistence", self.persistence, 0.0, 0.9)
+        require_range("septum_gain", self.septum_gain, 0.0, 5.0)
+        require_range("rv_wall_gain", self.rv_wall_gain, 0.0, 3.0)
+        require_range("rv_scale", self.rv_scale, 0.4, 2.0)
 
     @property
     def is_neutral(self) -> bool:
@@ -75,7 +86,8 @@ class EchoAppearance:
                 and self.dropout_gain == 1.0 and self.bright_annulus_gain == 0.0
                 and self.pericardium_gain == 0.0 and self.axial_resolution_mm is None
                 and self.blood_echo_db == 0.0 and self.leaflet_gain == 1.0
-                and self.persistence == 0.0)
+                and self.persistence == 0.0 and self.septum_gain == 1.0
+                and self.rv_wall_gain == 1.0 and self.rv_scale == 1.0)
 
     @property
     def blood_gain(self) -> float:
@@ -126,6 +138,10 @@ def wall_profile(app: EchoAppearance, s: np.ndarray, rng: np.random.Generator) -
         # full dimming over the mid and basal lateral wall, none on the septum
         w = _smoothstep((s - 0.05) / 0.4)
         g = g * (1.0 + (app.lateral_wall_gain - 1.0) * w)
+    if app.septum_gain != 1.0:
+        # the mid and basal septum, seen near perpendicular, none on the lateral wall
+        w = _smoothstep((-s - 0.05) / 0.4)
+        g = g * (1.0 + (app.septum_gain - 1.0) * w)
     return g
 
 
@@ -141,7 +157,7 @@ def apply_static(app: EchoAppearance, scene, cfg, p0: np.ndarray, th0: np.ndarra
     if not open_lv:
         return out
     thb = wall.half_angle
-    if app.wall_echo_variation > 0.0 or app.lateral_wall_gain != 1.0:
+    if app.wall_echo_variation > 0.0 or app.lateral_wall_gain != 1.0 or app.septum_gain != 1.0:
         rng = appearance_rng(cfg.seed)
         myo = wall.in_wall(th0, rh0)
         g = wall_profile(app, th0[myo] / thb, rng)

@@ -260,6 +260,11 @@ def apical_scene(cfg: EchoPhantomConfig, rng: np.random.Generator, view: str = "
     )
     if view == "a2c":
         ds["la"] = (-27.0 + rng.normal(0, 2), 0.0 + rng.normal(0, 2), 27.0, 0.92 * W)
+    k_rv = cfg.appearance.rv_scale
+    if k_rv != 1.0:   # the RV grows about the septum (its septal side stays put)
+        p_c, v_c, a_rv, b_rv = ds["rv"]
+        ds["rv"] = (p_c, v_sept - (v_sept - v_c) * k_rv, a_rv * k_rv, b_rv * k_rv)
+    rv_gain = cfg.appearance.rv_wall_gain
     # ED positions of hinge points (mitral on the endocardial base, tricuspid on RV side)
     d0b = float(np.interp(thb, THETA, wall.d0))
     mv_sept = wall.to_mm(np.array(-thb), np.array(1.0 - d0b))
@@ -315,12 +320,12 @@ def apical_scene(cfg: EchoPhantomConfig, rng: np.random.Generator, view: str = "
         dd = an.disc_distance(p, v, *ds["dao"])
         amp = np.where(dd < 0, an.BLOOD, np.where(an.band(dd, 0, 2.5), an.VESSEL_WALL, amp))
         if view in ("a4c", "sc4c"):
-            amp = np.where(rv_ok & an.band(d_rv, 0.0, 4.0), an.MYOCARDIUM * 0.9 * np.exp(0.3 * t1), amp)
+            amp = np.where(rv_ok & an.band(d_rv, 0.0, 4.0), an.MYOCARDIUM * 0.9 * rv_gain * np.exp(0.3 * t1), amp)
             amp = np.where(rv_ok & (d_rv < 0) & (p >= p_tv), an.BLOOD, amp)
             # moderator band
             mb = (np.abs(p - 38.0 - 0.3 * (v - v_sept)) < 1.2) & (d_rv < -1) & (d_lv > 1)
             amp = np.where(mb, an.THIN_WALL, amp)
-            amp = np.where((p < p_tv) & an.band(d_ra, 0.0, 2.0), an.THIN_WALL * np.exp(0.3 * t1), amp)
+            amp = np.where((p < p_tv) & an.band(d_ra, 0.0, 2.0), an.THIN_WALL * rv_gain * np.exp(0.3 * t1), amp)
             amp = np.where((p < p_tv - 1.5) & (d_ra < 0), an.BLOOD, amp)
             ias = (p < -1) & (d_la > 0) & (d_ra > 0) & (d_la < 7) & (d_ra < 7)
             amp = np.where(ias, an.THIN_WALL * 0.5, amp)

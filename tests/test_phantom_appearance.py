@@ -211,6 +211,31 @@ def test_persistence_averages_frames(neutral):
     assert _same_truth(plain, kept)
 
 
+def test_septum_gain_brightens_the_septum_only(neutral):
+    clip = _with(septum_gain=2.5)
+    sept, lat = _sides(neutral)
+    assert _mean(clip, sept) > 1.3 * _mean(neutral, sept)
+    assert abs(_mean(clip, lat) - _mean(neutral, lat)) < 0.1 * _mean(neutral, lat)
+    assert _same_truth(clip, neutral)
+
+
+def test_right_heart_knobs_change_the_right_heart_not_the_lv_truth(neutral):
+    """rv_wall_gain dims and rv_scale moves tissue beside the septum (image left in A4C);
+    the LV wall and every truth array stay as they were."""
+    sept, _ = _sides(neutral)
+    lv = ndimage.binary_dilation(neutral.truth.myocardium[0] | neutral.truth.cavity[0], iterations=2)
+    cols = np.nonzero(sept.any(0))[0]
+    rv_side = np.zeros_like(lv)
+    rv_side[:, :max(int(cols.min()) - 2, 1)] = True
+    rv_side &= neutral.truth.sector_mask.astype(bool) & ~lv
+    for knobs in (dict(rv_wall_gain=0.15), dict(rv_scale=1.4)):
+        clip = _with(**knobs)
+        diff = clip.frames[0].astype(np.int16) != neutral.frames[0].astype(np.int16)
+        assert diff[rv_side].mean() > 0.05, knobs
+        assert _same_truth(clip, neutral), knobs
+    assert _mean(_with(rv_wall_gain=0.15), rv_side) < _mean(neutral, rv_side)
+
+
 def test_invalid_knobs_are_refused():
     with pytest.raises(PhantomParameterError):
         EchoAppearance(dropout_region="septal")

@@ -3,7 +3,9 @@
 The builders are :mod:`calib.datasets`' (fixed seed ranges per split, so a cached set
 is exactly what the builder would make again). The cache lives in
 ``$CARDIOSTREAM_DATA`` (default ``~/.cache/cardiostream/datasets``), one ``.npz`` per
-builder and arguments.
+builder, arguments and version of the generator: the key holds a digest of the phantom
+package's source (:func:`generator_digest`), so a change of the generator makes new sets
+instead of returning stale ones.
 """
 
 from __future__ import annotations
@@ -26,13 +28,25 @@ def cache_dir() -> Path:
     return Path(os.environ.get("CARDIOSTREAM_DATA", Path.home() / ".cache" / "cardiostream" / "datasets"))
 
 
+def generator_digest() -> str:
+    """SHA-256 (16 hex) of the source of the ``calib`` package, the phantoms' generator."""
+    import calib
+
+    h = hashlib.sha256()
+    for path in sorted(Path(calib.__file__).parent.glob("*.py")):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def dataset(builder: str, split: str, n: int, **kwargs) -> dict[str, np.ndarray]:
     """``calib.datasets.<builder>(split, n, **kwargs)``, from the cache when it is there."""
     from calib import datasets
 
     if builder not in BUILDERS:
         raise ValueError(f"builder {builder!r} is unknown; choose one of {', '.join(BUILDERS)}")
-    key = json.dumps({"builder": builder, "split": split, "n": n, **kwargs}, sort_keys=True)
+    key = json.dumps({"builder": builder, "split": split, "n": n, "generator": generator_digest(),
+                      **kwargs}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     path = cache_dir() / f"{builder}-{split}-{n}-{digest}.npz"
     if path.exists():
