@@ -5,7 +5,8 @@ myocardium is a bright, even ring around a black cavity; a real wall is dim and 
 blood pool is hazy, and the speckle and noise differ. This bench puts numbers on that gap
 (issue 12), so that a change of the generator can be measured before and after: held-out
 A4C phantoms (seeds of the ``test`` split, ``random_echo_config`` with its default
-appearance; ``--fps`` 30 like the real cines) against pydicom's two real apical 4-chamber
+appearance, or ``--appearance random`` as training draws it; ``--fps`` 30 like the real
+cines) against pydicom's two real apical 4-chamber
 cines, ``examples_ybr_color.dcm`` (30 frames, 240 x 320) and ``color3d_jpeg_baseline.dcm``
 (120 frames, 480 x 640, from the pydicom-data package).
 
@@ -61,7 +62,8 @@ ultrasound calibration (0.51 mm/px, calibration region beyond the image). When a
 calibration region lies outside its image, the spacing is scaled by the resize factor
 (the region's extent over the image size, rounded up to an integer): 1.02 mm/px there.
 
-    python bench/appearance.py [--phantom-clips 8] [--size 256] [--frames 30] [--fps 30]
+    python bench/appearance.py [--phantom-clips 8] [--appearance neutral|random] [--size 256]
+                               [--frames 30] [--fps 30]
                                [--patch-mm 24] [--detrend-mm 3]
                                [--out bench/results/appearance.json]
 """
@@ -342,17 +344,17 @@ def clip_statistics(name: str, frames: np.ndarray, spacing_mm, patch_mm: float =
 
 
 # ============================================================================ inputs
-def phantom_clips(n: int, size: int, frames: int, fps: float):
-    """Held-out A4C phantoms (test split), default appearance: (name, grey, spacing, truth
-    sector mask)."""
+def phantom_clips(n: int, size: int, frames: int, fps: float, appearance: str = "neutral"):
+    """Held-out A4C phantoms (test split) of an appearance ("neutral" or "random", as
+    ``random_echo_config`` draws it): (name, grey, spacing, truth sector mask)."""
     from calib.datasets import _echo_clip, split_seeds
 
     for seed in split_seeds("test", n):
-        kw = dict(view="a4c", rows=size, cols=size, frames=frames)
+        kw = dict(view="a4c", rows=size, cols=size, frames=frames, appearance=appearance)
         if fps > 0:
             kw["fps"] = fps
         clip = _echo_clip(int(seed), **kw)
-        grey = clip.frames.astype(np.float32) / 255.0
+        grey = np.stack([to_gray(f) for f in clip.frames])
         yield f"phantom {int(seed)}", grey, clip.spacing_mm, clip.truth.sector_mask.astype(bool)
 
 
@@ -432,6 +434,9 @@ def main(argv=None) -> int:
     parser.add_argument("--frames", type=int, default=30, help="frames per phantom clip")
     parser.add_argument("--fps", type=float, default=30.0,
                         help="phantom frame rate (the real cines' 30; 0 keeps each config's own)")
+    parser.add_argument("--appearance", choices=("neutral", "random"), default="neutral",
+                        help="phantom appearance: neutral (the plain phantom) or random (every "
+                             "appearance and display knob drawn per clip, as training draws them)")
     parser.add_argument("--patch-mm", type=float, default=24.0, help="speckle patch side, mm")
     parser.add_argument("--detrend-mm", type=float, default=3.0,
                         help="speckle: local mean (Gaussian sigma, mm) removed first; 0: the patch mean only")
@@ -441,7 +446,7 @@ def main(argv=None) -> int:
 
     phantoms, mask_iou = [], []
     for name, grey, spacing, truth_mask in phantom_clips(args.phantom_clips, args.size,
-                                                         args.frames, args.fps):
+                                                         args.frames, args.fps, args.appearance):
         cs = clip_statistics(name, grey, spacing, args.patch_mm, args.detrend_mm)
         inter, union = (cs.mask & truth_mask).sum(), (cs.mask | truth_mask).sum()
         cs.stats["sector_iou_vs_truth"] = float(inter / union) if union else float("nan")

@@ -21,7 +21,7 @@ Writes into ``docs/img/real_echo/`` (default): ``overlay.png`` (the 30-frame cin
 frames), ``overlay_beat.jpg`` (the 120-frame cine, eight frames across its first beat),
 ``gls.png`` (GLS curves, published and unchecked), and ``real_echo.json``.
 
-    python bench/real_echo.py [--out docs/img/real_echo] [--backend auto]
+    python bench/real_echo.py [--out docs/img/real_echo] [--backend auto] [--weights ROLE=PATH]
 """
 
 from __future__ import annotations
@@ -217,14 +217,18 @@ def draw_curve(name: str, t_s: np.ndarray, gls: np.ndarray, unchecked: np.ndarra
 
 
 def main(argv=None) -> int:
-    from streamer.apps import AnalysisConfig, EngineConfig, build_analysis
+    from streamer.apps import AnalysisConfig, EngineConfig, build_analysis, parse_weights
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "img" / "real_echo")
     parser.add_argument("--backend", default="auto", choices=BACKENDS)
+    parser.add_argument("--weights", action="append", default=[], metavar="ROLE=PATH",
+                        type=parse_weights,
+                        help="judge other weights for a role (view, seg, flow) than the shipped "
+                             "ones, e.g. a candidate from `cardiostream engines train`; repeatable")
     args = parser.parse_args(argv)
-    analysis = build_analysis(AnalysisConfig(app="echo",
-                                             engines=EngineConfig(backend=args.backend)))
+    analysis = build_analysis(AnalysisConfig(app="echo", engines=EngineConfig(
+        backend=args.backend, weights=tuple(args.weights))))
     args.out.mkdir(parents=True, exist_ok=True)
     record = {"command": " ".join(["python bench/real_echo.py", *sys.argv[1:]]), "runs": []}
     curves = []
