@@ -523,3 +523,86 @@ def test_palette_colour_ultrasound_reads_as_rgb_through_its_lookup_tables():
         ds = pydicom.dcmread(path)
         expected = (apply_color_lut(ds.pixel_array, ds) >> 8).astype(np.uint8)
         np.testing.assert_array_equal(frame.pixels, expected)
+
+
+def _palette_file(name: str) -> Path:
+    """A PALETTE COLOR file of pydicom-data (no download: a missing file is a broken install)."""
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file(name, download=False)
+    assert path is not None, f"pydicom test file {name} missing: is pydicom-data installed?"
+    return Path(path)
+
+
+def _all_pixels(path: Path) -> np.ndarray:
+    with open_clip(path) as reader:
+        return np.stack([frame.pixels for frame in _read_all(reader)])
+
+
+def test_palette_colour_plain_tables_match_apply_color_lut_little_endian():
+    """Plain (non-segmented) 16-bit tables of a little-endian file, where pydicom's
+    apply_color_lut is right: pixel for pixel the same, top 8 bits."""
+    from pydicom.pixels import apply_color_lut
+
+    path = _palette_file("OBXXXX1A.dcm")
+    frames = _all_pixels(path)
+    ds = pydicom.dcmread(path)
+    expected = (apply_color_lut(ds.pixel_array, ds) >> 8).astype(np.uint8)
+    assert frames.shape == (1, 600, 800, 3)
+    np.testing.assert_array_equal(frames[0], expected)
+
+
+@pytest.mark.parametrize(
+    ("big_endian", "little_endian", "n_frames"),
+    [("OBXXXX1A_expb.dcm", "OBXXXX1A.dcm", 1), ("OBXXXX1A_expb_2frame.dcm", "OBXXXX1A_2frame.dcm", 2)],
+)
+def test_palette_colour_big_endian_tables_read_in_the_files_byte_order(big_endian, little_endian, n_frames):
+    """pydicom 3.0's apply_color_lut reads big-endian 16-bit tables as little-endian (entries
+    0..255, top 8 bits 0: all black); the reader reads them in the file's byte order."""
+    frames = _all_pixels(_palette_file(big_endian))
+    expected = _all_pixels(_palette_file(little_endian))
+    assert frames.shape == (n_frames, 600, 800, 3)
+    assert all(frame.max() == 255 for frame in frames)
+    np.testing.assert_array_equal(frames, expected)
+    np.testing.assert_array_equal(_all_pixels(_palette_file("OBXXXX1A_rle.dcm")), expected[:1])
+
+
+@pytest.mark.parametrize("name", ["OBXXXX1A.dcm", "OBXXXX1A_expb.dcm"], ids=["little", "big"])
+@pytest.mark.parametrize("packing", ["two_a_word", "one_a_word"])
+def test_palette_colour_8_bit_entries_in_16_bit_words(tmp_path, name, packing):
+    """8 bits per entry (descriptor's third value), the data still OW: two entries a word,
+    low byte first (the standard), or one a word (PS3.3 C.7.6.3.1.5, note); in either byte
+    order the same colours as the 16-bit table's top 8 bits."""
+    source = _palette_file(name)
+    ds = pydicom.dcmread(source)
+    order = "<" if ds.original_encoding[1] else ">"
+    for colour in ("Red", "Green", "Blue"):
+        words16 = np.frombuffer(ds[f"{colour}PaletteColorLookupTableData"].value, dtype=f"{order}u2")
+        entries = (words16 >> 8).astype(np.uint16)
+        if packing == "two_a_word":
+            words = entries[0::2] | (entries[1::2] << 8)
+        else:
+            words = entries
+        ds[f"{colour}PaletteColorLookupTableDescriptor"].value = [256, 0, 8]
+        ds[f"{colour}PaletteColorLookupTableData"].value = words.astype(f"{order}u2").tobytes()
+    ds.save_as(tmp_path / "pal8.dcm")
+    np.testing.assert_array_equal(_all_pixels(tmp_path / "pal8.dcm"), _all_pixels(source))
+
+
+@pytest.mark.parametrize(
+    ("element", "value", "message"),
+    [
+        ("RedPaletteColorLookupTableDescriptor", [256, 0, 12], "12 bits per entry"),
+        ("GreenPaletteColorLookupTableDescriptor", [256, 0], "expected three numbers"),
+        ("BluePaletteColorLookupTableData", bytes(510), "255 16-bit words for the 256"),
+        ("RedPaletteColorLookupTableDescriptor", [256, 0, 8], "8-bit entries, stored one a word, but entries reach"),
+        ("RedPaletteColorLookupTableDescriptor", [300, 0, 8], r"512 bytes for the 300 8-bit entries"),
+    ],
+)
+def test_palette_colour_malformed_tables_are_clip_errors(tmp_path, element, value, message):
+    ds = pydicom.dcmread(_palette_file("OBXXXX1A_expb.dcm"))
+    ds[element].value = value
+    ds.save_as(tmp_path / "bad.dcm")
+    with pytest.raises(ClipError, match=message) as caught:
+        open_clip(tmp_path / "bad.dcm")
+    assert "PaletteColorLookupTable" in str(caught.value)

@@ -168,20 +168,102 @@ def frame_format(header: Dataset, path: Path) -> FrameFormat:
 
 def palette_table(header: Dataset, bits: int, bits_stored: int, signed: bool,
                   path: Path) -> np.ndarray:
-    """PALETTE COLOR: the RGB (uint8) of every stored value, from the header's colour
-    lookup tables (many ultrasound scanners write their greyscale-with-colour this way)."""
-    from pydicom.pixels import apply_color_lut
+    """PALETTE COLOR: the RGB (uint8) of every stored value, shape (2**bits_stored, 3).
 
+    Many ultrasound scanners write their greyscale-with-colour this way.  The Red, Green
+    and Blue Palette Color Lookup Tables (PS3.3 C.7.6.3.1.5/6) are read here, each with
+    its own descriptor (number of entries, 0 meaning 65536; first stored value mapped;
+    bits per entry, 8 or 16), from the data element's raw bytes in the byte order the
+    file was read with.  pydicom 3.0's ``apply_color_lut`` reads those bytes as
+    little-endian whatever the file's order: the 16-bit tables of Explicit VR Big Endian
+    files come out 0..255, black once cut to their top 8 bits.  Stored values below the first mapped one take entry
+    0, values past the last entry take the last one; 16-bit entries keep their top 8 bits.
+    Segmented tables (the Segmented...PaletteColorLookupTableData elements, PS3.3
+    C.7.9.2) are expanded by ``pydicom.pixels.apply_color_lut``, which reads them in the
+    file's byte order.  An Alpha table, if any, is ignored.  A missing or malformed table
+    raises a :class:`ClipError` that names the problem.
+    """
     if signed or bits not in (8, 16) or bits_stored > 16:
         raise ClipError(f"PALETTE COLOR with {'signed ' if signed else ''}{bits_stored}-bit "
                         "stored values is not supported (unsigned 8 or 16 bits only)", path=path)
-    values = np.arange(1 << bits_stored, dtype=np.uint8 if bits == 8 else np.uint16)
+    values = np.arange(1 << bits_stored, dtype=np.int64)
+    if "SegmentedRedPaletteColorLookupTableData" in header and "RedPaletteColorLookupTableData" not in header:
+        return _segmented_palette_table(header, values.astype(np.uint8 if bits == 8 else np.uint16), path)
+    little_endian = header.original_encoding[1]
+    if little_endian is None:
+        raise ClipError("PALETTE COLOR lookup tables: the byte order of the header is unknown", path=path)
+    rgb = np.empty((len(values), 3), dtype=np.uint8)
+    for channel, colour in enumerate(("Red", "Green", "Blue")):
+        n_entries, first_mapped, lut = _palette_lut(header, colour, bool(little_endian), path)
+        rgb[:, channel] = lut[np.clip(values - first_mapped, 0, n_entries - 1)]
+    return rgb
+
+
+def _palette_lut(header: Dataset, colour: str, little_endian: bool, path: Path) -> tuple[int, int, np.ndarray]:
+    """One colour's (number of entries, first stored value mapped, uint8 entries).
+
+    The data element is OW: 16-bit words in the file's byte order.  16 bits per entry:
+    one entry a word, its top 8 bits kept.  8 bits per entry: two entries a word, the
+    low byte first (the standard's packing: the value length in bytes equals the number
+    of entries, rounded up to even), or, as some writers do, one entry a word with the
+    high byte zero (PS3.3 C.7.6.3.1.5, note); anything else is malformed.
+    """
+    descriptor_kw = f"{colour}PaletteColorLookupTableDescriptor"
+    data_kw = f"{colour}PaletteColorLookupTableData"
+    descriptor = header.get(descriptor_kw)
+    if descriptor is None:
+        raise ClipError(f"PALETTE COLOR without a {descriptor_kw} (0028,110x)", path=path)
     try:
-        rgb = np.asarray(apply_color_lut(values, header))
-    except Exception as exc:  # a missing or malformed lookup table
-        raise ClipError(f"PALETTE COLOR lookup tables cannot be read: {exc}", path=path) from exc
+        n_entries, first_mapped, entry_bits = (int(v) for v in descriptor)
+    except (TypeError, ValueError) as exc:
+        raise ClipError(f"malformed {descriptor_kw} {descriptor!r}: expected three numbers "
+                        "(entries, first value mapped, bits per entry)", path=path) from exc
+    if not 0 <= n_entries <= 0xFFFF:
+        raise ClipError(f"malformed {descriptor_kw}: {n_entries} entries (0..65535; 0 means 65536)", path=path)
+    n_entries = n_entries or 1 << 16
+    if entry_bits not in (8, 16):
+        raise ClipError(f"malformed {descriptor_kw}: {entry_bits} bits per entry (8 or 16)", path=path)
+    if data_kw not in header:
+        what = "segmented and plain tables mixed" if f"Segmented{data_kw}" in header else f"no {data_kw}"
+        raise ClipError(f"PALETTE COLOR lookup tables cannot be read: {what}", path=path)
+    element = header[data_kw]
+    raw = element.value
+    if not isinstance(raw, bytes) or element.VR not in ("OW", "OB or OW"):
+        raise ClipError(f"malformed {data_kw}: VR {element.VR} holding {type(raw).__name__} "
+                        "(expected OW bytes)", path=path)
+    if len(raw) % 2:
+        raise ClipError(f"malformed {data_kw}: odd length {len(raw)} for 16-bit words", path=path)
+    words = np.frombuffer(raw, dtype="<u2" if little_endian else ">u2")
+    if entry_bits == 16:
+        if len(words) != n_entries:
+            raise ClipError(f"malformed {data_kw}: {len(words)} 16-bit words for the {n_entries} "
+                            "16-bit entries its descriptor declares", path=path)
+        lut = (words >> 8).astype(np.uint8)
+    elif len(words) == (n_entries + 1) // 2:  # two 8-bit entries a word, low byte first
+        lut = np.stack([words & 0xFF, words >> 8], axis=1).reshape(-1)[:n_entries].astype(np.uint8)
+    elif len(words) == n_entries:  # one 8-bit entry a word
+        if int(words.max()) > 0xFF:
+            raise ClipError(f"malformed {data_kw}: the descriptor declares 8-bit entries, stored one "
+                            f"a word, but entries reach {int(words.max())}", path=path)
+        lut = words.astype(np.uint8)
+    else:
+        raise ClipError(f"malformed {data_kw}: {len(raw)} bytes for the {n_entries} 8-bit entries "
+                        f"its descriptor declares (expected {2 * ((n_entries + 1) // 2)} or "
+                        f"{2 * n_entries})", path=path)
+    return n_entries, first_mapped, lut
+
+
+def _segmented_palette_table(header: Dataset, values: np.ndarray, path: Path) -> np.ndarray:
+    """Segmented palettes (PS3.3 C.7.9.2), expanded by pydicom's ``apply_color_lut``."""
+    from pydicom.pixels import apply_color_lut
+
+    try:
+        rgb = np.asarray(apply_color_lut(values, header))[:, :3]
+    except Exception as exc:  # pydicom raises ValueError, AttributeError, struct.error ...
+        raise ClipError(f"segmented PALETTE COLOR lookup tables cannot be read: "
+                        f"{type(exc).__name__}: {exc}", path=path) from exc
     if rgb.dtype.itemsize > 1:  # 16-bit entries: keep the top 8 bits
-        rgb = (rgb >> (8 * rgb.dtype.itemsize - 8)).astype(np.uint8)
+        rgb = rgb >> (8 * rgb.dtype.itemsize - 8)
     return np.ascontiguousarray(rgb, dtype=np.uint8)
 
 
