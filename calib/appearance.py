@@ -9,7 +9,8 @@ a neutral knob is not applied at all, so a config with the default appearance re
 same frames, bit for bit, as before the knobs existed.
 
 The knobs change scatterer amplitudes (and, for ``axial_resolution_mm``, the point-spread
-function and display blur; for ``persistence``, the displayed frame) only: scatterer positions, motion and every truth array are
+function and display blur; for ``persistence``, the displayed frame; for ``clutter_gain_db``,
+the static near-field haze) only: scatterer positions, motion and every truth array are
 untouched.  Random parts (the shape of the wall profile) come from their own stream,
 derived from the clip's seed, so the clip is remade exactly from its config.
 
@@ -62,6 +63,8 @@ class EchoAppearance:
     rv_wall_gain: float = 1.0            # 0.1..1.5: echo of the RV free wall and the RA wall
     #                                      (A4C, SC4C); real ones are often faint
     rv_scale: float = 1.0                # 0.6..1.5: RV size (length and width) about the septum
+    clutter_gain_db: float = 0.0         # 0..+15: near-field reverberation haze over the speckle
+    #                                      config's level (real apices often sit in it)
 
     def __post_init__(self) -> None:
         require_range("wall_echo_variation", self.wall_echo_variation, 0.0, 0.95)
@@ -79,6 +82,7 @@ class EchoAppearance:
         require_range("septum_gain", self.septum_gain, 0.0, 5.0)
         require_range("rv_wall_gain", self.rv_wall_gain, 0.0, 3.0)
         require_range("rv_scale", self.rv_scale, 0.4, 2.0)
+        require_range("clutter_gain_db", self.clutter_gain_db, -20.0, 30.0, "dB")
 
     @property
     def is_neutral(self) -> bool:
@@ -87,7 +91,8 @@ class EchoAppearance:
                 and self.pericardium_gain == 0.0 and self.axial_resolution_mm is None
                 and self.blood_echo_db == 0.0 and self.leaflet_gain == 1.0
                 and self.persistence == 0.0 and self.septum_gain == 1.0
-                and self.rv_wall_gain == 1.0 and self.rv_scale == 1.0)
+                and self.rv_wall_gain == 1.0 and self.rv_scale == 1.0
+                and self.clutter_gain_db == 0.0)
 
     @property
     def blood_gain(self) -> float:

@@ -89,18 +89,22 @@ def random_appearance(rng: np.random.Generator) -> EchoAppearance:
         pericardium_gain=_u(rng, 0.0, 3.0), axial_resolution_mm=_u(rng, 0.9, 2.0),
         blood_echo_db=_u(rng, -25.0, 3.0), leaflet_gain=_u(rng, 0.5, 3.0),
         persistence=_u(rng, 0.1, 0.6) if rng.random() < 0.5 else 0.0,
-        septum_gain=_u(rng, 0.8, 2.5), rv_wall_gain=_u(rng, 0.15, 1.1), rv_scale=_u(rng, 0.75, 1.4))
+        septum_gain=_u(rng, 0.8, 2.5), rv_wall_gain=_u(rng, 0.15, 1.1), rv_scale=_u(rng, 0.75, 1.4),
+        clutter_gain_db=_u(rng, 0.0, 14.0))
 
 
 def random_anatomy(rng: np.random.Generator, view: str) -> dict:
     """Anatomy and timing over the range of real adult hearts and scanners (the "random"
     appearance's overrides of :func:`random_echo_config`'s narrower defaults): end-diastolic
-    LV long axis 70-110 mm, frame rates 25-80 fps, depth that holds the heart."""
+    LV long axis 70-110 mm, the apex anywhere from 10 degrees left to 15 right of the sector's
+    midline and the long axis tilted -6..20 degrees, frame rates 25-80 fps, a depth that
+    holds the heart."""
     lv_length = _u(rng, 70.0, 110.0)
     apex_depth = _u(rng, 15.0, 40.0)
     depth_lo = {"sc4c": 170.0, "ivc": 150.0, "psax": 120.0, "plax": 130.0}.get(view, 140.0)
     return dict(lv_length_mm=lv_length, lv_width_mm=_u(rng, 0.42, 0.62) * lv_length,
                 apex_depth_mm=apex_depth, fps=_u(rng, 25.0, 80.0),
+                apex_azimuth_deg=_u(rng, -10.0, 15.0), axis_tilt_deg=_u(rng, -6.0, 20.0),
                 depth_mm=max(_u(rng, depth_lo, depth_lo + 50.0), apex_depth + 1.6 * lv_length))
 
 
@@ -108,14 +112,14 @@ def random_display(rng: np.random.Generator) -> ScannerDisplay:
     """Every scanner-display knob (calib.display) drawn over what real scanner frames show.
 
     The canvas stays the rendered size (the builders keep network-size frames); the sector
-    fills 0.55-1 of it (a real 480x640 frame fitted aspect-kept into 256x256 shows its
-    sector at 0.55-0.8), placed anywhere in the free margin vertically and near the centre
+    fills 0.4-1 of it (a real 480x640 frame fitted aspect-kept into 256x256 shows its
+    sector at 0.45-0.8), placed anywhere in the free margin vertically and near the centre
     horizontally; each overlay is on with probability 0.5-0.7; palette grey 60 %, a tint
     40 %; no JPEG 40 %, else quality 30-95; a native frame up to 2.5 times coarser.
     :func:`random_echo_config` draws it with the "random" appearance."""
     tints = [p for p in DISPLAY_PALETTES if p != "grey"]
     return ScannerDisplay(
-        sector_scale=_u(rng, 0.55, 1.0), offset_rows_frac=_u(rng, -1.0, 1.0),
+        sector_scale=_u(rng, 0.4, 1.0), offset_rows_frac=_u(rng, -1.0, 1.0),
         offset_cols_frac=_u(rng, -0.4, 0.4),
         native_scale=_u(rng, 1.0, 2.5) if rng.random() < 0.7 else 1.0,
         text_overlay=bool(rng.random() < 0.7), depth_scale=bool(rng.random() < 0.6),

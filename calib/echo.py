@@ -288,6 +288,8 @@ def make_echo_clip(cfg: EchoPhantomConfig | None = None, *, renderer_factory=Non
         clut_p, clut_a = scene.static_clutter
     else:
         clut_p, clut_a = _near_field_clutter(rng_scat, geom, sp.clutter_db)
+    if app.clutter_gain_db != 0.0:
+        clut_a = clut_a * 10.0 ** (app.clutter_gain_db / 20.0)
     leaf = [(lf, *lf.sample(rng_valve, sp.scatterers_per_mm2 * 2.0)) for lf in scene.leaflets]
     if app.leaflet_gain != 1.0:
         leaf = [(lf, s, off, a * app.leaflet_gain) for lf, s, off, a in leaf]

@@ -236,6 +236,17 @@ def test_right_heart_knobs_change_the_right_heart_not_the_lv_truth(neutral):
     assert _mean(_with(rv_wall_gain=0.15), rv_side) < _mean(neutral, rv_side)
 
 
+def test_clutter_gain_brightens_the_near_field(neutral):
+    clip = _with(clutter_gain_db=12.0)
+    sector = neutral.truth.sector_mask.astype(bool)
+    rows = np.arange(sector.shape[0])[:, None] * neutral.spacing_mm[0]
+    near = sector & (rows < 25.0) & ~neutral.truth.myocardium[0].astype(bool)
+    far = sector & (rows > 0.8 * rows[sector[:, sector.shape[1] // 2]].max())
+    assert _mean(clip, near) > 1.2 * _mean(neutral, near)
+    assert abs(_mean(clip, far) - _mean(neutral, far)) < 0.15 * _mean(neutral, far) + 2.0
+    assert _same_truth(clip, neutral)
+
+
 def test_invalid_knobs_are_refused():
     with pytest.raises(PhantomParameterError):
         EchoAppearance(dropout_region="septal")
