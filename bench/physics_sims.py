@@ -20,8 +20,28 @@ image size; 25 s measured on a CPU shared with training): the 4 clips (126 frame
 roughly 25-55 min.
 Needs the optional extra: pip install 'cardiostream[sim]'.
 
-    python bench/physics_sims.py [--clips 4] [--size 256] [--frames N] [--out DIR]
+    python bench/physics_sims.py [generate] [--clips 4] [--size 256] [--frames N] [--out DIR]
                                  [--scatterers-per-cell 4] [--workers 0] [--force]
+
+``evaluate`` measures the echo app on the cached clips (issue 12, acceptance 2: on each of
+at least 4 held-out physics clips |peak GLS error| <= 2 %-points and mean centreline
+distance to the truth <= 2 mm). Every clip goes frame by frame through one stream of the
+echo app, as ``bench/accuracy.py: gls_accuracy`` sends its phantom clips (FrameProcessor,
+the clip file's spacing and fps, no view hint unless asked: as a user replays the clip).
+Per clip and hint: frames, frames analysed (the view gate let them in), frames with a
+published GLS, the peak published GLS against the truth's peak (``midwall_gls_pct.min()``)
+and its error, the beat summary's ``peak_gls_pct`` when a beat closed, and the tracked
+centreline (the result's ``points_mm``) against the truth's ``midwall_centreline_mm``,
+averaged over the frames with a tracked centreline: point i to point i (``index``: both are
+120 points basal septum -> apex -> basal lateral) and the symmetric mean distance from each
+curve's points to the other curve (``curve``: the tracker's points need not be the truth's
+material points). A clip passes when |peak GLS error| <= 2 and the ``--distance`` metric
+(default curve) <= 2 mm; the set passes when at least 4 clips were measured and all pass.
+Prints a table, writes JSON (default DIR/evaluate.json).
+
+    python bench/physics_sims.py evaluate [--dir DIR] [--view-hint none|a4c|both]
+                                          [--distance curve|index] [--weights ROLE=PATH ...]
+                                          [--backend auto] [--precision fp32] [--out JSON]
 
 The folder defaults to $CARDIOSTREAM_DATA/physics (CARDIOSTREAM_DATA defaults to
 ~/.cache/cardiostream/datasets, as for the training sets).
@@ -45,6 +65,8 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
 
 from calib.cli import parse_size  # noqa: E402
 
@@ -82,9 +104,20 @@ class Eta:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["evaluate"]:
+        return evaluate_main(argv[1:])
+    if argv[:1] == ["generate"]:
+        argv = argv[1:]
+    return generate_main(argv)
+
+
+def generate_main(argv=None) -> int:
     parser = argparse.ArgumentParser(
+        prog="physics_sims.py [generate]",
         description=__doc__.split("\n\n")[0],
-        epilog="Needs PyMUST (pip install 'cardiostream[sim]'). Slow: run it when the CPU is free.")
+        epilog="Needs PyMUST (pip install 'cardiostream[sim]'). Slow: run it when the CPU is free. "
+               "'physics_sims.py evaluate -h': measure the echo app on the written clips.")
     parser.add_argument("--clips", type=int, default=4, help="number of clips (default 4; specs cycle)")
     parser.add_argument("--frames", type=int, default=None,
                         help="frames per clip (default: one cardiac cycle, ED to the next ED inclusive)")
@@ -166,6 +199,238 @@ def main(argv=None) -> int:
               "host": platform.node(), "runtime_s": elapsed, "clips": index}
     (out / "index.json").write_text(json.dumps(record, indent=1))
     print(f"{len(cfgs)} clips in {_hms(elapsed)}; wrote {out / 'index.json'}")
+    return 0
+
+
+# ====================================================================== evaluate
+GLS_ERROR_LIMIT_PCT = 2.0           # acceptance 2: |peak GLS error| <= 2 %-points on each clip
+CENTRELINE_LIMIT_MM = 2.0           # ... and mean centreline distance to the truth <= 2 mm
+MIN_CLIPS = 4                       # ... on at least 4 held-out physics clips
+CLIP_SUFFIXES = (".dcm", ".npz", ".nii.gz", ".nii")
+
+
+def cached_clips(directory) -> list[Path]:
+    """The clips of a folder that have a truth file beside them (``<stem>.truth.npz``)."""
+    out = []
+    for truth in sorted(Path(directory).glob("*.truth.npz")):
+        stem = truth.name[: -len(".truth.npz")]
+        found = [truth.with_name(stem + suf) for suf in CLIP_SUFFIXES if truth.with_name(stem + suf).exists()]
+        if found:
+            out.append(found[0])
+    return out
+
+
+def _segment_distances(points: np.ndarray, curve: np.ndarray) -> np.ndarray:
+    """Distance from each point (n, 2) to the polyline ``curve`` (m, 2), mm."""
+    a, b = curve[:-1], curve[1:]
+    ab = b - a
+    length2 = np.maximum((ab ** 2).sum(-1), 1e-12)
+    t = np.clip(((points[:, None] - a[None]) * ab[None]).sum(-1) / length2[None], 0.0, 1.0)
+    nearest = a[None] + t[..., None] * ab[None]
+    return np.sqrt(((points[:, None] - nearest) ** 2).sum(-1)).min(1)
+
+
+def centreline_distances(tracked: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """(index, curve) mean distances, mm, between two centrelines (n, 2) [row, col] mm:
+    point i to point i, and the symmetric mean distance of each one's points to the other
+    polyline."""
+    tracked, truth = np.asarray(tracked, np.float64), np.asarray(truth, np.float64)
+    index = float(np.mean(np.hypot(*(tracked - truth).T)))
+    curve = 0.5 * float(np.mean(_segment_distances(tracked, truth))
+                        + np.mean(_segment_distances(truth, tracked)))
+    return index, curve
+
+
+def evaluate_clip(processor, path, view_hint: str | None = None, stream: str | None = None) -> dict:
+    """One cached clip through one echo stream of ``processor`` (a FrameProcessor), as
+    ``bench/accuracy.py: gls_accuracy`` sends a clip; its figures against the truth file."""
+    from calib.io import read_truth
+    from streamer.io.clips import open_clip
+    from streamer.io.protocol import EndMessage, FrameMessage, StartMessage
+    from streamer.processor import Received
+
+    path = Path(path)
+    truth = read_truth(path)
+    stream = stream or f"physics-{path.name}-{view_hint or 'none'}"
+    gls, points, analysed, beats, errors = [], [], 0, [], []
+    with open_clip(path) as reader:
+        info = reader.info
+        spacing = tuple(float(s) for s in (info.spacing_mm if info.spacing_mm is not None
+                                            else truth["spacing_mm"]))
+        fps = float(info.fps if info.fps else truth["fps"])
+        processor.handle(Received(StartMessage(stream=stream, meta={"modality": "US"}), time.time_ns()))
+        n = 0
+        for t, frame in enumerate(reader):
+            n += 1
+            message = FrameMessage(stream=stream, seq=t, t_acq_ns=int(t / fps * 1e9), modality="US",
+                                   pixels=frame.pixels, spacing_mm=spacing, fps=fps, view=view_hint)
+            result, *rest = processor.handle(Received(message, time.time_ns()))
+            beats += [dict(m.fields, beat=m.beat) for m in rest if m.kind == "beat"]
+            if result.kind != "result":
+                errors.append(getattr(result, "message", str(result)))
+                gls.append(np.nan)
+                points.append(None)
+                continue
+            fields = result.fields
+            analysed += fields.get("measurable") is not None
+            gls.append(np.nan if fields.get("gls_pct") is None else float(fields["gls_pct"]))
+            points.append(None if fields.get("points_mm") is None else np.asarray(fields["points_mm"], float))
+        processor.handle(Received(EndMessage(stream=stream, n_frames=n), time.time_ns()))
+    gls = np.asarray(gls, float)
+    truth_gls = np.asarray(truth["midwall_gls_pct"], float)[:n]
+    truth_cl = np.asarray(truth["midwall_centreline_mm"], float)[:n]
+    index_d, curve_d = [], []
+    for t, p in enumerate(points):
+        if p is not None and t < len(truth_cl) and np.isfinite(p).all() and np.isfinite(truth_cl[t]).all():
+            i, c = centreline_distances(p, truth_cl[t])
+            index_d.append(i)
+            curve_d.append(c)
+    published = int(np.isfinite(gls).sum())
+    params = truth.get("params", {})
+    row = {"clip": path.name, "generator": params.get("generator", params.get("phantom")),
+           "view_hint": view_hint, "frames": n, "fps": fps, "spacing_mm": list(spacing),
+           "analysed": int(analysed), "published": published, "tracked": len(index_d),
+           "peak_gls_truth_pct": float(truth_gls.min()),
+           "es_frame_truth": int(np.argmin(truth_gls)),
+           "peak_gls_pct": float(np.nanmin(gls)) if published else None,
+           "es_frame": int(np.nanargmin(gls)) if published else None,
+           "peak_gls_error_pct": None,
+           "beat_peak_gls_pct": next((b["peak_gls_pct"] for b in beats
+                                      if b.get("peak_gls_pct") is not None), None),
+           "beats": beats,
+           "centreline_index_mm": float(np.mean(index_d)) if index_d else None,
+           "centreline_curve_mm": float(np.mean(curve_d)) if curve_d else None,
+           "centreline_index_mm_per_frame": [round(v, 3) for v in index_d],
+           "centreline_curve_mm_per_frame": [round(v, 3) for v in curve_d],
+           "gls_pct": [None if not np.isfinite(g) else round(float(g), 3) for g in gls],
+           "gls_truth_pct": [round(float(g), 3) for g in truth_gls]}
+    if errors:
+        row["errors"] = errors
+    if published:
+        row["peak_gls_error_pct"] = row["peak_gls_pct"] - row["peak_gls_truth_pct"]
+    if row["beat_peak_gls_pct"] is not None:
+        row["beat_peak_gls_error_pct"] = row["beat_peak_gls_pct"] - row["peak_gls_truth_pct"]
+    return row
+
+
+def verdict(row: dict, distance: str = "curve") -> bool:
+    """The clip's acceptance: |peak GLS error| <= 2 %-points and mean centreline distance
+    (``distance``: curve or index) <= 2 mm; False when either was not measured."""
+    err, d = row.get("peak_gls_error_pct"), row.get(f"centreline_{distance}_mm")
+    return err is not None and d is not None and abs(err) <= GLS_ERROR_LIMIT_PCT and d <= CENTRELINE_LIMIT_MM
+
+
+def evaluate(directory, view_hints=(None,), engines=None, distance: str = "curve",
+             processor=None, clips=None, out=print) -> dict:
+    """Every cached clip of ``directory`` (or ``clips``) through the echo app, once per view
+    hint; a report with per-clip rows and the verdict per hint."""
+    if processor is None:
+        from streamer.apps import AnalysisConfig, EngineConfig, build_analysis
+        from streamer.processor import FrameProcessor
+
+        processor = FrameProcessor(build_analysis(AnalysisConfig(
+            app="echo", engines=engines if engines is not None else EngineConfig())))
+    paths = [Path(p) for p in clips] if clips is not None else cached_clips(directory)
+    rows = []
+    for path in paths:
+        for hint in view_hints:
+            t0 = time.perf_counter()
+            row = evaluate_clip(processor, path, hint)
+            row["runtime_s"] = round(time.perf_counter() - t0, 2)
+            row["pass"] = verdict(row, distance)
+            rows.append(row)
+            if out is not None:
+                out(format_row(row))
+    summary = {}
+    for hint in view_hints:
+        mine = [r for r in rows if r["view_hint"] == hint]
+        errs = [abs(r["peak_gls_error_pct"]) for r in mine if r["peak_gls_error_pct"] is not None]
+        dist = [r[f"centreline_{distance}_mm"] for r in mine if r[f"centreline_{distance}_mm"] is not None]
+        summary[hint or "none"] = {
+            "clips": len(mine), "passed": sum(r["pass"] for r in mine),
+            "peak_gls_abs_error_pct_max": max(errs) if errs else None,
+            "centreline_mm_max": max(dist) if dist else None,
+            "pass": len(mine) >= MIN_CLIPS and all(r["pass"] for r in mine)}
+    return {"directory": str(directory) if directory is not None else None, "distance": distance,
+            "limits": {"peak_gls_abs_error_pct": GLS_ERROR_LIMIT_PCT,
+                       "centreline_mm": CENTRELINE_LIMIT_MM, "min_clips": MIN_CLIPS},
+            "clips": rows, "summary": summary}
+
+
+def _f(value, fmt: str, width: int) -> str:
+    return ("-" if value is None else format(value, fmt)).rjust(width)
+
+
+TABLE_HEADER = (f"{'clip':<36} {'hint':<4} {'frames':>6} {'anal.':>5} {'GLS':>4} {'peak':>7} "
+                f"{'truth':>7} {'error':>6} {'beat':>7} {'cl idx':>6} {'cl crv':>6}  verdict")
+
+
+def format_row(row: dict) -> str:
+    return (f"{row['clip'][:36]:<36} {row['view_hint'] or '-':<4} {row['frames']:>6} "
+            f"{row['analysed']:>5} {row['published']:>4} {_f(row['peak_gls_pct'], '.2f', 7)} "
+            f"{row['peak_gls_truth_pct']:>7.2f} {_f(row['peak_gls_error_pct'], '+.2f', 6)} "
+            f"{_f(row['beat_peak_gls_pct'], '.2f', 7)} {_f(row['centreline_index_mm'], '.2f', 6)} "
+            f"{_f(row['centreline_curve_mm'], '.2f', 6)}  {'PASS' if row['pass'] else 'FAIL'}")
+
+
+def evaluate_main(argv=None) -> int:
+    from engines.spec import BACKENDS, PRECISIONS
+    from streamer.apps import EngineConfig, parse_weights
+
+    parser = argparse.ArgumentParser(
+        prog="physics_sims.py evaluate",
+        description="The echo app on the cached physics clips against their truth (issue 12, "
+                    "acceptance 2: |peak GLS error| <= 2 %-points and mean centreline distance "
+                    "<= 2 mm on each of at least 4 clips).")
+    parser.add_argument("--dir", type=Path, default=None,
+                        help="folder of the clips (default $CARDIOSTREAM_DATA/physics)")
+    parser.add_argument("clips", nargs="*", type=Path,
+                        help="clip files to evaluate instead of the folder's (each with its truth beside it)")
+    parser.add_argument("--view-hint", choices=("none", "a4c", "both"), default="none",
+                        help="view hint sent with every frame: none (the classifier decides, as "
+                             "a user replays a clip; default), a4c, or both runs")
+    parser.add_argument("--distance", choices=("curve", "index"), default="curve",
+                        help="centreline metric of the verdict: curve (symmetric mean distance of "
+                             "each curve's points to the other curve; default) or index (point i "
+                             "to point i)")
+    parser.add_argument("--weights", type=parse_weights, action="append", default=[], metavar="ROLE=PATH",
+                        help="candidate weights for a role (view, seg or flow; repeatable; default: "
+                             "the shipped)")
+    parser.add_argument("--backend", default="auto", choices=BACKENDS)
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--out", type=Path, default=None, help="JSON report (default DIR/evaluate.json)")
+    args = parser.parse_args(argv)
+
+    directory = args.dir or default_out()
+    clips = args.clips or cached_clips(directory)
+    if not clips:
+        print(f"no clips with a truth file in {directory}: run python bench/physics_sims.py first",
+              file=sys.stderr)
+        return 2
+    hints = {"none": (None,), "a4c": ("a4c",), "both": (None, "a4c")}[args.view_hint]
+    engines = EngineConfig(backend=args.backend, precision=args.precision, threads=args.threads,
+                           weights=tuple(args.weights))
+    print(f"{len(clips)} clips from {directory if not args.clips else 'the command line'}; verdict: "
+          f"|peak GLS error| <= {GLS_ERROR_LIMIT_PCT:g} and centreline ({args.distance}) <= "
+          f"{CENTRELINE_LIMIT_MM:g} mm", flush=True)
+    print(TABLE_HEADER)
+    report = evaluate(directory, hints, engines, args.distance, clips=clips)
+    report["command"] = " ".join(["python bench/physics_sims.py evaluate", *(argv or [])])
+    report["date_utc"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    report["host"] = platform.node()
+    report["weights"] = [list(w) for w in args.weights]
+    report["backend"], report["precision"] = args.backend, args.precision
+    for hint, s in report["summary"].items():
+        print(f"hint {hint}: {s['passed']}/{s['clips']} clips pass (max |GLS error| "
+              f"{_f(s['peak_gls_abs_error_pct_max'], '.2f', 0)}, max centreline "
+              f"{_f(s['centreline_mm_max'], '.2f', 0)} mm) => "
+              f"{'PASS' if s['pass'] else 'FAIL'}" + (f" (fewer than {MIN_CLIPS} clips)"
+                                                      if s["clips"] < MIN_CLIPS else ""))
+    out = args.out or Path(directory) / "evaluate.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    print(f"wrote {out}")
     return 0
 
 
