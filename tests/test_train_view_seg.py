@@ -63,10 +63,19 @@ def test_seg_schedule_crops_then_full_frames(parser, tmp_path, monkeypatch):
     assert 1 <= rec["best_epoch"] <= 3
 
 
-def test_seg_defaults_reproduce_the_shipped_run(parser):
-    args = parser.parse_args(["seg"])
-    assert (args.epochs, args.full_frame_epochs, args.crop, args.samples, args.seed, args.threads) == \
-        (14, 8, 64, 2400, 0, 1)
+@pytest.mark.parametrize("role", ["view", "seg"])
+def test_defaults_reproduce_the_shipped_run(parser, role):
+    """``cardiostream engines train ROLE`` with no options is the run of the shipped weights
+    (its record's arguments), so the shipped weights are remade by the bare command."""
+    import json
+
+    from engines.train.common import WEIGHTS_DIR
+
+    shipped = json.loads((WEIGHTS_DIR / f"{role}.json").read_text())["arguments"]
+    args = vars(parser.parse_args([role]))
+    differ = {k: (args.get(k), v) for k, v in shipped.items()
+              if k not in ("out", "device") and args.get(k) != v}
+    assert not differ
 
 
 def test_help_names_the_options(parser, capsys):

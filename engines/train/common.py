@@ -87,12 +87,21 @@ def add_common_arguments(parser: argparse.ArgumentParser, role: str, default_wei
     parser.add_argument("--seed", type=int, default=0, help="seed of weights init, shuffling, augmentation (default %(default)s)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default %(default)s)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default %(default)s)")
+    parser.add_argument("--appearance", choices=APPEARANCES, default="random",
+                        help="phantom appearance of the train, val and test sets: 'random' draws "
+                             "every appearance knob, the scanner display and the wider anatomy per "
+                             "clip (calib.datasets.random_echo_config); 'neutral' is the plain "
+                             "phantom of the first weights (default %(default)s)")
     parser.add_argument("--out", type=Path, default=WEIGHTS_DIR / default_weights,
                         help=f"state dict to write; the JSON record goes beside it as {role}.json "
                              "(default: the shipped weights %(default)s)")
 
 
 # ------------------------------------------------------------------ data
+#: the echo phantom appearances a trainer can draw its sets with (calib.datasets)
+APPEARANCES = ("random", "neutral")
+
+
 def load_split(builder: str, split: str, n: int, frames_per_clip: int, chunk: int,
                **kwargs) -> tuple[dict[str, np.ndarray], dict]:
     """``n`` samples of a split, built (and cached) in chunks of ``chunk`` samples.
@@ -205,8 +214,11 @@ def command_line(argv: list[str] | None = None) -> str:
 def record_header(args: argparse.Namespace, role: str) -> dict:
     """The run's command and environment, for the JSON record (``args.command_line``, set
     by :func:`trainer_main` when called from Python, stands for the command line)."""
+    from engines.train.data import generator_digest
+
     skip = {"func", "out", "command_line"}
     return {"role": role, "command": getattr(args, "command_line", None) or command_line(),
+            "generator_digest": generator_digest(),  # the phantom source the sets came from
             "arguments": {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(vars(args).items())
                           if k not in skip and not callable(v)},
             "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version(),

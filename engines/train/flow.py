@@ -180,7 +180,7 @@ def evaluate(predict, samples: dict, batch_size: int = 16, dis: bool = True) -> 
     return out
 
 
-def load(split: str, n: int) -> tuple[dict, dict]:
+def load(split: str, n: int, appearance: str = "neutral") -> tuple[dict, dict]:
     """``n`` pairs of ``split`` (cached on disk, in chunks of :data:`CHUNK`) and its record.
 
     Chunk ``k`` holds the clips from ``k * CHUNK / pairs_per_clip`` on, so the pairs are
@@ -192,11 +192,13 @@ def load(split: str, n: int) -> tuple[dict, dict]:
     parts, done = [], 0
     while done < n:
         m = min(CHUNK, n - done)
-        kw = {"pairs_per_clip": ppc, **({"offset": done // ppc} if done else {})}
+        kw = {"pairs_per_clip": ppc, **({"offset": done // ppc} if done else {}),
+              **({"appearance": appearance} if appearance != "neutral" else {})}
         parts.append(dataset(BUILDER, split, m, **kw))
         done += m
     samples = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if parts[0][k].ndim > 0}
-    return samples, common.split_record(BUILDER, split, samples, pairs_per_clip=ppc)
+    return samples, common.split_record(BUILDER, split, samples, pairs_per_clip=ppc,
+                                        appearance=appearance)
 
 
 # ------------------------------------------------------------------ training
@@ -317,8 +319,8 @@ def run(args: argparse.Namespace) -> int:
     if args.crop % div:
         raise SystemExit(f"--crop {args.crop} must be a multiple of {div}")
 
-    tr, tr_rec = load("train", args.samples)
-    va, va_rec = load("val", args.val_samples)
+    tr, tr_rec = load("train", args.samples, args.appearance)
+    va, va_rec = load("val", args.val_samples, args.appearance)
     pairs, flows, myo = tr["pairs"], tr["flow"], tr["myocardium"] > 0
     crop = args.crop if 0 < args.crop < min(pairs.shape[-2:]) else 0
     full_epochs = min(max(args.full_epochs, 0), args.epochs)
@@ -360,7 +362,7 @@ def run(args: argparse.Namespace) -> int:
     model.eval()
     train_s = clock.seconds - data_s
 
-    te, te_rec = load("test", args.test_samples)
+    te, te_rec = load("test", args.test_samples, args.appearance)
     test = evaluate(common.torch_predict(model, device), te)
     record = common.training_record(
         header, flownet.SPEC, threads=threads, device=device,

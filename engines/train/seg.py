@@ -45,11 +45,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "LV cavity) on phantom frames from calib.datasets.segmentation_samples; pick the "
                     "best epoch on the 'val' split by myocardium Dice, report Dice at 256 x 256 on the "
                     "held-out 'test' split, and write the state dict plus a JSON record.")
-    common.add_common_arguments(p, ROLE, segmenter.SPEC.weights_file, epochs=14, samples=2400,
+    common.add_common_arguments(p, ROLE, segmenter.SPEC.weights_file, epochs=9, samples=4000,
                                 val_samples=200, test_samples=400, batch_size=16, lr=4e-3)
     p.add_argument("--crop", type=int, default=64,
                    help="side of the random training crops in network pixels; 0 trains on full inputs (default %(default)s)")
-    p.add_argument("--full-frame-epochs", type=int, default=8,
+    p.add_argument("--full-frame-epochs", type=int, default=6,
                    help="the last N of the --epochs run on full network inputs instead of crops "
                         "(default %(default)s)")
     p.set_defaults(func=run)
@@ -181,8 +181,10 @@ def run(args: argparse.Namespace) -> int:
     clock = common.Stopwatch()
     header = common.record_header(args, ROLE)
 
-    tr, tr_rec = common.load_split(BUILDER, "train", args.samples, FRAMES_PER_CLIP["train"], CHUNK)
-    va, va_rec = common.load_split(BUILDER, "val", args.val_samples, FRAMES_PER_CLIP["val"], CHUNK)
+    tr, tr_rec = common.load_split(BUILDER, "train", args.samples, FRAMES_PER_CLIP["train"], CHUNK,
+                                   appearance=args.appearance)
+    va, va_rec = common.load_split(BUILDER, "val", args.val_samples, FRAMES_PER_CLIP["val"], CHUNK,
+                                   appearance=args.appearance)
     x = torch.from_numpy(prepare(tr["images"]))
     tgt = torch.from_numpy(soft_targets(tr["myocardium"], tr["cavity"]))
     crop = args.crop if 0 < args.crop < min(x.shape[-2:]) else 0
@@ -227,7 +229,8 @@ def run(args: argparse.Namespace) -> int:
     model.load_state_dict(best.state)
     train_s = clock.seconds - data_s
 
-    te, te_rec = common.load_split(BUILDER, "test", args.test_samples, FRAMES_PER_CLIP["test"], CHUNK)
+    te, te_rec = common.load_split(BUILDER, "test", args.test_samples, FRAMES_PER_CLIP["test"], CHUNK,
+                                   appearance=args.appearance)
     test = evaluate(common.torch_predict(model, device), te)
     record = common.training_record(
         header, segmenter.SPEC, threads=threads, device=device,

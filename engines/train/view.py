@@ -32,8 +32,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "phantom frames from calib.datasets.view_samples; pick the best epoch on the "
                     "'val' split, report accuracy on the held-out 'test' split, and write the "
                     "state dict plus a JSON record (command, seeds, metrics, sha256).")
-    common.add_common_arguments(p, ROLE, view_classifier.SPEC.weights_file, epochs=12, samples=3584,
+    common.add_common_arguments(p, ROLE, view_classifier.SPEC.weights_file, epochs=16, samples=10240,
                                 val_samples=256, test_samples=512, batch_size=32, lr=3e-3)
+    p.add_argument("--flip", type=float, default=0.5, metavar="P",
+                   help="probability of a left-right mirrored training frame: the view does not "
+                        "change when a scanner shows the LV on the left (Mayo convention) "
+                        "(default %(default)s)")
     p.set_defaults(func=run)
     return p
 
@@ -76,8 +80,10 @@ def run(args: argparse.Namespace) -> int:
     clock = common.Stopwatch()
     header = common.record_header(args, ROLE)
 
-    tr, tr_rec = common.load_split(BUILDER, "train", args.samples, FRAMES_PER_CLIP["train"], CHUNK)
-    va, va_rec = common.load_split(BUILDER, "val", args.val_samples, FRAMES_PER_CLIP["val"], CHUNK)
+    tr, tr_rec = common.load_split(BUILDER, "train", args.samples, FRAMES_PER_CLIP["train"], CHUNK,
+                                   appearance=args.appearance)
+    va, va_rec = common.load_split(BUILDER, "val", args.val_samples, FRAMES_PER_CLIP["val"], CHUNK,
+                                   appearance=args.appearance)
     x = torch.from_numpy(prepare(tr["images"]))
     y = torch.from_numpy(tr["labels"].astype(np.int64))
     data_s = clock.seconds
@@ -93,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
         total = 0.0
         for idx in common.batch_indices(len(x), args.batch_size, g):
             xb = common.warp(x[idx], common.random_affine(len(idx), g))
+            mirror = torch.rand(len(idx), generator=g) < args.flip
+            xb[mirror] = xb[mirror].flip(-1)
             xb = common.augment_intensity(xb, g).to(device)
             loss = F.cross_entropy(model(xb), y[idx].to(device), label_smoothing=0.05)
             opt.zero_grad(set_to_none=True)
@@ -110,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
     model.load_state_dict(best.state)
     train_s = clock.seconds - data_s
 
-    te, te_rec = common.load_split(BUILDER, "test", args.test_samples, FRAMES_PER_CLIP["test"], CHUNK)
+    te, te_rec = common.load_split(BUILDER, "test", args.test_samples, FRAMES_PER_CLIP["test"], CHUNK,
+                                   appearance=args.appearance)
     test = evaluate(common.torch_predict(model, device), te)
     record = common.training_record(
         header, view_classifier.SPEC, threads=threads, device=device,
