@@ -18,10 +18,12 @@ def parser():
     return p
 
 
-def _train(parser, role, out, seed=0):
+def _train(parser, role, out, seed=0, extra=None):
+    if extra is None:
+        extra = ["--neutral-samples", "0"] if role == "view" else []
     args = parser.parse_args([role, "--epochs", "1", "--samples", "16", "--val-samples", "8",
                               "--test-samples", "8", "--batch-size", "8", "--seed", str(seed),
-                              "--threads", "1", "--out", str(out)])
+                              "--threads", "1", "--out", str(out), *extra])
     assert args.func(args) == 0
     return json.loads(out.with_name(f"{role}.json").read_text())
 
@@ -73,9 +75,18 @@ def test_defaults_reproduce_the_shipped_run(parser, role):
 
     shipped = json.loads((WEIGHTS_DIR / f"{role}.json").read_text())["arguments"]
     args = vars(parser.parse_args([role]))
-    differ = {k: (args.get(k), v) for k, v in shipped.items()
-              if k not in ("out", "device") and args.get(k) != v}
+    differ = {k: (args.get(k), v) for k, v in shipped.items()   # threads: how, not what
+              if k not in ("out", "device", "threads") and args.get(k) != v}
     assert not differ
+
+
+def test_view_adds_plain_phantom_frames_from_the_next_clips(parser, tmp_path, monkeypatch):
+    monkeypatch.setenv("CARDIOSTREAM_NO_PROGRESS", "1")
+    rec = _train(parser, "view", tmp_path / "view.pt", extra=["--neutral-samples", "8"])
+    random, plain = rec["data"]["train"]["random"], rec["data"]["train"]["neutral"]
+    assert random["samples"] == 16 and plain["samples"] == 8
+    assert random["appearance"] == "random" and "appearance" not in plain   # the builders' default
+    assert plain["seed_min"] > random["seed_max"]                           # other clips
 
 
 def test_help_names_the_options(parser, capsys):

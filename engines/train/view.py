@@ -34,6 +34,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "state dict plus a JSON record (command, seeds, metrics, sha256).")
     common.add_common_arguments(p, ROLE, view_classifier.SPEC.weights_file, epochs=16, samples=10240,
                                 val_samples=256, test_samples=512, batch_size=32, lr=3e-3)
+    p.add_argument("--neutral-samples", type=int, default=1536, metavar="N",
+                   help="plain-phantom frames (every appearance knob off, no display) added to a "
+                        "random-appearance training set, from the next train seeds: the plain "
+                        "phantom is one corner of the random draw that training would rarely see "
+                        "(default %(default)s; 0 = none)")
     p.add_argument("--flip", type=float, default=0.5, metavar="P",
                    help="probability of a left-right mirrored training frame: the view does not "
                         "change when a scanner shows the LV on the left (Mayo convention) "
@@ -82,6 +87,12 @@ def run(args: argparse.Namespace) -> int:
 
     tr, tr_rec = common.load_split(BUILDER, "train", args.samples, FRAMES_PER_CLIP["train"], CHUNK,
                                    appearance=args.appearance)
+    if args.neutral_samples > 0 and args.appearance != "neutral":
+        plain, plain_rec = common.load_split(
+            BUILDER, "train", args.neutral_samples, FRAMES_PER_CLIP["train"], CHUNK,
+            first_clip=-(-args.samples // FRAMES_PER_CLIP["train"]))
+        tr = {k: np.concatenate([tr[k], plain[k]]) for k in tr}
+        tr_rec = {"random": tr_rec, "neutral": plain_rec}
     va, va_rec = common.load_split(BUILDER, "val", args.val_samples, FRAMES_PER_CLIP["val"], CHUNK,
                                    appearance=args.appearance)
     x = torch.from_numpy(prepare(tr["images"]))
