@@ -45,6 +45,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(ROOT / "bench"))
+
+from echo_stream import stream_clip  # noqa: E402
+
 from engines.spec import BACKENDS, PRECISIONS  # noqa: E402
 from streamer.apps import parse_weights  # noqa: E402
 
@@ -323,8 +327,7 @@ def gls_accuracy(args, records: list[dict] | None = None) -> dict:
     from calib.echo import make_echo_clip
     from calib.errors import PhantomParameterError
     from streamer.apps import AnalysisConfig, EngineConfig, build_analysis
-    from streamer.io.protocol import EndMessage, FrameMessage, StartMessage
-    from streamer.processor import FrameProcessor, Received
+    from streamer.processor import FrameProcessor
     from streamer.vocab import A4C_SEGMENTS
 
     analysis = build_analysis(AnalysisConfig(app="echo", engines=EngineConfig(
@@ -345,21 +348,14 @@ def gls_accuracy(args, records: list[dict] | None = None) -> dict:
             rows.append({"seed": int(seed), "skipped": str(e)})
             continue
         knobs = config_knobs(clip.config)
-        stream = f"phantom-{seed}"
-        processor.handle(Received(StartMessage(stream=stream, meta={"modality": "US"}),
-                                  time.time_ns()))
         gls, regional, analysed = [], [], 0
-        for t, pixels in enumerate(clip.frames):
-            message = FrameMessage(stream=stream, seq=t, t_acq_ns=int(t / fps * 1e9),
-                                   modality="US", pixels=pixels,
-                                   spacing_mm=tuple(clip.spacing_mm), fps=fps)
-            result = processor.handle(Received(message, time.time_ns()))[0]
+        for result, _ in stream_clip(processor, f"phantom-{seed}", clip.frames, fps,
+                                     clip.spacing_mm):
             ok = result.kind == "result" and result.fields["gls_pct"] is not None
             analysed += ok
             gls.append(result.fields["gls_pct"] if ok else np.nan)
             regional.append([result.fields["regional_pct"][k] for k in A4C_SEGMENTS] if ok
                             else [np.nan] * 6)
-        processor.handle(Received(EndMessage(stream=stream, n_frames=frames), time.time_ns()))
         gls, regional = np.asarray(gls, float), np.asarray(regional, float)
         truth_gls = clip.truth.midwall_gls_pct[:frames]
         truth_reg = clip.truth.midwall_regional_pct[:frames]

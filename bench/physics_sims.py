@@ -65,8 +65,10 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 import numpy as np  # noqa: E402
+from echo_stream import stream_clip  # noqa: E402
 
 from calib.cli import parse_size  # noqa: E402
 
@@ -246,8 +248,6 @@ def evaluate_clip(processor, path, view_hint: str | None = None, stream: str | N
     ``bench/accuracy.py: gls_accuracy`` sends a clip; its figures against the truth file."""
     from calib.io import read_truth
     from streamer.io.clips import open_clip
-    from streamer.io.protocol import EndMessage, FrameMessage, StartMessage
-    from streamer.processor import Received
 
     path = Path(path)
     truth = read_truth(path)
@@ -258,14 +258,11 @@ def evaluate_clip(processor, path, view_hint: str | None = None, stream: str | N
         spacing = tuple(float(s) for s in (info.spacing_mm if info.spacing_mm is not None
                                             else truth["spacing_mm"]))
         fps = float(info.fps if info.fps else truth["fps"])
-        processor.handle(Received(StartMessage(stream=stream, meta={"modality": "US"}), time.time_ns()))
         n = 0
-        for t, frame in enumerate(reader):
+        for result, closed in stream_clip(processor, stream, (f.pixels for f in reader), fps,
+                                          spacing, view_hint):
             n += 1
-            message = FrameMessage(stream=stream, seq=t, t_acq_ns=int(t / fps * 1e9), modality="US",
-                                   pixels=frame.pixels, spacing_mm=spacing, fps=fps, view=view_hint)
-            result, *rest = processor.handle(Received(message, time.time_ns()))
-            beats += [dict(m.fields, beat=m.beat) for m in rest if m.kind == "beat"]
+            beats += [dict(m.fields, beat=m.beat) for m in closed]
             if result.kind != "result":
                 errors.append(getattr(result, "message", str(result)))
                 gls.append(np.nan)
@@ -275,7 +272,6 @@ def evaluate_clip(processor, path, view_hint: str | None = None, stream: str | N
             analysed += fields.get("measurable") is not None
             gls.append(np.nan if fields.get("gls_pct") is None else float(fields["gls_pct"]))
             points.append(None if fields.get("points_mm") is None else np.asarray(fields["points_mm"], float))
-        processor.handle(Received(EndMessage(stream=stream, n_frames=n), time.time_ns()))
     gls = np.asarray(gls, float)
     truth_gls = np.asarray(truth["midwall_gls_pct"], float)[:n]
     truth_cl = np.asarray(truth["midwall_centreline_mm"], float)[:n]

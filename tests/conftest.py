@@ -1,11 +1,34 @@
-"""Shared fixtures: small real clips written with the project's own writer, a side-car child."""
+"""Shared fixtures: small real clips written with the project's own writer, a side-car child,
+the bench scripts as modules."""
 
 from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from streamer.serve_process import SideCarProcess
+
+
+@pytest.fixture(scope="session")
+def bench_module():
+    """``bench_module("accuracy")``: a script of ``bench/`` as a module (the benches are
+    scripts, not a package), imported once per session."""
+    loaded = {}
+
+    def load(name: str):
+        if name not in loaded:
+            path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+            spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module
+            spec.loader.exec_module(module)
+            loaded[name] = module
+        return loaded[name]
+    return load
 
 
 @pytest.fixture

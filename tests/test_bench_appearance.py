@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def app():
-    spec = importlib.util.spec_from_file_location("bench_appearance", ROOT / "bench" / "appearance.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+def app(bench_module):
+    return bench_module("appearance")
 
 
 def blurred_noise(rng, shape, sigma_px):

@@ -3,26 +3,16 @@ as the echo app reports them, fails a clip the app analyses, and reports unreada
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_noncardiac_echo",
-                                                  ROOT / "bench" / "noncardiac_echo.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+def bench(bench_module):
+    return bench_module("noncardiac_echo")
 
 
 @pytest.fixture(scope="module")

@@ -4,25 +4,20 @@ No PyMUST: the clip is the first validation configuration rendered by our own sp
 renderer (small, one cycle from end-diastole), written as the generator writes its clips,
 so the evaluation reads it back from disk as it reads the PyMUST clips."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load():
-    spec = importlib.util.spec_from_file_location("physics_sims", ROOT / "bench" / "physics_sims.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+import pytest
 
 
-def test_centreline_distances():
-    ps = load()
+@pytest.fixture(scope="module")
+def bench(bench_module):
+    return bench_module("physics_sims")
+
+
+def test_centreline_distances(bench):
+    ps = bench
     line = np.stack([np.linspace(0, 100, 120), np.zeros(120)], 1)
     shifted = line + [0.0, 1.5]
     index, curve = ps.centreline_distances(shifted, line)
@@ -33,12 +28,12 @@ def test_centreline_distances():
     assert index > 0.2 and curve < 1e-9
 
 
-def test_evaluate_a_cached_clip(tmp_path):
+def test_evaluate_a_cached_clip(bench, tmp_path):
     from calib.echo import make_echo_clip
     from calib.io import write_phantom
     from calib.physics_sim import validation_configs
 
-    ps = load()
+    ps = bench
     cfg = validation_configs(1, 128, 128)[0]            # seed, timing, GLS of physics clip 0
     clip = make_echo_clip(cfg)
     name = f"a4c_00_seed{cfg.seed}_{cfg.rows}x{cfg.cols}_{cfg.frames}f.dcm"

@@ -1,22 +1,18 @@
 """bench/real_echo.py, the real-clip harness: it runs on both pydicom cines and its figures
 agree with what the echo app published."""
 
-import importlib.util
 import json
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load():
-    spec = importlib.util.spec_from_file_location("real_echo", ROOT / "bench" / "real_echo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+import pytest
 
 
-def test_the_harness_measures_both_cines_with_and_without_the_hint(tmp_path):
-    assert load().main(["--out", str(tmp_path)]) == 0
+@pytest.fixture(scope="module")
+def bench(bench_module):
+    return bench_module("real_echo")
+
+
+def test_the_harness_measures_both_cines_with_and_without_the_hint(bench, tmp_path):
+    assert bench.main(["--out", str(tmp_path)]) == 0
     for name in ("overlay.png", "overlay_beat.jpg", "gls.png", "real_echo.json"):
         assert (tmp_path / name).stat().st_size > 1000, name
     runs = json.loads((tmp_path / "real_echo.json").read_text())["runs"]
