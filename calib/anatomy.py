@@ -24,6 +24,13 @@ LIVER = 0.8
 VESSEL_WALL = 2.5
 
 
+def surround(t2: np.ndarray, gain: float = 1.0) -> np.ndarray:
+    """The tissue around the heart (lung-dark, ``LUNG``, by default) with texture ``t2``, times
+    the appearance's ``gain`` (``EchoAppearance.surround_gain``; 1.0 leaves it as it was)."""
+    amp = LUNG * np.exp(0.6 * t2)
+    return amp if gain == 1.0 else amp * gain
+
+
 def blood_smoke(amp: np.ndarray, t2: np.ndarray, gain: float = 1.0) -> np.ndarray:
     """Blood (amplitude exactly ``BLOOD``) as faint moving smoke: texture ``t2`` and the
     appearance's blood ``gain`` (``EchoAppearance.blood_gain``; 1.0 leaves it as it was)."""

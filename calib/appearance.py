@@ -4,8 +4,8 @@
 scanners show and the default phantom does not: a myocardium whose echo strength varies
 along the wall, a dim lateral wall, drop-out of a sector, bright specular annuli and
 pericardium, speckle as fine as a real scanner's, a darker (or hazier) blood pool, brighter
-or fainter valve leaflets and the display's frame averaging (persistence).  Every knob's default is neutral and
-a neutral knob is not applied at all, so a config with the default appearance renders the
+or fainter valve leaflets, tissue around the heart as bright as the wall, and the display's
+frame averaging (persistence).  Every knob's default is neutral and a neutral knob is not applied at all, so a config with the default appearance renders the
 same frames, bit for bit, as before the knobs existed.
 
 The knobs change scatterer amplitudes (and, for ``axial_resolution_mm``, the point-spread
@@ -65,6 +65,10 @@ class EchoAppearance:
     rv_scale: float = 1.0                # 0.6..1.5: RV size (length and width) about the septum
     clutter_gain_db: float = 0.0         # 0..+15: near-field reverberation haze over the speckle
     #                                      config's level (real apices often sit in it)
+    surround_echo_db: float = 0.0        # 0..+26: echo of the tissue around the heart over the
+    #                                      lung-dark default (+26 dB = the wall's own level):
+    #                                      chest wall, fat and lung artefact often fill a real
+    #                                      sector, so the cavities, not a bright ring, show the heart
 
     def __post_init__(self) -> None:
         require_range("wall_echo_variation", self.wall_echo_variation, 0.0, 0.95)
@@ -83,6 +87,7 @@ class EchoAppearance:
         require_range("rv_wall_gain", self.rv_wall_gain, 0.0, 3.0)
         require_range("rv_scale", self.rv_scale, 0.4, 2.0)
         require_range("clutter_gain_db", self.clutter_gain_db, -20.0, 30.0, "dB")
+        require_range("surround_echo_db", self.surround_echo_db, -20.0, 30.0, "dB")
 
     @property
     def is_neutral(self) -> bool:
@@ -92,12 +97,17 @@ class EchoAppearance:
                 and self.blood_echo_db == 0.0 and self.leaflet_gain == 1.0
                 and self.persistence == 0.0 and self.septum_gain == 1.0
                 and self.rv_wall_gain == 1.0 and self.rv_scale == 1.0
-                and self.clutter_gain_db == 0.0)
+                and self.clutter_gain_db == 0.0 and self.surround_echo_db == 0.0)
 
     @property
     def blood_gain(self) -> float:
         """Amplitude factor of the blood echo (exactly 1.0 when neutral)."""
         return 1.0 if self.blood_echo_db == 0.0 else 10.0 ** (self.blood_echo_db / 20.0)
+
+    @property
+    def surround_gain(self) -> float:
+        """Amplitude factor of the tissue around the heart (exactly 1.0 when neutral)."""
+        return 1.0 if self.surround_echo_db == 0.0 else 10.0 ** (self.surround_echo_db / 20.0)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -90,7 +90,7 @@ def random_appearance(rng: np.random.Generator) -> EchoAppearance:
         blood_echo_db=_u(rng, -25.0, 3.0), leaflet_gain=_u(rng, 0.5, 3.0),
         persistence=_u(rng, 0.1, 0.6) if rng.random() < 0.5 else 0.0,
         septum_gain=_u(rng, 0.8, 2.5), rv_wall_gain=_u(rng, 0.15, 1.1), rv_scale=_u(rng, 0.75, 1.4),
-        clutter_gain_db=_u(rng, 0.0, 14.0))
+        clutter_gain_db=_u(rng, 0.0, 14.0), surround_echo_db=_u(rng, 0.0, 26.0))
 
 
 def random_anatomy(rng: np.random.Generator, view: str) -> dict:

@@ -285,7 +285,7 @@ def apical_scene(cfg: EchoPhantomConfig, rng: np.random.Generator, view: str = "
         myo = wall.in_wall(th, rh)
         cav = wall.in_cavity(th, rh) & (p > 0.0)
         d_lv = np.where(p > -2.0, wall.outside_distance_mm(th, rh), 1e3)
-        amp = an.LUNG * np.exp(0.6 * t2) * (0.6 + 0.4 * np.clip(r / 60.0, 0, 1))
+        amp = an.surround(t2, cfg.appearance.surround_gain) * (0.6 + 0.4 * np.clip(r / 60.0, 0, 1))
         d_rv = d_la = d_ra = np.full(p.shape, 1e3)
         if view in ("a4c", "sc4c"):
             d_rv = an.ellipse_distance(p, v, *ds["rv"])

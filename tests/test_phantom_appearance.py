@@ -247,6 +247,24 @@ def test_clutter_gain_brightens_the_near_field(neutral):
     assert _same_truth(clip, neutral)
 
 
+def test_surround_echo_brightens_around_the_heart_not_the_heart(neutral):
+    """The tissue around the heart (lung-dark by default) comes up towards the wall's level;
+    the LV wall and cavity stay as they were, and so does every truth array."""
+    clip = _with(surround_echo_db=24.0)
+    sector = neutral.truth.sector_mask.astype(bool)
+    heart = ndimage.binary_dilation(neutral.truth.myocardium[0] | neutral.truth.cavity[0], iterations=3)
+    lateral = sector & ~heart
+    lateral[:, :int(np.nonzero(heart.any(0))[0].max()) + 4] = False   # beyond the lateral wall
+    rows = np.arange(sector.shape[0])[:, None] * neutral.spacing_mm[0]
+    lateral &= rows > 20.0                                           # below the chest wall
+    assert lateral.sum() > 50
+    assert _mean(clip, lateral) > 2.0 * _mean(neutral, lateral) + 5.0
+    myo = neutral.truth.myocardium[0].astype(bool)
+    assert abs(_mean(clip, myo) - _mean(neutral, myo)) < 0.15 * _mean(neutral, myo)
+    assert EchoAppearance(surround_echo_db=0.0).surround_gain == 1.0
+    assert _same_truth(clip, neutral)
+
+
 def test_invalid_knobs_are_refused():
     with pytest.raises(PhantomParameterError):
         EchoAppearance(dropout_region="septal")
