@@ -146,10 +146,13 @@ def test_online_monitor_matches_offline():
     mon = S.StrainMonitor()
     frames = [mon.update(tk, P[k]) for k, tk in enumerate(t)]
     assert "no_ed_yet" in frames[0].flags
-    found = [f.new_ed_frame for f in frames if f.new_ed_frame is not None]
-    assert found == off.ed_indices[: len(found)].tolist() and len(found) >= 2
+    found = mon.ed_frames
+    assert found == off.ed_indices[: len(found)].tolist() and len(found) >= 3 and found[0] == 0
     delays = [f.frame - f.new_ed_frame for f in frames if f.new_ed_frame is not None]
-    assert max(delays) <= 15  # confirmed within 0.3 s
+    assert max(delays) <= 15  # an interior ED is confirmed within 0.3 s
+    # the clip's first frame is an ED only once the next ED shows it as high (same update)
+    assert frames[found[1]].flags.count("no_ed_yet") == 1
+    assert "no_ed_yet" not in frames[found[1] + 15].flags
     online_beats = [f.beat for f in frames if f.beat is not None]
     for bo, bf in zip(online_beats, off.beats):
         assert bo.ed_index == bf.ed_index and bo.peak_gls_pct == pytest.approx(bf.peak_gls_pct)
@@ -160,6 +163,20 @@ def test_online_monitor_matches_offline():
     # an invalid frame does not crash the monitor
     f = mon.update(t[-1] + 0.02, np.full((120, 2), np.nan))
     assert "no_points" in f.flags and np.isnan(f.gls_pct)
+
+
+def test_online_monitor_does_not_close_a_beat_from_a_mid_systolic_start():
+    """A stream that starts mid-systole: its first frame is no ED, so the first beat the
+    monitor closes starts at the first true ED (the offline analysis agrees)."""
+    t = frame_times(150)
+    P = np.stack([HS.points_mm(U, tk) for tk in t])
+    off = S.analyse_a4c(t, P)
+    start = off.ed_indices[0] + int(round(0.4 * HS.t_es_s / float(np.median(np.diff(t)))))
+    mon = S.StrainMonitor()
+    frames = [mon.update(tk, P[k]) for k, tk in enumerate(t) if k >= start]
+    beats = [f.beat for f in frames if f.beat is not None]
+    assert beats and all(b.ed_index + start in off.ed_indices.tolist() for b in beats)
+    assert beats[0].peak_gls_pct == pytest.approx(off.beats[1].peak_gls_pct, abs=0.01)
 
 
 def test_online_monitor_with_ecg():

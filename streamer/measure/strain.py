@@ -381,7 +381,10 @@ class StrainMonitor:
 
     ``update(t_s, points_mm, ecg_r=None)`` once per frame.  Once any R flag has been seen
     the ECG alone sets ED; otherwise ED comes from the length cycle (confirmed a few frames
-    after the maximum, so GLS of those frames is reported against the previous ED).
+    after the maximum, so GLS of those frames is reported against the previous ED).  The
+    stream's first frame becomes an ED only when the next ED shows it as long (a stream that
+    starts mid-systole closes no beat from it); until the first ED, GLS is against the first
+    frame and flagged ``no_ed_yet``.
     """
 
     def __init__(self, config: BeatConfig | None = None, n_segments: int = 6):
@@ -454,6 +457,10 @@ class StrainMonitor:
             t = np.asarray(self._t)
             lo = int(np.searchsorted(t, t_s - cfg.online_window_s))
             cand = ed_from_length(t[lo:], np.asarray(self._L[lo:]), cfg, confirmed_only=True) + lo
+            if not (cand > lo).any():
+                # the window's first frame is an ED only next to an interior ED as high as it
+                # (ed_from_length's rule): on its own it may be a clip that starts mid-systole
+                cand = cand[cand > lo]
             last = self.ed_frames[-1] if self.ed_frames else -1
             for c in cand:
                 if c > last and (last < 0 or t[c] - t[last] >= cfg.min_beat_s) and np.isfinite(self._L[c]):
