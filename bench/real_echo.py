@@ -14,7 +14,9 @@ frames whose mask is one clean wall whose centreline reaches both basal ends); t
 frames whose strain passed quality control (``measurable``) and so was published; each
 closed beat's grade and peak GLS, and the beat-to-beat spread; and how far each beat's
 end-systole (the GLS minimum) lies from the end-systole of the LV length curve (the minimum
-of the mask centreline's length in that beat). There are no annotations: the real clips
+of the mask centreline's length in that beat, over the frames whose mask is one clean wall:
+a broken mask gives no LV length; a three-frame running median takes out single-frame
+glitches). There are no annotations: the real clips
 judge plausibility and consistency, not accuracy.
 
 Writes into ``docs/img/real_echo/`` (default): ``overlay.png`` (the 30-frame cine, four
@@ -88,6 +90,19 @@ def mask_length_mm(track) -> float:
     return float(polyline_length(track.measured_points_mm))
 
 
+def lv_length_curve(length_mm) -> np.ndarray:
+    """The mask centreline lengths, a frame's value replaced by the median of it and its two
+    neighbours (NaN ignored): one frame whose mask lost a piece of wall without a flag does
+    not become the beat's end-systole."""
+    x = np.asarray(length_mm, dtype=np.float64)
+    padded = np.concatenate([[np.nan], x, [np.nan]])
+    windows = np.stack([padded[:-2], padded[1:-1], padded[2:]])
+    out = np.full_like(x, np.nan)
+    some = np.isfinite(windows).any(0) & np.isfinite(x)
+    out[some] = np.nanmedian(windows[:, some], axis=0)
+    return out
+
+
 def measure(frames, outcomes, beats) -> dict:
     """The run's figures (see the module docstring)."""
     n = len(outcomes)
@@ -99,14 +114,14 @@ def measure(frames, outcomes, beats) -> dict:
     continuous = [t is not None and t.valid and not any(f in t.flags for f in MASK_FLAGS)
                   for t in tracks]
     measurable = [v.get("measurable") is True for v in values]
-    length = np.array([mask_length_mm(t) for t in tracks])
+    length = lv_length_curve([mask_length_mm(t) if ok else np.nan for t, ok in zip(tracks, continuous)])
     peaks = [b["peak_gls_pct"] for b in beats if b.get("peak_gls_pct") is not None]
     es_offsets = []
     first = outcomes[0].values["frame"].seq  # frames are indexed from the clip's first seq
-    for b in beats:
-        ed, end = b["ed_seq"], outcomes[-1].values["frame"].seq + 1
-        later = [x["ed_seq"] for x in beats if x["ed_seq"] > ed]
-        end = min(later) if later else end
+    t_s = np.array([o.values["frame"].t_acq_ns / 1e9 for o in outcomes])
+    for b in beats:   # the beat runs from its ED for duration_s, to the next ED
+        ed = b["ed_seq"]
+        end = ed + int(np.searchsorted(t_s[ed - first:], t_s[ed - first] + b["duration_s"] - 1e-6))
         window = length[ed - first:end - first]
         if b.get("es_seq") is not None and np.isfinite(window).any():
             es_offsets.append(int(b["es_seq"] - (ed + int(np.nanargmin(window)))))

@@ -32,3 +32,11 @@ def test_the_harness_measures_both_cines_with_and_without_the_hint(bench, tmp_pa
     # without a hint nothing the classifier does not call A4C is analysed
     assert all(r["analysed_share"] <= r["view_a4c_share"] + 1e-9
                for r in runs if r["view_hint"] is None)
+
+
+def test_the_lv_length_curve_drops_single_frame_glitches_and_broken_masks(bench):
+    nan = float("nan")
+    curve = bench.lv_length_curve([200.0, 150.0, 198.0, nan, 180.0, 170.0])
+    assert curve[1] == 198.0                      # one frame that lost a piece of wall
+    assert curve[0] == 175.0 and curve[4] == 175.0  # edges and gaps: the neighbours there are
+    assert curve[3] != curve[3]                   # a broken mask gives no length
