@@ -195,6 +195,29 @@ def apply_static(app: EchoAppearance, scene, cfg, p0: np.ndarray, th0: np.ndarra
     return out
 
 
+def displayed_motion(displacement: np.ndarray, persistence: float) -> np.ndarray:
+    """The motion the displayed frames show, (T-1, rows, cols, 2) px, from the tissue's
+    ``displacement`` (frame t -> t + 1, the same shape) under frame averaging.
+
+    The display's recursive filter (shown_t = (1 - a) image_t + a shown_t-1) makes each
+    pattern sit at the weighted mean of its recent positions, so the displayed step is the
+    same filter over the tissue's steps: v'_t = (1 - a) v_t + a v'_t-1, starting from the
+    first frame (shown as it is, no history).  Steps are added on the grid (a sub-pixel
+    step in a smooth field barely moves between frames).  ``persistence`` 0 returns
+    ``displacement`` itself.  Over a cycle the displayed steps add up to the tissue's, a
+    few frames late; a flow network trained on the tissue's steps of averaged frames would
+    learn to shrink the motion it sees."""
+    a = float(persistence)
+    if a <= 0.0:
+        return displacement
+    out = np.empty(displacement.shape, np.float32)
+    prev = np.zeros(displacement.shape[1:], np.float64)
+    for t, v in enumerate(displacement):
+        prev = (1.0 - a) * v + a * prev
+        out[t] = prev
+    return out
+
+
 def dropout_fn(app: EchoAppearance, scene):
     """Gain of the drop-out sector as a function of current positions (N, 2) mm, or None."""
     if app.dropout_gain >= 1.0:

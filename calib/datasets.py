@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from calib.appearance import DROPOUT_REGIONS, EchoAppearance
+from calib.appearance import DROPOUT_REGIONS, EchoAppearance, displayed_motion
 from calib.display import PALETTES as DISPLAY_PALETTES
 from calib.display import ScannerDisplay, grey_frames
 from calib.echo import EchoPhantomConfig, make_echo_clip
@@ -88,7 +88,7 @@ def random_appearance(rng: np.random.Generator) -> EchoAppearance:
         dropout_width_deg=_u(rng, 10.0, 30.0), bright_annulus_gain=_u(rng, 0.0, 3.0),
         pericardium_gain=_u(rng, 0.0, 3.0), axial_resolution_mm=_u(rng, 0.9, 2.0),
         blood_echo_db=_u(rng, -25.0, 3.0), leaflet_gain=_u(rng, 0.5, 3.0),
-        persistence=_u(rng, 0.1, 0.6) if rng.random() < 0.5 else 0.0,
+        persistence=_u(rng, 0.05, 0.4) if rng.random() < 0.5 else 0.0,
         septum_gain=_u(rng, 0.8, 2.5), rv_wall_gain=_u(rng, 0.15, 1.1), rv_scale=_u(rng, 0.75, 1.4),
         clutter_gain_db=_u(rng, 0.0, 14.0), surround_echo_db=_u(rng, 0.0, 26.0))
 
@@ -276,7 +276,9 @@ def segmentation_samples(split: str, n: int, rows: int = 256, cols: int = 256, o
 def flow_samples(split: str, n: int, rows: int = 256, cols: int = 256, offset: int = 0,
                  pairs_per_clip: int = 4, views=("a4c", "a2c", "alax"),
                  appearance: str = "neutral") -> dict:
-    """Consecutive frame pairs at the clip's frame rate with the truth flow (dx, dy) px."""
+    """Consecutive frame pairs at the clip's frame rate with the truth flow (dx, dy) px:
+    the motion the frames show (:func:`calib.appearance.displayed_motion`, the tissue's
+    own unless the display averages frames)."""
     n_clips = -(-n // pairs_per_clip)
     seeds = split_seeds(split, n_clips, offset)
     pairs, flows, masks, sd = [], [], [], []
@@ -285,9 +287,10 @@ def flow_samples(split: str, n: int, rows: int = 256, cols: int = 256, offset: i
         clip = _echo_clip(int(s), view=v, rows=rows, cols=cols, frames=pairs_per_clip + 1,
                           appearance=appearance)
         grey = grey_frames(clip.frames)
+        shown = displayed_motion(clip.truth.displacement, clip.config.appearance.persistence)
         for t in range(pairs_per_clip):
             pairs.append(grey[t:t + 2])
-            flows.append(clip.truth.displacement[t])
+            flows.append(shown[t])
             masks.append(clip.truth.myocardium[t])
             sd.append(s)
     k = slice(0, n)
