@@ -38,6 +38,49 @@ def test_view_config_refuses_nonsense():
     assert EchoConfig().view == ViewConfig()
 
 
+class _FlickeringViews:
+    """A view engine whose answer alternates: A4C (p 0.97), then A2C (p 0.50, A4C 0.45), ..."""
+
+    class spec:
+        size = (32, 32)
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, x):
+        self.calls += 1
+        logits = np.zeros((1, len(VIEW_CLASSES)), np.float32)
+        k, other = (0, 1) if self.calls % 2 else (1, 0)
+        logits[0, k], logits[0, other] = (6.0, 1.8) if k == 0 else (4.0, 3.9)
+        return logits
+
+
+def test_the_view_gate_averages_the_answers_of_the_last_second():
+    from streamer.apps.echo import ClassifyView
+    from streamer.budget import FrameControls
+
+    def run(config, times_s):
+        stage = ClassifyView(_FlickeringViews(), config)
+        out = []
+        for k, t in enumerate(times_s):
+            frame = FrameMessage(stream="s", seq=k, t_acq_ns=int(t * 1e9), modality="US",
+                                 pixels=np.zeros((32, 32), np.uint8), spacing_mm=(0.5, 0.5), fps=25.0)
+            out.append(stage.process(frame, np.zeros((32, 32), np.float32), FrameControls()))
+        return out
+
+    times = np.arange(20) * 0.04
+    alone = run(ViewConfig(smoothing_s=0.0, min_confidence=0.6), times)
+    assert [o["analyse"] for o in alone] == [k % 2 == 0 for k in range(20)]   # flickers
+    averaged = run(ViewConfig(min_confidence=0.6), times)
+    assert all(o["view"]["label"] == "a4c" and o["analyse"] for o in averaged[1:])
+    assert [o["view"]["frame"]["label"] for o in averaged[:2]] == ["a4c", "a2c"]
+    # the average holds the last smoothing_s only, and a timestamp going back starts afresh
+    late = run(ViewConfig(smoothing_s=0.1), list(times) + [5.0, 5.04, 1.0])
+    assert late[-1]["view"]["p"] == late[-1]["view"]["frame"]["p"]
+    with pytest.raises(ValueError, match="smoothing_s"):
+        ViewConfig(smoothing_s=-1.0)
+
+
 def test_echo_app_declares_its_fields_and_wiring():
     assert EchoApp.name == "echo" and EchoApp.modalities == ("US",)
     assert EchoApp.roles == ("view", "seg", "flow") and EchoApp.Config is EchoConfig

@@ -14,6 +14,7 @@ through an engine of :mod:`engines.backends`; tracking and strain are
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,7 +44,9 @@ class ViewConfig:
     """Which frames go on to segmentation, flow and strain.
 
     ``gate="classifier"``: frames the classifier calls ``analysed_view`` with at least
-    ``min_confidence``; a sender's view hint (``frame.view``, e.g. ``replay --view a4c``)
+    ``min_confidence``, its class probabilities averaged over the frames of the last
+    ``smoothing_s`` seconds (a probe held on one view shows it for seconds; one frame's
+    answer flickers with the phase of the cycle); a sender's view hint (``frame.view``, e.g. ``replay --view a4c``)
     overrides the classifier (the operator knows the view; the classifier's answer is still
     reported, flagged ``view_hint_differs`` when it disagrees). ``gate="off"``: every
     frame is analysed as ``analysed_view``.
@@ -55,6 +58,9 @@ class ViewConfig:
     min_confidence: float = option(
         0.7, "classifier probability an A4C frame needs to go on",
         flag="--min-view-confidence", metavar="P")
+    smoothing_s: float = option(
+        1.0, "seconds of the classifier's answers averaged for the gate (0: each frame's own)",
+        flag="--view-smoothing-s", metavar="S")
     analysed_view: str = "a4c"
 
     def __post_init__(self):
@@ -64,11 +70,17 @@ class ViewConfig:
             raise ValueError(f"analysed_view {self.analysed_view!r} is not one of {VIEW_CLASSES}")
         if not 0.0 <= self.min_confidence <= 1.0:
             raise ValueError(f"min_confidence must be in [0, 1], got {self.min_confidence}")
+        if not 0.0 <= self.smoothing_s <= 60.0:
+            raise ValueError(f"smoothing_s must be in [0, 60] seconds, got {self.smoothing_s}")
 
 
 class ClassifyView(Stage):
-    """Image -> ``view`` {"label", "p"} and ``analyse``: whether the frame goes on.
+    """Image -> ``view`` and ``analyse``: whether the frame goes on.
 
+    ``view`` is {"label", "p", "frame"}: the answer the gate uses (the class probabilities
+    averaged over the frames of the last ``ViewConfig.smoothing_s`` seconds, arg-max and its
+    probability) and ``frame`` = {"label", "p"}, this frame's own.  A timestamp that goes
+    back starts the average afresh.
     With ``controls.view_every = k > 1`` (the live side-car shedding work) the classifier
     runs on every k-th frame only while its last k answers agree; the frames between
     reuse its last answer (flag ``view_reused``)."""
@@ -76,29 +88,44 @@ class ClassifyView(Stage):
     name = "view"
     inputs = ("frame", "image", "controls")
     outputs = ("view", "analyse")
+    #: most answers the average holds (bounded memory at any frame rate)
+    MAX_ANSWERS = 256
 
     def __init__(self, engine, config: ViewConfig = ViewConfig()):
         self.engine = engine
         self.config = config
-        self._answers: list[tuple[str, float]] = []  # the classifier's latest answers
+        self._answers: list[np.ndarray] = []  # the classifier's latest probabilities
         self._reused = 0  # frames since the classifier last ran
+        self._window: deque[tuple[float, np.ndarray]] = deque()  # (t_s, probabilities) averaged
 
-    def _classify(self, image: np.ndarray, every: int) -> tuple[str, float, bool]:
+    def _classify(self, image: np.ndarray, every: int) -> tuple[np.ndarray, bool]:
         recent = self._answers[-every:]
         if (every > 1 and self._reused + 1 < every and len(recent) == every
-                and len({label for label, _ in recent}) == 1):
+                and len({int(np.argmax(p)) for p in recent}) == 1):
             self._reused += 1
-            return (*self._answers[-1], True)
+            return self._answers[-1], True
         x, _ = fit_to_input(image, self.engine.spec.size)
-        p = _softmax(self.engine(x[None, None])[0])
-        k = int(np.argmax(p))
-        self._answers = [*self._answers[-7:], (VIEW_CLASSES[k], float(p[k]))]
+        p = _softmax(self.engine(x[None, None])[0].astype(np.float64))
+        self._answers = [*self._answers[-7:], p]
         self._reused = 0
-        return VIEW_CLASSES[k], float(p[k]), False
+        return p, False
+
+    def _smoothed(self, t_s: float, p: np.ndarray) -> np.ndarray:
+        w = self._window
+        if w and t_s < w[-1][0]:
+            w.clear()
+        w.append((t_s, p))
+        lo = t_s - self.config.smoothing_s
+        while len(w) > 1 and (w[0][0] < lo or len(w) > self.MAX_ANSWERS):
+            w.popleft()
+        return np.mean([q for _, q in w], axis=0)
 
     def process(self, frame: FrameMessage, image: np.ndarray,
                 controls: FrameControls) -> dict[str, Any]:
-        label, p_label, reused = self._classify(image, controls.view_every)
+        p_frame, reused = self._classify(image, controls.view_every)
+        p = self._smoothed(frame.t_acq_ns / 1e9, p_frame)
+        k, k_frame = int(np.argmax(p)), int(np.argmax(p_frame))
+        label, p_label = VIEW_CLASSES[k], float(p[k])
         cfg, flags = self.config, ["view_reused"] if reused else []
         if cfg.gate == "off":
             analyse = True
@@ -112,8 +139,9 @@ class ClassifyView(Stage):
                 flags.append("low_view_confidence")
         if not analyse:
             flags.append(f"not_{cfg.analysed_view}")
-        return {"view": {"label": label, "p": round(p_label, 4)}, "analyse": analyse,
-                "flags": flags}
+        own = {"label": VIEW_CLASSES[k_frame], "p": round(float(p_frame[k_frame]), 4)}
+        return {"view": {"label": label, "p": round(p_label, 4), "frame": own},
+                "analyse": analyse, "flags": flags}
 
 
 @dataclass(frozen=True)
@@ -447,7 +475,8 @@ class EchoApp(App):
             "overrides; --view-gate off analyses every frame)")
     Config = EchoConfig
     result_fields = (
-        Field("view", "object", "view classifier's answer: {label, p}"),
+        Field("view", "object", "view classifier's answer the gate uses, its probabilities "
+              "averaged over --view-smoothing-s: {label, p, frame: this frame's own {label, p}}"),
         Field("points_mm", "list", "tracked centreline: 120 [row, col] mm from the frame's "
               "top-left pixel, basal septum -> apex -> basal lateral"),
         Field("gls_pct", "number", "global longitudinal strain against the beat's "
