@@ -151,7 +151,8 @@ def test_random_appearance_configs():
     # every knob is drawn (none stays neutral over a few draws)
     draws = [random_appearance(np.random.default_rng(i)) for i in range(8)]
     for f in dataclasses.fields(EchoAppearance):
-        assert len({getattr(d, f.name) for d in draws}) > 1, f.name
+        if f.name != "surround_echo_db":   # kept neutral by the draw (its docstring says why)
+            assert len({getattr(d, f.name) for d in draws}) > 1, f.name
 
 
 def test_random_appearance_clip_is_recorded_and_remade():
