@@ -5,8 +5,9 @@ scanners show and the default phantom does not: a myocardium whose echo strength
 along the wall, a dim lateral wall, drop-out of a sector, bright specular annuli and
 pericardium, speckle as fine as a real scanner's, a darker (or hazier) blood pool, brighter
 or fainter valve leaflets, tissue around the heart as bright as the wall, and the display's
-frame averaging (persistence).  Every knob's default is neutral and a neutral knob is not applied at all, so a config with the default appearance renders the
-same frames, bit for bit, as before the knobs existed.
+frame averaging (persistence).  Every knob's default is neutral and a neutral knob is not
+applied at all, so a config with the default appearance renders the same frames, bit for
+bit, as before the knobs existed.
 
 The knobs change scatterer amplitudes (and, for ``axial_resolution_mm``, the point-spread
 function and display blur; for ``persistence``, the displayed frame; for ``clutter_gain_db``,

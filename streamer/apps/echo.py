@@ -46,10 +46,10 @@ class ViewConfig:
     ``gate="classifier"``: frames the classifier calls ``analysed_view`` with at least
     ``min_confidence``, its class probabilities averaged over the frames of the last
     ``smoothing_s`` seconds (a probe held on one view shows it for seconds; one frame's
-    answer flickers with the phase of the cycle); a sender's view hint (``frame.view``, e.g. ``replay --view a4c``)
-    overrides the classifier (the operator knows the view; the classifier's answer is still
-    reported, flagged ``view_hint_differs`` when it disagrees). ``gate="off"``: every
-    frame is analysed as ``analysed_view``.
+    answer flickers with the phase of the cycle); a sender's view hint (``frame.view``,
+    e.g. ``replay --view a4c``) overrides the classifier (the operator knows the view; the
+    classifier's answer is still reported, flagged ``view_hint_differs`` when it
+    disagrees). ``gate="off"``: every frame is analysed as ``analysed_view``.
     """
 
     gate: str = option(
