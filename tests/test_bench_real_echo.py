@@ -38,5 +38,5 @@ def test_the_lv_length_curve_drops_single_frame_glitches_and_broken_masks(bench)
     nan = float("nan")
     curve = bench.lv_length_curve([200.0, 150.0, 198.0, nan, 180.0, 170.0])
     assert curve[1] == 198.0                      # one frame that lost a piece of wall
-    assert curve[0] == 175.0 and curve[4] == 175.0  # edges and gaps: the neighbours there are
+    assert curve[0] == 175.0 and curve[4] == 175.0  # at an edge or a gap: the median of what is there
     assert curve[3] != curve[3]                   # a broken mask gives no length

@@ -150,7 +150,8 @@ def test_online_monitor_matches_offline():
     assert found == off.ed_indices[: len(found)].tolist() and len(found) >= 3 and found[0] == 0
     delays = [f.frame - f.new_ed_frame for f in frames if f.new_ed_frame is not None]
     assert max(delays) <= 15  # an interior ED is confirmed within 0.3 s
-    # the clip's first frame is an ED only once the next ED shows it as high (same update)
+    # the clip's first frame becomes an ED only when the next ED is confirmed: until then
+    # (the next ED's own frame included) GLS is provisional, flagged no_ed_yet
     assert frames[found[1]].flags.count("no_ed_yet") == 1
     assert "no_ed_yet" not in frames[found[1] + 15].flags
     online_beats = [f.beat for f in frames if f.beat is not None]
