@@ -90,6 +90,11 @@ def mask_length_mm(track) -> float:
     return float(polyline_length(track.measured_points_mm))
 
 
+def acquisition_times_s(outcomes) -> np.ndarray:
+    """Each analysed frame's acquisition time, s."""
+    return np.array([o.values["frame"].t_acq_ns / 1e9 for o in outcomes])
+
+
 def lv_length_curve(length_mm) -> np.ndarray:
     """The mask centreline lengths, a frame's value replaced by the median of it and its two
     neighbours (NaN ignored): one frame whose mask lost a piece of wall without a flag does
@@ -118,7 +123,7 @@ def measure(frames, outcomes, beats) -> dict:
     peaks = [b["peak_gls_pct"] for b in beats if b.get("peak_gls_pct") is not None]
     es_offsets = []
     first = outcomes[0].values["frame"].seq  # frames are indexed from the clip's first seq
-    t_s = np.array([o.values["frame"].t_acq_ns / 1e9 for o in outcomes])
+    t_s = acquisition_times_s(outcomes)
     for b in beats:   # the beat runs from its ED for duration_s, to the next ED
         ed = b["ed_seq"]
         end = ed + int(np.searchsorted(t_s[ed - first:], t_s[ed - first] + b["duration_s"] - 1e-6))
@@ -254,7 +259,7 @@ def main(argv=None) -> int:
         for hint in (None, "a4c"):
             frames, outcomes, beats = run_clip(analysis, path, hint)
             figures = measure(frames, outcomes, beats)
-            t_s = np.array([o.values["frame"].t_acq_ns / 1e9 for o in outcomes])
+            t_s = acquisition_times_s(outcomes)
             published = np.array([np.nan if o.values.get("gls_pct") is None
                                   else o.values["gls_pct"] for o in outcomes])
             unchecked = np.array([np.nan if o.values.get("gls_unchecked_pct") is None

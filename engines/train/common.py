@@ -103,29 +103,32 @@ APPEARANCES = ("random", "neutral")
 
 
 def load_split(builder: str, split: str, n: int, frames_per_clip: int, chunk: int,
-               first_clip: int = 0, **kwargs) -> tuple[dict[str, np.ndarray], dict]:
+               first_clip: int = 0, per_clip: str = "frames_per_clip",
+               **kwargs) -> tuple[dict[str, np.ndarray], dict]:
     """``n`` samples of a split, built (and cached) in chunks of ``chunk`` samples.
 
     ``chunk`` must be a multiple of ``frames_per_clip``; chunk ``k`` holds the clips
     ``k * chunk / frames_per_clip ..`` of the split, so the samples are those of one
     builder call with the same ``frames_per_clip`` (and a partly built set is reused).
-    ``first_clip`` starts at that clip of the split (a second set beside the first one's
-    clips). Returns the concatenated arrays and a record of the split (seed range, counts).
+    ``per_clip`` is the builder's name for the samples per clip (``pairs_per_clip`` for
+    frame pairs). ``first_clip`` starts at that clip of the split (a second set beside the
+    first one's clips). Returns the concatenated arrays and a record of the split (seed
+    range, counts).
     """
     from engines.train.data import dataset
 
     if chunk % frames_per_clip:
-        raise ValueError(f"chunk={chunk} is not a multiple of frames_per_clip={frames_per_clip}")
+        raise ValueError(f"chunk={chunk} is not a multiple of {per_clip}={frames_per_clip}")
     parts = []
     done = 0
     while done < n:
         m = min(chunk, n - done)
-        kw = _non_default(builder, dict(frames_per_clip=frames_per_clip,
-                                        offset=first_clip + done // frames_per_clip, **kwargs))
+        kw = _non_default(builder, {per_clip: frames_per_clip,
+                                    "offset": first_clip + done // frames_per_clip, **kwargs})
         parts.append(dataset(builder, split, m, **kw))
         done += m
     out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if parts[0][k].ndim > 0}
-    return out, split_record(builder, split, out, frames_per_clip=frames_per_clip, chunk=chunk,
+    return out, split_record(builder, split, out, **{per_clip: frames_per_clip}, chunk=chunk,
                              **({"first_clip": first_clip} if first_clip else {}), **kwargs)
 
 

@@ -181,24 +181,10 @@ def evaluate(predict, samples: dict, batch_size: int = 16, dis: bool = True) -> 
 
 
 def load(split: str, n: int, appearance: str = "neutral") -> tuple[dict, dict]:
-    """``n`` pairs of ``split`` (cached on disk, in chunks of :data:`CHUNK`) and its record.
-
-    Chunk ``k`` holds the clips from ``k * CHUNK / pairs_per_clip`` on, so the pairs are
-    exactly those of one builder call for all ``n``.
-    """
-    from engines.train.data import dataset
-
-    ppc = PAIRS_PER_CLIP[split]
-    parts, done = [], 0
-    while done < n:
-        m = min(CHUNK, n - done)
-        kw = {"pairs_per_clip": ppc, **({"offset": done // ppc} if done else {}),
-              **({"appearance": appearance} if appearance != "neutral" else {})}
-        parts.append(dataset(BUILDER, split, m, **kw))
-        done += m
-    samples = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if parts[0][k].ndim > 0}
-    return samples, common.split_record(BUILDER, split, samples, pairs_per_clip=ppc,
-                                        appearance=appearance)
+    """``n`` pairs of ``split`` (cached on disk, in chunks of :data:`CHUNK`:
+    :func:`engines.train.common.load_split`) and its record."""
+    return common.load_split(BUILDER, split, n, PAIRS_PER_CLIP[split], CHUNK,
+                             per_clip="pairs_per_clip", appearance=appearance)
 
 
 # ------------------------------------------------------------------ training
