@@ -73,6 +73,14 @@ def test_config_knobs_cover_appearance_and_anatomy(acc):
         assert isinstance(knobs[f"anatomy.{name}"], float)
 
 
+def test_clip_peak_needs_the_fair_share_of_frames(acc):
+    nan = float("nan")
+    assert acc.clip_peak_gls([0.0, -5.0, -12.5, -3.0], 0.6) == -12.5
+    assert acc.clip_peak_gls([0.0, -5.0, nan, nan, nan], 0.6) is None   # 2 of 5 < 60 %
+    assert acc.clip_peak_gls([0.0, -5.0, -9.0, nan, nan], 0.6) == -9.0  # 3 of 5
+    assert acc.clip_peak_gls([nan, nan], 0.0) is None
+
+
 def test_acceptance_verdicts(acc):
     report = {"networks": {"view": {"accuracy": 0.99}, "seg": {"myocardium_dice_mean": 0.91}},
               "end_to_end": {"peak_gls_abs_error_pct": {"mean": 1.2, "max": 2.0}}}
