@@ -145,10 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", parents=[hooked, budget],
         help="start a side-car, replay a real echo clip into it, print results",
         description="Starts `cardiostream serve` on free loopback ports, replays a clip "
-                    "(default: pydicom's real apical 4-chamber cine) at its native rate, "
+                    "(default: pydicom-data's real apical 4-chamber cine) at its native rate, "
                     "prints one line per result with strain and latency, and stops the "
                     "side-car.")
-    demo.add_argument("--clip", type=Path, help="clip to replay (default: pydicom's echo)")
+    demo.add_argument("--clip", type=Path, help="clip to replay (default: pydicom-data's real A4C "
+                      "cine color3d_jpeg_baseline.dcm, 120 frames, sent with view hint a4c)")
     demo.add_argument("--lossless", action="store_true", help="run the side-car lossless")
     demo.add_argument("--loop", type=int, default=1, help="play the clip N times")
     demo.add_argument("--max-frames", type=int, help="stop after N frames")

@@ -23,11 +23,23 @@ from streamer.replay import ReplayConfig, ReplayStats, replay_to
 from streamer.serve_process import SideCarProcess
 
 
+#: pydicom-data's real apical 4-chamber cine: 120 frames (about four beats), 480x640 JPEG
+#: colour, 30 fps, with a valid ultrasound calibration (pydicom's own 30-frame
+#: examples_ybr_color.dcm is its first second at half size, and states the full-size
+#: frame's calibration region and spacing, so no centreline length on it is right)
+DEFAULT_CLIP = "color3d_jpeg_baseline.dcm"
+
+
 def default_clip() -> Path:
-    """pydicom's real apical 4-chamber echo cine (30 frames, 240x320 YBR colour)."""
+    """pydicom-data's real apical 4-chamber echo cine (:data:`DEFAULT_CLIP`)."""
     from pydicom.data import get_testdata_file
 
-    return Path(get_testdata_file("examples_ybr_color.dcm"))
+    path = get_testdata_file(DEFAULT_CLIP, download=False)
+    if path is None:
+        raise SystemExit(f"the demo's clip {DEFAULT_CLIP} comes with pydicom-data, which is not "
+                         "installed: `make demo` installs it, or `pip install pydicom-data`; "
+                         "or name a clip of your own (cardiostream demo --clip CLIP)")
+    return Path(path)
 
 
 @dataclass(frozen=True)
@@ -56,8 +68,8 @@ def run_demo(config: DemoConfig, out: TextIO = sys.stdout) -> int:
     clip = config.clip or default_clip()
     view = config.view
     if view is None and config.clip is None:
-        # pydicom's clip is an apical 4-chamber view; the view classifier, trained on
-        # phantoms only, calls it a2c, so the demo sends the view it knows (the classifier's
+        # the clip is an apical 4-chamber view; the view classifier, trained on phantoms
+        # only, passes few of its frames, so the demo sends the view it knows (the classifier's
         # answer is still printed, flagged view_hint_differs)
         view = "a4c"
     with open_clip(clip) as reader:
