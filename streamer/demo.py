@@ -22,7 +22,6 @@ from streamer.io.sockets import ResultSubscriber, SubscriberConfig
 from streamer.replay import ReplayConfig, ReplayStats, replay_to
 from streamer.serve_process import SideCarProcess
 
-
 #: pydicom-data's real apical 4-chamber cine: 120 frames (about four beats), 480x640 JPEG
 #: colour, 30 fps, with a valid ultrasound calibration (pydicom's own 30-frame
 #: examples_ybr_color.dcm is its first second at half size, and states the full-size
