@@ -56,14 +56,13 @@ class TrackerConfig(KalmanConfig):
                           2018) the i-th of the mask centreline's 120 equally spaced points;
                           "projection" the point carried by the flow and pulled towards the
                           mask by the rules below (wall_pull .. end_follow_tau_s, which
-                          only this mode reads).  With the shipped networks on 48 held-out
-                          validation phantoms of the random appearance, arclength gives
-                          1.69 strain-% mean peak-GLS error (regional 4.1) against
-                          projection's 2.09 (regional 6.6): projection keeps material
-                          points, which pays only where the flow is better than the mask
-                          (truth flow and masks: 0.24 strain-%), and the network's flow
-                          along the wall is off by up to a third of the motion on a
-                          realistic image.
+                          only this mode reads).  With the shipped networks on 48
+                          validation phantoms of the random appearance (seeds no training
+                          saw), arclength gives 1.69 strain-% mean peak-GLS error (regional
+                          4.1) against projection's 2.09 (regional 6.6): projection keeps
+                          material points, which pays where the flow is accurate (truth
+                          flow and masks: 0.24 strain-%); the network's flow on a realistic
+                          image is not (with it in place of the truth, 2.24).
 
     wall_pull, end_pull   (CentrelineTracker, "projection" mode) how far the position
                           measurement of a point goes from where the flow carried it towards
