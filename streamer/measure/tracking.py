@@ -275,7 +275,8 @@ class CentrelineTracker:
             self.tracker.needs_reinit = True
             return TrackResult(nan2, nan2.copy(), meas_mm, float(t_s), dt, False, flags)
 
-        g = self._ed_gate(float(np.hypot(*np.diff(meas_mm, axis=0).T).sum()), float(t_s))
+        if self.mode == "projection":  # only that rule reads the ED gate (and its history)
+            g = self._ed_gate(float(np.hypot(*np.diff(meas_mm, axis=0).T).sum()), float(t_s))
         if reinit:
             v0 = None
             if flow is not None and np.isfinite(dt) and dt > 0:
