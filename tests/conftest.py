@@ -1,5 +1,5 @@
-"""Shared fixtures: small real clips written with the project's own writer, a side-car child,
-the bench scripts as modules."""
+"""Shared fixtures: small real clips written with the project's own writer, the shared
+Sunnybrook MR series, a side-car child, the bench scripts as modules."""
 
 from __future__ import annotations
 
@@ -39,6 +39,17 @@ def npz_clip(tmp_path):
     np.savez(path, frames=frames, spacing_mm=np.array([0.3, 0.3]), fps=np.array(50.0),
              modality=np.array("US"))
     return path
+
+
+@pytest.fixture(scope="session")
+def sunnybrook_series() -> Path:
+    """The shared Sunnybrook short-axis cine series SCD0000101 (real MR: 12 slices x 20
+    phases, one DICOM image per file); tests that need it are skipped where it is absent."""
+    rel = "data/sunnybrook/dicoms/SCD0000101"
+    for shared in (Path(__file__).resolve().parents[2] / "shared", Path("/work/shared")):
+        if (shared / rel).is_dir():
+            return shared / rel
+    pytest.skip(f"Sunnybrook series not found at ../shared/{rel} or /work/shared/{rel}")
 
 
 @pytest.fixture

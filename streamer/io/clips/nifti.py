@@ -86,7 +86,8 @@ class NiftiGeometry:
 
     #: voxel array shape, nibabel's (x, y, z, t[, c]) order
     dims: tuple[int, ...]
-    #: pixdim[1..ndim] in the header's units, each as its shortest decimal
+    #: pixdim[1..ndim] in the header's units as the file states them (nibabel would set a
+    #: zero to 1), each as its shortest decimal
     zooms: tuple[float, ...]
     #: xyzt_units: "mm", "meter", "micron" or "unknown"; "sec", "msec", "usec" or "unknown"
     space_unit: str
@@ -111,6 +112,14 @@ class NiftiGeometry:
         if scale is None or len(self.zooms) < 4 or not self.zooms[3] > 0:
             return None
         return self.zooms[3] * scale * 1000.0
+
+
+def _stated_zooms(fh: IO[bytes], header_class: type) -> tuple[float, ...]:
+    """pixdim[1..ndim] as the file states them: nibabel's checked header sets a zero to 1
+    (with a log line only), so the header is read again unchecked."""
+    fh.seek(0)
+    raw = header_class.from_fileobj(fh, check=False)
+    return tuple(float(str(np.float32(v))) for v in raw.get_zooms())
 
 
 def _cardiostream_extension(header: Any, warnings: list[str]) -> dict[str, Any]:
@@ -186,6 +195,7 @@ class NiftiClipReader(ClipReader):
         assert self._fh is not None
         img = _open_image(self._fh, self._path)
         header = img.header
+        stated_zooms = _stated_zooms(self._fh, type(header))
         dims = tuple(int(d) for d in img.shape)
         ndim = len(dims)
         if ndim not in (2, 3, 4, 5):
@@ -198,7 +208,7 @@ class NiftiClipReader(ClipReader):
             z = 0 if slice_index is None else slice_index
         if not 0 <= z < n_slices:
             raise ClipError(f"slice_index {slice_index} is out of range: the image has {n_slices} slices", path=self._path)
-        n_frames = 1 if volume else {2: 1, 3: dims[2], 4: dims[3], 5: dims[3]}[ndim]
+        n_frames = 1 if volume or ndim == 2 else dims[2] if ndim == 3 else dims[3]
         n_channels = dims[4] if ndim == 5 else None
 
         raw_dtype = np.dtype(img.get_data_dtype())
@@ -301,7 +311,7 @@ class NiftiClipReader(ClipReader):
         self._img = img
         self.geometry = NiftiGeometry(
             dims=dims,
-            zooms=tuple(zooms),
+            zooms=stated_zooms,
             space_unit=str(space_unit),
             time_unit=str(time_unit),
             affine=tuple(tuple(float(v) for v in row) for row in np.asarray(img.affine, dtype=float)),
