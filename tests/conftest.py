@@ -1,5 +1,6 @@
-"""Shared fixtures: small real clips written with the project's own writer, the shared
-Sunnybrook MR series, a side-car child, the bench scripts as modules."""
+"""Shared fixtures: small real clips written with the project's own writer, NIfTI stacks
+written by nibabel, the shared Sunnybrook MR series, a side-car child, the bench scripts as
+modules."""
 
 from __future__ import annotations
 
@@ -39,6 +40,25 @@ def npz_clip(tmp_path):
     np.savez(path, frames=frames, spacing_mm=np.array([0.3, 0.3]), fps=np.array(50.0),
              modality=np.array("US"))
     return path
+
+
+@pytest.fixture
+def write_nifti_stack():
+    """``write_nifti_stack(path, data, zooms, units=("mm", "msec"), origin=...)``: a NIfTI-1
+    file as nibabel writes it, voxels ``data`` (x, y, z[, t]) with an axis-aligned affine of
+    voxel size ``zooms[:3]`` (pixdim[4], the frame time, is ``zooms[3]``)."""
+    import nibabel as nib
+
+    def write(path: Path, data: np.ndarray, zooms: tuple[float, ...], *,
+              units: tuple[str, str] = ("mm", "msec"), origin=(-12.0, 7.0, 30.0)) -> Path:
+        affine = np.diag([*zooms[:3], 1.0])
+        affine[:3, 3] = origin
+        img = nib.Nifti1Image(data, affine)
+        img.header.set_xyzt_units(*units)
+        img.header.set_zooms(zooms)
+        nib.save(img, path)
+        return path
+    return write
 
 
 @pytest.fixture(scope="session")

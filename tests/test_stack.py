@@ -8,7 +8,6 @@ import shutil
 import struct
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
@@ -39,18 +38,6 @@ def copy_files(source: Path, names: list[str], folder: Path) -> Path:
     for name in names:
         shutil.copy(source / name, folder / name)
     return folder
-
-
-def write_nifti(path: Path, data: np.ndarray, zooms: tuple[float, ...], *,
-                units: tuple[str, str] = ("mm", "msec"), origin=(-12.0, 7.0, 30.0)) -> Path:
-    """A NIfTI-1 file as nibabel writes it: axis-aligned affine with the given voxel size."""
-    affine = np.diag([*zooms[:3], 1.0])
-    affine[:3, 3] = origin
-    img = nib.Nifti1Image(data, affine)
-    img.header.set_xyzt_units(*units)
-    img.header.set_zooms(zooms)
-    nib.save(img, path)
-    return path
 
 
 def set_pixdim(path: Path, axis: int, value: float) -> None:
@@ -203,16 +190,16 @@ def test_images_of_different_sizes_are_refused(sunnybrook_series, tmp_path):
 
 
 @pytest.mark.parametrize("bad", [0.0, float("nan")])
-def test_a_nifti_with_a_zero_or_nan_voxel_size_is_refused(tmp_path, bad):
-    path = write_nifti(tmp_path / "sax.nii", np.zeros((6, 5, 3, 4), np.int16), (1.5, 1.25, 8.0, 40.0))
+def test_a_nifti_with_a_zero_or_nan_voxel_size_is_refused(write_nifti_stack, tmp_path, bad):
+    path = write_nifti_stack(tmp_path / "sax.nii", np.zeros((6, 5, 3, 4), np.int16), (1.5, 1.25, 8.0, 40.0))
     set_pixdim(path, 3, bad)  # the slice thickness
     for opener in (open_stack, open_input):
         with pytest.raises(ClipError, match=r"sax\.nii: voxel size pixdim\[1:4\] = \(1\.5, 1\.25, (0\.0|nan)\) mm"):
             opener(path)
 
 
-def test_a_nifti_without_a_spatial_unit_cannot_place_its_slices(tmp_path):
-    path = write_nifti(tmp_path / "sax.nii", np.zeros((6, 5, 3, 4), np.int16), (1.5, 1.25, 8.0, 40.0),
+def test_a_nifti_without_a_spatial_unit_cannot_place_its_slices(write_nifti_stack, tmp_path):
+    path = write_nifti_stack(tmp_path / "sax.nii", np.zeros((6, 5, 3, 4), np.int16), (1.5, 1.25, 8.0, 40.0),
                        units=("unknown", "msec"))
     with pytest.raises(ClipError, match="spatial unit is 'unknown'"):
         open_stack(path)
@@ -221,9 +208,9 @@ def test_a_nifti_without_a_spatial_unit_cannot_place_its_slices(tmp_path):
 # ---------------------------------------------------------------------------------------
 # NIfTI written by nibabel
 # ---------------------------------------------------------------------------------------
-def test_nifti_4d_is_slices_by_phases_timed_by_pixdim4(tmp_path):
+def test_nifti_4d_is_slices_by_phases_timed_by_pixdim4(write_nifti_stack, tmp_path):
     data = np.random.default_rng(4).integers(0, 900, (6, 5, 3, 4)).astype(np.int16)  # x, y, z, t
-    path = write_nifti(tmp_path / "sax.nii.gz", data, (1.5, 1.25, 8.0, 40.0))
+    path = write_nifti_stack(tmp_path / "sax.nii.gz", data, (1.5, 1.25, 8.0, 40.0))
     with open_input(path) as stack:
         assert isinstance(stack, StackReader)
         info = stack.info
@@ -246,9 +233,9 @@ def test_nifti_4d_is_slices_by_phases_timed_by_pixdim4(tmp_path):
     assert slices[2][3].t_s == pytest.approx(0.12) and slices[2][3].slice_position_mm == pytest.approx(46.0)
 
 
-def test_nifti_3d_is_one_phase_of_its_slices_when_read_as_a_stack(tmp_path):
+def test_nifti_3d_is_one_phase_of_its_slices_when_read_as_a_stack(write_nifti_stack, tmp_path):
     data = np.arange(6 * 5 * 3, dtype=np.float32).reshape(6, 5, 3)
-    path = write_nifti(tmp_path / "ed.nii", data, (1.5, 1.25, 8.0))
+    path = write_nifti_stack(tmp_path / "ed.nii", data, (1.5, 1.25, 8.0))
     with open_input(path) as clip:  # without --stack: a one-slice cine, as always
         assert isinstance(clip, NiftiClipReader) and clip.info.n_frames == 3
     with open_input(path, stack=True) as stack:
@@ -260,8 +247,8 @@ def test_nifti_3d_is_one_phase_of_its_slices_when_read_as_a_stack(tmp_path):
         assert slices[k][0].trigger_time_ms is None
 
 
-def test_nifti_4d_of_one_slice_stays_a_clip(tmp_path):
-    path = write_nifti(tmp_path / "cine.nii", np.zeros((6, 5, 1, 4), np.int16), (1.5, 1.25, 8.0, 40.0))
+def test_nifti_4d_of_one_slice_stays_a_clip(write_nifti_stack, tmp_path):
+    path = write_nifti_stack(tmp_path / "cine.nii", np.zeros((6, 5, 1, 4), np.int16), (1.5, 1.25, 8.0, 40.0))
     with open_input(path) as clip:
         assert isinstance(clip, NiftiClipReader) and clip.info.n_frames == 4
 
