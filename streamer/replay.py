@@ -82,15 +82,6 @@ def slice_stream_name(name: str, slice_index: int) -> str:
     return f"{name}/slice-{slice_index}"
 
 
-def _slice_meta(reader: SliceClip) -> dict:
-    """What a stack slice's ``start`` adds: which stack, which slice, where it lies."""
-    stack, s = reader.stack, reader.slice
-    return {"stack_id": stack.stack_id, "n_slices": stack.n_slices, "n_phases": stack.n_phases,
-            "slice_index": s.index, "slice_position_mm": s.position_mm,
-            "slice_thickness_mm": s.thickness_mm,
-            "image_orientation_patient": None if s.orientation is None else list(s.orientation)}
-
-
 def _stream_fields(info: ClipInfo, config: ReplayConfig) -> tuple[str, str, tuple, float]:
     stream = config.stream or default_stream_name(info.path)
     modality = config.modality or info.modality
@@ -131,8 +122,8 @@ def clip_messages(reader: ClipReader, config: ReplayConfig = ReplayConfig(), *,
     meta = {"source": str(info.path), "format": info.format, "n_frames": info.n_frames,
             "loops": config.loop, "fps": fps, "spacing_mm": list(spacing_mm),
             "modality": modality, "shape": list(info.shape)}
-    if isinstance(reader, SliceClip):
-        meta.update(_slice_meta(reader))
+    if isinstance(reader, SliceClip):  # a stack's slice: which stack, which slice, where
+        meta.update(reader.stack_fields)
     yield TimedMessage(0.0, StartMessage(stream=stream, meta=meta))
     seq, period_s, due_s = 0, None, 0.0
     for loop in range(config.loop):

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.uid import EnhancedMRImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from streamer.io.clips import (
@@ -53,13 +53,10 @@ def write_enhanced_mr(path: Path, frames: np.ndarray, z_mm: list[float], trigger
     frame's plane position and trigger delay, the shared group its pixel measures and
     orientation."""
     n_slices, n_phases, rows, cols = frames.shape
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = EnhancedMRImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = EnhancedMRImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.ensure_file_meta()  # the rest of the file meta from the dataset, when saved
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = EnhancedMRImageStorage, generate_uid()
     ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
     ds.Modality, ds.PatientName, ds.PatientID = "MR", "Stack^Test", "P-0001"
     ds.InstanceNumber = 1
@@ -290,6 +287,8 @@ def test_an_enhanced_file_without_plane_positions_says_which_frame(tmp_path):
     ds.save_as(path)
     with pytest.raises(ClipError, match=r"sax\.dcm: frame 2 states no ImagePositionPatient"):
         open_stack(path)
+    with open_input(path) as clip:  # not known to be a stack: the file's frames as one clip
+        assert not isinstance(clip, StackReader) and clip.info.n_frames == 4
 
 
 def test_files_that_are_not_stacks_say_so(tmp_path, npz_clip):

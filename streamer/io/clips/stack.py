@@ -67,7 +67,7 @@ from .dicom_series import (
     same_format,
 )
 from .nifti import NiftiClipReader, NiftiGeometry
-from .registry import open_clip
+from .registry import open_clip, reading
 
 __all__ = [
     "SliceClip",
@@ -143,7 +143,7 @@ class StackInfo:
 
 class SliceClip(ClipReader):
     """Slice ``slice.index`` of a stack as an ordinary clip: ``info`` is the slice reader's,
-    with the stack's fields added to its metadata; frames are :class:`StackFrame`."""
+    with :attr:`stack_fields` added to its metadata; frames are :class:`StackFrame`."""
 
     def __init__(self, inner: ClipReader, stack: StackInfo, slice_info: SliceInfo) -> None:
         self._inner = inner
@@ -153,8 +153,9 @@ class SliceClip(ClipReader):
             inner.close()
             raise ClipError(f"slice {slice_info.index} reads as {inner.info.n_frames} frames, "
                             f"the stack has {stack.n_phases} phases", path=stack.path)
-        self.info = replace(inner.info, metadata={
-            **inner.info.metadata,
+        #: which stack, which slice, where it lies (JSON values; the keys of a slice
+        #: stream's ``start`` in docs/protocol.md)
+        self.stack_fields = {
             "stack_id": stack.stack_id,
             "n_slices": stack.n_slices,
             "n_phases": stack.n_phases,
@@ -162,7 +163,8 @@ class SliceClip(ClipReader):
             "slice_position_mm": slice_info.position_mm,
             "slice_thickness_mm": slice_info.thickness_mm,
             "image_orientation_patient": None if slice_info.orientation is None else list(slice_info.orientation),
-        })
+        }
+        self.info = replace(inner.info, metadata={**inner.info.metadata, **self.stack_fields})
 
     def __iter__(self) -> Iterator[StackFrame]:
         s = self.slice
@@ -229,7 +231,7 @@ def open_stack(
     ``fps`` override what the files say, for every slice.  Any failure is a
     :class:`ClipError` that names the file."""
     p = Path(path)
-    return _reading(p, lambda: _open_stack(p, spacing_mm, fps))
+    return reading(p, lambda: _open_stack(p, spacing_mm, fps))
 
 
 def open_input(
@@ -258,25 +260,20 @@ def open_input(
     if stack:
         return open_stack(p, spacing_mm=spacing_mm, fps=fps)
     if p.is_dir():
-        index = _reading(p, lambda: index_series(p))
+        index = reading(p, lambda: index_series(p))
         if len(index.slices) > 1:
-            return _reading(p, lambda: _series_stack(index, spacing_mm, fps))
-        return _reading(p, lambda: DicomSeriesReader(p, spacing_mm=spacing_mm, fps=fps, index=index))
+            return reading(p, lambda: _series_stack(index, spacing_mm, fps))
+        return reading(p, lambda: DicomSeriesReader(p, spacing_mm=spacing_mm, fps=fps, index=index))
     reader = open_clip(p, spacing_mm=spacing_mm, fps=fps)
-    if _holds_several_slices(reader, p):
+    try:
+        several = _holds_several_slices(reader, p)
+    except BaseException:
+        reader.close()
+        raise
+    if several:
         reader.close()
         return open_stack(p, spacing_mm=spacing_mm, fps=fps)
     return reader
-
-
-def _reading(path: Path, read: Callable):
-    """``read()``, with a library's own error turned into a :class:`ClipError` naming ``path``."""
-    try:
-        return read()
-    except ClipError:
-        raise
-    except Exception as exc:  # a reader's library error must not escape raw
-        raise ClipError(f"unreadable: {type(exc).__name__}: {exc}", path=path) from exc
 
 
 def _holds_several_slices(reader: ClipReader, path: Path) -> bool:
@@ -284,10 +281,14 @@ def _holds_several_slices(reader: ClipReader, path: Path) -> bool:
         dims = reader.geometry.dims
         return len(dims) >= 4 and dims[2] > 1
     if isinstance(reader, DicomClipReader) and reader.info.modality == "MR" and reader.info.n_frames > 1:
-        header = _reading(path, lambda: _dicom_header(path))
+        header = reading(path, lambda: _dicom_header(path))
         if "PerFrameFunctionalGroupsSequence" not in header:
             return False
-        return len(group_by_position(_enhanced_entries(header, path))) > 1
+        try:
+            entries = _enhanced_entries(header, path)
+        except ClipError:  # frames that do not all state their plane: a clip, as before
+            return False   # (open_stack / --stack says why it is not a stack)
+        return len(group_by_position(entries)) > 1
     return False
 
 
@@ -421,7 +422,7 @@ def _enhanced_stack(path: Path, header: Dataset, spacing_mm: tuple[float, float]
 
 
 def _entries_info(
-    path: Path, format: str, slices: Sequence[Sequence[SeriesEntry]], describe: Callable[[SeriesEntry], str],
+    path: Path, format_name: str, slices: Sequence[Sequence[SeriesEntry]], describe: Callable[[SeriesEntry], str],
     *, stack_id: str, shape: tuple[int, ...], dtype: str, modality: str, metadata: dict,
 ) -> StackInfo:
     """The stack info of DICOM images grouped into slices (each in phase order), after the
@@ -447,7 +448,7 @@ def _entries_info(
             instance_numbers=tuple(e.instance_number for e in phases)))
     if not metadata["warnings"]:
         del metadata["warnings"]
-    return StackInfo(path=str(path), format=format, stack_id=stack_id, n_slices=len(infos),
+    return StackInfo(path=str(path), format=format_name, stack_id=stack_id, n_slices=len(infos),
                      n_phases=n_phases, shape=shape, dtype=dtype, modality=modality,
                      slices=tuple(infos), metadata=metadata)
 
