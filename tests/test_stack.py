@@ -197,7 +197,7 @@ def test_a_nifti_with_a_zero_or_nan_voxel_size_is_refused(write_nifti_stack, tmp
 
 def test_a_nifti_without_a_spatial_unit_cannot_place_its_slices(write_nifti_stack, tmp_path):
     path = write_nifti_stack(tmp_path / "sax.nii", np.zeros((6, 5, 3, 4), np.int16), (1.5, 1.25, 8.0, 40.0),
-                       units=("unknown", "msec"))
+                             units=("unknown", "msec"))
     with pytest.raises(ClipError, match="spatial unit is 'unknown'"):
         open_stack(path)
 
