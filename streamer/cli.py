@@ -26,16 +26,28 @@ def _clip_options() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("clip")
     group.add_argument("clip", type=Path, help="DICOM file or folder of single-frame DICOM, "
-                       ".nii/.nii.gz, .avi/.mp4, .npz, or a .csrec recording")
+                       ".nii/.nii.gz, .avi/.mp4, .npz, or a .csrec recording. A short-axis "
+                       "stack (a DICOM folder, 4-D NIfTI or enhanced MR DICOM file with "
+                       "several slices) is sent slice after slice, each slice its own stream "
+                       "NAME/slice-K whose start says the stack id, slice position and "
+                       "thickness and orientation; frames carry phase index and trigger time")
     group.add_argument("--spacing-mm", nargs=2, type=float, metavar=("ROW", "COL"),
                        help="pixel spacing in mm when the file does not carry it (video)")
     group.add_argument("--fps", type=float, help="frame rate to use instead of the file's")
     group.add_argument("--modality", choices=("US", "MR"),
                        help="modality when the file does not say (video)")
     group.add_argument("--slice", type=int, dest="slice_index", metavar="K",
-                       help="slice of a 4-D NIfTI or DICOM series (default: the middle one)")
-    group.add_argument("--stream", help="stream name in the messages (default: file name)")
-    group.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
+                       help="send only slice K of a DICOM folder (0 = the lowest slice "
+                            "position) or 4-D NIfTI (voxel z), as one clip in one stream "
+                            "(default: every slice, each its own stream)")
+    group.add_argument("--stack", action="store_true",
+                       help="read the input as a short-axis stack even when it holds one "
+                            "slice (its stream is then NAME/slice-0), and a 3-D NIfTI as one "
+                            "phase of its z slices rather than as a cine of one slice")
+    group.add_argument("--stream", help="stream name in the messages (default: file name); "
+                                        "a stack's slices are NAME/slice-K")
+    group.add_argument("--max-frames", type=int, metavar="N",
+                       help="stop after N frames (of each slice of a stack)")
     group.add_argument("--loop", type=int, default=1, metavar="N",
                        help="play the clip N times in one stream (default 1)")
     group.add_argument("--view", choices=VIEW_CLASSES, metavar="VIEW",
@@ -96,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     replay = commands.add_parser(
         "replay", parents=[clip], help="send a clip to a side-car",
         description="Send a clip as frame messages (with start and end messages around it) "
-                    "at its native frame rate, or --fps, or --max-rate.")
+                    "at its native frame rate, or --fps, or --max-rate. A short-axis stack "
+                    "goes out as a scanner sends one: slice after slice, each slice a stream "
+                    "NAME/slice-K of its own (see docs/protocol.md).")
     replay.add_argument("--to", required=True, metavar="ENDPOINT",
                         help="the side-car's ingest endpoint, e.g. tcp://127.0.0.1:5555")
     replay.add_argument("--max-rate", action="store_true",
@@ -132,11 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="The side-car's analysis without sockets: writes start, one result (or "
                     "error) per frame, beat messages and end as JSON lines, the same headers "
                     "a subscriber receives. Several clips go in as several streams, their "
-                    "frames interleaved by acquisition time, each with its own state.")
+                    "frames interleaved by acquisition time, each with its own state; a "
+                    "short-axis stack goes in slice after slice, each slice its own stream "
+                    "NAME/slice-K, as replay sends it.")
     analyze.add_argument("more_clips", nargs="*", type=Path, metavar="CLIP",
                          help="more clips: each is a stream of its own (named after its "
-                              "file), their frames interleaved by acquisition time as a "
-                              "side-car would receive them")
+                              "file; a stack's slices NAME/slice-K), their frames interleaved "
+                              "by acquisition time as a side-car would receive them")
     analyze.add_argument("--out", required=True, type=Path, help="output file (.jsonl)")
     analyze.add_argument("--no-progress", action="store_true", help="no progress bar")
     analyze.set_defaults(func=cmd_analyze)
@@ -173,11 +189,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _open(args, clip: Path | None = None):
-    from streamer.io.clips import open_clip
+    """The clip, or the stack where the input holds several slices (or --stack)."""
+    from streamer.io.clips import open_input
 
-    return open_clip(args.clip if clip is None else clip,
-                     spacing_mm=tuple(args.spacing_mm) if args.spacing_mm else None,
-                     fps=args.fps, slice_index=args.slice_index)
+    return open_input(args.clip if clip is None else clip,
+                      spacing_mm=tuple(args.spacing_mm) if args.spacing_mm else None,
+                      fps=args.fps, slice_index=args.slice_index, stack=args.stack)
+
+
+def _frames_to_send(source, args) -> int:
+    """How many frames replay/analyze send of a clip or a stack (--loop, --max-frames)."""
+    from streamer.io.clips import StackReader
+
+    if isinstance(source, StackReader):
+        streams, frames = source.info.n_slices, source.info.n_phases * args.loop
+    else:
+        streams, frames = 1, source.info.n_frames * args.loop
+    return streams * (min(frames, args.max_frames) if args.max_frames else frames)
 
 
 def _replay_config(args, **extra):
@@ -228,9 +256,7 @@ def cmd_replay(args) -> int:
 
     with _open(args) as reader:
         config = _replay_config(args, max_rate=args.max_rate)
-        total = reader.info.n_frames * args.loop
-        if args.max_frames:
-            total = min(total, args.max_frames)
+        total = _frames_to_send(reader, args)
         with _progress(total, f"replay {args.clip.name}", args.quiet) as bar:
             stats = replay_to(reader, args.to, config,
                               connect_timeout_s=args.connect_timeout_s,
@@ -293,8 +319,7 @@ def cmd_analyze(args) -> int:
                for k, name in enumerate(names)]  # same file names: numbered in order given
     with ExitStack() as stack:
         readers = [stack.enter_context(_open(args, clip)) for clip in clips]
-        total = sum(r.info.n_frames * args.loop if not args.max_frames
-                    else min(r.info.n_frames * args.loop, args.max_frames) for r in readers)
+        total = sum(_frames_to_send(r, args) for r in readers)
         desc = f"analyze {clips[0].name}" + (f" +{len(clips) - 1}" if len(clips) > 1 else "")
         with _progress(total, desc, args.no_progress) as bar:
             summary = analyze(readers, args.out, build_analysis(analysis_config(args)),

@@ -2,7 +2,9 @@
 
 :func:`clip_messages` is the one place where clip frames become frame
 messages; ``replay`` sends them over ZeroMQ at the clip's own timing and
-``analyze`` feeds them to the pipeline in-process.
+``analyze`` feeds them to the pipeline in-process. A short-axis stack
+(:func:`stack_messages`) goes out as a scanner sends one: slice after slice, each
+slice its own stream ``NAME/slice-K`` whose ``start`` says where the slice lies.
 """
 
 from __future__ import annotations
@@ -10,12 +12,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from streamer.io.clips import ClipInfo, ClipReader
+from streamer.io.clips import ClipInfo, ClipReader, SliceClip, StackFrame, StackReader
 from streamer.io.protocol import MODALITIES, EndMessage, FrameMessage, Message, StartMessage
 from streamer.io.sockets import FrameSender, SenderConfig
 from streamer.vocab import VIEW_CLASSES
@@ -31,17 +33,19 @@ class ReplayError(ValueError):
 class ReplayConfig:
     """What to send and how fast."""
 
-    #: stream name in every message; default: the clip's file name without suffix
+    #: stream name in every message (a stack's slices: NAME/slice-K); default: the clip's
+    #: file name without suffix
     stream: str | None = None
     #: pace at this many frames per second instead of the clip's own timing
     fps: float | None = None
     #: send as fast as the side-car takes them (lossless back-pressure still applies)
     max_rate: bool = False
-    #: play the clip this many times in one stream (sequence numbers keep counting)
+    #: play the clip (each slice of a stack) this many times in one stream (sequence
+    #: numbers keep counting)
     loop: int = 1
     #: modality to send when the file does not say (video): "US" or "MR"
     modality: str | None = None
-    #: stop after this many frames (None: the whole clip, every loop)
+    #: stop after this many frames of each stream (None: the whole clip, every loop)
     max_frames: int | None = None
     #: the view, when the sender knows it (e.g. "a4c"); sent as each frame's view hint
     view: str | None = None
@@ -71,6 +75,11 @@ class TimedMessage:
 def default_stream_name(path: str | Path) -> str:
     """A clip's stream name when none is given: its file name up to the first dot."""
     return Path(path).name.split(".")[0] or "clip"
+
+
+def slice_stream_name(name: str, slice_index: int) -> str:
+    """The stream of slice ``slice_index`` of the stack sent as ``name``: ``NAME/slice-K``."""
+    return f"{name}/slice-{slice_index}"
 
 
 def _stream_fields(info: ClipInfo, config: ReplayConfig) -> tuple[str, str, tuple, float]:
@@ -113,6 +122,8 @@ def clip_messages(reader: ClipReader, config: ReplayConfig = ReplayConfig(), *,
     meta = {"source": str(info.path), "format": info.format, "n_frames": info.n_frames,
             "loops": config.loop, "fps": fps, "spacing_mm": list(spacing_mm),
             "modality": modality, "shape": list(info.shape)}
+    if isinstance(reader, SliceClip):  # a stack's slice: which stack, which slice, where
+        meta.update(reader.stack_fields)
     yield TimedMessage(0.0, StartMessage(stream=stream, meta=meta))
     seq, period_s, due_s = 0, None, 0.0
     for loop in range(config.loop):
@@ -123,15 +134,44 @@ def clip_messages(reader: ClipReader, config: ReplayConfig = ReplayConfig(), *,
                 break
             due_s = seq / fps if config.fps is not None else offset_s + frame.t_s
             last_t_s = frame.t_s
+            phase = frame if isinstance(frame, StackFrame) else None
             yield TimedMessage(due_s, FrameMessage(
                 stream=stream, seq=seq, t_acq_ns=t0_ns + int(due_s * 1e9),
                 modality=modality, pixels=_wire_pixels(frame.pixels, info.path),
-                spacing_mm=spacing_mm, fps=fps, channels=info.channels, view=config.view))
+                spacing_mm=spacing_mm, fps=fps, channels=info.channels, view=config.view,
+                phase_index=None if phase is None else phase.phase_index,
+                trigger_time_ms=None if phase is None else phase.trigger_time_ms))
             seq += 1
         period_s = last_t_s + 1.0 / fps  # one clip length: last frame + one interval
         if config.max_frames is not None and seq >= config.max_frames:
             break
     yield TimedMessage(due_s, EndMessage(stream=stream, n_frames=seq, meta=meta))
+
+
+def stack_messages(stack: StackReader, config: ReplayConfig = ReplayConfig(), *,
+                   t0_ns: int | None = None) -> Iterator[TimedMessage]:
+    """Every slice of a stack, one after the other, as :func:`clip_messages` of a stream
+    ``NAME/slice-K`` each (``NAME``: ``config.stream``, else the stack's file name), as a
+    scanner sends a stack: slice K+1 starts one frame interval after slice K's last frame."""
+    name = config.stream or default_stream_name(stack.info.path)
+    t0_ns = time.time_ns() if t0_ns is None else t0_ns
+    offset_s = 0.0
+    for k in range(stack.info.n_slices):
+        with stack.slice(k) as reader:
+            slice_config = replace(config, stream=slice_stream_name(name, k))
+            due_s = 0.0
+            for timed in clip_messages(reader, slice_config, t0_ns=t0_ns + int(offset_s * 1e9)):
+                due_s = timed.due_s
+                yield TimedMessage(offset_s + due_s, timed.message)
+            offset_s += due_s + 1.0 / (config.fps or reader.info.fps)
+
+
+def source_messages(source: ClipReader | StackReader, config: ReplayConfig = ReplayConfig(), *,
+                    t0_ns: int | None = None) -> Iterator[TimedMessage]:
+    """The timed messages of a clip (:func:`clip_messages`) or a stack (:func:`stack_messages`)."""
+    if isinstance(source, StackReader):
+        return stack_messages(source, config, t0_ns=t0_ns)
+    return clip_messages(source, config, t0_ns=t0_ns)
 
 
 @dataclass
@@ -142,13 +182,15 @@ class ReplayStats:
     max_lateness_ms: float = 0.0
 
 
-def replay(reader: ClipReader, sender: FrameSender, config: ReplayConfig = ReplayConfig(),
+def replay(reader: ClipReader | StackReader, sender: FrameSender,
+           config: ReplayConfig = ReplayConfig(),
            *, on_frame: Callable[[int], None] | None = None) -> ReplayStats:
-    """Send a clip through ``sender`` at its native timing (or ``fps`` / max rate)."""
+    """Send a clip, or a stack slice after slice, through ``sender`` at its native timing
+    (or ``fps`` / max rate)."""
     stats = ReplayStats()
     start = time.monotonic()
     t0_ns = time.time_ns()
-    for timed in clip_messages(reader, config, t0_ns=t0_ns):
+    for timed in source_messages(reader, config, t0_ns=t0_ns):
         message = timed.message
         if not config.max_rate:
             delay = start + timed.due_s - time.monotonic()
@@ -169,9 +211,9 @@ def replay(reader: ClipReader, sender: FrameSender, config: ReplayConfig = Repla
     return stats
 
 
-def replay_to(reader: ClipReader, endpoint: str, config: ReplayConfig = ReplayConfig(),
-              *, connect_timeout_s: float = 10.0,
+def replay_to(reader: ClipReader | StackReader, endpoint: str,
+              config: ReplayConfig = ReplayConfig(), *, connect_timeout_s: float = 10.0,
               on_frame: Callable[[int], None] | None = None) -> ReplayStats:
-    """Connect to a side-car's ingest endpoint and replay a clip into it."""
+    """Connect to a side-car's ingest endpoint and replay a clip (or a stack) into it."""
     with FrameSender(SenderConfig(endpoint, connect_timeout_s=connect_timeout_s)) as sender:
         return replay(reader, sender, config, on_frame=on_frame)

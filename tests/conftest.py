@@ -1,5 +1,6 @@
-"""Shared fixtures: small real clips written with the project's own writer, a side-car child,
-the bench scripts as modules."""
+"""Shared fixtures: small real clips written with the project's own writer, NIfTI stacks
+written by nibabel, the shared Sunnybrook MR series, a side-car child, the bench scripts as
+modules."""
 
 from __future__ import annotations
 
@@ -39,6 +40,36 @@ def npz_clip(tmp_path):
     np.savez(path, frames=frames, spacing_mm=np.array([0.3, 0.3]), fps=np.array(50.0),
              modality=np.array("US"))
     return path
+
+
+@pytest.fixture
+def write_nifti_stack():
+    """``write_nifti_stack(path, data, zooms, units=("mm", "msec"), origin=...)``: a NIfTI-1
+    file as nibabel writes it, voxels ``data`` (x, y, z[, t]) with an axis-aligned affine of
+    voxel size ``zooms[:3]`` (pixdim[4], the frame time, is ``zooms[3]``)."""
+    import nibabel as nib
+
+    def write(path: Path, data: np.ndarray, zooms: tuple[float, ...], *,
+              units: tuple[str, str] = ("mm", "msec"), origin=(-12.0, 7.0, 30.0)) -> Path:
+        affine = np.diag([*zooms[:3], 1.0])
+        affine[:3, 3] = origin
+        img = nib.Nifti1Image(data, affine)
+        img.header.set_xyzt_units(*units)
+        img.header.set_zooms(zooms)
+        nib.save(img, path)
+        return path
+    return write
+
+
+@pytest.fixture(scope="session")
+def sunnybrook_series() -> Path:
+    """The shared Sunnybrook short-axis cine series SCD0000101 (real MR: 12 slices x 20
+    phases, one DICOM image per file); tests that need it are skipped where it is absent."""
+    rel = "data/sunnybrook/dicoms/SCD0000101"
+    for shared in (Path(__file__).resolve().parents[2] / "shared", Path("/work/shared")):
+        if (shared / rel).is_dir():
+            return shared / rel
+    pytest.skip(f"Sunnybrook series not found at ../shared/{rel} or /work/shared/{rel}")
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 
 from streamer.analyze import analyze
 from streamer.apps import AnalysisConfig, build_analysis
-from streamer.io.clips import open_clip
+from streamer.io.clips import open_clip, open_input
 from streamer.replay import ReplayConfig
 
 
@@ -116,3 +116,42 @@ def test_cli_analyze_of_clips_with_the_same_name_numbers_their_streams(npz_clip,
     assert [r["stream"] for r in rows if r["kind"] == "start"] == ["clip-1", "clip-2"]
     ends = {r["stream"]: r["meta"]["processed"] for r in rows if r["kind"] == "end"}
     assert ends == {"clip-1": 12, "clip-2": 12}
+
+
+def test_cli_analyze_of_a_stack_writes_each_slice_as_its_own_stream(write_nifti_stack, tmp_path):
+    from streamer.cli import main
+
+    data = np.random.default_rng(3).integers(0, 900, (6, 5, 3, 4)).astype(np.int16)  # x, y, z, t
+    path = write_nifti_stack(tmp_path / "sax.nii.gz", data, (1.5, 1.25, 8.0, 40.0))
+    out = tmp_path / "stack.jsonl"
+    assert main(["analyze", str(path), "--modality", "MR", "--app", "mr-sax", "--out", str(out),
+                 "--no-progress"]) == 0
+    rows = lines(out)
+    names = [f"sax/slice-{k}" for k in range(3)]
+    assert [(r["kind"], r["stream"]) for r in rows if r["kind"] != "result"] == [
+        (kind, name) for name in names for kind in ("start", "end")]
+    results = [r for r in rows if r["kind"] == "result"]
+    assert [(r["stream"], r["seq"]) for r in results] == [(n, p) for n in names for p in range(4)]
+    assert [r["frames_in_slice"] for r in results] == [p + 1 for _ in names for p in range(4)]
+    starts = [r for r in rows if r["kind"] == "start"]
+    assert [s["meta"]["slice_position_mm"] for s in starts] == pytest.approx([30.0, 38.0, 46.0])
+    assert len({s["meta"]["stack_id"] for s in starts}) == 1
+    # --slice K: that slice alone, as one clip in the stream named after the file (as before)
+    one = tmp_path / "one.jsonl"
+    assert main(["analyze", str(path), "--slice", "1", "--modality", "MR", "--app", "mr-sax",
+                 "--out", str(one), "--no-progress"]) == 0
+    rows = lines(one)
+    assert {r["stream"] for r in rows} == {"sax"} and len(rows) == 6
+    assert "stack_id" not in rows[0]["meta"]
+
+
+def test_a_stack_and_a_clip_of_its_slice_name_cannot_be_analysed_together(write_nifti_stack,
+                                                                          tmp_path):
+    path = write_nifti_stack(tmp_path / "sax.nii", np.zeros((6, 5, 2, 3), np.int16),
+                             (1.5, 1.25, 8.0, 40.0))
+    clip = mr_clip(tmp_path / "b.npz", 2, 10.0)
+    analysis = build_analysis(AnalysisConfig(app="none"))
+    with open_input(path) as stack, open_clip(clip) as other:
+        with pytest.raises(ValueError, match="both be stream 'sax/slice-1'"):
+            analyze([stack, other], tmp_path / "r.jsonl", analysis,
+                    [ReplayConfig(modality="MR"), ReplayConfig(stream="sax/slice-1")])

@@ -155,3 +155,18 @@ def test_bad_user_weights_and_missing_backends_are_clear_cli_errors(npz_clip, tm
         done = run("analyze", npz_clip, "--out", tmp_path / "x.jsonl", "--no-progress", *extra)
         assert done.returncode == 2 and message in done.stderr, (extra, done.stderr)
         assert "Traceback" not in done.stderr
+
+
+def test_stack_options_explain_themselves_and_slice_with_stack_is_refused(
+        write_nifti_stack, tmp_path, capsys):
+    from streamer.cli import main
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for name in ("replay", "analyze"):
+        text = " ".join(commands[name].format_help().split())
+        assert "--stack" in text and "NAME/slice-K" in text and "3-D NIfTI" in text, name
+    path = write_nifti_stack(tmp_path / "sax.nii", np.zeros((6, 5, 2, 3), np.int16),
+                             (1.5, 1.25, 8.0, 40.0))
+    assert main(["analyze", str(path), "--slice", "1", "--stack", "--out",
+                 str(tmp_path / "x.jsonl"), "--no-progress"]) == 2
+    assert "sax.nii: a slice index reads one slice as a clip" in capsys.readouterr().err

@@ -36,14 +36,6 @@ def _testdata(name: str) -> Path:
     return Path(path)
 
 
-def _sunnybrook_dir() -> Path:
-    rel = "data/sunnybrook/dicoms/SCD0000101"
-    for shared in (Path(__file__).resolve().parents[2] / "shared", Path("/work/shared")):
-        if (shared / rel).is_dir():
-            return shared / rel
-    pytest.skip(f"Sunnybrook series not found at ../shared/{rel} or /work/shared/{rel}")
-
-
 def _read_all(reader: ClipReader) -> list[ClipFrame]:
     frames = list(reader)
     for i, frame in enumerate(frames):
@@ -149,8 +141,8 @@ sunnybrook_uid_warning = pytest.mark.filterwarnings("ignore:Invalid value for VR
 
 
 @sunnybrook_uid_warning
-def test_sunnybrook_series_directory():
-    folder = _sunnybrook_dir()
+def test_sunnybrook_series_directory(sunnybrook_series):
+    folder = sunnybrook_series
     with open_clip(folder) as reader:
         info = reader.info
         assert info.format == "dicom-series"
@@ -170,8 +162,8 @@ def test_sunnybrook_series_directory():
 
 
 @sunnybrook_uid_warning
-def test_sunnybrook_slice_selection_and_range():
-    folder = _sunnybrook_dir()
+def test_sunnybrook_slice_selection_and_range(sunnybrook_series):
+    folder = sunnybrook_series
     with open_clip(folder, slice_index=0) as first, open_clip(folder, slice_index=11) as last:
         positions = first.info.metadata["slice_positions_mm"]
         assert positions == sorted(positions)
@@ -184,8 +176,8 @@ def test_sunnybrook_slice_selection_and_range():
 
 
 @sunnybrook_uid_warning
-def test_series_directory_with_a_truncated_file(tmp_path):
-    folder = _sunnybrook_dir()
+def test_series_directory_with_a_truncated_file(tmp_path, sunnybrook_series):
+    folder = sunnybrook_series
     with open_clip(folder, slice_index=0) as reader:
         files = reader.info.metadata["files"]
     for name in files[:3]:
@@ -352,6 +344,25 @@ def test_nifti_slice_index_of_4d(tmp_path):
         np.testing.assert_array_equal(list(top)[3].pixels, data[:, :, 2, 3].T)
     with pytest.raises(ClipError, match="out of range"):
         open_clip(path, slice_index=3)
+
+
+def test_nifti_3d_is_a_one_slice_cine_and_2d_one_frame(tmp_path):
+    """Regression: 2-D and 3-D files were refused ("unreadable: IndexError")."""
+    import nibabel as nib
+
+    cine = np.arange(6 * 5 * 3, dtype=np.int16).reshape(6, 5, 3)  # (x, y, t)
+    img = nib.Nifti1Image(cine, np.diag([0.8, 0.9, 1.0, 1.0]))
+    img.header.set_xyzt_units("mm", "msec")
+    img.header.set_zooms((0.8, 0.9, 40.0))
+    img.to_filename(tmp_path / "cine.nii")
+    nib.Nifti1Image(cine[:, :, 0], np.eye(4)).to_filename(tmp_path / "one.nii")
+    with open_clip(tmp_path / "cine.nii") as reader:
+        assert (reader.info.n_frames, reader.info.shape) == (3, (5, 6))
+        assert reader.info.fps == pytest.approx(25.0) and reader.info.metadata["time_axis"] == 2
+        np.testing.assert_array_equal(list(reader)[2].pixels, cine[:, :, 2].T)
+    with open_clip(tmp_path / "one.nii") as reader:
+        assert reader.info.n_frames == 1
+        np.testing.assert_array_equal(next(iter(reader)).pixels, cine[:, :, 0].T)
 
 
 # ---------------------------------------------------------------------------------------

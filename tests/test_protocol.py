@@ -50,6 +50,17 @@ def test_frame_round_trip_keeps_pixels_and_fields(dtype, shape):
     assert (got.spacing_mm, got.fps, got.ecg_r, got.view) == ((0.3, 0.4), 50.0, True, "a4c")
 
 
+def test_a_stack_slice_frame_carries_its_phase_and_trigger_time():
+    sent = frame(np.zeros((4, 5), np.int16), modality="MR", phase_index=3, trigger_time_ms=112.5)
+    parts = P.encode(sent)
+    assert (header_of(parts)["phase_index"], header_of(parts)["trigger_time_ms"]) == (3, 112.5)
+    got = P.decode(parts)
+    assert (got.phase_index, got.trigger_time_ms) == (3, 112.5)
+    plain = P.decode(P.encode(frame()))  # absent unless the sender knows them
+    assert (plain.phase_index, plain.trigger_time_ms) == (None, None)
+    assert "phase_index" not in header_of(P.encode(frame()))
+
+
 def test_big_endian_and_non_contiguous_pixels_go_out_little_endian_contiguous():
     pixels = np.arange(24, dtype=">u2").reshape(4, 6)[:, ::2]
     parts = P.encode(frame(pixels))
@@ -259,7 +270,8 @@ def test_too_large_by_declared_shape_and_by_bytes():
     ("stream", ""), ("stream", 5), ("modality", "CT"), ("spacing_mm", [0.3]),
     ("spacing_mm", [0.3, -1]), ("spacing_mm", [0.3, "x"]), ("fps", 0), ("fps", "fast"),
     ("t_acq_ns", 1.5), ("ecg_r", "yes"), ("channels", ["a", "b"]), ("stream", ...),
-    ("t_acq_ns", ...), ("fps", ...),
+    ("t_acq_ns", ...), ("fps", ...), ("phase_index", -1), ("phase_index", 1.5),
+    ("trigger_time_ms", -20.0), ("trigger_time_ms", "20"),
 ])
 def test_bad_fields_name_the_field(field, value):
     error = code_of(with_header(P.encode(frame()), **{field: value}))
@@ -296,7 +308,8 @@ json_values = st.one_of(st.none(), st.booleans(), st.integers(-5, 300), st.float
 @settings(max_examples=400, deadline=None)
 @given(changes=st.dictionaries(
     st.sampled_from(["stream", "seq", "t_acq_ns", "modality", "shape", "dtype", "spacing_mm",
-                     "fps", "t_send_ns", "ecg_r", "view", "extra"]), json_values, max_size=3),
+                     "fps", "t_send_ns", "ecg_r", "view", "phase_index", "trigger_time_ms",
+                     "extra"]), json_values, max_size=3),
     drop=st.sets(st.sampled_from(["stream", "seq", "shape", "fps", "t_send_ns"]), max_size=2))
 def test_plain_frame_fast_path_accepts_only_what_full_validation_accepts(changes, drop):
     parts = P.encode(frame(np.zeros((3, 4), np.uint8), t_send_ns=1))
@@ -311,7 +324,7 @@ def test_plain_frame_fast_path_accepts_only_what_full_validation_accepts(changes
     if fast is not None:
         assert full is not None, header
         for name in ("stream", "seq", "t_acq_ns", "modality", "spacing_mm", "fps",
-                     "t_send_ns", "ecg_r", "channels", "view"):
+                     "t_send_ns", "ecg_r", "channels", "view", "phase_index", "trigger_time_ms"):
             assert getattr(fast, name) == getattr(full, name), name
         np.testing.assert_array_equal(fast.pixels, full.pixels)
         assert fast.pixels.dtype == full.pixels.dtype

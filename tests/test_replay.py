@@ -1,13 +1,26 @@
-"""Replay: clip -> timed messages, pacing, loops, and clips that cannot be sent as they are."""
+"""Replay: clip -> timed messages, pacing, loops, and clips that cannot be sent as they are;
+a stack slice after slice, into a real side-car over loopback."""
 
+import shutil
 import time
 
 import numpy as np
 import pytest
 
-from streamer.io.clips import open_clip
+from streamer.apps import AnalysisConfig, build_analysis
+from streamer.cli import main
+from streamer.io.clips import open_clip, open_input
 from streamer.io.protocol import decode, encode
-from streamer.replay import ReplayConfig, ReplayError, clip_messages, replay
+from streamer.io.sockets import ResultSubscriber, SubscriberConfig
+from streamer.replay import (
+    ReplayConfig,
+    ReplayError,
+    clip_messages,
+    replay,
+    source_messages,
+    stack_messages,
+)
+from streamer.sidecar import SideCar, SideCarConfig
 
 
 class ListSender:
@@ -91,3 +104,99 @@ def test_float64_frames_go_out_as_float32_and_bad_config_is_refused(tmp_path):
     for bad in (dict(fps=0), dict(loop=0), dict(modality="CT"), dict(max_frames=0)):
         with pytest.raises(ReplayError):
             ReplayConfig(**bad)
+
+
+# -- short-axis stacks: slice after slice, each slice its own stream ---------------
+
+
+def test_a_stack_goes_out_slice_after_slice_each_slice_a_stream(write_nifti_stack, tmp_path):
+    data = np.random.default_rng(2).integers(0, 900, (6, 5, 3, 4)).astype(np.int16)  # x, y, z, t
+    path = write_nifti_stack(tmp_path / "sax.nii.gz", data, (1.5, 1.25, 8.0, 40.0))
+    with open_input(path) as stack:
+        timed = list(stack_messages(stack, ReplayConfig(modality="MR"), t0_ns=0))
+        stack_id = stack.info.stack_id
+    messages = [t.message for t in timed]
+    assert [(m.kind, m.stream) for m in messages if m.kind != "frame"] == [
+        (kind, f"sax/slice-{k}") for k in range(3) for kind in ("start", "end")]
+    frames = [m for m in messages if m.kind == "frame"]
+    assert [f.stream for f in frames] == [f"sax/slice-{k}" for k in range(3) for _ in range(4)]
+    assert [f.seq for f in frames] == [p for _ in range(3) for p in range(4)]
+    assert [f.phase_index for f in frames] == [p for _ in range(3) for p in range(4)]
+    assert [f.trigger_time_ms for f in frames[:4]] == pytest.approx([0.0, 40.0, 80.0, 120.0])
+    # as a scanner: slice K+1 one frame interval after slice K's last frame, times continuing
+    dues = [t.due_s for t in timed if t.message.kind == "frame"]
+    np.testing.assert_allclose(dues, np.arange(12) * 0.04, atol=1e-9)
+    assert [f.t_acq_ns for f in frames] == [int(round(d * 1e9)) for d in dues]
+    np.testing.assert_array_equal(frames[6].pixels, data[:, :, 1, 2].T)
+    start = messages[0]
+    assert start.meta["stack_id"] == stack_id and start.meta["n_slices"] == 3
+    assert start.meta["n_phases"] == 4 and start.meta["slice_index"] == 0
+    assert start.meta["slice_position_mm"] == pytest.approx(30.0)
+    assert start.meta["slice_thickness_mm"] == 8.0
+    assert start.meta["image_orientation_patient"] == pytest.approx([-1, 0, 0, 0, -1, 0])
+    # the messages survive the wire
+    sent = ListSender()
+    for m in messages:
+        sent.send(m)
+    assert sent.sent[1].phase_index == 0 and sent.sent[2].trigger_time_ms == pytest.approx(40.0)
+    assert sent.sent[0].meta["slice_index"] == 0
+    with open_input(path) as stack:  # --max-frames and --stream act on each slice's stream
+        short = [t.message for t in stack_messages(stack, ReplayConfig(modality="MR", max_frames=2,
+                                                                       stream="x"))]
+    assert [(m.kind, m.stream) for m in short][:4] == [
+        ("start", "x/slice-0"), ("frame", "x/slice-0"), ("frame", "x/slice-0"), ("end", "x/slice-0")]
+    assert len(short) == 12
+
+
+def test_a_single_clip_goes_out_as_before(npz_clip):
+    with open_input(npz_clip) as reader:
+        messages = [t.message for t in source_messages(reader, ReplayConfig(stream="x"))]
+    assert {m.stream for m in messages} == {"x"}
+    assert all(m.phase_index is None and m.trigger_time_ms is None
+               for m in messages if m.kind == "frame")
+    assert "stack_id" not in messages[0].meta
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+def test_a_real_stack_replayed_into_a_side_car_gives_one_result_per_image(
+        sunnybrook_series, tmp_path, capsys):
+    """The Sunnybrook series (12 slices x 20 phases) by `cardiostream replay` into a lossless
+    side-car over loopback: 12 streams SCD0000101/slice-K, one after the other, 20 results
+    each. A broken copy first (a phase missing): refused with the file named, and the
+    side-car serves on."""
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("221.dcm", "222.dcm", "223.dcm", "201.dcm", "202.dcm"):
+        shutil.copy(sunnybrook_series / name, broken / name)
+    config = SideCarConfig(ingest="tcp://127.0.0.1:*", publish="tcp://127.0.0.1:*", lossless=True)
+    with SideCar(config, build_analysis(AnalysisConfig(app="mr-sax"))) as sidecar, \
+            ResultSubscriber(SubscriberConfig(sidecar.publish_endpoint)) as subscriber:
+        replay_args = ["--to", sidecar.ingest_endpoint, "--max-rate", "--quiet"]
+        assert main(["replay", str(broken), *replay_args]) == 2
+        error = capsys.readouterr().err
+        assert f"{broken}: slice 1 " in error and "has 2 phases where other slices have 3" in error
+        assert main(["replay", str(sunnybrook_series), *replay_args]) == 0
+        messages, ends = [], 0
+        while ends < 12:
+            message = subscriber.recv(timeout_s=30)
+            assert message is not None, "the side-car stopped answering"
+            messages.append(message)
+            ends += message.kind == "end"
+    names = [f"SCD0000101/slice-{k}" for k in range(12)]
+    starts = [m for m in messages if m.kind == "start"]
+    assert [m.stream for m in starts] == names
+    assert len({m.meta["stack_id"] for m in starts}) == 1
+    assert [m.meta["slice_index"] for m in starts] == list(range(12))
+    positions = [m.meta["slice_position_mm"] for m in starts]
+    assert positions == sorted(positions) and all(m.meta["slice_thickness_mm"] == 10.0 for m in starts)
+    assert all(len(m.meta["image_orientation_patient"]) == 6 and m.meta["app"]["name"] == "mr-sax"
+               for m in starts)
+    results = [m for m in messages if m.kind == "result"]
+    assert len(results) == 240  # one per image
+    for name in names:
+        mine = [r for r in results if r.stream == name]
+        assert [r.seq for r in mine] == list(range(20))
+        assert [r.fields["frames_in_slice"] for r in mine] == list(range(1, 21))
+    assert [m.stream for m in messages if m.kind == "end"] == names
+    assert all(m.meta["processed"] == 20 for m in messages if m.kind == "end")
+    assert not [m for m in messages if m.kind == "error"]

@@ -103,7 +103,9 @@ class FrameMessage:
 
     ``pixels`` is (rows, cols) greyscale, (rows, cols, 3) RGB colour, or
     (rows, cols, C) multichannel with ``channels`` naming the last axis (MR
-    velocity mapping: magnitude plus velocity components).
+    velocity mapping: magnitude plus velocity components). A frame of an MR stack's
+    slice says its cardiac phase (``phase_index``, 0-based) and trigger time
+    (``trigger_time_ms``, after the R wave) where the sender knows them.
     """
 
     stream: str
@@ -117,6 +119,8 @@ class FrameMessage:
     ecg_r: bool | None = None
     channels: tuple[str, ...] | None = None
     view: str | None = None  # sender's hint, e.g. "a4c"
+    phase_index: int | None = None
+    trigger_time_ms: float | None = None
 
     kind = "frame"
 
@@ -274,6 +278,10 @@ def _encode_frame(message: FrameMessage) -> list[Part]:
         header["channels"] = list(message.channels)
     if message.view is not None:
         header["view"] = message.view
+    if message.phase_index is not None:
+        header["phase_index"] = int(message.phase_index)
+    if message.trigger_time_ms is not None:
+        header["trigger_time_ms"] = float(message.trigger_time_ms)
     return [_dumps(header), pixels]  # the array itself is the part (buffer protocol)
 
 
@@ -507,12 +515,16 @@ def _decode_frame(reader: _Fields, parts: Sequence[Part], max_message_bytes: int
     ecg = reader.get("ecg_r", None)
     if ecg is not None and not isinstance(ecg, bool):
         raise reader.error(f"ecg_r must be true/false, got {ecg!r}")
+    trigger_time_ms = reader.float("trigger_time_ms", None)
+    if trigger_time_ms is not None and trigger_time_ms < 0:
+        raise reader.error(f"trigger_time_ms {trigger_time_ms} must be >= 0 (ms after the R wave)")
     return FrameMessage(
         stream=stream, seq=seq, t_acq_ns=reader.int("t_acq_ns"), modality=modality,
         pixels=pixels, spacing_mm=(spacing[0], spacing[1]), fps=fps,
         t_send_ns=reader.int("t_send_ns", None), ecg_r=ecg,
         channels=tuple(channels) if channels is not None else None,
-        view=reader.str("view", None))
+        view=reader.str("view", None), phase_index=reader.int("phase_index", None, minimum=0),
+        trigger_time_ms=trigger_time_ms)
 
 
 def _decode_result(reader: _Fields, parts: Sequence[Part]) -> ResultMessage:

@@ -6,10 +6,15 @@
     reader.close()                      # or `with open_clip(path) as reader:`
     frames = read_frames(path)          # every frame's pixels, read to the end
 
+    stack = open_stack(path)            # a short-axis stack: slices x phases (:mod:`.stack`)
+    with stack.slice(k) as clip: ...    # each slice an ordinary clip of StackFrames
+    source = open_input(path)           # replay/analyze: a stack where the input holds several slices
+
     write_clip(path, frames, spacing_mm=(0.3, 0.3), fps=50.0, modality="US")
 
 Formats (one module each): multi-frame DICOM, uncompressed or JPEG, and DICOM series
-directories (:mod:`.dicom`); NIfTI (:mod:`.nifti`); video (:mod:`.video`); ``.npz``
+directories (:mod:`.dicom`, :mod:`.dicom_series`); stacks of slices x phases from those
+(:mod:`.stack`); NIfTI (:mod:`.nifti`); video (:mod:`.video`); ``.npz``
 (:mod:`.npz`).  Other formats plug in with :func:`register_reader`.
 
 Units: ``spacing_mm`` is (row, col) millimetres per pixel, ``fps`` frames per second,
@@ -23,6 +28,7 @@ Errors are :class:`ClipError` with a message that names the file and what is wro
 
 from .base import ClipError, ClipFrame, ClipInfo, ClipReader, ReaderFactory
 from .registry import open_clip, read_frames, register_reader, write_clip
+from .stack import SliceClip, SliceInfo, StackFrame, StackInfo, StackReader, open_input, open_stack
 
 __all__ = [
     "ClipError",
@@ -30,6 +36,13 @@ __all__ = [
     "ClipInfo",
     "ClipReader",
     "ReaderFactory",
+    "SliceClip",
+    "SliceInfo",
+    "StackFrame",
+    "StackInfo",
+    "StackReader",
+    "open_input",
+    "open_stack",
     "open_clip",
     "read_frames",
     "register_reader",

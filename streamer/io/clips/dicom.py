@@ -290,6 +290,27 @@ def pair(header: Dataset, keyword: str) -> tuple[float, float] | None:
     return (row, col) if row > 0 and col > 0 and math.isfinite(row + col) else None
 
 
+def vector(header: Dataset, keyword: str, n: int) -> tuple[float, ...] | None:
+    """A multi-valued numeric element (e.g. ImagePositionPatient, 3 values) as ``n`` finite
+    floats; None when absent, of another length or not numbers."""
+    try:
+        value = header.get(keyword)
+        if value is None or isinstance(value, str) or len(value) != n:
+            return None
+        numbers = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return numbers if all(math.isfinite(v) for v in numbers) else None
+
+
+def position_along_normal(position: Sequence[float], orientation: Sequence[float]) -> float:
+    """Where an image's plane lies along its normal, in mm: ImagePositionPatient (3 values)
+    dotted with the cross product of the row and column direction cosines of
+    ImageOrientationPatient (6 values)."""
+    normal = np.cross(np.asarray(orientation[:3], dtype=float), np.asarray(orientation[3:6], dtype=float))
+    return float(np.asarray(position, dtype=float) @ normal)
+
+
 def header_spacing(
     header: Dataset, fmt: FrameFormat, metadata: dict[str, Any], warnings: list[str]
 ) -> tuple[float, float] | None:
@@ -389,6 +410,33 @@ def _timing(
             metadata["frame_time_ms"] = 1000.0 / rate
             return rate, FrameClock(fps=rate)
     return None, FrameClock(fps=None)
+
+
+def trigger_timing(
+    times_ms: Sequence[float | None], metadata: dict[str, Any], warnings: list[str], *, source: str = "TriggerTime"
+) -> tuple[float | None, FrameClock]:
+    """Frame rate (frames/s) and clock of one slice's phases from their trigger times (ms after
+    the R wave, in phase order; ``source`` names the element they came from).
+
+    ``t_s`` is each trigger time less the first; the frame rate is one over the median step.
+    No rate when a time is missing or the times do not increase (with a warning); records
+    ``fps_source``, ``frame_time_ms`` and ``trigger_times_ms`` in ``metadata``.
+    """
+    if len(times_ms) < 2 or any(t is None for t in times_ms):
+        return None, FrameClock(fps=None)
+    steps = np.diff(np.asarray(times_ms, dtype=float))
+    if np.any(steps <= 0):
+        warnings.append(f"repeated {source} values within the slice; no frame rate from the files")
+        return None, FrameClock(fps=None)
+    step_ms = float(np.median(steps))
+    if np.ptp(steps) > 0.05 * step_ms:
+        warnings.append(f"{source} steps are uneven ({steps.min():.3f}..{steps.max():.3f} ms)")
+    metadata["fps_source"] = source
+    metadata["frame_time_ms"] = step_ms
+    metadata["trigger_times_ms"] = [float(t) for t in times_ms]  # type: ignore[arg-type]
+    t0 = float(times_ms[0])  # type: ignore[arg-type]
+    times_s = tuple((float(t) - t0) / 1000.0 for t in times_ms)  # type: ignore[arg-type]
+    return 1000.0 / step_ms, FrameClock(fps=1000.0 / step_ms, times_s=times_s)
 
 
 def user_metadata(header: Dataset, warnings: list[str]) -> dict[str, Any]:
@@ -549,19 +597,24 @@ def check_pixel_data(fh: IO[bytes], header: Dataset, fmt: FrameFormat, n_frames:
     return warnings
 
 
-def decoded_frames(fh: IO[bytes], fmt: FrameFormat, n_frames: int, path: Path) -> Iterator[np.ndarray]:
-    """Decode frames one at a time from an open file (positioned anywhere)."""
+def decoded_frames(
+    fh: IO[bytes], fmt: FrameFormat, n_frames: int, path: Path, indices: Sequence[int] | None = None
+) -> Iterator[np.ndarray]:
+    """Decode frames one at a time from an open file (positioned anywhere): all ``n_frames``,
+    or only the frames numbered ``indices`` (0-based, in the order given)."""
     fh.seek(0)
+    wanted = range(n_frames) if indices is None else list(indices)
     produced = 0
-    frames = iter_pixels(fh)
-    while produced < n_frames:
+    frames = iter_pixels(fh) if indices is None else iter_pixels(fh, indices=wanted)
+    while produced < len(wanted):
         try:
             arr = next(frames)
         except StopIteration:
             break
         except Exception as exc:  # pydicom / Pillow decode errors have no common base class
             raise ClipError(
-                f"truncated or corrupt: frame {produced} of {n_frames} cannot be decoded ({type(exc).__name__}: {exc})",
+                f"truncated or corrupt: frame {wanted[produced]} of {n_frames} cannot be decoded "
+                f"({type(exc).__name__}: {exc})",
                 path=path,
             ) from exc
         if fmt.photometric == "MONOCHROME1":
@@ -570,11 +623,12 @@ def decoded_frames(fh: IO[bytes], fmt: FrameFormat, n_frames: int, path: Path) -
             arr = fmt.palette[np.minimum(arr, len(fmt.palette) - 1)]
         yield arr
         produced += 1
-    if produced < n_frames:
+    if produced < len(wanted):
         raise ClipError(f"truncated: declares {n_frames} frames, decoded {produced}", path=path)
 
 
-def _check_decoder(header: Dataset, path: Path) -> None:
+def check_decoder(header: Dataset, path: Path) -> None:
+    """Raise a :class:`ClipError` unless pydicom can decode the file's transfer syntax here."""
     tsyntax = UID(header.file_meta.get("TransferSyntaxUID", ""))
     if not tsyntax:
         raise ClipError("file meta has no Transfer Syntax UID", path=path)
@@ -593,8 +647,24 @@ def _check_decoder(header: Dataset, path: Path) -> None:
 # ---------------------------------------------------------------------------------------
 # Multi-frame file
 # ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FrameSelection:
+    """Some frames of a multi-frame file, in the order they are to be yielded: the phases
+    of one slice of an enhanced MR file (``indices``, 0-based frame numbers) with their
+    trigger times (ms after the R wave, None where the file gives none)."""
+
+    indices: tuple[int, ...]
+    trigger_times_ms: tuple[float | None, ...]
+    #: the element the trigger times came from (named in ``fps_source`` and warnings)
+    trigger_source: str
+
+
 class DicomClipReader(ClipReader):
-    """A multi-frame (or single-frame) DICOM file, streamed frame by frame."""
+    """A multi-frame (or single-frame) DICOM file, streamed frame by frame.
+
+    With ``frames`` only the selected frames are yielded, in its order, and their timing is
+    their trigger times (one slice of an enhanced multi-frame MR file: :mod:`.stack`).
+    """
 
     def __init__(
         self,
@@ -603,6 +673,7 @@ class DicomClipReader(ClipReader):
         spacing_mm: tuple[float, float] | None = None,
         fps: float | None = None,
         slice_index: int | None = None,
+        frames: FrameSelection | None = None,
     ) -> None:
         self._path = Path(path)
         self._closed = False
@@ -617,15 +688,25 @@ class DicomClipReader(ClipReader):
         with fh:
             header = read_header(fh, self._path)
             self._fmt = frame_format(header, self._path)
-            n_frames = int(number(header, "NumberOfFrames") or 1)
+            self._file_frames = n_frames = int(number(header, "NumberOfFrames") or 1)
             if n_frames < 1:
                 raise ClipError(f"NumberOfFrames is {n_frames}", path=path)
-            _check_decoder(header, self._path)
+            check_decoder(header, self._path)
             warnings = check_pixel_data(fh, header, self._fmt, n_frames, self._path)
 
         metadata = common_metadata(header, self._fmt)
         spacing = header_spacing(header, self._fmt, metadata, warnings)
-        fps_file, clock = _timing(header, n_frames, metadata, warnings)
+        self._indices = None if frames is None else frames.indices
+        if frames is None:
+            fps_file, clock = _timing(header, n_frames, metadata, warnings)
+        else:
+            outside = [i for i in frames.indices if not 0 <= i < n_frames]
+            if outside or not frames.indices:
+                raise ClipError(f"frames {list(frames.indices)} selected, but the file holds frames "
+                                f"0..{n_frames - 1}", path=path)
+            metadata["frames"] = list(frames.indices)
+            fps_file, clock = trigger_timing(frames.trigger_times_ms, metadata, warnings,
+                                             source=frames.trigger_source)
         spacing, fps_value, self._clock = apply_overrides(
             spacing_file=spacing,
             fps_file=fps_file,
@@ -640,7 +721,7 @@ class DicomClipReader(ClipReader):
         self.info = ClipInfo(
             path=str(self._path),
             format="dicom",
-            n_frames=n_frames,
+            n_frames=n_frames if frames is None else len(frames.indices),
             shape=self._fmt.shape,
             dtype=self._fmt.dtype.name,
             modality=str(header.get("Modality") or "OT"),
@@ -658,7 +739,8 @@ class DicomClipReader(ClipReader):
         except OSError as exc:
             raise ClipError(f"cannot open: {exc}", path=self._path) from exc
         with fh:
-            for index, arr in enumerate(decoded_frames(fh, self._fmt, self.info.n_frames, self._path)):
+            decoded = decoded_frames(fh, self._fmt, self._file_frames, self._path, self._indices)
+            for index, arr in enumerate(decoded):
                 yield ClipFrame(index=index, pixels=check_frame(arr, self.info, index), t_s=self._clock.t_s(index))
 
     def close(self) -> None:

@@ -2,22 +2,21 @@
 
 Typical source: short-axis cine MR exported slice by slice (e.g. the Sunnybrook data:
 12 slices x 20 phases, one file each).  Only headers are read to index the directory
-(``stop_before_pixels``); files are grouped into slices by SliceLocation (else by the
-position of ImagePositionPatient along the slice normal), phases are ordered by
-TriggerTime then InstanceNumber, and each frame's pixels are read when it is reached.
-Frame rate from the TriggerTime spacing (ms), ``t_s`` from the trigger times themselves.
-Pixel decoding, calibration and metadata are shared with :mod:`.dicom`.
+(``stop_before_pixels``, :func:`index_series`); files are grouped into slices by
+SliceLocation (else by the position of ImagePositionPatient along the slice normal),
+phases are ordered by TriggerTime then InstanceNumber, and each frame's pixels are read
+when it is reached.  Frame rate from the TriggerTime spacing (ms), ``t_s`` from the
+trigger times themselves.  Pixel decoding, calibration and metadata are shared with
+:mod:`.dicom`; the whole stack (every slice) is read by :mod:`.stack` from the same index.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -28,13 +27,13 @@ from .base import (
     ClipFrame,
     ClipInfo,
     ClipReader,
-    FrameClock,
     apply_overrides,
     check_frame,
     merge_metadata,
 )
 from .dicom import (
     HEADER_ERRORS,
+    FrameFormat,
     check_pixel_data,
     common_metadata,
     decoded_frames,
@@ -42,21 +41,60 @@ from .dicom import (
     header_spacing,
     number,
     pair,
+    position_along_normal,
     read_header,
+    trigger_timing,
     user_metadata,
+    vector,
 )
 
-__all__ = ["DicomSeriesReader"]
+__all__ = ["DicomSeriesReader", "SeriesEntry", "SeriesIndex", "SeriesSlice", "group_by_position",
+           "index_series", "order_phases", "same_format"]
+
+#: Slice positions closer than this (mm) are the same slice.
+SLICE_TOLERANCE_MM = 0.01
 
 
 @dataclass(frozen=True)
-class _SeriesEntry:
-    """One file of the series, as indexed from its header."""
+class SeriesEntry:
+    """One image of a series as indexed from its header: a file, or one frame of a
+    multi-frame file (``frame``)."""
 
     path: Path
     slice_pos_mm: float | None
     trigger_time_ms: float | None
-    instance: int
+    #: InstanceNumber; -1 when the image has none of its own
+    instance_number: int
+    #: 0-based frame number in its file (0 for a single-frame file)
+    frame: int = 0
+    #: SliceThickness, mm; None when not stated
+    slice_thickness_mm: float | None = None
+    #: ImageOrientationPatient: row then column direction cosines (6 values); None when not stated
+    orientation: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class SeriesSlice:
+    """The images of one slice position, in phase order."""
+
+    position_mm: float | None
+    phases: tuple[SeriesEntry, ...]
+    #: what is doubtful about the phase order (e.g. TriggerTime missing)
+    warnings: tuple[str, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class SeriesIndex:
+    """A series directory indexed from its headers (no pixels read)."""
+
+    path: Path
+    headers: dict[Path, Dataset]
+    #: in increasing slice position
+    slices: tuple[SeriesSlice, ...]
+    #: "SliceLocation", "ImagePositionPatient" (either, joined by " / "), or "none"
+    position_source: str
+    #: about the directory as a whole (skipped files, no positions)
+    warnings: tuple[str, ...]
 
 
 def _slice_position(header: Dataset) -> tuple[float | None, str]:
@@ -64,15 +102,143 @@ def _slice_position(header: Dataset) -> tuple[float | None, str]:
     location = number(header, "SliceLocation")
     if location is not None:
         return location, "SliceLocation"
-    try:
-        position = np.asarray([float(v) for v in header.ImagePositionPatient])
-        orientation = np.asarray([float(v) for v in header.ImageOrientationPatient])
-    except (AttributeError, TypeError, ValueError):
+    position = vector(header, "ImagePositionPatient", 3)
+    orientation = vector(header, "ImageOrientationPatient", 6)
+    if position is None or orientation is None:
         return None, "none"
-    if position.size != 3 or orientation.size != 6:
-        return None, "none"
-    normal = np.cross(orientation[:3], orientation[3:])
-    return float(position @ normal), "ImagePositionPatient"
+    return position_along_normal(position, orientation), "ImagePositionPatient"
+
+
+def group_by_position(entries: Iterable[SeriesEntry]) -> list[list[SeriesEntry]]:
+    """Entries (each with a position) grouped into slices, in increasing position; positions
+    within :data:`SLICE_TOLERANCE_MM` of a slice's first are that slice."""
+    slices: list[list[SeriesEntry]] = []
+    for entry in sorted(entries, key=lambda e: e.slice_pos_mm):  # type: ignore[arg-type, return-value]
+        gap_mm = entry.slice_pos_mm - slices[-1][0].slice_pos_mm if slices else None  # type: ignore[operator]
+        if gap_mm is not None and abs(gap_mm) <= SLICE_TOLERANCE_MM:
+            slices[-1].append(entry)
+        else:
+            slices.append([entry])
+    return slices
+
+
+def order_phases(entries: Iterable[SeriesEntry], without_times: str) -> tuple[list[SeriesEntry], str | None]:
+    """One slice's images in phase order: by trigger time, then InstanceNumber and frame
+    number; where a trigger time is missing by InstanceNumber, file name and frame number,
+    with the warning ``without_times``."""
+    entries = list(entries)
+    if all(e.trigger_time_ms is not None for e in entries):
+        return sorted(entries, key=lambda e: (e.trigger_time_ms, e.instance_number, e.frame)), None
+    return sorted(entries, key=lambda e: (e.instance_number, e.path.name, e.frame)), without_times
+
+
+def same_format(entries: Sequence[SeriesEntry], index: SeriesIndex, what: str) -> FrameFormat:
+    """The frame format the images ``entries`` share; a :class:`ClipError` that names two
+    files when their sizes or pixel types differ (``what`` says which images they are)."""
+    first = entries[0].path
+    fmt = frame_format(index.headers[first], first)
+    for entry in entries[1:]:
+        other = frame_format(index.headers[entry.path], entry.path)
+        if other.shape != fmt.shape or other.dtype != fmt.dtype:
+            raise ClipError(
+                f"{what} differ: {first.name} is {fmt.shape} {fmt.dtype}, "
+                f"{entry.path.name} is {other.shape} {other.dtype}",
+                path=index.path,
+            )
+    return fmt
+
+
+def _entry(file: Path, header: Dataset) -> tuple[SeriesEntry, str]:
+    position, source = _slice_position(header)
+    instance = number(header, "InstanceNumber")
+    thickness = number(header, "SliceThickness")
+    return SeriesEntry(
+        path=file,
+        slice_pos_mm=position,
+        trigger_time_ms=number(header, "TriggerTime"),
+        instance_number=-1 if instance is None else int(instance),
+        slice_thickness_mm=thickness if thickness is not None and thickness > 0 else None,
+        orientation=vector(header, "ImageOrientationPatient", 6),
+    ), source
+
+
+def index_series(path: Path) -> SeriesIndex:
+    """Index a directory of single-image DICOM files (headers only) into slices and phases.
+
+    Raises :class:`ClipError` (naming the directory or the file) for a missing directory,
+    no DICOM images, a multi-frame file, a truncated header, or several series mixed.
+    """
+    path = Path(path)
+    warnings: list[str] = []
+    headers = _read_headers(path, warnings)
+    entries, sources = [], set()
+    for file, header in headers:
+        entry, source = _entry(file, header)
+        entries.append(entry)
+        sources.add(source)
+    if "none" in sources:
+        if len(sources) > 1:
+            raise ClipError("some files state a slice position and others do not", path=path)
+        warnings.append("no SliceLocation or ImagePositionPatient: all files are taken as one slice")
+        groups = [entries]
+    else:
+        groups = group_by_position(entries)
+    slices = []
+    for group in groups:
+        phases, doubt = order_phases(group, "TriggerTime missing: phases ordered by InstanceNumber, "
+                                            "no timing from the files")
+        slices.append(SeriesSlice(position_mm=phases[0].slice_pos_mm, phases=tuple(phases),
+                                  warnings=() if doubt is None else (doubt,)))
+    return SeriesIndex(path=path, headers=dict(headers), slices=tuple(slices),
+                       position_source=" / ".join(sorted(sources)), warnings=tuple(warnings))
+
+
+def _read_headers(path: Path, warnings: list[str]) -> list[tuple[Path, Dataset]]:
+    """Headers (no pixels) of every DICOM image file directly in the directory."""
+    if not path.is_dir():
+        raise ClipError("no such directory", path=path)
+    headers: list[tuple[Path, Dataset]] = []
+    skipped: list[str] = []
+    for file in sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")):
+        try:
+            with open(file, "rb") as fh:
+                header = pydicom.dcmread(fh, stop_before_pixels=True)
+                ends_in_header = fh.tell() >= os.fstat(fh.fileno()).st_size
+        except InvalidDicomError:
+            skipped.append(file.name)
+            continue
+        except HEADER_ERRORS as exc:
+            raise ClipError(f"truncated or corrupt header: {type(exc).__name__}: {exc}", path=file) from exc
+        if header.get("Rows") is None or ends_in_header:
+            meta = getattr(header, "file_meta", Dataset())
+            sop = UID(str(header.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID") or ""))
+            if header.get("Rows") is not None or "Image Storage" in sop.name:
+                raise ClipError("truncated: the file ends inside the header, before any pixel data", path=file)
+            skipped.append(file.name)  # DICOMDIR, structured reports, ...
+            continue
+        if int(number(header, "NumberOfFrames") or 1) > 1:
+            raise ClipError(
+                f"{file.name} is a multi-frame file; a series directory holds one image per file "
+                "(open the file itself instead)",
+                path=path,
+            )
+        headers.append((file, header))
+    if skipped:
+        shown = ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+        warnings.append(f"{len(skipped)} file(s) that are not DICOM images were skipped: {shown}")
+    if not headers:
+        raise ClipError("directory holds no DICOM image files", path=path)
+    first_file: dict[str, str] = {}
+    for file, header in headers:
+        first_file.setdefault(str(header.get("SeriesInstanceUID", "")), file.name)
+    if len(first_file) > 1:
+        shown = ", ".join(f"{uid or '(none)'} from {name}" for uid, name in list(first_file.items())[:3])
+        raise ClipError(
+            f"directory mixes {len(first_file)} series ({shown}{' ...' if len(first_file) > 3 else ''}); "
+            "point at a directory with one series",
+            path=path,
+        )
+    return headers
 
 
 class DicomSeriesReader(ClipReader):
@@ -80,10 +246,11 @@ class DicomSeriesReader(ClipReader):
 
     ``slice_index`` counts slices in increasing slice position (mm); default the middle
     slice, ``n_slices // 2``.  ``t_s`` is the TriggerTime relative to the first phase.
+    ``index``: the directory's :func:`index_series`, when the caller has it already (the
+    stack reader opens every slice from one index).
     """
 
-    #: Slice positions closer than this (mm) are the same slice.
-    SLICE_TOLERANCE_MM = 0.01
+    SLICE_TOLERANCE_MM = SLICE_TOLERANCE_MM
 
     def __init__(
         self,
@@ -92,57 +259,37 @@ class DicomSeriesReader(ClipReader):
         spacing_mm: tuple[float, float] | None = None,
         fps: float | None = None,
         slice_index: int | None = None,
+        index: SeriesIndex | None = None,
     ) -> None:
         self._path = Path(path)
         self._closed = False
-        warnings: list[str] = []
-        headers = self._index(warnings)
-        entries, sources = [], set()
-        for file, header in headers:
-            position, source = _slice_position(header)
-            sources.add(source)
-            entries.append(
-                _SeriesEntry(
-                    path=file,
-                    slice_pos_mm=position,
-                    trigger_time_ms=number(header, "TriggerTime"),
-                    instance=int(number(header, "InstanceNumber") or 0),
-                )
-            )
-        slices = self._group_slices(entries, sources, warnings)
-        n_slices = len(slices)
+        index = index_series(self._path) if index is None else index
+        n_slices = len(index.slices)
         chosen = n_slices // 2 if slice_index is None else slice_index
         if not 0 <= chosen < n_slices:
             raise ClipError(f"slice_index {slice_index} is out of range: the series has {n_slices} slices", path=path)
-        phases = self._order_phases(slices[chosen], warnings)
+        warnings = [*index.warnings, *index.slices[chosen].warnings]
+        phases = index.slices[chosen].phases
         self._files = tuple(e.path for e in phases)
 
-        by_path = dict(headers)
+        by_path = index.headers
         first = by_path[phases[0].path]
-        self._fmt = frame_format(first, phases[0].path)
-        for entry in phases[1:]:
-            other = frame_format(by_path[entry.path], entry.path)
-            if other.shape != self._fmt.shape or other.dtype != self._fmt.dtype:
-                raise ClipError(
-                    f"images of one slice differ: {phases[0].path.name} is {self._fmt.shape} {self._fmt.dtype}, "
-                    f"{entry.path.name} is {other.shape} {other.dtype}",
-                    path=path,
-                )
+        self._fmt = same_format(phases, index, "images of one slice")
 
         metadata = common_metadata(first, self._fmt)
         metadata.update(
             n_slices=n_slices,
             slice_index=chosen,
             slice_position_mm=phases[0].slice_pos_mm,
-            slice_positions_mm=[s[0].slice_pos_mm for s in slices],
-            slice_position_source=" / ".join(sorted(sources)),
+            slice_positions_mm=[s.position_mm for s in index.slices],
+            slice_position_source=index.position_source,
             files=[p.name for p in self._files],
         )
         spacing = header_spacing(first, self._fmt, metadata, warnings)
         spacings = {pair(by_path[e.path], "PixelSpacing") for e in phases}
         if len(spacings) > 1:
             warnings.append(f"PixelSpacing differs between the images of the slice: {sorted(map(str, spacings))}")
-        fps_file, clock = self._trigger_timing(phases, metadata, warnings)
+        fps_file, clock = trigger_timing([e.trigger_time_ms for e in phases], metadata, warnings)
         spacing, fps_value, self._clock = apply_overrides(
             spacing_file=spacing,
             fps_file=fps_file,
@@ -166,95 +313,6 @@ class DicomSeriesReader(ClipReader):
             channels=None,
             metadata=merge_metadata(user_metadata(first, warnings), metadata),
         )
-
-    def _index(self, warnings: list[str]) -> list[tuple[Path, Dataset]]:
-        """Headers (no pixels) of every DICOM image file directly in the directory."""
-        if not self._path.is_dir():
-            raise ClipError("no such directory", path=self._path)
-        headers: list[tuple[Path, Dataset]] = []
-        skipped: list[str] = []
-        for file in sorted(p for p in self._path.iterdir() if p.is_file() and not p.name.startswith(".")):
-            try:
-                with open(file, "rb") as fh:
-                    header = pydicom.dcmread(fh, stop_before_pixels=True)
-                    ends_in_header = fh.tell() >= os.fstat(fh.fileno()).st_size
-            except InvalidDicomError:
-                skipped.append(file.name)
-                continue
-            except HEADER_ERRORS as exc:
-                raise ClipError(f"truncated or corrupt header: {type(exc).__name__}: {exc}", path=file) from exc
-            if header.get("Rows") is None or ends_in_header:
-                meta = getattr(header, "file_meta", Dataset())
-                sop = UID(str(header.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID") or ""))
-                if header.get("Rows") is not None or "Image Storage" in sop.name:
-                    raise ClipError("truncated: the file ends inside the header, before any pixel data", path=file)
-                skipped.append(file.name)  # DICOMDIR, structured reports, ...
-                continue
-            if int(number(header, "NumberOfFrames") or 1) > 1:
-                raise ClipError(
-                    f"{file.name} is a multi-frame file; a series directory holds one image per file "
-                    "(open the file itself instead)",
-                    path=self._path,
-                )
-            headers.append((file, header))
-        if skipped:
-            shown = ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "")
-            warnings.append(f"{len(skipped)} file(s) that are not DICOM images were skipped: {shown}")
-        if not headers:
-            raise ClipError("directory holds no DICOM image files", path=self._path)
-        series = {str(h.get("SeriesInstanceUID", "")) for _, h in headers}
-        if len(series) > 1:
-            raise ClipError(
-                f"directory mixes {len(series)} series ({', '.join(sorted(series)[:3])} ...); "
-                "point at a directory with one series",
-                path=self._path,
-            )
-        return headers
-
-    def _group_slices(
-        self, entries: list[_SeriesEntry], sources: set[str], warnings: list[str]
-    ) -> list[list[_SeriesEntry]]:
-        """Slices in increasing position; files without a position form one slice (with a warning)."""
-        if "none" in sources:
-            if len(sources) > 1:
-                raise ClipError("some files state a slice position and others do not", path=self._path)
-            warnings.append("no SliceLocation or ImagePositionPatient: all files are taken as one slice")
-            return [entries]
-        slices: list[list[_SeriesEntry]] = []
-        for entry in sorted(entries, key=lambda e: e.slice_pos_mm):  # type: ignore[arg-type, return-value]
-            gap_mm = entry.slice_pos_mm - slices[-1][0].slice_pos_mm if slices else None  # type: ignore[operator]
-            if gap_mm is not None and abs(gap_mm) <= self.SLICE_TOLERANCE_MM:
-                slices[-1].append(entry)
-            else:
-                slices.append([entry])
-        return slices
-
-    def _order_phases(self, entries: list[_SeriesEntry], warnings: list[str]) -> list[_SeriesEntry]:
-        if all(e.trigger_time_ms is not None for e in entries):
-            return sorted(entries, key=lambda e: (e.trigger_time_ms, e.instance))
-        warnings.append("TriggerTime missing: phases ordered by InstanceNumber, no timing from the files")
-        return sorted(entries, key=lambda e: (e.instance, e.path.name))
-
-    @staticmethod
-    def _trigger_timing(
-        phases: list[_SeriesEntry], metadata: dict[str, Any], warnings: list[str]
-    ) -> tuple[float | None, FrameClock]:
-        times = [e.trigger_time_ms for e in phases]
-        if len(phases) < 2 or any(t is None for t in times):
-            return None, FrameClock(fps=None)
-        steps = np.diff(np.asarray(times, dtype=float))
-        if np.any(steps <= 0):
-            warnings.append("repeated TriggerTime values within the slice; no frame rate from the files")
-            return None, FrameClock(fps=None)
-        step_ms = float(np.median(steps))
-        if np.ptp(steps) > 0.05 * step_ms:
-            warnings.append(f"TriggerTime steps are uneven ({steps.min():.3f}..{steps.max():.3f} ms)")
-        metadata["fps_source"] = "TriggerTime"
-        metadata["frame_time_ms"] = step_ms
-        metadata["trigger_times_ms"] = [float(t) for t in times]  # type: ignore[arg-type]
-        t0 = float(times[0])  # type: ignore[arg-type]
-        times_s = tuple((float(t) - t0) / 1000.0 for t in times)  # type: ignore[arg-type]
-        return 1000.0 / step_ms, FrameClock(fps=1000.0 / step_ms, times_s=times_s)
 
     def __iter__(self) -> Iterator[ClipFrame]:
         if self._closed:

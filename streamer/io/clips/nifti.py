@@ -5,7 +5,9 @@ Axis conventions.  nibabel indexes voxels as (x, y, z, t[, c]); a frame is yield
 (rows, cols, C).  Layouts read:
 
 * 2-D (x, y): one frame;
-* 3-D (x, y, t): a one-slice cine (the third axis is taken as time);
+* 3-D (x, y, t): a one-slice cine (the third axis is taken as time); with
+  ``third_axis="slice"`` one phase of a stack (x, y, z): ``slice_index`` picks z and the
+  clip has one frame (:mod:`.stack` reads 3-D files so);
 * 4-D (x, y, z, t): ``slice_index`` picks z (default the middle slice);
 * 5-D (x, y, z, t, C): as 4-D with C channels per frame.
 
@@ -13,6 +15,8 @@ Units.  Spacing is (pixdim_y, pixdim_x) converted to mm from the header's spatia
 (meter, mm, micron); when the unit is "unknown" the spacing is not guessed: it is None and
 ``metadata["warnings"]`` says so.  Frame time is pixdim[4] (pixdim[3] for 3-D files) in the
 header's time unit (sec, msec, usec); "unknown" gives no fps, with a warning.
+
+The header's voxel geometry (dims, pixdim, units, affine) is :attr:`NiftiClipReader.geometry`.
 
 Frames are read one at a time as ``img.dataobj[..., t]`` from a file object the reader
 owns (for ``.nii.gz`` a forward-only gzip stream), never ``get_fdata()`` of the whole.
@@ -30,6 +34,7 @@ import math
 import os
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -54,7 +59,7 @@ from .base import (
     native_dtype_name,
 )
 
-__all__ = ["NiftiClipReader", "write_nifti"]
+__all__ = ["NiftiClipReader", "NiftiGeometry", "write_nifti"]
 
 EXTENSION_KEY = "cardiostream"
 _COMMENT = 6  # NIfTI-1 extension code "comment"
@@ -73,6 +78,48 @@ def _open_image(fh: IO[bytes], path: Path) -> nib.Nifti1Image:
         except _READ_ERRORS as exc:
             errors.append(f"{klass.__name__}: {exc}")
     raise ClipError(f"truncated or not a NIfTI file ({'; '.join(errors)})", path=path)
+
+
+@dataclass(frozen=True)
+class NiftiGeometry:
+    """What a NIfTI header says of its voxels, as stated (the readers of slices x phases use it)."""
+
+    #: voxel array shape, nibabel's (x, y, z, t[, c]) order
+    dims: tuple[int, ...]
+    #: pixdim[1..ndim] in the header's units as the file states them (nibabel would set a
+    #: zero to 1), each as its shortest decimal
+    zooms: tuple[float, ...]
+    #: xyzt_units: "mm", "meter", "micron" or "unknown"; "sec", "msec", "usec" or "unknown"
+    space_unit: str
+    time_unit: str
+    #: voxel (i, j, k, 1) -> RAS+ mm (nibabel's ``affine``: sform, else qform), 4 x 4
+    affine: tuple[tuple[float, ...], ...]
+
+    @property
+    def voxel_mm(self) -> tuple[float, ...] | None:
+        """pixdim[1..3] (x, y, z) in mm (not checked); None when the spatial unit is unknown
+        or the image has fewer than three axes."""
+        scale = _SPATIAL_TO_MM.get(self.space_unit)
+        if scale is None or len(self.zooms) < 3:
+            return None
+        return tuple(z * scale for z in self.zooms[:3])
+
+    @property
+    def frame_time_ms(self) -> float | None:
+        """pixdim[4] in ms for 4-D and 5-D images; None when the time unit is unknown or the
+        step is not positive."""
+        scale = _TIME_TO_S.get(self.time_unit)
+        if scale is None or len(self.zooms) < 4 or not self.zooms[3] > 0:
+            return None
+        return self.zooms[3] * scale * 1000.0
+
+
+def _stated_zooms(fh: IO[bytes], header_class: type) -> tuple[float, ...]:
+    """pixdim[1..ndim] as the file states them: nibabel's checked header sets a zero to 1
+    (with a log line only), so the header is read again unchecked."""
+    fh.seek(0)
+    raw = header_class.from_fileobj(fh, check=False)
+    return tuple(float(str(np.float32(v))) for v in raw.get_zooms())
 
 
 def _cardiostream_extension(header: Any, warnings: list[str]) -> dict[str, Any]:
@@ -115,7 +162,10 @@ class NiftiClipReader(ClipReader):
         spacing_mm: tuple[float, float] | None = None,
         fps: float | None = None,
         slice_index: int | None = None,
+        third_axis: str = "time",
     ) -> None:
+        if third_axis not in ("time", "slice"):
+            raise ValueError(f"third_axis must be 'time' or 'slice', got {third_axis!r}")
         self._path = Path(path)
         self._gz = full_suffix(self._path).endswith(".gz")
         self._raw: IO[bytes] | None = None
@@ -126,7 +176,7 @@ class NiftiClipReader(ClipReader):
         except OSError as exc:
             raise ClipError(f"cannot open: {exc}", path=path) from exc
         try:
-            self._init(spacing_mm, fps, slice_index)
+            self._init(spacing_mm, fps, slice_index, third_axis == "slice")
         except BaseException:
             self.close()
             raise
@@ -136,23 +186,29 @@ class NiftiClipReader(ClipReader):
         return gzip.GzipFile(fileobj=self._raw, mode="rb") if self._gz else self._raw  # type: ignore[return-value]
 
     def _init(
-        self, spacing_override: tuple[float, float] | None, fps_override: float | None, slice_index: int | None
+        self,
+        spacing_override: tuple[float, float] | None,
+        fps_override: float | None,
+        slice_index: int | None,
+        volume: bool,
     ) -> None:
         assert self._fh is not None
         img = _open_image(self._fh, self._path)
         header = img.header
+        stated_zooms = _stated_zooms(self._fh, type(header))
         dims = tuple(int(d) for d in img.shape)
         ndim = len(dims)
         if ndim not in (2, 3, 4, 5):
             raise ClipError(f"{ndim}-D NIfTI is not a clip (2-D to 5-D only), shape {dims}", path=self._path)
-        n_slices = dims[2] if ndim >= 4 else 1
-        if ndim >= 4:
+        volume = volume and ndim == 3  # a 3-D image read as one phase of a stack (x, y, z)
+        n_slices = dims[2] if ndim >= 4 or volume else 1
+        if ndim >= 4 or volume:
             z = n_slices // 2 if slice_index is None else slice_index
         else:
             z = 0 if slice_index is None else slice_index
         if not 0 <= z < n_slices:
             raise ClipError(f"slice_index {slice_index} is out of range: the image has {n_slices} slices", path=self._path)
-        n_frames = {2: 1, 3: dims[2], 4: dims[3], 5: dims[3]}[ndim]
+        n_frames = 1 if volume or ndim == 2 else dims[2] if ndim == 3 else dims[3]
         n_channels = dims[4] if ndim == 5 else None
 
         raw_dtype = np.dtype(img.get_data_dtype())
@@ -211,7 +267,7 @@ class NiftiClipReader(ClipReader):
         else:
             warnings.append(f"NIfTI spatial unit is '{space_unit}': pixdim {zooms[:2]} not taken as mm; no spacing")
         fps_file: float | None = None
-        if ndim >= 3:
+        if ndim >= 3 and not volume:
             axis = 3 if ndim >= 4 else 2
             if ndim == 3:
                 metadata["time_axis"] = 2
@@ -251,7 +307,15 @@ class NiftiClipReader(ClipReader):
                 raise ClipError(f"stored channel names {channels} do not match the image shape {dims}", path=self._path)
         user = stored.get("metadata", {})
         self._ndim, self._z, self._rgb_struct, self._out_dtype = ndim, z, rgb_struct, out_dtype
+        self._volume = volume
         self._img = img
+        self.geometry = NiftiGeometry(
+            dims=dims,
+            zooms=stated_zooms,
+            space_unit=str(space_unit),
+            time_unit=str(time_unit),
+            affine=tuple(tuple(float(v) for v in row) for row in np.asarray(img.affine, dtype=float)),
+        )
         self.info = ClipInfo(
             path=str(self._path),
             format="nifti",
@@ -270,7 +334,7 @@ class NiftiClipReader(ClipReader):
         if self._ndim == 2:
             xy = proxy[:, :]
         elif self._ndim == 3:
-            xy = proxy[:, :, t]
+            xy = proxy[:, :, self._z if self._volume else t]
         elif self._ndim == 4:
             xy = proxy[:, :, self._z, t]
         else:

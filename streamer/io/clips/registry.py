@@ -12,6 +12,7 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -22,8 +23,10 @@ from .nifti import NiftiClipReader, write_nifti
 from .npz import NpzClipReader, write_npz
 from .video import VideoClipReader, write_video
 
-__all__ = ["ReaderRegistry", "open_clip", "read_frames", "register_reader", "write_clip",
-           "WRITE_SUFFIXES"]
+__all__ = ["ReaderRegistry", "open_clip", "read_frames", "reading", "register_reader",
+           "write_clip", "WRITE_SUFFIXES"]
+
+T = TypeVar("T")
 
 
 class ReaderRegistry:
@@ -131,12 +134,18 @@ def open_clip(
             f"(readable: {', '.join(_REGISTRY.suffixes)}, a DICOM file or a DICOM series directory)",
             path=p,
         )
+    return reading(p, lambda: factory(p, spacing_mm=spacing_mm, fps=fps, slice_index=slice_index))
+
+
+def reading(path: Path, read: Callable[[], T]) -> T:
+    """``read()``, with a reader library's own error turned into a :class:`ClipError` that
+    names ``path`` ("unreadable: ...")."""
     try:
-        return factory(p, spacing_mm=spacing_mm, fps=fps, slice_index=slice_index)
+        return read()
     except ClipError:
         raise
     except Exception as exc:  # a reader's library error must not escape raw
-        raise ClipError(f"unreadable: {type(exc).__name__}: {exc}", path=p) from exc
+        raise ClipError(f"unreadable: {type(exc).__name__}: {exc}", path=path) from exc
 
 
 _WRITERS = {
