@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from echo_stream import stream_clip  # noqa: E402
 
 from engines.spec import BACKENDS, PRECISIONS  # noqa: E402
-from streamer.apps import parse_weights  # noqa: E402
+from streamer.apps import add_weights_argument  # noqa: E402
 
 #: the echo phantom appearances of the held-out sets (engines.train.common.APPEARANCES)
 APPEARANCES = ("neutral", "random")
@@ -447,10 +447,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="phantom appearance of the held-out sets and clips: 'random' draws "
                              "every appearance knob, the display and the wider anatomy per clip; "
                              "'neutral' is the plain phantom (default %(default)s)")
-    parser.add_argument("--weights", type=parse_weights, action="append", default=[],
-                        metavar="ROLE=PATH",
-                        help="candidate weights for a role (view, seg or flow): a state dict, "
-                             "TorchScript or ONNX file (repeatable; default: the shipped)")
+    add_weights_argument(parser)
     parser.add_argument("--view-samples", type=int, default=512,
                         help="held-out view frames (a multiple of 32 stays balanced)")
     parser.add_argument("--seg-samples", type=int, default=400, help="held-out seg frames")

@@ -192,7 +192,7 @@ def verdict(row: dict) -> str:
 
 
 def main(argv=None) -> int:
-    from streamer.apps import AnalysisConfig, EngineConfig, build_analysis
+    from streamer.apps import AnalysisConfig, EngineConfig, add_weights_argument, build_analysis
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path,
@@ -204,12 +204,13 @@ def main(argv=None) -> int:
                         help="pixel spacing, mm, where the file states none (default 0.3)")
     parser.add_argument("--clips", nargs="+", metavar="NAME",
                         help="only these clips (names as in the table)")
+    add_weights_argument(parser)
     args = parser.parse_args(argv)
     cases = [c for c in CASES if args.clips is None or c.name in args.clips]
     if args.clips and len(cases) != len(args.clips):
         parser.error(f"unknown clip; choose from {' '.join(c.name for c in CASES)}")
-    analysis = build_analysis(AnalysisConfig(app="echo",
-                                             engines=EngineConfig(backend=args.backend)))
+    analysis = build_analysis(AnalysisConfig(app="echo", engines=EngineConfig(
+        backend=args.backend, weights=tuple(args.weights))))
     rows = []
     print(f"{'clip':<26} {'group':<10} {'read':>4} {'analysed':>8} {'unk/gated':>9} "
           f"{'GLS frames':>10} {'GLS beats':>9}  {'':<4}  views")
@@ -234,7 +235,8 @@ def main(argv=None) -> int:
           f"{sum(r['passed'] for r in judged)}/{len(judged)} clips pass")
     given = sys.argv[1:] if argv is None else list(argv)
     record = {"command": " ".join(["python bench/noncardiac_echo.py", *given]),
-              "backend": args.backend, "gated_share_min": GATED_SHARE_MIN,
+              "backend": args.backend, "weights": [list(w) for w in args.weights],
+              "gated_share_min": GATED_SHARE_MIN,
               "assumed_fps": args.fps, "assumed_spacing_mm": args.spacing_mm,
               "passed": passed, "runs": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -371,7 +371,7 @@ def format_row(row: dict) -> str:
 
 def evaluate_main(argv=None) -> int:
     from engines.spec import BACKENDS, PRECISIONS
-    from streamer.apps import EngineConfig, parse_weights
+    from streamer.apps import EngineConfig, add_weights_argument
 
     parser = argparse.ArgumentParser(
         prog="physics_sims.py evaluate",
@@ -389,9 +389,7 @@ def evaluate_main(argv=None) -> int:
                         help="centreline metric of the verdict: curve (symmetric mean distance of "
                              "each curve's points to the other curve; default) or index (point i "
                              "to point i)")
-    parser.add_argument("--weights", type=parse_weights, action="append", default=[], metavar="ROLE=PATH",
-                        help="candidate weights for a role (view, seg or flow; repeatable; default: "
-                             "the shipped)")
+    add_weights_argument(parser)
     parser.add_argument("--backend", default="auto", choices=BACKENDS)
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
     parser.add_argument("--threads", type=int)

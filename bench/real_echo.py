@@ -237,15 +237,12 @@ def draw_curve(name: str, t_s: np.ndarray, gls: np.ndarray, unchecked: np.ndarra
 
 
 def main(argv=None) -> int:
-    from streamer.apps import AnalysisConfig, EngineConfig, build_analysis, parse_weights
+    from streamer.apps import AnalysisConfig, EngineConfig, add_weights_argument, build_analysis
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "img" / "real_echo")
     parser.add_argument("--backend", default="auto", choices=BACKENDS)
-    parser.add_argument("--weights", action="append", default=[], metavar="ROLE=PATH",
-                        type=parse_weights,
-                        help="judge other weights for a role (view, seg, flow) than the shipped "
-                             "ones, e.g. a candidate from `cardiostream engines train`; repeatable")
+    add_weights_argument(parser)
     args = parser.parse_args(argv)
     analysis = build_analysis(AnalysisConfig(app="echo", engines=EngineConfig(
         backend=args.backend, weights=tuple(args.weights))))

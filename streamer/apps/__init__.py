@@ -44,6 +44,16 @@ def parse_weights(text: str) -> tuple[str, str]:
     return role, path
 
 
+def add_weights_argument(parser) -> None:
+    """``--weights ROLE=PATH`` (repeatable) on a benchmark's argparse parser: candidate
+    weights judged in place of the shipped ones, the way ``EngineConfig.weights`` takes them."""
+    parser.add_argument("--weights", type=parse_weights, action="append", default=[],
+                        metavar="ROLE=PATH",
+                        help="candidate weights for a role (view, seg or flow): a state dict, "
+                             "TorchScript or ONNX file, e.g. from `cardiostream engines train` "
+                             "(repeatable; default: the shipped)")
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """How the networks run (see ``engines.backends.create_engine``)."""
