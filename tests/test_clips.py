@@ -105,6 +105,22 @@ def test_color3d_jpeg_baseline_120_frames_us_region_spacing():
     assert frames[-1].t_s == pytest.approx(119 * 0.033333)
 
 
+def test_stopping_early_closes_the_decoder_before_the_file(monkeypatch):
+    """A consumer that reads a few frames of a compressed cine and stops (the golden-results
+    script, `--max-frames`) leaves no decoder behind that touches the closed file."""
+    import gc
+    import sys
+
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    with open_clip(_testdata("color3d_jpeg_baseline.dcm")) as reader:
+        frames = iter(reader)
+        assert next(frames).index == 0 and next(frames).index == 1
+        del frames
+    gc.collect()
+    assert [str(u.exc_value) for u in unraisable] == []
+
+
 def test_dicom_without_suffix_is_found_by_its_preamble(tmp_path):
     src = _testdata("examples_ybr_color.dcm")
     path = tmp_path / "echo_clip"

@@ -40,6 +40,7 @@ import math
 import os
 import struct
 from collections.abc import Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -605,24 +606,26 @@ def decoded_frames(
     fh.seek(0)
     wanted = range(n_frames) if indices is None else list(indices)
     produced = 0
-    frames = iter_pixels(fh) if indices is None else iter_pixels(fh, indices=wanted)
-    while produced < len(wanted):
-        try:
-            arr = next(frames)
-        except StopIteration:
-            break
-        except Exception as exc:  # pydicom / Pillow decode errors have no common base class
-            raise ClipError(
-                f"truncated or corrupt: frame {wanted[produced]} of {n_frames} cannot be decoded "
-                f"({type(exc).__name__}: {exc})",
-                path=path,
-            ) from exc
-        if fmt.photometric == "MONOCHROME1":
-            arr = (~arr) if fmt.signed else (np.asarray((1 << fmt.bits_stored) - 1, dtype=arr.dtype) - arr)
-        elif fmt.palette is not None:
-            arr = fmt.palette[np.minimum(arr, len(fmt.palette) - 1)]
-        yield arr
-        produced += 1
+    # closed here, while ``fh`` is still open, when the caller stops early: pydicom's
+    # generator seeks the file back as it closes
+    with closing(iter_pixels(fh) if indices is None else iter_pixels(fh, indices=wanted)) as frames:
+        while produced < len(wanted):
+            try:
+                arr = next(frames)
+            except StopIteration:
+                break
+            except Exception as exc:  # pydicom / Pillow decode errors have no common base class
+                raise ClipError(
+                    f"truncated or corrupt: frame {wanted[produced]} of {n_frames} cannot be "
+                    f"decoded ({type(exc).__name__}: {exc})",
+                    path=path,
+                ) from exc
+            if fmt.photometric == "MONOCHROME1":
+                arr = (~arr) if fmt.signed else (np.asarray((1 << fmt.bits_stored) - 1, dtype=arr.dtype) - arr)
+            elif fmt.palette is not None:
+                arr = fmt.palette[np.minimum(arr, len(fmt.palette) - 1)]
+            yield arr
+            produced += 1
     if produced < len(wanted):
         raise ClipError(f"truncated: declares {n_frames} frames, decoded {produced}", path=path)
 
@@ -738,8 +741,9 @@ class DicomClipReader(ClipReader):
             fh = open(self._path, "rb")
         except OSError as exc:
             raise ClipError(f"cannot open: {exc}", path=self._path) from exc
-        with fh:
-            decoded = decoded_frames(fh, self._fmt, self._file_frames, self._path, self._indices)
+        # the decoder closes before the file (a consumer that stops early leaves both open)
+        with fh, closing(decoded_frames(fh, self._fmt, self._file_frames, self._path,
+                                        self._indices)) as decoded:
             for index, arr in enumerate(decoded):
                 yield ClipFrame(index=index, pixels=check_frame(arr, self.info, index), t_s=self._clock.t_s(index))
 
