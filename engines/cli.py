@@ -301,7 +301,9 @@ def cmd_train(args) -> int:
     torch is imported only when a network is trained (not by every ``cardiostream`` call)."""
     trainer = importlib.import_module(TRAIN_MODULES[args.train_role])
     parser = argparse.ArgumentParser(prog="cardiostream engines train")
-    trainer.add_parser(parser.add_subparsers(dest="train_role", required=True))
+    # dest "role", as the trainer's own entry point has it: the JSON record's arguments are
+    # the same whichever way a run is started
+    trainer.add_parser(parser.add_subparsers(dest="role", required=True))
     trainer_args = parser.parse_args([args.train_role, *args.train_args])
     return trainer_args.func(trainer_args)
 

@@ -113,6 +113,20 @@ def test_train_hands_the_rest_of_the_line_to_the_role_trainer(capsys):
     assert code == 2 and "--epochs" in err
 
 
+def test_train_records_the_same_arguments_as_the_trainers_own_entry_point(capsys, monkeypatch):
+    """A weights record's arguments do not depend on how the run was started:
+    `cardiostream engines train view ...` and `python -m engines.train.view view ...`."""
+    from engines.train import common, view
+
+    seen = []
+    monkeypatch.setattr(view, "run", lambda args: seen.append(args) or 0)
+    line = ["--epochs", "3", "--seed", "7"]
+    assert run(["engines", "train", "view", *line], capsys)[0] == 0
+    assert view.main(["view", *line]) == 0
+    via_cli, via_module = (common.record_header(a, "view")["arguments"] for a in seen)
+    assert via_cli == via_module and via_cli["role"] == "view"
+
+
 def test_calibration_clip_is_read_by_the_callers_reader(tmp_path, capsys, monkeypatch):
     """The engines read no clips: ``--calibration-clip`` goes through the ``read_frames``
     the caller registered (streamer.cli passes streamer.io.clips.read_frames)."""
