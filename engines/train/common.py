@@ -185,6 +185,40 @@ def augment_intensity(x: torch.Tensor, g: torch.Generator, gain=(0.7, 1.35), gam
     return x.clamp(0, 1)
 
 
+def augment_scanner_fields(x: torch.Tensor, g: torch.Generator, gain_log_sd=(0.0, 0.5),
+                           haze=(0.0, 0.4), haze_p=0.7, haze_depth=(0.08, 0.4)) -> torch.Tensor:
+    """Two scanner effects drawn per image on [0, 1] echo frames (N, 1, H, W) that are black
+    outside the sector, wider than the phantom's own knobs draw them:
+
+    * a smooth gain field: a 4x4 grid of log-gains with a standard deviation drawn from
+      ``gain_log_sd``, upsampled bicubically (uneven echogenicity, TGC, a dim wall or a bright
+      septum of another scanner);
+    * near-field haze (with probability ``haze_p``): speckle of amplitude drawn from ``haze``
+      that fades with depth below the top of the sector's middle columns, where the apex sits,
+      over a depth drawn from ``haze_depth`` (fraction of the image height): the
+      reverberation that fills a real apex.
+
+    Pixels outside the sector (and thin overlays: the sector is the part of the image where
+    most of a 9x9 neighbourhood is not black) get no haze.
+    """
+    n, _, h, w = x.shape
+    f = torch.nn.functional
+
+    def u(lo, hi):
+        return lo + (hi - lo) * torch.rand((n, 1, 1, 1), generator=g)
+
+    sector = (f.avg_pool2d((x > 0.03).float(), 9, 1, 4) > 0.3).float()
+    log_gain = torch.randn((n, 1, 4, 4), generator=g) * u(*gain_log_sd)
+    x = x * f.interpolate(log_gain, size=(h, w), mode="bicubic", align_corners=False).exp()
+    rows = torch.arange(h, dtype=torch.float32).view(1, 1, h, 1)
+    middle = sector[..., w * 3 // 10: w * 7 // 10]
+    top = torch.where(middle.sum(3, keepdim=True) > 0, rows, torch.full_like(rows, h)).amin(2, keepdim=True)
+    fade = torch.exp(-(rows - top) / (h * u(*haze_depth))) * (rows >= top)
+    speckle = f.avg_pool2d(-torch.log(torch.rand(x.shape, generator=g).clamp(min=1e-6)), 3, 1, 1)
+    amplitude = u(*haze) * (torch.rand((n, 1, 1, 1), generator=g) < haze_p)
+    return (x + amplitude * fade * speckle * sector).clamp(0, 1)
+
+
 def random_affine(n: int, g: torch.Generator, scale=(0.9, 1.1), shift=0.06, rotate_deg=6.0) -> torch.Tensor:
     """(N, 2, 3) ``affine_grid`` matrices: isotropic scale, rotation, shift (fraction of the size)."""
     s = scale[0] + (scale[1] - scale[0]) * torch.rand(n, generator=g)
