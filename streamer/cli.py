@@ -32,7 +32,10 @@ def _clip_options() -> argparse.ArgumentParser:
                        "NAME/slice-K whose start says the stack id, slice position and "
                        "thickness and orientation; frames carry phase index and trigger time")
     group.add_argument("--spacing-mm", nargs=2, type=float, metavar=("ROW", "COL"),
-                       help="pixel spacing in mm when the file does not carry it (video)")
+                       help="pixel spacing in mm in place of the file's: for a video (which "
+                       "carries none) or a file whose calibration is wrong (e.g. an image "
+                       "resized after its ultrasound region was calibrated: the reader "
+                       "warns, and strain is refused as not_measurable:centreline_length)")
     group.add_argument("--fps", type=float, help="frame rate to use instead of the file's")
     group.add_argument("--modality", choices=("US", "MR"),
                        help="modality when the file does not say (video)")
