@@ -67,6 +67,9 @@ STATE_CHANNEL = 6
 NORMALISE_PERCENTILES = (1.0, 99.5)
 #: the grid of the recurrent state and of the motion fusion, relative to the input
 STATE_STRIDE = 8
+#: channels of the motion branch's own view of the image pair ([previous, current,
+#: difference] at 1/4): the brightness-constancy cue of sub-pixel motion
+PAIR_WIDTH = 8
 
 SPEC = NetSpec(
     role="mr",
@@ -178,11 +181,12 @@ class MotionBranch(nn.Module):
                  hidden: int = DEFAULTS["hidden"], refine: int = DEFAULTS["refine"]):
         super().__init__()
         w2, w3, w4 = widths[1], widths[2], widths[3]
-        self.fuse = nn.Sequential(_conv(2 * (w2 + w3 + w4) + w3, fusion, k=1), _conv(fusion, fusion))
+        self.pair = nn.Sequential(_conv(3, PAIR_WIDTH, stride=2), _conv(PAIR_WIDTH, PAIR_WIDTH, stride=2))
+        self.fuse = nn.Sequential(_conv(2 * (w2 + w3 + w4) + w3 + PAIR_WIDTH, fusion, k=1), _conv(fusion, fusion))
         self.gru = ConvGRU(fusion, hidden)
         self.coarse = _conv(hidden, 2, act=False)
         self.reduce = _conv(2 * w2, refine, k=1)
-        self.refine = nn.Sequential(_conv(refine + hidden + 2, refine), _conv(refine, 2, act=False))
+        self.refine = nn.Sequential(_conv(refine + hidden + PAIR_WIDTH + 2, refine), _conv(refine, 2, act=False))
         self.hidden = hidden
 
     def zero_state(self, n: int, size, like: torch.Tensor) -> torch.Tensor:
@@ -190,11 +194,14 @@ class MotionBranch(nn.Module):
         return like.new_zeros(n, self.hidden, h // STATE_STRIDE, w // STATE_STRIDE)
 
     def forward(self, prev: list[torch.Tensor], cur: list[torch.Tensor], state: torch.Tensor,
-                size) -> tuple[torch.Tensor, torch.Tensor]:
+                size, images: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """``prev`` / ``cur``: encoder features; ``state`` (N, hidden, H/8, W/8); ``size``
-        the input (H, W). Returns (flow (N, 2, H, W) in input pixels, next state)."""
+        the input (H, W); ``images`` the (previous, current) frames (N, 1, H, W). Returns
+        (flow (N, 2, H, W) in input pixels, next state)."""
         g = prev[2].shape[-2:]
-        parts = []
+        a, b = images
+        pair = self.pair(torch.cat([a, b, (b - a) * 4.0], 1))        # 1/4: the intensity change
+        parts = [F.avg_pool2d(pair, 2)]
         for f in (prev, cur):
             parts += [F.avg_pool2d(f[1], 2), f[2], upsample(f[3], g)]
         parts.append(cur[2] - prev[2])
@@ -202,7 +209,7 @@ class MotionBranch(nn.Module):
         coarse = self.coarse(h)                                  # 1/8 pixels
         q = prev[1].shape[-2:]
         up = upsample(coarse, q, 2.0)                            # 1/4 pixels
-        x = torch.cat([self.reduce(torch.cat([prev[1], cur[1]], 1)), upsample(h, q), up], 1)
+        x = torch.cat([self.reduce(torch.cat([prev[1], cur[1]], 1)), pair, upsample(h, q), up], 1)
         flow = up + self.refine(x)
         return upsample(flow, size, float(size[0]) / float(q[0])), h
 
@@ -272,8 +279,8 @@ class MRJointNet(nn.Module):
     def segment(self, feats: list[torch.Tensor], size) -> torch.Tensor:
         return self.segmentation_branch(feats, size)
 
-    def motion(self, prev, cur, state, size):
-        return self.motion_branch(prev, cur, state, size)
+    def motion(self, prev, cur, state, size, images):
+        return self.motion_branch(prev, cur, state, size, images)
 
     def sequence(self, frames: torch.Tensor, segment: bool = True):
         """A batch of sequences (N, T, H, W) -> (logits (N, T, 4, H, W) or None,
@@ -285,7 +292,8 @@ class MRJointNet(nn.Module):
         state = self.motion_branch.zero_state(n, (h, w), frames)
         flows = []
         for k in range(t - 1):
-            flow, state = self.motion(per[k], per[k + 1], state, (h, w))
+            flow, state = self.motion(per[k], per[k + 1], state, (h, w),
+                                      (frames[:, k:k + 1], frames[:, k + 1:k + 2]))
             flows.append(flow)
         logits = None
         if segment:
@@ -300,7 +308,7 @@ class MRJointNet(nn.Module):
         prev = [f[:n] for f in feats]
         cur = [f[n:] for f in feats]
         state = unpack_state(frames[:, 2:3], self.motion_branch.hidden)
-        flow, state = self.motion(prev, cur, state, (h, w))
+        flow, state = self.motion(prev, cur, state, (h, w), (frames[:, 0:1], frames[:, 1:2]))
         logits = self.segment(cur, (h, w))
         return torch.cat([logits, flow, pack_state(state, (h, w))], 1)
 
