@@ -207,3 +207,18 @@ def test_real_patients_need_a_reader_and_a_known_holdout(tmp_path, monkeypatch):
     args = parser.parse_args(["mr", "--patients", "A", "--holdout-patient", "C"])
     with pytest.raises(SystemExit, match="not one of"):
         mr.load_patients(args)
+
+
+def test_compose_motion_follows_the_points_along_the_flows(monkeypatch):
+    """Frame-to-frame flows composed on frame 0's grid: constant flows add up; a flow that
+    differs across the image is sampled where the point has got to."""
+    model = mr_joint.build()
+    flows = torch.zeros(1, 2, 2, 32, 32)
+    flows[:, 0, 0] = 1.0                                       # frame 0 -> 1: +1 col everywhere
+    flows[:, 1, 1, :, 16:] = 2.0                               # frame 1 -> 2: +2 rows, right half only
+    monkeypatch.setattr(model, "sequence", lambda x, segment=False: (None, flows))
+    phi = mr.compose_motion(model, np.zeros((3, 32, 32), np.float32))
+    assert phi.shape == (32, 32, 2)
+    assert np.allclose(phi[:, 20, 0], 1.0) and np.allclose(phi[:, 20, 1], 2.0)
+    assert np.allclose(phi[:, 5, 1], 0.0)
+    assert np.allclose(phi[:, 15, 1], 2.0)                     # col 15 has moved to col 16

@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engines.nets import flownet
 from engines.spec import NetSpec, get_role, role_contract
 from streamer.vocab import MRLabel
 
@@ -111,14 +112,9 @@ def bilinear_sampler(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     """The bilinear sampler: ``x`` (N, C, H, W) sampled at (col + dx, row + dy) for the flow
     (N, 2, H, W) in pixels, border values repeated outside.  With the previous -> current
     flow, ``bilinear_sampler(current, flow)`` is the current frame on the previous grid.
-    A whole-pixel flow reproduces the shifted pixels exactly."""
-    n, _, h, w = flow.shape
-    xs = torch.arange(w, dtype=flow.dtype, device=flow.device).view(1, 1, w).expand(1, h, w)
-    ys = torch.arange(h, dtype=flow.dtype, device=flow.device).view(1, h, 1).expand(1, h, w)
-    gx = (xs + flow[:, 0]) * (2.0 / max(w - 1, 1)) - 1.0
-    gy = (ys + flow[:, 1]) * (2.0 / max(h - 1, 1)) - 1.0
-    return F.grid_sample(x, torch.stack([gx, gy], dim=-1), mode="bilinear", padding_mode="border",
-                         align_corners=True)
+    A whole-pixel flow reproduces the shifted pixels exactly.  The same warp as the echo
+    flow network's (:func:`engines.nets.flownet.warp`, one implementation)."""
+    return flownet.warp(x, flow)
 
 
 def upsample(x: torch.Tensor, size, scale: float = 1.0) -> torch.Tensor:

@@ -551,8 +551,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="weight of the Huber penalty of the flow's change between frame pairs (default %(default)s)")
     p.add_argument("--warp-seg", type=float, default=0.1,
                    help="weight of the warped-segmentation loss (default %(default)s)")
-    p.add_argument("--motion-weight", type=float, default=1.0,
-                   help="weight of the motion loss in step 3 (default %(default)s)")
+    p.add_argument("--motion-weight", type=float, default=10.0,
+                   help="weight of the motion loss in step 3, where the segmentation losses are "
+                        "~100x larger (default %(default)s)")
     p.add_argument("--dice-weight", type=float, default=1.0,
                    help="weight of the soft Dice beside the cross-entropy (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of weights init and batches (default %(default)s)")
