@@ -54,7 +54,8 @@ def train_fold(patient: str, out_dir: Path, threads: int, extra: list[str]) -> d
 
 
 def table(records: dict[str, dict]) -> str:
-    head = (f"{'held-out patient':17s} {'myo Dice ED':>11s} {'cav Dice ED+ES':>14s} {'MCD endo mm':>11s} "
+    head = (f"{'held-out patient':17s} {'myo Dice ED':>11s} {'cav Dice ED+ES':>14s} {'(largest comp.)':>15s} "
+            f"{'MCD endo mm':>11s} "
             f"{'(no motion)':>11s} {'phantom cav/myo/RV Dice':>23s} {'phantom EPE px':>14s}")
     lines = [head, "-" * len(head)]
     sums = {k: [] for k in ACCEPT}
@@ -62,14 +63,16 @@ def table(records: dict[str, dict]) -> str:
         h, ph = rec["test"]["holdout"], rec["test"]["phantoms"]
         for k in ACCEPT:
             sums[k].append(h[k])
+        lc = h["largest_component"]
         lines.append(f"{p:17s} {h['myocardium_dice_mean']:11.3f} {h['cavity_dice_mean']:14.3f} "
+                     f"{lc['myocardium_dice_mean']:9.3f}/{lc['cavity_dice_mean']:.3f} "
                      f"{h['mcd_endo_mm_mean']:11.2f} {h['mcd_endo_identity_mm_mean']:11.2f} "
                      f"{ph['lv_cavity_dice_mean']:9.3f}/{ph['lv_myocardium_dice_mean']:.3f}/"
                      f"{ph['rv_cavity_dice_mean']:.3f} {ph['epe_myocardium_px']:14.3f}")
     if records:
         m = {k: sum(v) / len(v) for k, v in sums.items()}
         lines.append(f"{'mean':17s} {m['myocardium_dice_mean']:11.3f} {m['cavity_dice_mean']:14.3f} "
-                     f"{m['mcd_endo_mm_mean']:11.2f}")
+                     f"{'':15s} {m['mcd_endo_mm_mean']:11.2f}")
         lines.append(f"acceptance: myocardium >= {ACCEPT['myocardium_dice_mean']}, cavity >= "
                      f"{ACCEPT['cavity_dice_mean']}, MCD <= {ACCEPT['mcd_endo_mm_mean']} mm")
     return "\n".join(lines)
