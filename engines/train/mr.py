@@ -53,6 +53,7 @@ motion, its contour against the expert end-diastolic one as mean contour distanc
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -482,6 +483,7 @@ def train_stage(model: mr_joint.MRJointNet, stage: str, steps: int, sampler: Sam
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=0.1)
     history, acc, every = [], {}, max(1, steps // 10)
     bar = common.progress(total=steps, desc=f"mr {stage}")
+    t0 = time.perf_counter()
     model.train()
     for step in range(steps):
         loss = torch.zeros((), device=device)
@@ -523,6 +525,8 @@ def train_stage(model: mr_joint.MRJointNet, stage: str, steps: int, sampler: Sam
         if (step + 1) % every == 0 or step + 1 == steps:
             m = (step % every) + 1
             history.append({"stage": stage, "step": step + 1, **{k: round(v / m, 6) for k, v in acc.items()}})
+            bar.write(f"mr: {stage} step {step + 1}/{steps}: " + ", ".join(
+                f"{k} {v / m:.4g}" for k, v in acc.items()) + f" ({time.perf_counter() - t0:.0f} s)")
             acc = {}
     bar.close()
     for p in model.parameters():
