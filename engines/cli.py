@@ -432,7 +432,8 @@ def add_engines_parser(subparsers, read_frames: ReadFrames | None = None,
     contours as arrays (``streamer.io.sunnybrook.read_patient``), for ``train mr``."""
     engines = subparsers.add_parser(
         "engines", help="build, check and train the networks' engines",
-        description="The three networks (view classifier, myocardium segmenter, flow) on the "
+        description="The networks (echo: view classifier, myocardium segmenter, flow; MR: the "
+                    "joint segmentation + motion network) on the "
                     "inference backends: torch (eager), onnxruntime and openvino (CPU), tensorrt "
                     "(CUDA GPU with torch_tensorrt). Built engines are cached in $CARDIOSTREAM_CACHE "
                     "(default ~/.cache/cardiostream/engines), keyed by weights, input shape, "
