@@ -33,7 +33,7 @@ Losses (Qin et al. 2018)
 * segmentation: the (partial-label) cross-entropy + soft Dice above on labelled frames,
   plus the warped-segmentation loss on the frames of the sequences (``--warp-seg``): the
   predicted label probabilities of frame t + 1 warped onto frame t by the motion are the
-  (detached) target of frame t's prediction.
+  (detached) target of frame t's prediction (KL divergence: zero for a perfect match).
 
 Schedule (the paper's three steps): (1) ``--motion-steps`` on the motion loss (encoder and
 motion branch), (2) ``--seg-steps`` on the segmentation losses with the encoder frozen
@@ -287,7 +287,8 @@ def partial_label_loss(logits: torch.Tensor, codes: torch.Tensor, dice_weight: f
 
 def warped_segmentation_loss(logits: torch.Tensor, flows: torch.Tensor) -> torch.Tensor:
     """Frame t's predicted labels against frame t+1's predicted label probabilities warped
-    onto frame t by the motion (detached target): mean cross-entropy over the sequence.
+    onto frame t by the motion (detached target): mean cross-entropy less the target's
+    entropy (the KL divergence) over the sequence.
     ``logits`` (N, T, 4, H, W), ``flows`` (N, T-1, 2, H, W). Zero where the warped
     prediction is certain and equals frame t's."""
     n, t, c, h, w = logits.shape
