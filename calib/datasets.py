@@ -320,6 +320,29 @@ def mr_segmentation_samples(split: str, n: int, offset: int = 0, frames_per_clip
             "rv": np.stack(rv)[k], "seeds": np.array(sd)[k], "split": split}
 
 
+def mr_sequence_samples(split: str, n: int, offset: int = 0, frames: int = 20, rows: int = 256,
+                        cols: int = 256, motion: bool = False) -> dict:
+    """``n`` whole short-axis cine phantoms (one cardiac cycle of ``frames`` frames each, the
+    phases of the Sunnybrook cines): ``frames`` (n, T, rows, cols) uint16 magnitude, ``labels``
+    (n, T, rows, cols) uint8 (:class:`streamer.vocab.MRLabel`), ``spacing_mm`` (n, 2); with
+    ``motion``, ``displacement`` (n, T, rows, cols, 2) float32, the truth (dx, dy) px from
+    frame t to t + 1 on frame t's grid. ``offset`` counts clips of the split."""
+    from calib.mr import make_mr_clip
+    seeds = split_seeds(split, n, offset)
+    out = {"frames": np.empty((n, frames, rows, cols), np.uint16),
+           "labels": np.empty((n, frames, rows, cols), np.uint8), "spacing_mm": np.empty((n, 2))}
+    if motion:
+        out["displacement"] = np.empty((n, frames, rows, cols, 2), np.float32)
+    for i, s in enumerate(seeds):
+        clip = make_mr_clip(random_mr_config(int(s), rows=rows, cols=cols, frames=frames))
+        out["frames"][i] = clip.frames
+        out["labels"][i] = clip.truth.label_map()
+        out["spacing_mm"][i] = clip.spacing_mm
+        if motion:
+            out["displacement"][i] = clip.truth.displacement
+    return {**out, "seeds": np.asarray(seeds), "split": split}
+
+
 def calibration_images(n: int, kind: str = "view", rows: int = 256, cols: int = 256) -> np.ndarray:
     """Representative engine inputs for INT8 calibration, from the ``calib`` split only."""
     if kind == "view":

@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 TRAIN_MODULES = {name: role.trainer for name, role in REGISTRY.items()}
 #: a clip reader: path -> the clip's frames as pixel arrays
 ReadFrames = Callable[[Path], Iterable[np.ndarray]]
+#: a Sunnybrook reader: (root folder, patient id) -> the patient's arrays
+#: (:func:`streamer.io.sunnybrook.read_patient`)
+ReadMRPatient = Callable[[Path, str], dict]
 
 
 def _roles(text: str) -> list[str]:
@@ -79,9 +82,19 @@ def _positive(text: str) -> int:
     return n
 
 
+def _shipped_roles() -> list[str]:
+    """The roles whose shipped weights are in engines/weights/ (mr is trained and judged on
+    the real patients first, and ships only when it meets its acceptance)."""
+    from engines import nets
+
+    return [r for r in ROLES if nets.shipped_weights(r).is_file()]
+
+
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--roles", type=_roles, default=list(ROLES), metavar="ROLE[,ROLE]",
-                   help=f"networks to use, comma-separated (default: {','.join(ROLES)})")
+    shipped = _shipped_roles()
+    p.add_argument("--roles", type=_roles, default=shipped, metavar="ROLE[,ROLE]",
+                   help=f"networks to use, comma-separated, of {','.join(ROLES)} (default: the "
+                        f"roles with shipped weights, here {','.join(shipped) or 'none'})")
     p.add_argument("--weights", type=_weights, action="append", default=[], metavar="ROLE=PATH",
                    help="your own model for a role instead of the shipped weights: a state dict "
                         "(.pt/.pth), TorchScript (.pt/.ts) or ONNX (.onnx) file with the role's "
@@ -165,6 +178,12 @@ def _inputs(spec, kind: str, n: int) -> np.ndarray:
         a = datasets.view_samples("test", n, rows=h, cols=w)["images"][:, None]
     elif spec.role == "seg":
         a = datasets.segmentation_samples("test", n, rows=h, cols=w)["images"][:, None]
+    elif spec.role == "mr":  # [previous, current, zero state] of a held-out MR phantom cine
+        from engines.nets.mr_joint import normalise
+
+        f = datasets.mr_sequence_samples("test", 1, frames=n + 1, rows=h, cols=w)["frames"][0]
+        f = np.stack([normalise(x) for x in f])
+        return np.stack([np.stack([f[i], f[i + 1], np.zeros((h, w), np.float32)]) for i in range(n)])
     else:
         a = datasets.flow_samples("test", n, rows=h, cols=w)["pairs"]
     return np.ascontiguousarray(a, dtype=np.float32) / np.float32(255.0)
@@ -305,6 +324,8 @@ def cmd_train(args) -> int:
     # the same whichever way a run is started
     trainer.add_parser(parser.add_subparsers(dest="role", required=True))
     trainer_args = parser.parse_args([args.train_role, *args.train_args])
+    if hasattr(trainer_args, "read_patient"):  # the MR trainer: the caller's Sunnybrook reader
+        trainer_args.read_patient = getattr(args, "read_mr_patient", None)
     return trainer_args.func(trainer_args)
 
 
@@ -403,15 +424,18 @@ def cmd_adapt(args) -> int:
     return 0
 
 
-def add_engines_parser(subparsers, read_frames: ReadFrames | None = None) -> argparse.ArgumentParser:
+def add_engines_parser(subparsers, read_frames: ReadFrames | None = None,
+                       read_mr_patient: ReadMRPatient | None = None) -> argparse.ArgumentParser:
     """Register ``engines`` (build, check, train) on a top-level ``add_subparsers()`` object.
 
     ``read_frames(path)``: the frames of a clip as pixel arrays (``streamer.cli`` passes
     ``streamer.io.clips.read_frames``); it enables ``--calibration-clip``, which is left
-    out without one."""
+    out without one. ``read_mr_patient(root, patient)``: a Sunnybrook patient's stack and
+    contours as arrays (``streamer.io.sunnybrook.read_patient``), for ``train mr``."""
     engines = subparsers.add_parser(
         "engines", help="build, check and train the networks' engines",
-        description="The three networks (view classifier, myocardium segmenter, flow) on the "
+        description="The networks (echo: view classifier, myocardium segmenter, flow; MR: the "
+                    "joint segmentation + motion network) on the "
                     "inference backends: torch (eager), onnxruntime and openvino (CPU), tensorrt "
                     "(CUDA GPU with torch_tensorrt). Built engines are cached in $CARDIOSTREAM_CACHE "
                     "(default ~/.cache/cardiostream/engines), keyed by weights, input shape, "
@@ -478,7 +502,7 @@ def add_engines_parser(subparsers, read_frames: ReadFrames | None = None) -> arg
                        help=f"the network to train: {', '.join(TRAIN_MODULES)}")
     train.add_argument("train_args", nargs=argparse.REMAINDER, metavar="...",
                        help="the trainer's options (see ROLE --help)")
-    train.set_defaults(func=cmd_train)
+    train.set_defaults(func=cmd_train, read_mr_patient=read_mr_patient)
 
     if read_frames is not None:
         ad = sub.add_parser(

@@ -2,7 +2,8 @@
 module, trainer, default CPU backend and INT8 calibration set; every other per-role table
 in :mod:`engines` derives from it.
 
-Three roles, each with exactly one input and one output, batch 1, float32, static shape:
+Four roles, each with exactly one input and one output, batch 1, float32, static shape
+(three for echo, one for short-axis MR):
 
 =======  ===========================  =================================================
 role     input                        output
@@ -15,7 +16,18 @@ flow     ``frames`` (1, 2, H, W)      ``flow``   (1, 2, H, W) pixels of the inpu
          previous then current        channels (dx = d_col, dy = d_row), previous ->
                                       current, on the previous frame's grid (OpenCV's
                                       ``calcOpticalFlow*(prev, next)`` convention)
+mr       ``frames`` (1, 3, H, W)      ``joint``  (1, 7, H, W): logits of the MR labels
+         previous image, current      of the current frame (:class:`streamer.vocab.
+         image, recurrent state       MRLabel`: background, LV cavity, LV myocardium,
+         plane                        RV cavity), flow (dx, dy) previous -> current
+                                      as the flow role's, the next state plane
 =======  ===========================  =================================================
+
+The ``mr`` role is the joint network of Qin et al. 2018 (:mod:`engines.nets.mr_joint`):
+its recurrent state travels as one extra input and output channel (a stream starts with
+zeros and feeds output channel 6 back as the next input's channel 2), so the backends'
+one-input / one-output contract holds; its images are normalised per image by
+:func:`engines.nets.mr_joint.normalise`, not by :func:`unit_range`.
 
 Images are greyscale in [0, 1] (the runtime's pre-processing), brought to the network's
 H x W by :func:`fit_to_input` (aspect kept, zero padding, centred).
@@ -111,6 +123,12 @@ REGISTRY: dict[str, Role] = {r.name: r for r in (
     Role("flow", "frames", 2, "flow", 2, dense=True,
          network="engines.nets.flownet", trainer="engines.train.flow",
          cpu_backend="openvino", calibration_kind="flow"),
+    # not measured yet: openvino as for the other dense networks
+    Role("mr", "frames", 3, "joint", 7, dense=True,
+         network="engines.nets.mr_joint", trainer="engines.train.mr",
+         cpu_backend="openvino", calibration_kind="mr",
+         normalisation="per image: percentiles 1 and 99.5 -> 0 and 1, clipped "
+                       "(engines.nets.mr_joint.normalise)"),
 )}
 ROLES = tuple(REGISTRY)
 

@@ -180,9 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
     from engines.cli import add_engines_parser
     from streamer.bench import add_parser as add_bench_parser
     from streamer.io.clips import read_frames
+    from streamer.io.sunnybrook import read_patient
 
     add_phantom_parser(commands)
-    add_engines_parser(commands, read_frames=read_frames)  # engines read no clips themselves
+    # engines read no clips themselves
+    add_engines_parser(commands, read_frames=read_frames, read_mr_patient=read_patient)
     add_bench_parser(commands)
     return parser
 

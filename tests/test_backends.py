@@ -239,7 +239,7 @@ def test_the_role_registry_is_the_one_per_role_table():
     from engines import cli, nets
     from engines.spec import REGISTRY, get_role, role_contract
 
-    assert tuple(REGISTRY) == ROLES == ("view", "seg", "flow")
+    assert tuple(REGISTRY) == ROLES == ("view", "seg", "flow", "mr")
     assert AUTO_CPU_BACKEND == {r: REGISTRY[r].cpu_backend for r in ROLES}
     assert set(AUTO_CPU_BACKEND.values()) <= set(CPU_BACKENDS)
     assert nets.MODULES == {r: REGISTRY[r].network for r in ROLES}
@@ -249,7 +249,7 @@ def test_the_role_registry_is_the_one_per_role_table():
         assert spec.role == name and (spec.input, spec.output) == role.contract(spec.size)
         assert spec.normalisation == role.normalisation
         assert importlib.util.find_spec(role.trainer) is not None
-        assert role.calibration_kind in ("view", "segmentation", "flow")
+        assert role.calibration_kind in ("view", "segmentation", "flow", "mr")
         assert role_contract(name, (8, 8)) == role.contract((8, 8))
     with pytest.raises(ValueError, match="choose one of view, seg, flow"):
         get_role("lv")

@@ -60,7 +60,14 @@ class ToyFlow(_ToyUNet):
         super().__init__(2, 2, width)
 
 
-ARCHS = {"view": ToyView, "seg": ToySeg, "flow": ToyFlow}
+class ToyMR(_ToyUNet):
+    """The ``mr`` role's contract: [previous, current, state] -> [4 logits, flow, state]."""
+
+    def __init__(self, width: int = 8):
+        super().__init__(3, 7, width)
+
+
+ARCHS = {"view": ToyView, "seg": ToySeg, "flow": ToyFlow, "mr": ToyMR}
 
 
 def toy_spec(role: str, size: tuple[int, int] = (64, 64)) -> NetSpec:

@@ -21,7 +21,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-BUILDERS = ("view_samples", "segmentation_samples", "flow_samples", "mr_segmentation_samples")
+BUILDERS = ("view_samples", "segmentation_samples", "flow_samples", "mr_segmentation_samples",
+            "mr_sequence_samples")
 
 
 def cache_dir() -> Path:

@@ -1,0 +1,234 @@
+"""The MR trainer (engines.train.mr): Qin et al.'s losses on known inputs, the partial labels
+of the real contours, the evaluation helpers, and a tiny seeded run on synthetic cines."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engines.nets import mr_joint
+from engines.train import mr
+from streamer.vocab import MRLabel
+
+
+def _blob_image(h=48, w=48, margin=8, seed=0):
+    """A smooth image whose content sits inside a zero margin (shifts stay inside)."""
+    g = torch.Generator().manual_seed(seed)
+    x = F.interpolate(torch.rand(1, 1, (h - 2 * margin) // 4, (w - 2 * margin) // 4, generator=g),
+                      size=(h - 2 * margin, w - 2 * margin), mode="bicubic", align_corners=False)
+    return F.pad(x.clamp(0, 1), (margin, margin, margin, margin))[0, 0]
+
+
+# ------------------------------------------------------------------ motion loss
+def test_motion_loss_is_zero_for_a_perfect_warp_and_positive_otherwise():
+    img = _blob_image()
+    shift = (2, -3)                                            # (dx, dy) px, frame t -> t+1
+    frames = torch.stack([img, torch.roll(img, shifts=(shift[1], shift[0]), dims=(0, 1))])[None]
+    flows = torch.zeros(1, 1, 2, 48, 48)
+    flows[:, :, 0], flows[:, :, 1] = shift[0], shift[1]
+    loss, parts = mr.motion_loss(frames, flows, smooth_spatial=1.0, smooth_temporal=1.0)
+    assert abs(float(loss)) < 1e-7                            # float rounding of the sampler
+    wrong, _ = mr.motion_loss(frames, torch.zeros_like(flows), 1.0, 1.0)
+    assert float(wrong) > 1e-4
+    rough = flows + 0.5 * torch.randn(flows.shape, generator=torch.Generator().manual_seed(1))
+    _, p = mr.motion_loss(frames, rough, 1.0, 1.0)
+    assert p["smooth_spatial"] > 0 and p["mse"] > 0
+
+
+def test_temporal_smoothness_penalises_a_change_of_flow():
+    frames = torch.zeros(1, 3, 32, 32)
+    same = torch.ones(1, 2, 2, 32, 32)
+    changing = same.clone()
+    changing[:, 1] = 2.0
+    _, a = mr.motion_loss(frames, same, 0.0, 1.0)
+    _, b = mr.motion_loss(frames, changing, 0.0, 1.0)
+    assert a["smooth_temporal"] == 0.0 and b["smooth_temporal"] > 0.0
+    assert float(mr.pseudo_huber(torch.tensor(0.0))) == 0.0
+
+
+# ------------------------------------------------------------------ segmentation losses
+def _logits_for(labels: torch.Tensor, margin: float = 40.0) -> torch.Tensor:
+    return F.one_hot(labels, 4).permute(0, 3, 1, 2).float() * margin
+
+
+def test_partial_label_loss_is_zero_for_perfect_logits_and_positive_otherwise():
+    lab = torch.zeros(2, 16, 16, dtype=torch.long)
+    lab[:, 4:12, 4:12] = MRLabel.LV_MYOCARDIUM
+    lab[:, 6:10, 6:10] = MRLabel.LV_CAVITY
+    lab[:, :, :2] = MRLabel.RV_CAVITY
+    assert float(mr.partial_label_loss(_logits_for(lab), lab)) == pytest.approx(0.0, abs=1e-6)
+    wrong = lab.clone()
+    wrong[lab == MRLabel.LV_CAVITY] = MRLabel.LV_MYOCARDIUM
+    assert float(mr.partial_label_loss(_logits_for(wrong), lab)) > 1.0
+
+
+def test_partial_labels_accept_background_or_rv_and_anything_but_cavity():
+    pred = torch.zeros(1, 8, 8, dtype=torch.long)
+    pred[:, :, :4] = MRLabel.RV_CAVITY                       # RV where the contours say nothing
+    codes = torch.full((1, 8, 8), mr.BG_OR_RV, dtype=torch.long)
+    assert float(mr.partial_label_loss(_logits_for(pred), codes, dice_weight=0)) < 1e-6
+    codes[:] = mr.NOT_CAVITY                                  # end-systole outside the endocardium
+    pred[:, :, 4:] = MRLabel.LV_MYOCARDIUM
+    assert float(mr.partial_label_loss(_logits_for(pred), codes)) < 1e-6
+    pred[:, :2] = MRLabel.LV_CAVITY
+    assert float(mr.partial_label_loss(_logits_for(pred), codes)) > 1.0
+    ignored = torch.full((1, 8, 8), mr.IGNORE, dtype=torch.long)
+    assert float(mr.partial_label_loss(_logits_for(pred), ignored)) == 0.0
+
+
+def test_warped_segmentation_loss():
+    lab = torch.zeros(1, 2, 16, 16, dtype=torch.long)
+    lab[:, :, 4:10, 4:10] = MRLabel.LV_CAVITY
+    logits = _logits_for(lab.reshape(2, 16, 16)).reshape(1, 2, 4, 16, 16)
+    flows = torch.zeros(1, 1, 2, 16, 16)
+    assert float(mr.warped_segmentation_loss(logits, flows)) == pytest.approx(0.0, abs=1e-6)
+    moved = lab.clone()
+    moved[:, 1] = torch.roll(lab[:, 1], shifts=3, dims=-1)   # frame t+1 shows it 3 px right
+    logits = _logits_for(moved.reshape(2, 16, 16)).reshape(1, 2, 4, 16, 16)
+    assert float(mr.warped_segmentation_loss(logits, flows)) > 0.1
+    flows[:, :, 0] = 3.0                                      # the motion explains it
+    assert float(mr.warped_segmentation_loss(logits, flows)) == pytest.approx(0.0, abs=1e-5)
+
+
+# ------------------------------------------------------------------ evaluation helpers
+def _circle(cx, cy, r, n=64):
+    a = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    return np.stack([cx + r * np.cos(a), cy + r * np.sin(a)], 1)
+
+
+def test_contour_distance_and_warping_points_back():
+    sp = np.array([1.5, 1.5])
+    a, b = _circle(30, 30, 10), _circle(30, 30, 12)
+    assert mr.mean_contour_distance_mm(a, a, sp) == pytest.approx(0.0, abs=1e-9)
+    assert mr.mean_contour_distance_mm(a, b, sp) == pytest.approx(3.0, abs=0.05)
+    phi = np.zeros((64, 64, 2))
+    phi[..., 0], phi[..., 1] = 2.0, -1.0                    # frame 0 -> later: +2 cols, -1 row
+    back = mr.warp_points_back(a + [2.0, -1.0], phi)
+    assert np.allclose(back, a, atol=1e-9)
+
+
+def test_dice():
+    a = np.zeros((8, 8), bool)
+    a[2:6, 2:6] = True
+    assert mr.dice(a, a) == 1.0 and mr.dice(a, ~a) == 0.0 and mr.dice(a & False, a & False) == 1.0
+
+
+# ------------------------------------------------------------------ a tiny run
+def _synthetic_patient(seed: int, slices=2, phases=6, size=64) -> dict:
+    """A cine of a beating ring (the read_patient arrays), contoured at phases 0 (ED, both
+    contours) and 3 (ES, endocardium only)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    images = np.empty((slices, phases, size, size), np.int16)
+    rows = []
+    for s in range(slices):
+        for p in range(phases):
+            r_endo = 10 - 3 * np.sin(np.pi * p / phases)
+            d = np.hypot(yy - 32, xx - 32)
+            img = np.where(d < r_endo, 300, np.where(d < r_endo + 6, 80, 120)) + rng.normal(0, 5, d.shape)
+            images[s, p] = img.astype(np.int16)
+            if p in (0, 3):
+                rows.append((s, p, _circle(32, 32, r_endo),
+                             _circle(32, 32, r_endo + 6) if p == 0 else None))
+    from streamer.io.sunnybrook import rasterise_contour
+
+    cav = np.stack([rasterise_contour(r[2], (size, size)) for r in rows])
+    myo = np.stack([(rasterise_contour(r[3], (size, size)) & (1 - c)) if r[3] is not None
+                    else np.zeros((size, size), np.uint8) for r, c in zip(rows, cav)])
+    endo = [r[2] for r in rows]
+    epi = [r[3] if r[3] is not None else np.zeros((0, 2)) for r in rows]
+    off = lambda items: np.cumsum([0] + [len(i) for i in items])  # noqa: E731
+    return {"images": images, "instance_number": np.arange(slices * phases).reshape(slices, phases) + 1,
+            "spacing_mm": np.array([1.4, 1.4]), "slice_position_mm": np.arange(slices) * 10.0,
+            "label_slice": np.array([r[0] for r in rows]), "label_phase": np.array([r[1] for r in rows]),
+            "label_instance": np.arange(len(rows)), "cavity": cav, "myocardium": myo,
+            "has_epicardium": np.array([r[3] is not None for r in rows]),
+            "endo_points": np.concatenate(endo), "endo_offsets": off(endo),
+            "epi_points": np.concatenate(epi), "epi_offsets": off(epi)}
+
+
+def _synthetic_phantoms(split: str, n: int, motion: bool = False):
+    p = mr.Patient.from_arrays("phantom", _synthetic_patient(7 if split == "test" else 3))
+    labels = np.zeros(p.images.shape, np.uint8)
+    yy, xx = np.mgrid[:64, :64]
+    d = np.hypot(yy - 32, xx - 32)
+    for t in range(p.images.shape[1]):
+        r = 10 - 3 * np.sin(np.pi * t / p.images.shape[1])
+        labels[:, t][:, (d >= r) & (d < r + 6)] = MRLabel.LV_MYOCARDIUM
+        labels[:, t][:, d < r] = MRLabel.LV_CAVITY
+    disp = np.zeros(p.images.shape + (2,), np.float32) if motion else None
+    ph = mr.Phantoms(p.images[:n], labels[:n], np.tile([32.0, 32.0], (n, 1)), None if disp is None else disp[:n])
+    return ph, {"builder": "synthetic", "split": split, "samples": n}
+
+
+def _run(tmp_path, name, monkeypatch, holdout="B"):
+    monkeypatch.setattr(mr, "load_phantoms", _synthetic_phantoms)
+    patients = {"A": _synthetic_patient(1), "B": _synthetic_patient(2)}
+    parser = mr.argparse.ArgumentParser()
+    mr.add_parser(parser.add_subparsers(dest="role"))
+    out = tmp_path / name / "mr.pt"
+    args = parser.parse_args(["mr", "--patients", "A,B", "--holdout-patient", holdout, "--samples", "2",
+                              "--test-samples", "1", "--motion-steps", "2", "--seg-steps", "2",
+                              "--joint-steps", "2", "--batch-size", "2", "--sequence-length", "3",
+                              "--seg-batch-size", "2", "--crop", "32", "--out", str(out)])
+    args.read_patient = lambda root, pid: patients[pid]
+    args.command_line = "test"
+    assert args.func(args) == 0
+    return out, json.loads((out.parent / "mr.json").read_text())
+
+
+def test_a_tiny_seeded_run_writes_weights_and_record_reproducibly(tmp_path, monkeypatch):
+    monkeypatch.setenv("CARDIOSTREAM_NO_PROGRESS", "1")
+    out1, rec1 = _run(tmp_path, "a", monkeypatch)
+    out2, rec2 = _run(tmp_path, "b", monkeypatch)
+    assert out1.is_file() and rec1["weights_sha256"] == rec2["weights_sha256"]
+    assert rec1["role"] == "mr" and rec1["command"] == "test"
+    assert rec1["data"]["train_patients"] == ["A"] and rec1["data"]["holdout_patient"] == "B"
+    h = rec1["test"]["holdout"]
+    assert h["patient"] == "B" and h["ed_images"] == 2 and h["es_images"] == 2
+    assert 0.0 <= h["cavity_dice_mean"] <= 1.0 and h["mcd_endo_mm_mean"] > 0
+    assert h["motion_slices"] == [0, 1]
+    assert {"lv_cavity_dice_mean", "lv_myocardium_dice_mean", "epe_myocardium_px"} <= set(rec1["test"]["phantoms"])
+    assert [e["stage"] for e in rec1["history"]][::2] == ["motion", "segmentation", "joint"]
+    model = mr_joint.build()
+    model.load_state_dict(torch.load(out1, weights_only=True))
+
+
+def test_real_patients_need_a_reader_and_a_known_holdout(tmp_path, monkeypatch):
+    parser = mr.argparse.ArgumentParser()
+    mr.add_parser(parser.add_subparsers(dest="role"))
+    args = parser.parse_args(["mr", "--patients", "A", "--out", str(tmp_path / "mr.pt")])
+    with pytest.raises(SystemExit, match="Sunnybrook reader"):
+        mr.load_patients(args)
+    args = parser.parse_args(["mr", "--patients", "A", "--holdout-patient", "C"])
+    with pytest.raises(SystemExit, match="not one of"):
+        mr.load_patients(args)
+
+
+def test_compose_motion_follows_the_points_along_the_flows(monkeypatch):
+    """Frame-to-frame flows composed on frame 0's grid: constant flows add up; a flow that
+    differs across the image is sampled where the point has got to."""
+    model = mr_joint.build()
+    flows = torch.zeros(1, 2, 2, 32, 32)
+    flows[:, 0, 0] = 1.0                                       # frame 0 -> 1: +1 col everywhere
+    flows[:, 1, 1, :, 16:] = 2.0                               # frame 1 -> 2: +2 rows, right half only
+    monkeypatch.setattr(model, "sequence", lambda x, segment=False: (None, flows))
+    phi = mr.compose_motion(model, np.zeros((3, 32, 32), np.float32))
+    assert phi.shape == (32, 32, 2)
+    assert np.allclose(phi[:, 20, 0], 1.0) and np.allclose(phi[:, 20, 1], 2.0)
+    assert np.allclose(phi[:, 5, 1], 0.0)
+    assert np.allclose(phi[:, 15, 1], 2.0)                     # col 15 has moved to col 16
+
+
+def test_largest_lv_component_drops_stray_lv_pixels():
+    lab = np.zeros((20, 20), np.uint8)
+    lab[2:10, 2:10] = MRLabel.LV_MYOCARDIUM
+    lab[4:8, 4:8] = MRLabel.LV_CAVITY
+    lab[15:17, 15:17] = MRLabel.LV_CAVITY                      # a stray blob
+    lab[0:2, 12:18] = MRLabel.RV_CAVITY
+    out = mr.largest_lv_component(lab)
+    assert (out[15:17, 15:17] == 0).all() and np.array_equal(out[:12], lab[:12])
