@@ -62,14 +62,22 @@ def write_nifti_stack():
 
 
 @pytest.fixture(scope="session")
-def sunnybrook_series() -> Path:
+def sunnybrook_root() -> Path:
+    """The shared Sunnybrook folder (dicoms/, contours/, link.csv), where the MR trainer
+    looks for it; tests that need it are skipped where it is absent."""
+    from engines.train.mr import default_sunnybrook
+
+    root = default_sunnybrook()
+    if not (root / "link.csv").is_file():
+        pytest.skip(f"the Sunnybrook data is not at {root} (nor ../shared or /work/shared)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def sunnybrook_series(sunnybrook_root) -> Path:
     """The shared Sunnybrook short-axis cine series SCD0000101 (real MR: 12 slices x 20
-    phases, one DICOM image per file); tests that need it are skipped where it is absent."""
-    rel = "data/sunnybrook/dicoms/SCD0000101"
-    for shared in (Path(__file__).resolve().parents[2] / "shared", Path("/work/shared")):
-        if (shared / rel).is_dir():
-            return shared / rel
-    pytest.skip(f"Sunnybrook series not found at ../shared/{rel} or /work/shared/{rel}")
+    phases, one DICOM image per file)."""
+    return sunnybrook_root / "dicoms" / "SCD0000101"
 
 
 @pytest.fixture

@@ -9,17 +9,6 @@ import pytest
 from streamer.io.sunnybrook import ContourError, rasterise_contour, read_contour, read_patient
 
 
-@pytest.fixture(scope="module")
-def sunnybrook_root(request):
-    from pathlib import Path
-
-    for shared in (Path(__file__).resolve().parents[2] / "shared", Path("/work/shared")):
-        root = shared / "data" / "sunnybrook"
-        if (root / "link.csv").is_file():
-            return root
-    pytest.skip("the Sunnybrook data is not at ../shared/data/sunnybrook or /work/shared/data/sunnybrook")
-
-
 def _shoelace(xy: np.ndarray) -> float:
     x, y = xy[:, 0], xy[:, 1]
     return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))

@@ -84,14 +84,19 @@ def add_common_arguments(parser: argparse.ArgumentParser, role: str, default_wei
     parser.add_argument("--batch-size", type=int, default=batch_size, help="(default %(default)s)")
     parser.add_argument("--lr", type=float, default=lr,
                         help="peak learning rate of the one-cycle schedule (default %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of weights init, shuffling, augmentation (default %(default)s)")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default %(default)s)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default %(default)s)")
     parser.add_argument("--appearance", choices=APPEARANCES, default="random",
                         help="phantom appearance of the train, val and test sets: 'random' draws "
                              "every appearance knob, the scanner display and the wider anatomy per "
                              "clip (calib.datasets.random_echo_config); 'neutral' is the plain "
                              "phantom of the first weights (default %(default)s)")
+    add_run_arguments(parser, role, default_weights)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, role: str, default_weights: str) -> None:
+    """``--seed --threads --device --out``: how any trainer runs and where it writes."""
+    parser.add_argument("--seed", type=int, default=0, help="seed of weights init, shuffling, augmentation (default %(default)s)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default %(default)s)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default %(default)s)")
     parser.add_argument("--out", type=Path, default=WEIGHTS_DIR / default_weights,
                         help=f"state dict to write; the JSON record goes beside it as {role}.json "
                              "(default: the shipped weights %(default)s)")

@@ -589,12 +589,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "~100x larger (default %(default)s)")
     p.add_argument("--dice-weight", type=float, default=1.0,
                    help="weight of the soft Dice beside the cross-entropy (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of weights init and batches (default %(default)s)")
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default %(default)s)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default %(default)s)")
-    p.add_argument("--out", type=Path, default=common.WEIGHTS_DIR / mr_joint.SPEC.weights_file,
-                   help="state dict to write; the JSON record goes beside it as mr.json "
-                        "(default: the shipped weights %(default)s)")
+    common.add_run_arguments(p, ROLE, mr_joint.SPEC.weights_file)
     p.set_defaults(func=run, read_patient=None)
     return p
 
