@@ -215,6 +215,27 @@ def network_image(pixels: np.ndarray, multichannel: bool = False) -> np.ndarray:
     return unit_range(grey_plane(pixels, multichannel))
 
 
+#: the ``mr`` role's per-image intensity scaling: these percentiles go to 0 and 1
+MR_PERCENTILES = (1.0, 99.5)
+
+
+def percentile_normalise(image: np.ndarray, percentiles=MR_PERCENTILES) -> np.ndarray:
+    """One image (rows, cols), any real dtype -> float32 in [0, 1]: the ``percentiles`` of
+    its own pixels go to 0 and 1, values outside are clipped (the ``mr`` role's input
+    normalisation, the same in training and at run time). ValueError for an image that is
+    not 2-D or holds a non-finite value; a constant image gives zeros."""
+    a = np.asarray(image)
+    if a.ndim != 2:
+        raise ValueError(f"normalise: expected one (rows, cols) image, got shape {a.shape}")
+    a = a.astype(np.float32)
+    if not np.isfinite(a).all():
+        raise ValueError("normalise: the image holds NaN or infinite values")
+    lo, hi = np.percentile(a, percentiles)
+    if hi <= lo:
+        return np.zeros(a.shape, np.float32)
+    return np.clip((a - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
 def fit_to_input(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, Fit]:
     """Resize a (rows, cols) float32 image into (H, W), aspect kept, zero padding, centred."""
     fit = fit_geometry(image.shape[:2], size)

@@ -15,9 +15,10 @@ to one side-car therefore never touch each other's state.
 Per frame, a :class:`Pipeline` runs the stages in order and times each one. A
 :class:`Stage` declares the named values it reads (``inputs``) and writes (``outputs``);
 the wiring is checked once, when the pipeline is built. The values a frame starts with
-are ``frame`` (the decoded :class:`~streamer.io.protocol.FrameMessage`) and ``controls``
+are ``frame`` (the decoded :class:`~streamer.io.protocol.FrameMessage`), ``controls``
 (the :class:`~streamer.budget.FrameControls` the live side-car's budget controller set for
-it). Stages marked ``sheddable`` are not run on a frame whose controls say
+it) and ``stream_meta`` (the ``meta`` of the stream's ``start`` message, e.g. an MR slice's
+``n_phases`` and ``slice_index``; empty when the stream sent no start). Stages marked ``sheddable`` are not run on a frame whose controls say
 ``analyse=False``; their outputs are ``None`` and the frame is flagged
 ``analysis_skipped``. A stage may return ``flags`` (collected, not wired); a stage that
 finds the frame unusable raises :class:`FrameRejected`.
@@ -42,7 +43,7 @@ from streamer.budget import FULL, FrameControls
 from streamer.io.protocol import BEAT_KEYS, RESULT_KEYS, BeatMessage, FrameMessage
 
 #: values every pipeline starts with, before the first stage runs.
-SOURCE_VALUES = ("frame", "controls")
+SOURCE_VALUES = ("frame", "controls", "stream_meta")
 #: the value a frame stage writes when a cardiac cycle closes (a BeatBoundary or None)
 BEAT_CLOSED = "beat_closed"
 
@@ -144,8 +145,10 @@ class Pipeline:
             raise PipelineWiringError(f"stage names must be unique, got {names}")
         self.values_written = frozenset(available)
 
-    def __call__(self, frame: FrameMessage, controls: FrameControls = FULL) -> FrameOutcome:
-        values: dict[str, Any] = {"frame": frame, "controls": controls}
+    def __call__(self, frame: FrameMessage, controls: FrameControls = FULL,
+                 stream_meta: dict | None = None) -> FrameOutcome:
+        values: dict[str, Any] = {"frame": frame, "controls": controls,
+                                  "stream_meta": {} if stream_meta is None else stream_meta}
         latency_ms: dict[str, float] = {}
         flags: list[str] = []
         for stage in self.stages:
@@ -344,22 +347,25 @@ class App(ABC):
                 "result_fields": [f.declaration() for f in self.result_fields],
                 "beat_fields": [f.declaration() for f in self.beat_fields]}
 
-    def new_stream(self, stream: str, wrap=None) -> StreamApp:
-        """Per-stream state: fresh stages (``wrap`` may replace some, e.g. a test hook)."""
+    def new_stream(self, stream: str, wrap=None, meta: dict | None = None) -> StreamApp:
+        """Per-stream state: fresh stages (``wrap`` may replace some, e.g. a test hook);
+        ``meta``: the stream's start metadata, which its stages read as ``stream_meta``."""
         stages = self.stages()
         pipeline = Pipeline(wrap(stages) if wrap is not None else stages)
         beat_stages = self.beat_stages()
         keeps = [name for stage in beat_stages for name in stage.keeps]
         return StreamApp(self, stream, pipeline, beat_stages,
-                         BeatBuffer(keeps, self.max_beat_frames))
+                         BeatBuffer(keeps, self.max_beat_frames), meta)
 
 
 class StreamApp:
     """One stream's instance of an app: its stages (with their state) and beat buffer."""
 
     def __init__(self, app: App, stream: str, pipeline: Pipeline,
-                 beat_stages: Sequence[BeatStage], beat_buffer: BeatBuffer):
+                 beat_stages: Sequence[BeatStage], beat_buffer: BeatBuffer,
+                 meta: dict | None = None):
         self.app, self.stream, self.pipeline = app, stream, pipeline
+        self.meta = dict(meta or {})  # the start's metadata: the stages' stream_meta
         self.beat_stages = list(beat_stages)
         self.beat_buffer = beat_buffer
         # the declared result fields, split once: header fields and array parts
@@ -368,7 +374,7 @@ class StreamApp:
         self._beat_fields = frozenset(f.name for f in app.beat_fields)
 
     def __call__(self, frame: FrameMessage, controls: FrameControls = FULL) -> FrameOutcome:
-        return self.pipeline(frame, controls)
+        return self.pipeline(frame, controls, self.meta)
 
     def fields(self, outcome: FrameOutcome) -> dict[str, Any]:
         """The declared result fields of a frame's outcome that go in the header."""

@@ -157,6 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
                               "file; a stack's slices NAME/slice-K), their frames interleaved "
                               "by acquisition time as a side-car would receive them")
     analyze.add_argument("--out", required=True, type=Path, help="output file (.jsonl)")
+    analyze.add_argument("--masks-out", type=Path, metavar="FILE.npz",
+                         help="also write the MR label maps of every slice and phase (one "
+                              "clip or stack): labels uint8 (slices, phases, rows, cols) in "
+                              "the frames' rows and columns, 0 background, 1 LV cavity, 2 LV "
+                              "myocardium, 3 RV cavity, 255 where the frame got an error; "
+                              "instance_number (DICOM InstanceNumber or -1), "
+                              "slice_position_mm, trigger_time_ms; turns on --mr-labels")
     analyze.add_argument("--no-progress", action="store_true", help="no progress bar")
     analyze.set_defaults(func=cmd_analyze)
 
@@ -319,6 +326,10 @@ def cmd_analyze(args) -> int:
     if len(clips) > 1 and args.stream:
         raise CLIError("--stream names one clip's stream; with several clips each stream "
                        "is named after its file")
+    if len(clips) > 1 and args.masks_out:
+        raise CLIError("--masks-out writes the label maps of one clip or stack; give one")
+    if args.masks_out:
+        args.mr_labels = True  # the MR app's --mr-labels: the maps ride on the results
     names = [args.stream or default_stream_name(clip) for clip in clips]
     streams = [name if names.count(name) == 1 else f"{name}-{k + 1}"
                for k, name in enumerate(names)]  # same file names: numbered in order given
@@ -327,12 +338,18 @@ def cmd_analyze(args) -> int:
         total = sum(_frames_to_send(r, args) for r in readers)
         desc = f"analyze {clips[0].name}" + (f" +{len(clips) - 1}" if len(clips) > 1 else "")
         with _progress(total, desc, args.no_progress) as bar:
-            summary = analyze(readers, args.out, build_analysis(analysis_config(args)),
-                              [_replay_config(args, stream=name) for name in streams],
-                              on_frame=lambda _: bar.update(1))
+            try:
+                summary = analyze(readers, args.out, build_analysis(analysis_config(args)),
+                                  [_replay_config(args, stream=name) for name in streams],
+                                  on_frame=lambda _: bar.update(1), masks_out=args.masks_out)
+            except ValueError as exc:
+                if args.masks_out and "label maps" in str(exc):
+                    raise CLIError(str(exc)) from None
+                raise
     _print_event("analyzed", out=str(args.out), frames=summary.frames,
                  results=summary.results, errors=summary.errors,
-                 elapsed_s=round(summary.elapsed_s, 3))
+                 elapsed_s=round(summary.elapsed_s, 3),
+                 **({"masks_out": str(args.masks_out)} if args.masks_out else {}))
     return 0
 
 

@@ -171,7 +171,7 @@ class FrameProcessor:
         try:
             app = self.analysis.route_start(message)
             if app is not None:
-                state.app = self.analysis.new_stream(app, message.stream)
+                state.app = self.analysis.new_stream(app, message.stream, message.meta)
                 meta["app"] = app.declaration()
         except NoAppError as exc:
             del self.streams[message.stream]

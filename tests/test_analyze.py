@@ -59,7 +59,7 @@ def mr_clip(path, n, fps):
 
 def test_several_clips_are_interleaved_streams_each_with_its_own_state(tmp_path):
     """Two slices of an MR stack at 20 and 10 fps: merged by acquisition time, routed by
-    modality (auto) to the MR app, each slice counting its own frames."""
+    modality (auto) to the MR app, each slice its own stream."""
     a, b = mr_clip(tmp_path / "a.npz", 4, 20.0), mr_clip(tmp_path / "b.npz", 2, 10.0)
     out = tmp_path / "r.jsonl"
     analysis = build_analysis(AnalysisConfig())  # auto: routed by modality
@@ -79,9 +79,8 @@ def test_several_clips_are_interleaved_streams_each_with_its_own_state(tmp_path)
         ("end", "s/slice-1", None),                              # b's last frame was at 0.10 s
         ("result", "s/slice-0", 3),                              # 0.15 s
         ("end", "s/slice-0", None)]
-    counts = {(r["stream"], r["seq"]): r["frames_in_slice"] for r in rows if r["kind"] == "result"}
-    assert counts == {("s/slice-0", 0): 1, ("s/slice-0", 1): 2, ("s/slice-0", 2): 3,
-                      ("s/slice-0", 3): 4, ("s/slice-1", 0): 1, ("s/slice-1", 1): 2}
+    assert all(set(r["areas_mm2"]) == {"lv_cavity", "lv_myocardium", "rv_cavity"}
+               for r in rows if r["kind"] == "result")
     ends = {r["stream"]: r["meta"]["processed"] for r in rows if r["kind"] == "end"}
     assert ends == {"s/slice-0": 4, "s/slice-1": 2}
     assert (summary.frames, summary.results, summary.errors) == (6, 6, 0)
@@ -128,11 +127,14 @@ def test_cli_analyze_of_a_stack_writes_each_slice_as_its_own_stream(write_nifti_
                  "--no-progress"]) == 0
     rows = lines(out)
     names = [f"sax/slice-{k}" for k in range(3)]
+    # a beat per slice: its start says n_phases, so the last phase closes the cycle
     assert [(r["kind"], r["stream"]) for r in rows if r["kind"] != "result"] == [
-        (kind, name) for name in names for kind in ("start", "end")]
+        (kind, name) for name in names for kind in ("start", "beat", "end")]
+    assert all(r["closed_by"] == "last_phase" for r in rows if r["kind"] == "beat")
     results = [r for r in rows if r["kind"] == "result"]
     assert [(r["stream"], r["seq"]) for r in results] == [(n, p) for n in names for p in range(4)]
-    assert [r["frames_in_slice"] for r in results] == [p + 1 for _ in names for p in range(4)]
+    assert all(r["aha_level"] == level for name, level in zip(names, ("basal", "mid", "apical"))
+               for r in results if r["stream"] == name)
     starts = [r for r in rows if r["kind"] == "start"]
     assert [s["meta"]["slice_position_mm"] for s in starts] == pytest.approx([30.0, 38.0, 46.0])
     assert len({s["meta"]["stack_id"] for s in starts}) == 1
@@ -155,3 +157,61 @@ def test_a_stack_and_a_clip_of_its_slice_name_cannot_be_analysed_together(write_
         with pytest.raises(ValueError, match="both be stream 'sax/slice-1'"):
             analyze([stack, other], tmp_path / "r.jsonl", analysis,
                     [ReplayConfig(modality="MR"), ReplayConfig(stream="sax/slice-1")])
+
+
+# -- --masks-out: the MR label maps of every slice and phase ------------------------------
+
+
+def test_masks_out_writes_the_label_maps_of_a_nifti_stack(write_nifti_stack, tmp_path):
+    from streamer.cli import main
+
+    data = np.random.default_rng(4).integers(0, 900, (40, 32, 3, 5)).astype(np.int16)
+    path = write_nifti_stack(tmp_path / "sax.nii.gz", data, (1.5, 1.5, 8.0, 40.0))
+    out, masks = tmp_path / "r.jsonl", tmp_path / "masks.npz"
+    assert main(["analyze", str(path), "--app", "mr-sax", "--modality", "MR", "--out", str(out),
+                 "--masks-out", str(masks), "--no-progress"]) == 0
+    with open_clip(path, slice_index=0) as reader:
+        frame_shape = reader.info.shape[:2]
+    z = np.load(masks)
+    assert set(z.files) == {"labels", "instance_number", "slice_position_mm", "trigger_time_ms"}
+    assert z["labels"].dtype == np.uint8 and z["labels"].shape == (3, 5, *frame_shape)
+    assert set(np.unique(z["labels"])) <= {0, 1, 2, 3}
+    assert (z["instance_number"] == -1).all() and z["instance_number"].shape == (3, 5)
+    assert z["slice_position_mm"] == pytest.approx([30.0, 38.0, 46.0])
+    assert z["trigger_time_ms"][0] == pytest.approx([0.0, 40.0, 80.0, 120.0, 160.0])
+    # the results carry nothing but headers in the .jsonl
+    assert all("labels" not in r for r in lines(out))
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+def test_masks_out_of_a_real_dicom_series_follows_its_instances(sunnybrook_series, tmp_path):
+    """The Sunnybrook series: 12 x 20 maps in the images' own rows and columns, each tagged
+    with its DICOM InstanceNumber (slice after slice, 20 phases each), the LV found."""
+    from streamer.cli import main
+
+    masks = tmp_path / "masks.npz"
+    assert main(["analyze", str(sunnybrook_series), "--out", str(tmp_path / "r.jsonl"),
+                 "--masks-out", str(masks), "--no-progress"]) == 0
+    z = np.load(masks)
+    assert z["labels"].shape == (12, 20, 256, 256)
+    numbers = z["instance_number"]
+    assert sorted(numbers.ravel().tolist()) == list(range(1, 241))
+    assert (np.diff(numbers, axis=1) == 1).all()  # 20 phases of a slice, then the next slice
+    assert np.all(np.diff(z["slice_position_mm"]) > 0)
+    assert np.all(np.diff(z["trigger_time_ms"], axis=1) > 0)
+    mid = z["labels"][6]
+    assert ((mid == 1).sum((1, 2)) > 200).all()  # an LV cavity on every phase of a mid slice
+    assert ((mid == 2).sum((1, 2)) > 200).all()
+
+
+def test_masks_out_needs_mr_frames_and_one_input(tmp_path, capsys):
+    from streamer.cli import main
+
+    a = mr_clip(tmp_path / "a.npz", 3, 20.0)
+    assert main(["analyze", str(a), "--app", "none", "--out", str(tmp_path / "r.jsonl"),
+                 "--masks-out", str(tmp_path / "m.npz"), "--no-progress"]) == 2
+    assert "no label maps to write" in capsys.readouterr().err
+    assert main(["analyze", str(a), str(a), "--out", str(tmp_path / "r.jsonl"),
+                 "--masks-out", str(tmp_path / "m.npz"), "--no-progress"]) == 2
+    assert "one clip or stack" in capsys.readouterr().err
+    assert not (tmp_path / "m.npz").exists()

@@ -54,8 +54,8 @@ class Forgetful(Stage):
 # -- the pipeline ---------------------------------------------------------------------
 
 
-def test_source_values_are_the_frame_and_its_controls():
-    assert SOURCE_VALUES == ("frame", "controls")
+def test_source_values_are_the_frame_its_controls_and_the_stream_meta():
+    assert SOURCE_VALUES == ("frame", "controls", "stream_meta")
 
 
 def test_wiring_is_checked_when_the_pipeline_is_built():
@@ -64,7 +64,7 @@ def test_wiring_is_checked_when_the_pipeline_is_built():
     with pytest.raises(PipelineWiringError, match="already writes"):
         Pipeline([Preprocess(), Preprocess()])
     pipeline = Pipeline([Preprocess(), Doubler()])
-    assert {"frame", "controls", "image", "doubled"} == pipeline.values_written
+    assert {"frame", "controls", "stream_meta", "image", "doubled"} == pipeline.values_written
 
 
 def test_stage_names_must_be_unique():

@@ -9,7 +9,6 @@ import pytest
 from streamer.app import App, Field, Stage
 from streamer.apps import Analysis, AnalysisConfig, build_analysis
 from streamer.apps.common import Preprocess
-from streamer.apps.mr_sax import MrShortAxisApp
 from streamer.apps.none import NoAnalysisApp
 from streamer.io.protocol import EndMessage, FrameMessage, StartMessage
 from streamer.processor import FrameProcessor, Received, StreamLimits
@@ -42,15 +41,15 @@ class BrokenApp(App):
 
 class Count(Stage):
     name = "count"
-    inputs = ("image",)
-    outputs = ("n",)
+    inputs = ("image", "stream_meta")
+    outputs = ("n", "site")
 
     def __init__(self):
         self.n = 0
 
-    def process(self, image):
+    def process(self, image, stream_meta):
         self.n += 1
-        return {"n": self.n}
+        return {"n": self.n, "site": stream_meta.get("site")}
 
 
 class UsCountApp(App):
@@ -58,10 +57,18 @@ class UsCountApp(App):
 
     name = "us-count"
     modalities = ("US",)
-    result_fields = (Field("n", "integer", "frames seen in this stream"),)
+    result_fields = (Field("n", "integer", "frames seen in this stream"),
+                     Field("site", "string", "the start meta's site, as the stages see it"))
 
     def stages(self):
         return [Preprocess(), Count()]
+
+
+class MrCountApp(UsCountApp):
+    """The same for MR frames (routing tests; the real MR app needs its network)."""
+
+    name = "mr-count"
+    modalities = ("MR",)
 
 
 def none_analysis() -> Analysis:
@@ -69,8 +76,8 @@ def none_analysis() -> Analysis:
 
 
 def counting_analysis() -> Analysis:
-    """Routed by modality: US -> us-count, MR -> mr-sax (no engines to load)."""
-    return Analysis({"us-count": UsCountApp(), "mr-sax": MrShortAxisApp()})
+    """Routed by modality: US -> us-count, MR -> mr-count (no engines to load)."""
+    return Analysis({"us-count": UsCountApp(), "mr-count": MrCountApp()})
 
 
 # -- one stream --------------------------------------------------------------------------
@@ -115,7 +122,7 @@ def test_start_resets_the_stream_counts_and_its_app_instance():
     assert (closed.kind, closed.meta["reason"], closed.meta["processed"]) == (
         "end", "restarted", 1)
     [result] = processor.handle(received(frame(1)))
-    assert result.fields == {"n": 1}  # the new instance starts counting afresh
+    assert result.fields == {"n": 1, "site": None}  # the new instance starts counting afresh
     [end] = processor.handle(received(EndMessage("s")))
     assert end.meta["processed"] == 1
 
@@ -129,7 +136,16 @@ def test_start_echo_declares_the_app_when_the_modality_is_known():
     [echo] = processor.handle(received(StartMessage("later", {"fps": 50.0})))
     assert "app" not in echo.meta and processor.streams["later"].app is None
     [result] = processor.handle(received(frame(0, stream="later", modality="MR")))
-    assert result.app == "mr-sax" and processor.streams["later"].app.app.name == "mr-sax"
+    assert result.app == "mr-count" and processor.streams["later"].app.app.name == "mr-count"
+
+
+def test_the_stages_read_the_streams_start_meta():
+    processor = FrameProcessor(counting_analysis())
+    processor.handle(received(StartMessage("a", {"modality": "US", "site": "lab 2"})))
+    [result] = processor.handle(received(frame(0, stream="a")))
+    assert result.fields == {"n": 1, "site": "lab 2"}
+    [result] = processor.handle(received(frame(0, stream="no-start")))  # none sent: empty
+    assert result.fields == {"n": 1, "site": None}
 
 
 # -- several streams ----------------------------------------------------------------------
@@ -173,7 +189,7 @@ def test_a_start_of_another_stream_does_not_reset_this_one():
     processor.handle(received(frame(0, stream="b")))
     assert processor.streams["a"].app is instance
     [result] = processor.handle(received(frame(1, stream="a")))
-    assert result.fields == {"n": 2}
+    assert result.fields == {"n": 2, "site": None}
     assert processor.streams["a"].counts.processed == 2
 
 
@@ -185,7 +201,7 @@ def test_end_drops_the_streams_state():
     assert set(processor.streams) == {"b"}
     # the stream may come back: it starts afresh
     [result] = processor.handle(received(frame(1, stream="a")))
-    assert result.fields == {"n": 1}
+    assert result.fields == {"n": 1, "site": None}
     # an end for a stream never seen is echoed with zero counts
     [end] = processor.handle(received(EndMessage("ghost")))
     assert end.meta["processed"] == 0 and "ghost" not in processor.streams
@@ -218,7 +234,7 @@ def test_a_silent_stream_is_closed_after_the_idle_timeout():
     assert set(processor.streams) == {"b"}
     # a frame of the closed stream later opens it afresh
     [result] = processor.handle(received(frame(1, stream="a")))
-    assert result.fields == {"n": 1}
+    assert result.fields == {"n": 1, "site": None}
 
 
 def test_a_stream_that_sends_again_just_in_time_is_not_closed():
@@ -273,31 +289,34 @@ def test_auto_routes_a_stream_by_modality(auto_analysis):
     assert set(auto_analysis.declarations()) == {"echo", "mr-sax"}
 
 
-def test_mr_slices_go_to_the_mr_app_each_with_its_own_count(auto_analysis):
+def test_mr_slices_go_to_the_mr_app_each_with_its_own_state(auto_analysis):
     processor = FrameProcessor(auto_analysis)
     slices = ("stack/slice-0", "stack/slice-1")
     for name in slices:
         [echo] = processor.handle(received(StartMessage(name, {"modality": "MR"})))
         assert echo.meta["app"]["name"] == "mr-sax"
-        assert [f["name"] for f in echo.meta["app"]["result_fields"]] == ["frames_in_slice"]
-    counts = {name: [] for name in slices}
-    for seq in range(3):
-        for name in (slices[0], slices[1], slices[0]):
-            [result] = processor.handle(received(frame(seq, stream=name, modality="MR")))
-            assert result.app == "mr-sax" and "mr_placeholder" in result.flags
-            counts[name].append(result.fields["frames_in_slice"])
-    assert counts == {slices[0]: [1, 2, 3, 4, 5, 6], slices[1]: [1, 2, 3]}
+        assert "circumferential_strain_pct" in [f["name"] for f in
+                                                echo.meta["app"]["result_fields"]]
+    instances = {name: processor.streams[name].app for name in slices}
+    assert instances[slices[0]] is not instances[slices[1]]
+    rng = np.random.default_rng(0)
+    for seq in range(2):
+        for name in slices:
+            pixels = rng.integers(0, 400, (64, 64)).astype(np.uint16)
+            [result] = processor.handle(received(frame(seq, pixels, stream=name, modality="MR")))
+            assert result.kind == "result" and result.app == "mr-sax"
+    assert processor.streams[slices[0]].counts.processed == 2
 
 
-def test_a_frame_of_another_modality_in_a_stream_is_an_error_not_a_crash(auto_analysis):
-    processor = FrameProcessor(auto_analysis)
+def test_a_frame_of_another_modality_in_a_stream_is_an_error_not_a_crash():
+    processor = FrameProcessor(counting_analysis())
     processor.handle(received(StartMessage("mr", {"modality": "MR"})))
     processor.handle(received(frame(0, stream="mr", modality="MR")))
     [error] = processor.handle(received(frame(1, stream="mr", modality="US")))
     assert (error.kind, error.code, error.seq) == ("error", "bad_field", 1)
-    assert "mr-sax" in error.message
+    assert "mr-count" in error.message
     [result] = processor.handle(received(frame(2, stream="mr", modality="MR")))
-    assert result.fields == {"frames_in_slice": 2}
+    assert result.fields["n"] == 2
     [end] = processor.handle(received(EndMessage("mr")))
     assert end.meta["errors"] == 1 and end.meta["processed"] == 2
 
@@ -308,7 +327,7 @@ def test_a_modality_no_app_takes_gets_no_app(auto_analysis):
     assert (error.kind, error.code, error.stream) == ("error", "no_app", "ct")
     assert "CT" in error.message and "ct" not in processor.streams
     # an MR-only side-car refuses a US frame, and goes on
-    mr_only = FrameProcessor(Analysis({"mr-sax": MrShortAxisApp()}))
+    mr_only = FrameProcessor(Analysis({"mr-count": MrCountApp()}))
     [error] = mr_only.handle(received(frame(0, stream="us")))
     assert (error.kind, error.code, error.seq) == ("error", "no_app", 0)
     [result] = mr_only.handle(received(frame(0, stream="mr", modality="MR")))
@@ -411,8 +430,8 @@ def test_a_failing_beat_stage_costs_the_beat_not_the_frames_result():
     for seq in range(2):
         processor.handle(received(frame(seq)))
     result, error = processor.handle(received(frame(2)))
-    assert result.kind == "result" and result.fields == {"n": 3}
+    assert result.kind == "result" and result.fields == {"n": 3, "site": None}
     assert (error.kind, error.code, error.seq) == ("error", "stage_failed", 2)
     assert "beat" in error.message and "ZeroDivisionError" in error.message
     [result] = processor.handle(received(frame(3)))  # the stream goes on
-    assert result.fields == {"n": 4}
+    assert result.fields == {"n": 4, "site": None}

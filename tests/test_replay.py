@@ -21,6 +21,7 @@ from streamer.replay import (
     stack_messages,
 )
 from streamer.sidecar import SideCar, SideCarConfig
+from streamer.vocab import AHA_SEGMENTS
 
 
 class ListSender:
@@ -162,8 +163,9 @@ def test_a_real_stack_replayed_into_a_side_car_gives_one_result_per_image(
         sunnybrook_series, tmp_path, capsys):
     """The Sunnybrook series (12 slices x 20 phases) by `cardiostream replay` into a lossless
     side-car over loopback: 12 streams SCD0000101/slice-K, one after the other, 20 results
-    each. A broken copy first (a phase missing): refused with the file named, and the
-    side-car serves on."""
+    and one beat message each (closed at the last phase), mid-ventricular slices with
+    segment strains. A broken copy first (a phase missing): refused with the file named,
+    and the side-car serves on."""
     broken = tmp_path / "broken"
     broken.mkdir()
     for name in ("221.dcm", "222.dcm", "223.dcm", "201.dcm", "202.dcm"):
@@ -177,7 +179,7 @@ def test_a_real_stack_replayed_into_a_side_car_gives_one_result_per_image(
         assert f"{broken}: slice 1 " in error and "has 2 phases where other slices have 3" in error
         assert main(["replay", str(sunnybrook_series), *replay_args]) == 0
         messages, ends = [], 0
-        while ends < 12:
+        while ends < 12:  # 12 x (start, 20 results, beat, end)
             message = subscriber.recv(timeout_s=30)
             assert message is not None, "the side-car stopped answering"
             messages.append(message)
@@ -196,7 +198,19 @@ def test_a_real_stack_replayed_into_a_side_car_gives_one_result_per_image(
     for name in names:
         mine = [r for r in results if r.stream == name]
         assert [r.seq for r in mine] == list(range(20))
-        assert [r.fields["frames_in_slice"] for r in mine] == list(range(1, 21))
+        assert all(r.app == "mr-sax" and r.fields["areas_mm2"] is not None for r in mine)
+    beats = [m for m in messages if m.kind == "beat"]
+    assert [b.stream for b in beats] == names
+    assert all(b.fields["closed_by"] == "last_phase" and b.fields["ed_seq"] == 0 for b in beats)
+    good = [b for b in beats if b.fields["quality"] == "good"]
+    assert good, "no slice of the real stack gave a good beat"
+    for beat in good:
+        assert -45 < beat.fields["peak_circumferential_strain_pct"] < 0
+    with_segments = [b for b in good if b.fields["segment_peak_circumferential_strain_pct"]]
+    assert with_segments, "no good beat found the RV insertion points"
+    for beat in with_segments:
+        assert set(beat.fields["segment_peak_circumferential_strain_pct"]) <= {
+            str(s) for s in AHA_SEGMENTS[beat.fields["aha_level"]]}
     assert [m.stream for m in messages if m.kind == "end"] == names
     assert all(m.meta["processed"] == 20 for m in messages if m.kind == "end")
     assert not [m for m in messages if m.kind == "error"]

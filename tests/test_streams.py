@@ -18,6 +18,7 @@ from calib.datasets import random_echo_config, split_seeds
 from calib.echo import make_echo_clip
 from streamer.analyze import analyze
 from streamer.apps import AnalysisConfig, build_analysis
+from streamer.apps.mr_sax import MrShortAxisApp
 from streamer.io.clips import open_clip, write_clip
 from streamer.io.protocol import EndMessage, StartMessage
 from streamer.io.sockets import FrameSender, ResultSubscriber, SenderConfig, SubscriberConfig
@@ -199,22 +200,22 @@ def mr_clip(path: Path, frames: int, seed: int) -> Path:
 
 def test_mr_slices_go_to_the_mr_app_and_echo_to_the_echo_app(serve, clips, tmp_path):
     """One side-car (--app auto): MR slices are routed to mr-sax by their modality (no view
-    classifier), each slice counting its own frames; the echo clip beside them gets echo."""
+    classifier), each slice its own stream; the echo clip beside them gets echo."""
     sidecar = serve("--lossless")
     slices = [messages(mr_clip(tmp_path / f"s{k}.npz", 6 + k, k),
                        ReplayConfig(stream=f"stack/slice-{k}")) for k in range(2)]
     echo = messages(*clips["real"])[:8] + [EndMessage("real")]
     with ResultSubscriber(SubscriberConfig(sidecar.ready["publish"])) as subscriber:
         assert set(subscriber.hello.apps) == {"echo", "mr-sax"}
-        fields = {f["name"] for f in subscriber.hello.apps["mr-sax"]["result_fields"]}
-        assert fields == {"frames_in_slice"}
+        fields = [f["name"] for f in subscriber.hello.apps["mr-sax"]["result_fields"]]
+        assert fields == [f.name for f in MrShortAxisApp.result_fields]
     received = run(sidecar, interleave(slices[0], interleave(slices[1], echo, 0), 0), 3)
     starts = {m.stream: m.meta["app"]["name"] for m in received if m.kind == "start"}
     assert starts == {"stack/slice-0": "mr-sax", "stack/slice-1": "mr-sax", "real": "echo"}
     results = [m for m in received if m.kind == "result"]
     for k in range(2):
         mine = [m for m in results if m.stream == f"stack/slice-{k}"]
-        assert [m.fields["frames_in_slice"] for m in mine] == list(range(1, 7 + k))
+        assert [m.seq for m in mine] == list(range(6 + k))
         assert all(m.app == "mr-sax" and "view" not in m.fields for m in mine)
         assert all("view" not in m.latency_ms for m in mine)  # never met the classifier
     assert all(m.app == "echo" and m.fields["view"] is not None

@@ -49,13 +49,12 @@ thread of this project's 2-core CPU while another training shared it (2026-12-06
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from engines.nets import flownet
-from engines.spec import NetSpec, get_role, role_contract
+from engines.spec import MR_PERCENTILES, NetSpec, get_role, percentile_normalise, role_contract
 from streamer.vocab import MRLabel
 
 #: input H x W the weights are trained for (Sunnybrook: 256 x 256 at 1.367 mm)
@@ -67,7 +66,7 @@ SEG_CHANNELS = slice(0, 4)
 FLOW_CHANNELS = slice(4, 6)
 STATE_CHANNEL = 6
 #: per-image intensity scaling: these percentiles go to 0 and 1 (then clipped to [0, 1])
-NORMALISE_PERCENTILES = (1.0, 99.5)
+NORMALISE_PERCENTILES = MR_PERCENTILES
 #: the grid of the recurrent state and of the motion fusion, relative to the input
 STATE_STRIDE = 8
 #: channels of the motion branch's own view of the image pair ([previous, current,
@@ -87,22 +86,8 @@ SPEC = NetSpec(
 DEFAULTS = dict(widths=(16, 24, 32, 48), fusion=32, hidden=16, refine=12, decoder=(32, 16, 12))
 
 
-def normalise(image: np.ndarray) -> np.ndarray:
-    """One MR image (rows, cols), any real dtype -> float32 in [0, 1]: the
-    :data:`NORMALISE_PERCENTILES` of its own pixels go to 0 and 1, values outside are
-    clipped.  The one intensity normalisation of this network (training and run time).
-    ValueError for an image that is not 2-D or holds a non-finite value; a constant image
-    gives zeros."""
-    a = np.asarray(image)
-    if a.ndim != 2:
-        raise ValueError(f"normalise: expected one (rows, cols) image, got shape {a.shape}")
-    a = a.astype(np.float32)
-    if not np.isfinite(a).all():
-        raise ValueError("normalise: the image holds NaN or infinite values")
-    lo, hi = np.percentile(a, NORMALISE_PERCENTILES)
-    if hi <= lo:
-        return np.zeros(a.shape, np.float32)
-    return np.clip((a - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+#: the one intensity normalisation of this network (training and run time)
+normalise = percentile_normalise
 
 
 def _conv(cin: int, cout: int, stride: int = 1, k: int = 3, act: bool = True) -> nn.Module:

@@ -87,8 +87,8 @@ class AnalysisConfig:
     app: str = option(
         AUTO, "which analysis each stream gets: auto routes it by its modality (US: echo, "
         "MR: mr-sax); echo: view -> myocardium -> flow -> tracking -> strain; mr-sax: "
-        "cardiac-MR short axis (skeleton); none: preprocessing only, for transport and "
-        "latency checks", aliases=("--analysis",), choices=(AUTO, *APPS))
+        "cardiac-MR short axis: labels, AHA segments, circumferential and radial strain; "
+        "none: preprocessing only, for transport and latency checks", aliases=("--analysis",), choices=(AUTO, *APPS))
     engines: EngineConfig = EngineConfig()
     apps: Mapping[str, Any] = field(default_factory=dict)
     #: test hook: extra delay per frame, ms, in a stage of its own or in a named stage
@@ -193,8 +193,9 @@ class Analysis:
             return start
         return StartMessage(stream=start.stream, meta={**start.meta, "app": app.declaration()})
 
-    def new_stream(self, app: App, stream: str) -> StreamApp:
-        """A stream's instance of its app (with the test hook's delay, when set)."""
+    def new_stream(self, app: App, stream: str, meta: dict | None = None) -> StreamApp:
+        """A stream's instance of its app (with the test hook's delay, when set); ``meta``:
+        its start's metadata (the stages' ``stream_meta``)."""
         delay = self.debug_delay
 
         def wrap(stages):
@@ -203,7 +204,7 @@ class Analysis:
                 return stages
             return with_debug_delay(stages, delay)
 
-        return app.new_stream(stream, wrap=wrap)
+        return app.new_stream(stream, wrap=wrap, meta=meta)
 
 
 def build_analysis(config: AnalysisConfig = AnalysisConfig()) -> Analysis:

@@ -1,6 +1,7 @@
 """Stages every app may use: preprocessing, and the runtime's test hook that slows frames.
 
 :class:`Preprocess` turns any frame into the float image the networks take;
+:class:`TrackingGrid` says where a frame sits on a network's pixel grid;
 :class:`DebugDelay` and :class:`Delayed` are the test hook behind ``serve --debug-delay-ms``
 (never part of an app's own stages: the runtime adds them when asked).
 """
@@ -13,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from engines.spec import grey_plane, unit_range
+from engines.spec import Fit, grey_plane, unit_range
 from streamer.app import FrameRejected, PipelineWiringError, Stage
 from streamer.io.protocol import FrameMessage
 from streamer.options import option, parse_pair
@@ -52,6 +53,25 @@ class Preprocess(Stage):
                 raise FrameRejected("bad_pixels", f"frame {frame.stream}#{frame.seq} has "
                                     f"{bad} NaN or infinite pixel(s) of {finite.size}")
         return {"image": unit_range(grey)}
+
+
+@dataclass(frozen=True)
+class TrackingGrid:
+    """The pixel grid the mask and the flow live on (the segmenter's input) and where the
+    frame sits in it: ``spacing_mm`` is mm per grid pixel (row, col)."""
+
+    fit: Fit
+    spacing_mm: tuple[float, float]
+
+    def to_frame_mm(self, points_mm: np.ndarray) -> np.ndarray:
+        """[row, col] mm on the grid -> mm from the frame's top-left pixel.
+
+        The resize is pixel-centre aligned (OpenCV): grid pixel g lies at frame pixel
+        (g - top + 0.5) / scale - 0.5, i.e. half a grid pixel less half a frame pixel
+        beyond the plain rescale."""
+        s = np.asarray(self.spacing_mm, dtype=np.float64)
+        offset = np.array([self.fit.top, self.fit.left]) * s - 0.5 * s * (1.0 - self.fit.scale)
+        return points_mm - offset
 
 
 def parse_seqs(text: str) -> tuple[int, int]:

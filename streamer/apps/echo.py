@@ -21,9 +21,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from engines.spec import Fit, fit_to_input
+from engines.spec import fit_to_input
 from streamer.app import BEAT_CLOSED, App, BeatBoundary, BeatFrames, BeatStage, Field, Stage
-from streamer.apps.common import Preprocess
+from streamer.apps.common import Preprocess, TrackingGrid
 from streamer.budget import FrameControls
 from streamer.io.protocol import FrameMessage
 from streamer.measure.centerline import CentrelineConfig
@@ -142,25 +142,6 @@ class ClassifyView(Stage):
         own = {"label": VIEW_CLASSES[k_frame], "p": round(float(p_frame[k_frame]), 4)}
         return {"view": {"label": label, "p": round(p_label, 4), "frame": own},
                 "analyse": analyse, "flags": flags}
-
-
-@dataclass(frozen=True)
-class TrackingGrid:
-    """The pixel grid the mask and the flow live on (the segmenter's input) and where the
-    frame sits in it: ``spacing_mm`` is mm per grid pixel (row, col)."""
-
-    fit: Fit
-    spacing_mm: tuple[float, float]
-
-    def to_frame_mm(self, points_mm: np.ndarray) -> np.ndarray:
-        """[row, col] mm on the grid -> mm from the frame's top-left pixel.
-
-        The resize is pixel-centre aligned (OpenCV): grid pixel g lies at frame pixel
-        (g - top + 0.5) / scale - 0.5, i.e. half a grid pixel less half a frame pixel
-        beyond the plain rescale."""
-        s = np.asarray(self.spacing_mm, dtype=np.float64)
-        offset = np.array([self.fit.top, self.fit.left]) * s - 0.5 * s * (1.0 - self.fit.scale)
-        return points_mm - offset
 
 
 class SegmentMyocardium(Stage):
