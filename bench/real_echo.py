@@ -9,7 +9,8 @@ backend), first as they are (the view classifier decides) and then with the view
 * ``color3d_jpeg_baseline.dcm`` (pydicom-data): 120 frames, 480 x 640, 30 fps, about four
   beats (the 30-frame file is its first 30 frames at half size).
 
-Per run it reports: the share of frames the classifier calls A4C; mask continuity (analysed
+Per run it reports: the share of frames the classifier calls A4C (its answer averaged over
+the last second, with the gate's ``--min-view-confidence``); mask continuity (analysed
 frames whose mask is one clean wall whose centreline reaches both basal ends); the share of
 frames whose strain passed quality control (``measurable``) and so was published; each
 closed beat's grade and peak GLS, and the beat-to-beat spread; and how far each beat's
@@ -41,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engines.spec import BACKENDS  # noqa: E402
+from streamer.apps.echo import ViewConfig  # noqa: E402
 
 CLIPS = (("examples_ybr_color.dcm", None), ("color3d_jpeg_baseline.dcm", None))
 MASK_FLAGS = ("empty_mask", "broken_mask", "two_components", "basal_end_uncertain")
@@ -113,7 +115,8 @@ def measure(frames, outcomes, beats) -> dict:
     n = len(outcomes)
     values = [o.values for o in outcomes]
     views = [v["view"] for v in values]
-    a4c = [v["label"] == "a4c" and v["p"] >= 0.7 for v in views]
+    gate = ViewConfig()  # the classifier's rule of the app the bench builds (its defaults)
+    a4c = [v["label"] == gate.analysed_view and v["p"] >= gate.min_confidence for v in views]
     tracks = [v.get("track") for v in values]
     analysed = [t is not None for t in tracks]
     continuous = [t is not None and t.valid and not any(f in t.flags for f in MASK_FLAGS)

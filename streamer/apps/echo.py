@@ -46,7 +46,11 @@ class ViewConfig:
     ``gate="classifier"``: frames the classifier calls ``analysed_view`` with at least
     ``min_confidence``, its class probabilities averaged over the frames of the last
     ``smoothing_s`` seconds (a probe held on one view shows it for seconds; one frame's
-    answer flickers with the phase of the cycle); a sender's view hint (``frame.view``,
+    answer flickers with the phase of the cycle). On real scanners' frames, unlike the
+    phantoms it learned from, the classifier is less sure: pydicom's A4C cine is A4C by
+    arg-max on 93 % of its frames but has a mean A4C probability of 0.5-0.7 on many; at
+    0.5 (an absolute majority of the averaged probability) no phantom of another view and
+    no non-cardiac file passes (docs/benchmarks.md); a sender's view hint (``frame.view``,
     e.g. ``replay --view a4c``) overrides the classifier (the operator knows the view; the
     classifier's answer is still reported, flagged ``view_hint_differs`` when it
     disagrees). ``gate="off"``: every frame is analysed as ``analysed_view``.
@@ -56,7 +60,8 @@ class ViewConfig:
         "classifier", "classifier: only frames classified A4C go on; off: analyse every frame "
         "as A4C", flag="--view-gate", choices=("classifier", "off"))
     min_confidence: float = option(
-        0.7, "classifier probability an A4C frame needs to go on",
+        0.5, "classifier probability (averaged over --view-smoothing-s) an A4C frame needs "
+        "to go on",
         flag="--min-view-confidence", metavar="P")
     smoothing_s: float = option(
         1.0, "seconds of the classifier's answers averaged for the gate (0: each frame's own)",
