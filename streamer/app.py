@@ -24,10 +24,10 @@ it) and ``stream_meta`` (the ``meta`` of the stream's ``start`` message, e.g. an
 finds the frame unusable raises :class:`FrameRejected`.
 
 Per beat: a frame stage that sees a cardiac cycle close writes a :class:`BeatBoundary`
-under the value name ``beat_closed``. The stream's :class:`BeatBuffer` has kept, for each
-frame since the previous end-diastole, the values the app's :class:`BeatStage` s asked
-for (``keeps``); the beat stages then run once on those frames (:class:`BeatFrames`) and
-write the fields of the ``beat`` message.
+under the value name ``beat_closed``. For each of the app's :class:`BeatStage` s the
+stream has a :class:`BeatBuffer` that has kept, for each frame since the previous
+end-diastole, the values that stage asked for (``keeps``); the beat stages then run once
+on those frames (:class:`BeatFrames`) and write the fields of the ``beat`` message.
 """
 
 from __future__ import annotations
@@ -206,7 +206,9 @@ class BeatStage(ABC):
     """Runs once per closed beat on the frames of that beat.
 
     ``keeps`` names the per-frame values (outputs of the app's frame stages) the stream's
-    :class:`BeatBuffer` keeps for it: a frame is kept when all of them are not ``None``.
+    :class:`BeatBuffer` of this stage keeps for it: a frame is kept when all of them are not
+    ``None`` (each beat stage has its own buffer, so one stage's missing values do not
+    cost another its frames).
     ``outputs`` are the beat fields it writes (declared in the app's ``beat_fields``)."""
 
     name: ClassVar[str]
@@ -353,21 +355,21 @@ class App(ABC):
         stages = self.stages()
         pipeline = Pipeline(wrap(stages) if wrap is not None else stages)
         beat_stages = self.beat_stages()
-        keeps = [name for stage in beat_stages for name in stage.keeps]
-        return StreamApp(self, stream, pipeline, beat_stages,
-                         BeatBuffer(keeps, self.max_beat_frames), meta)
+        buffers = [BeatBuffer(stage.keeps, self.max_beat_frames) for stage in beat_stages]
+        return StreamApp(self, stream, pipeline, beat_stages, buffers, meta)
 
 
 class StreamApp:
     """One stream's instance of an app: its stages (with their state) and beat buffer."""
 
     def __init__(self, app: App, stream: str, pipeline: Pipeline,
-                 beat_stages: Sequence[BeatStage], beat_buffer: BeatBuffer,
+                 beat_stages: Sequence[BeatStage], beat_buffers: Sequence[BeatBuffer],
                  meta: dict | None = None):
         self.app, self.stream, self.pipeline = app, stream, pipeline
         self.meta = dict(meta or {})  # the start's metadata: the stages' stream_meta
         self.beat_stages = list(beat_stages)
-        self.beat_buffer = beat_buffer
+        #: one per beat stage: a frame is kept for a stage when every value it keeps exists
+        self.beat_buffers = list(beat_buffers)
         # the declared result fields, split once: header fields and array parts
         self._header_fields = tuple(f.name for f in app.result_fields if f.type != "array")
         self._array_fields = tuple(f.name for f in app.result_fields if f.type == "array")
@@ -392,17 +394,20 @@ class StreamApp:
         """Keep what the beat stages need; when this frame closed a beat, run them."""
         if not self.beat_stages:
             return None
-        self.beat_buffer.keep(frame.seq, outcome.values)
+        for buffer in self.beat_buffers:
+            buffer.keep(frame.seq, outcome.values)
         boundary = outcome.values.get(BEAT_CLOSED)
         if boundary is None:
             return None
-        frames = self.beat_buffer.close(frame.stream, boundary)
         undeclared = [name for name in boundary.fields if name not in self._beat_fields]
         if undeclared:
             raise RuntimeError(f"the beat boundary writes {undeclared}, which app "
                                f"{self.app.name!r} does not declare as beat fields")
         fields: dict[str, Any] = {"ed_seq": boundary.ed_seq, **boundary.fields}
-        for stage in self.beat_stages:
+        incomplete = False
+        for stage, buffer in zip(self.beat_stages, self.beat_buffers):
+            frames = buffer.close(frame.stream, boundary)
+            incomplete |= frames.incomplete
             t0 = time.perf_counter_ns()
             out = stage.process(frames)
             outcome.latency_ms[f"beat:{stage.name}"] = (time.perf_counter_ns() - t0) / 1e6
@@ -410,6 +415,6 @@ class StreamApp:
             if missing:
                 raise RuntimeError(f"beat stage {stage.name!r} did not return {missing}")
             fields.update(out)
-        if frames.incomplete:
+        if incomplete:
             fields["flags"] = [*fields.get("flags", ()), "beat_incomplete"]
         return BeatMessage(stream=frame.stream, beat=boundary.index, fields=fields)

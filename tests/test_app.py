@@ -285,9 +285,10 @@ def test_new_stream_gives_each_stream_fresh_stages_and_its_own_beat_buffer():
     a, b = app.new_stream("a"), app.new_stream("b")
     assert isinstance(a, StreamApp) and (a.app, a.stream) == (app, "a")
     assert not {id(s) for s in a.pipeline.stages} & {id(s) for s in b.pipeline.stages}
-    assert a.beat_buffer is not b.beat_buffer and a.beat_stages[0] is not b.beat_stages[0]
-    assert a.beat_buffer.keeps == ("sample",)
-    assert a.beat_buffer.max_frames == App.max_beat_frames
+    assert a.beat_buffers[0] is not b.beat_buffers[0]
+    assert a.beat_stages[0] is not b.beat_stages[0]
+    assert [buffer.keeps for buffer in a.beat_buffers] == [("sample",)]
+    assert a.beat_buffers[0].max_frames == App.max_beat_frames
     counts = [a.fields(a(frame(seq=0, stream="a")))["count"],
               a.fields(a(frame(seq=1, stream="a")))["count"],
               b.fields(b(frame(seq=0, stream="b")))["count"]]
@@ -423,3 +424,42 @@ def test_an_app_needs_an_engine_for_each_of_its_roles_and_declares_itself():
     assert declaration["result_fields"] == [{"name": "count", "type": "integer",
                                              "doc": "frames seen in this stream"}]
     assert [f["name"] for f in declaration["beat_fields"]] == ["total", "frames", "how"]
+
+
+def test_each_beat_stage_keeps_its_own_frames():
+    """A value one beat stage keeps is missing on some frames: the other stage still gets
+    every frame of the beat."""
+
+    class OddSample(Stage):
+        name = "odd"
+        inputs = ("count",)
+        outputs = ("odd_sample",)
+
+        def process(self, count):
+            return {"odd_sample": float(count) if count % 2 else None}
+
+    class CountOdd(BeatStage):
+        name = "count_odd"
+        keeps = ("odd_sample",)
+        outputs = ("odd_frames",)
+
+        def process(self, beat):
+            return {"odd_frames": len(beat.seqs)}
+
+    class TwoBeatStages(CountingApp):
+        beat_fields = (*CountingApp.beat_fields,
+                       Field("odd_frames", "integer", "frames with an odd count"))
+
+        def stages(self):
+            return [Preprocess(), Counter(), OddSample(), Closer()]
+
+        def beat_stages(self):
+            return [SumSamples(), CountOdd()]
+
+    instance = TwoBeatStages().new_stream("s")
+    assert [b.keeps for b in instance.beat_buffers] == [("sample",), ("odd_sample",)]
+    for seq in range(4):
+        outcome = instance(frame(seq=seq))
+        beat = instance.beat(frame(seq=seq), outcome)
+    # frames 0..3 (counts 1..4): all four for the sum, counts 1 and 3 for the other
+    assert beat.fields["frames"] == 4 and beat.fields["odd_frames"] == 2

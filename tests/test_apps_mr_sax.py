@@ -10,7 +10,7 @@ import pytest
 from calib.datasets import random_mr_config, split_seeds
 from calib.mr import make_mr_clip
 from engines.spec import fit_geometry
-from streamer.app import BEAT_CLOSED, BeatFrames
+from streamer.app import BEAT_CLOSED, BeatBoundary, BeatFrames
 from streamer.apps import AnalysisConfig, EngineConfig, build_analysis
 from streamer.apps.common import TrackingGrid
 from streamer.apps.mr_sax import (
@@ -19,7 +19,9 @@ from streamer.apps.mr_sax import (
     SaxGeometry,
     SaxQualityConfig,
     SliceConfig,
+    StackCycles,
     SummariseSaxBeat,
+    SummariseStack,
     slice_level,
 )
 from streamer.io.protocol import FrameMessage
@@ -51,10 +53,12 @@ def test_geometry_gives_areas_in_mm2_and_says_when_the_rv_does_not_touch():
     labels[20:30, 20:30] = MRLabel.LV_MYOCARDIUM
     labels[23:27, 23:27] = MRLabel.LV_CAVITY
     labels[40:44, 40:45] = MRLabel.RV_CAVITY
-    out = SaxGeometry().process(labels, grid(), {"n_slices": 3, "slice_index": 1})
+    out = SaxGeometry().process(mr_frame(0, 4), labels, grid(),
+                                {"n_slices": 3, "slice_index": 1})
     assert out["areas_mm2"] == {"lv_cavity": 64.0, "lv_myocardium": 336.0, "rv_cavity": 80.0}
     assert out["insertion"] is None and out["rv_insertion_mm"] is None
     assert out["aha_level"] == "mid" and out["flags"] == ["no_rv_insertion"]
+    assert out["cardiac_phase"] == 4
 
 
 def test_strain_out_of_range_or_an_untracked_wall_publishes_no_number():
@@ -213,3 +217,57 @@ def test_the_app_measures_a_held_out_phantom_against_its_truth(mr_analysis):
     # results in the frame's mm: the RV insertion points lie near the phantom's
     first = results[0]["rv_insertion_mm"]
     assert np.hypot(*np.subtract(first["anterior"], truth.insertion_points_mm[0, 0])) < 6.0
+
+
+# -- the stack's volumes, gathered slice stream by slice stream ----------------------------
+
+
+def stack_beat(k: int, cavity_mm2, n_slices: int = 3, stack_id: str = "st1") -> BeatFrames:
+    """The beat of slice k: its start's meta and its areas per phase."""
+    meta = {"stack_id": stack_id, "n_slices": n_slices, "slice_index": k,
+            "n_phases": len(cavity_mm2), "slice_position_mm": 10.0 * k,
+            "slice_thickness_mm": 8.0}
+    areas = [{"lv_cavity": float(c), "lv_myocardium": 600.0, "rv_cavity": 0.0}
+             for c in cavity_mm2]
+    n = len(cavity_mm2)
+    return BeatFrames(f"s/slice-{k}", BeatBoundary(0, 0, n - 1, {}), list(range(n)),
+                      {"areas_mm2": areas, "cardiac_phase": list(range(n)),
+                       "stream_meta": [meta] * n})
+
+
+def test_the_slice_that_completes_its_stack_gives_volumes_and_ef():
+    stacks = StackCycles()
+    stage = SummariseStack(stacks)
+    # base (large), mid, apex (small cavity): the ends under a quarter of the largest
+    assert stage.process(stack_beat(0, [300, 150, 200, 350]))["stack"] is None
+    assert stage.process(stack_beat(2, [200, 100, 150, 250]))["stack"] is None
+    out = stage.process(stack_beat(1, [1500, 900, 1200, 1600]))["stack"]
+    assert out["stack_id"] == "st1" and out["n_slices"] == 3
+    assert out["covers_lv"] is True and out["phases_missing"] == 0
+    assert (out["ed_phase"], out["es_phase"], out["slice_spacing_mm"]) == (3, 1, 10.0)
+    assert out["edv_ml"] == pytest.approx(22.0) and out["esv_ml"] == pytest.approx(11.5)
+    assert out["ef_pct"] == pytest.approx(100 * 10.5 / 22.0, abs=0.01)
+    assert out["mass_g"] == pytest.approx(3 * 600 * 10 / 1000 * 1.05)
+    assert out["slice_levels"] == ["basal", "mid", "apical"]
+    # the stack starts afresh: the next slice beat is the first of a new round
+    assert stage.process(stack_beat(0, [300, 150, 200, 350]))["stack"] is None
+
+
+def test_a_stack_that_does_not_cover_the_lv_gives_no_volumes():
+    stage = SummariseStack(StackCycles())
+    for k in (0, 1):
+        stage.process(stack_beat(k, [1500, 900, 1200, 1600]))
+    out = stage.process(stack_beat(2, [1400, 800, 1000, 1500]))["stack"]
+    assert out["covers_lv"] is False and "ef_pct" not in out
+
+
+def test_stacks_waiting_for_slices_are_bounded():
+    stacks = StackCycles(max_stacks=2)
+    stage = SummariseStack(stacks)
+    for name in ("a", "b", "c"):
+        stage.process(stack_beat(0, [100, 50], stack_id=name))
+    assert list(stacks._stacks) == ["b", "c"]  # the stack heard of longest ago went
+    # a single clip (no stack in its start) has no stack summary
+    beat = stack_beat(0, [100, 50])
+    beat.values["stream_meta"] = [{}] * 2
+    assert stage.process(beat) == {"stack": None}

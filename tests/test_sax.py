@@ -100,3 +100,25 @@ def test_disk_summation_volumes_mass_and_ejection_fraction():
         lv_volumes(labels[0], (1.0, 1.0), 10.0)
     with pytest.raises(ValueError):
         ejection_fraction_pct(0.0, 0.0)
+
+
+# -- stack volumes by disk summation -------------------------------------------------------
+
+
+def test_stack_volumes_sum_the_slices_and_find_ed_and_es_by_volume():
+    from streamer.measure.sax import slice_spacing_mm, stack_volumes
+
+    # 3 slices x 4 phases of cavity area (mm²): the largest total at phase 3, smallest at 1
+    cavity = np.array([[1000, 600, 800, 1100], [1500, 900, 1200, 1600], [500, 300, 400, 600]])
+    myo = np.full((3, 4), 800.0)
+    v = stack_volumes(cavity, myo, 10.0)
+    assert (v.ed_phase, v.es_phase) == (3, 1)
+    assert v.edv_ml == pytest.approx(33.0) and v.esv_ml == pytest.approx(18.0)
+    assert v.sv_ml == pytest.approx(15.0) and v.ef_pct == pytest.approx(100 * 15 / 33)
+    assert v.mass_g == pytest.approx(24.0 * 1.05)
+    assert slice_spacing_mm([30.0, 10.0, 20.0]) == 10.0
+    assert slice_spacing_mm([5.0], thickness_mm=8.0) == 8.0
+    with pytest.raises(SaxGeometryError, match="slice spacing"):
+        slice_spacing_mm([5.0])
+    with pytest.raises(ValueError, match="slices, phases"):
+        stack_volumes(cavity, myo[:, :2], 10.0)

@@ -45,7 +45,15 @@ from streamer.app import BEAT_CLOSED, App, BeatBoundary, BeatFrames, BeatStage, 
 from streamer.apps.common import Preprocess, TrackingGrid
 from streamer.io.protocol import FrameMessage
 from streamer.measure.kalman import warmup as kalman_warmup
-from streamer.measure.sax import SaxGeometryError, rv_insertion_points, sax_levels, screen_angle
+from streamer.measure.sax import (
+    SaxGeometryError,
+    base_is_first,
+    rv_insertion_points,
+    sax_levels,
+    screen_angle,
+    slice_spacing_mm,
+    stack_volumes,
+)
 from streamer.measure.sax_tracking import SaxTrack, SaxTrackerConfig, SaxWallTracker
 from streamer.measure.strain import sax_strain
 from streamer.options import option
@@ -154,16 +162,17 @@ class Insertion:
 class SaxGeometry(Stage):
     """Labels -> ``areas_mm2`` (LV cavity, LV myocardium, RV cavity), the RV ``insertion``
     (None where the RV does not touch the myocardium: flag ``no_rv_insertion``),
-    ``rv_insertion_mm`` (in the frame's mm) and the slice's ``aha_level``."""
+    ``rv_insertion_mm`` (in the frame's mm), the slice's ``aha_level`` and the frame's
+    ``cardiac_phase`` (its phase index, for the stack's summary)."""
 
     name = "geometry"
-    inputs = ("grid_labels", "grid", "stream_meta")
-    outputs = ("areas_mm2", "insertion", "rv_insertion_mm", "aha_level")
+    inputs = ("frame", "grid_labels", "grid", "stream_meta")
+    outputs = ("areas_mm2", "insertion", "rv_insertion_mm", "aha_level", "cardiac_phase")
 
     def __init__(self, config: SliceConfig = SliceConfig()):
         self.config = config
 
-    def process(self, grid_labels: np.ndarray, grid: TrackingGrid,
+    def process(self, frame: FrameMessage, grid_labels: np.ndarray, grid: TrackingGrid,
                 stream_meta: dict) -> dict[str, Any]:
         sp = np.asarray(grid.spacing_mm, np.float64)
         px_mm2 = float(sp[0] * sp[1])
@@ -186,7 +195,7 @@ class SaxGeometry(Stage):
             "anterior": grid.to_frame_mm(insertion.anterior_mm).round(2).tolist(),
             "inferior": grid.to_frame_mm(insertion.inferior_mm).round(2).tolist()}
         return {"areas_mm2": areas, "insertion": insertion, "rv_insertion_mm": points,
-                "aha_level": level, "flags": flags}
+                "aha_level": level, "cardiac_phase": frame.phase_index, "flags": flags}
 
 
 class TrackWall(Stage):
@@ -448,6 +457,111 @@ class SummariseSaxBeat(BeatStage):
         return out
 
 
+@dataclass
+class SliceCycle:
+    """One slice's areas over a cycle, for its stack's volumes: (phases,) mm², NaN where a
+    phase was not analysed."""
+
+    slice_index: int
+    position_mm: float | None
+    thickness_mm: float | None
+    cavity_mm2: np.ndarray
+    myocardium_mm2: np.ndarray
+
+
+class StackCycles:
+    """The latest cycle of every slice of the stacks one app follows, by stack id: what a
+    per-stack measurement needs, gathered slice stream by slice stream. Bounded: at most
+    ``max_stacks`` stacks are waiting for slices; beyond that the stack heard of longest
+    ago is forgotten."""
+
+    def __init__(self, max_stacks: int = 16):
+        self.max_stacks = max_stacks
+        self._stacks: dict[str, dict[int, SliceCycle]] = {}
+
+    def add(self, stack_id: str, n_slices: int, cycle: SliceCycle) -> list[SliceCycle] | None:
+        """Record a slice's cycle; every slice's, in slice order, once all ``n_slices`` have
+        one (the stack then starts afresh)."""
+        slices = self._stacks.pop(stack_id, {})
+        slices[cycle.slice_index] = cycle
+        if len(slices) >= n_slices:
+            return [slices[k] for k in sorted(slices)]
+        self._stacks[stack_id] = slices  # most recent last
+        while len(self._stacks) > self.max_stacks:
+            del self._stacks[next(iter(self._stacks))]
+        return None
+
+
+def _cover_fraction(cavity_ed_mm2: np.ndarray) -> float:
+    largest = float(np.nanmax(cavity_ed_mm2)) if np.isfinite(cavity_ed_mm2).any() else 0.0
+    if largest <= 0:
+        return float("inf")
+    return float(max(np.nan_to_num(cavity_ed_mm2[0]), np.nan_to_num(cavity_ed_mm2[-1])) / largest)
+
+
+class SummariseStack(BeatStage):
+    """Per stack: when every slice of the stack (``stack_id``, ``n_slices`` and
+    ``slice_index`` of each slice's start) has closed a beat, the LV volumes by disk
+    summation of their areas (:func:`streamer.measure.sax.stack_volumes`: end-diastole and
+    end-systole the phases of the largest and smallest total cavity), stroke volume, EF and
+    myocardial mass, and each slice's AHA level from the slices that hold LV myocardium
+    (thirds base to apex, the base where the LV is larger). Written as ``stack`` on the
+    beat message of the slice that completes the stack; volumes only when the stack covers
+    the LV (``covers_lv``: each end slice's end-diastolic cavity is under
+    ``max_end_cavity_fraction`` of the largest slice's)."""
+
+    name = "stack_summary"
+    keeps = ("areas_mm2", "cardiac_phase", "stream_meta")
+    outputs = ("stack",)
+    max_end_cavity_fraction = 0.25
+    #: a slice holds LV when its end-diastolic myocardium covers at least this area
+    min_lv_myocardium_mm2 = 50.0
+
+    def __init__(self, cycles: StackCycles):
+        self.cycles = cycles
+
+    def process(self, beat: BeatFrames) -> dict[str, Any]:
+        meta = beat.values["stream_meta"][0] if beat.seqs else {}
+        stack_id, n_slices = meta.get("stack_id"), meta.get("n_slices")
+        k, n_phases = meta.get("slice_index"), meta.get("n_phases")
+        if not (isinstance(stack_id, str) and isinstance(n_slices, int)
+                and isinstance(k, int) and isinstance(n_phases, int)):
+            return {"stack": None}
+        cavity, myo = np.full(n_phases, np.nan), np.full(n_phases, np.nan)
+        for areas, phase in zip(beat.values["areas_mm2"], beat.values["cardiac_phase"]):
+            if 0 <= phase < n_phases:
+                cavity[phase], myo[phase] = areas["lv_cavity"], areas["lv_myocardium"]
+        slices = self.cycles.add(stack_id, n_slices, SliceCycle(
+            k, meta.get("slice_position_mm"), meta.get("slice_thickness_mm"), cavity, myo))
+        return {"stack": None if slices is None else self.summary(stack_id, slices)}
+
+    def summary(self, stack_id: str, slices: list[SliceCycle]) -> dict[str, Any]:
+        cav = np.stack([s.cavity_mm2 for s in slices])
+        myo = np.stack([s.myocardium_mm2 for s in slices])
+        out: dict[str, Any] = {"stack_id": stack_id, "n_slices": len(slices)}
+        holds_lv = np.nan_to_num(myo[:, 0]) >= self.min_lv_myocardium_mm2
+        lv_area = np.where(holds_lv, np.nan_to_num(cav[:, 0] + myo[:, 0]), 0.0)
+        try:
+            levels = sax_levels(holds_lv, base_first=base_is_first(lv_area))
+        except SaxGeometryError:
+            return {**out, "slice_levels": None, "covers_lv": False}
+        out.update(slice_levels=levels)
+        positions = [s.position_mm for s in slices]
+        thickness = slices[0].thickness_mm
+        missing = int(np.isnan(cav).any(axis=0).sum())
+        covers = _cover_fraction(cav[:, 0]) < self.max_end_cavity_fraction
+        out.update(covers_lv=bool(covers), phases_missing=missing)
+        if not covers or missing or any(p is None for p in positions):
+            return out
+        spacing = slice_spacing_mm(positions, thickness)
+        v = stack_volumes(cav, myo, spacing)
+        return {**out, "slice_spacing_mm": round(spacing, 3), "ed_phase": v.ed_phase,
+                "es_phase": v.es_phase,
+                "edv_ml": round(v.edv_ml, 2), "esv_ml": round(v.esv_ml, 2),
+                "sv_ml": round(v.sv_ml, 2), "ef_pct": round(v.ef_pct, 2),
+                "mass_g": round(v.mass_g, 2)}
+
+
 @dataclass(frozen=True)
 class MrShortAxisConfig:
     """The MR short-axis app's options."""
@@ -522,6 +636,10 @@ class MrShortAxisApp(App):
         Field("duration_s", "number", "end-diastole to the beat's last frame, s"),
         Field("closed_by", "string", "last_phase (the start's n_phases) or next_ed (the "
               "phase index wrapped)"),
+        Field("stack", "object", "on the beat of the slice that completes its stack: "
+              "{stack_id, n_slices, slice_levels, covers_lv, phases_missing} and, when the "
+              "stack covers the LV, slice_spacing_mm, ed_phase, es_phase, edv_ml, esv_ml, "
+              "sv_ml, ef_pct, mass_g (disk summation); null on the other slices' beats"),
         Field("reference_phase", "integer", "phase index of the beat's reference frame: 0 "
               "(end-diastole) unless the track started later in the cycle (then the beat "
               "is poor)"),
@@ -532,8 +650,12 @@ class MrShortAxisApp(App):
         return [Preprocess(), SegmentAndMove(engine, cfg.send_labels), SaxGeometry(cfg.slices),
                 TrackWall(cfg.tracker), MeasureSaxStrain(), CheckSaxMeasurability(cfg.quality)]
 
+    def __init__(self, config=None, engines=None):
+        self.stacks = StackCycles()  # every slice stream's cycle, until its stack is whole
+        super().__init__(config, engines)
+
     def beat_stages(self) -> list[BeatStage]:
-        return [SummariseSaxBeat(self.config.quality)]
+        return [SummariseSaxBeat(self.config.quality), SummariseStack(self.stacks)]
 
     def warmup(self) -> None:
         kalman_warmup()  # numba compiles (or loads its cache) now, not on the first frame
