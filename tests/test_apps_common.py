@@ -178,3 +178,11 @@ def test_analysis_config_refuses_unknown_apps():
         AnalysisConfig(apps={"ct": None})
     with pytest.raises(ValueError, match="not loaded"):
         Analysis({"none": NoAnalysisApp()}, forced="echo")
+
+
+def test_a_beat_is_graded_by_the_share_of_its_frames_that_passed():
+    from streamer.apps.common import beat_grade
+
+    assert [beat_grade(f) for f in (1.0, 0.9, 0.89, 0.6, 0.59, 0.0)] == [
+        "good", "good", "fair", "fair", "poor", "poor"]
+    assert beat_grade(0.7, good=0.95, fair=0.75) == "poor"

@@ -74,6 +74,12 @@ class TrackingGrid:
         return points_mm - offset
 
 
+def beat_grade(fraction: float, good: float = 0.9, fair: float = 0.6) -> str:
+    """A beat's grade from the share of its frames that passed quality control: ``good``
+    (at least ``good``), ``fair`` (at least ``fair``) or ``poor`` (no peak numbers)."""
+    return "good" if fraction >= good else "fair" if fraction >= fair else "poor"
+
+
 def parse_seqs(text: str) -> tuple[int, int]:
     """"30:59" -> (30, 59)."""
     return parse_pair(text, int, "FIRST:LAST")

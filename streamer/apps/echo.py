@@ -23,7 +23,7 @@ import numpy as np
 
 from engines.spec import fit_to_input
 from streamer.app import BEAT_CLOSED, App, BeatBoundary, BeatFrames, BeatStage, Field, Stage
-from streamer.apps.common import Preprocess, TrackingGrid
+from streamer.apps.common import Preprocess, TrackingGrid, beat_grade
 from streamer.budget import FrameControls
 from streamer.io.protocol import FrameMessage
 from streamer.measure.centerline import CentrelineConfig
@@ -421,8 +421,7 @@ class SummariseBeat(BeatStage):
         cfg = self.config
         followed = beat.values["wall_followed"][:-1]  # the closing ED opens the next beat
         fraction = sum(followed) / len(followed)
-        quality = ("good" if fraction >= cfg.good_fraction
-                   else "fair" if fraction >= cfg.fair_fraction else "poor")
+        quality = beat_grade(fraction, cfg.good_fraction, cfg.fair_fraction)
         b = beat_from_points(beat.boundary.index, [s.t_s for s in samples],
                              np.stack([s.points_mm for s in samples]),
                              beat.boundary.fields.get("ed_source", ""))

@@ -42,7 +42,7 @@ import numpy as np
 
 from engines.spec import fit_to_input, percentile_normalise
 from streamer.app import BEAT_CLOSED, App, BeatBoundary, BeatFrames, BeatStage, Field, Stage
-from streamer.apps.common import Preprocess, TrackingGrid
+from streamer.apps.common import Preprocess, TrackingGrid, beat_grade
 from streamer.io.protocol import FrameMessage
 from streamer.measure.kalman import warmup as kalman_warmup
 from streamer.measure.sax import (
@@ -431,8 +431,7 @@ class SummariseSaxBeat(BeatStage):
             return {**out, "quality": "poor"}
         fraction = sum(bool(m) for m in measurable) / len(measurable)
         cfg = self.config
-        quality = ("good" if fraction >= cfg.good_fraction
-                   else "fair" if fraction >= cfg.fair_fraction else "poor")
+        quality = beat_grade(fraction, cfg.good_fraction, cfg.fair_fraction)
         cavity = np.array([s.cavity_mm2 for s in samples])
         es = int(np.argmin(cavity))
         out.update(es_seq=beat.seqs[es], ed_cavity_area_mm2=round(float(cavity[0]), 2),
