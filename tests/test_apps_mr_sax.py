@@ -271,3 +271,16 @@ def test_stacks_waiting_for_slices_are_bounded():
     beat = stack_beat(0, [100, 50])
     beat.values["stream_meta"] = [{}] * 2
     assert stage.process(beat) == {"stack": None}
+
+
+def test_the_anterior_direction_follows_the_patient_orientation():
+    from streamer.apps.mr_sax import anterior_direction
+
+    # axial (rows run posterior): anterior up; sagittal (columns run posterior): left
+    assert anterior_direction({"image_orientation_patient": [1, 0, 0, 0, 1, 0]}) == (-1.0, 0.0)
+    assert anterior_direction({"image_orientation_patient": [0, 1, 0, 0, 0, -1]}) == (0.0, -1.0)
+    # an axial image turned upside down: anterior down
+    assert anterior_direction({"image_orientation_patient": [-1, 0, 0, 0, -1, 0]}) == (1.0, 0.0)
+    # unknown, or anterior across the slice (coronal): the standard display's up
+    assert anterior_direction({}) == (-1.0, 0.0)
+    assert anterior_direction({"image_orientation_patient": [1, 0, 0, 0, 0, -1]}) == (-1.0, 0.0)

@@ -7,7 +7,7 @@ method::
 
     Preprocess -> SegmentAndMove -> SaxGeometry -> TrackWall -> MeasureSaxStrain
                -> CheckSaxMeasurability                                   (per frame)
-    SummariseSaxBeat                                                       (per closed beat)
+    SummariseSaxBeat, SummariseStack                                       (per closed beat)
 
 - :class:`SegmentAndMove` runs the joint network (role ``mr``) on the previous and this
   frame with the recurrent state the previous call returned: this frame's labels
@@ -16,7 +16,8 @@ method::
 - :class:`SaxGeometry`: areas, the LV centre, the RV insertion points (ends of the
   RV-myocardium contact) and the slice's AHA level.
 - :class:`TrackWall`: 48 endo- and epicardial points on rays from the LV centre, followed
-  by the numba Kalman filter with the flow (:mod:`streamer.measure.sax_tracking`).
+  by the numba Kalman filter (:mod:`streamer.measure.sax_tracking`; along the wall by the
+  rays by default, by the flow on request, see there why).
 - :class:`MeasureSaxStrain`: circumferential strain (mid-wall contour length) and radial
   strain (wall thickness) against the beat's end-diastole, globally and per AHA segment.
 - :class:`CheckSaxMeasurability`: publishes the strains only where the frame passes
@@ -25,7 +26,10 @@ method::
 Beats: a cine MR series is ECG-gated, so phase 0 (``phase_index``) is end-diastole. A beat
 closes at the last phase the stream's start announces (``n_phases``) or when the phase
 index wraps; its summary (:class:`SummariseSaxBeat`) gives end-systole (smallest cavity),
-peak strains globally and per segment, and the cavity's fractional area change.
+peak strains globally and per segment, and the cavity's fractional area change. When every
+slice of a stack has closed a beat, :class:`SummariseStack` adds the stack's volumes, EF
+and mass to the last one's beat message (the app's one state shared between its streams,
+bounded).
 
 The slice's AHA level comes from its place in the stack (``slice_index`` of ``n_slices``
 in the start, thirds base to apex, ``--sax-base`` says which end is basal) or from
@@ -148,6 +152,26 @@ def slice_level(meta: dict, config: SliceConfig) -> str | None:
     return sax_levels(np.ones(n, bool), base_first=config.base == "first")[k]
 
 
+#: the patient's anterior direction in DICOM patient axes (LPS: +y is posterior)
+_ANTERIOR_LPS = np.array([0.0, -1.0, 0.0])
+
+
+def anterior_direction(meta: dict) -> tuple[float, float]:
+    """The patient's anterior in image axes [row, col] from the start's
+    ``image_orientation_patient`` (row then column direction cosines: the direction of
+    increasing column, then of increasing row); up (-1, 0), the standard display, when the
+    start does not say or the anterior lies across the slice."""
+    iop = meta.get("image_orientation_patient")
+    if not isinstance(iop, (list, tuple)) or len(iop) != 6:
+        return (-1.0, 0.0)
+    along_cols, along_rows = np.asarray(iop[:3], float), np.asarray(iop[3:], float)
+    d = np.array([_ANTERIOR_LPS @ along_rows, _ANTERIOR_LPS @ along_cols])
+    norm = float(np.hypot(*d))
+    if not np.isfinite(norm) or norm < 0.3:
+        return (-1.0, 0.0)
+    return (float(d[0] / norm), float(d[1] / norm))
+
+
 @dataclass(frozen=True)
 class Insertion:
     """The RV insertion points of a frame, on the grid: angles (screen, around the LV
@@ -163,7 +187,9 @@ class SaxGeometry(Stage):
     """Labels -> ``areas_mm2`` (LV cavity, LV myocardium, RV cavity), the RV ``insertion``
     (None where the RV does not touch the myocardium: flag ``no_rv_insertion``),
     ``rv_insertion_mm`` (in the frame's mm), the slice's ``aha_level`` and the frame's
-    ``cardiac_phase`` (its phase index, for the stack's summary)."""
+    ``cardiac_phase`` (its phase index, for the stack's summary). Which insertion point is
+    anterior follows the start's ``image_orientation_patient`` (:func:`anterior_direction`;
+    up on screen when it does not say)."""
 
     name = "geometry"
     inputs = ("frame", "grid_labels", "grid", "stream_meta")
@@ -184,7 +210,7 @@ class SaxGeometry(Stage):
         flags = [] if level is not None else ["no_aha_level"]
         insertion = None
         try:
-            ins = rv_insertion_points(grid_labels)
+            ins = rv_insertion_points(grid_labels, anterior_dir=anterior_direction(stream_meta))
         except SaxGeometryError:
             flags.append("no_rv_insertion")
         else:
