@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from streamer.bench import main
@@ -118,12 +119,24 @@ def test_in_process_echo_pipeline_times_every_stage(tmp_path, capsys):
                            "--warmup", "3", "--phantom-frames", "12", "--quiet", "--no-plot")
     run = report["runs"]["in-process"]
     assert {"view", "segment", "flow", "track", "strain"} <= set(run["latency_ms"])
-    assert set(run["backends"]) == {"view", "segment", "flow"}
+    # --app auto loads every app a modality routes to: echo's three networks and MR's one
+    assert set(run["backends"]) == {"view", "segment", "flow", "mr_net"}
     assert run["accounted"]["ok"] and run["frames"]["results_timed"] == 20
     for key in ("view", "segment", "flow", "track", "strain"):
         s = run["latency_ms"][key]
         assert s["n"] == 20 and 0 < s["p50"] <= s["p95"] <= s["p99"] <= s["max"]
     assert "backends: view " in table
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+def test_an_mr_stack_slice_is_timed_through_the_mr_app(tmp_path, capsys, sunnybrook_series):
+    report, table = _bench(tmp_path, capsys, "--app", "mr-sax", "--clip", str(sunnybrook_series),
+                           "--slice", "5", "--transport", "in-process", "--frames", "12",
+                           "--warmup", "2", "--quiet", "--no-plot")
+    run = report["runs"]["in-process"]
+    assert set(run["backends"]) == {"mr_net"}
+    assert {"mr_net", "geometry", "track", "strain", "quality"} <= set(run["latency_ms"])
+    assert run["accounted"]["ok"] and run["frames"]["results_timed"] == 12
 
 
 def test_user_errors_exit_2_with_one_line(tmp_path, capsys):

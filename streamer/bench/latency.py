@@ -109,7 +109,7 @@ KEY_ORDER = ("transport", "decode", "queue", "preprocess", "debug_delay", "view"
 #: (the side-car's ``queue`` is counted from the receive time, so it contains ``decode``)
 START_AGE_KEYS = ("transport", "queue")
 #: engine roles -> the stage that runs them
-ROLE_STAGE = {"view": "view", "seg": "segment", "flow": "flow"}
+ROLE_STAGE = {"view": "view", "seg": "segment", "flow": "flow", "mr": "mr_net"}
 
 PHANTOM_SEED = 2_000_001
 PHANTOM_SIZE_PX = 256
@@ -368,14 +368,16 @@ def _progress(total: int, desc: str, disable: bool):
 
 def configured_backends(args) -> dict:
     """The backend each network runs on, resolved from the options (no engine is built)."""
-    if args.app == "none":
-        return {}
     from engines.backends import resolve_backend
+    from streamer.apps import APPS, AUTO
 
+    apps = [app for app in APPS.values() if app.modalities] if args.app == AUTO \
+        else [APPS[args.app]]
+    roles = dict.fromkeys(role for app in apps for role in app.roles)
     device = getattr(args, "device", None)
-    return {stage: _backend_label(resolve_backend(args.backend, device, role), args.precision,
-                                  device)
-            for role, stage in ROLE_STAGE.items()}
+    return {ROLE_STAGE[role]: _backend_label(resolve_backend(args.backend, device, role),
+                                             args.precision, device)
+            for role in roles}
 
 
 def _backend_label(backend: str, precision: str, device: str | None) -> str:
