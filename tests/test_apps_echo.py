@@ -447,3 +447,25 @@ def test_no_strain_outside_the_physiological_ranges_is_ever_published(echo_analy
                 assert all(-60 <= v <= 40 for v in regional.values())
             elif answer.fields["measurable"] is False:
                 assert any(f.startswith("not_measurable:") for f in answer.flags)
+
+
+def test_the_strain_stage_keeps_a_bounded_history_over_a_long_stream():
+    """Several minutes of a beating centreline, ECG-flagged: beats keep closing with the
+    right frame numbers, and the stage's frame -> seq map stays as short as the monitor's
+    history."""
+    from types import SimpleNamespace
+
+    stage, base, fps = MeasureStrain(), arc(), 50.0
+    closed = []
+    for seq in range(6_000):
+        t_s = seq / fps
+        track = SimpleNamespace(t_s=t_s, flags=[],
+                                points_mm=base * (1 - 0.08 * np.sin(np.pi * (seq % 50) / 50)))
+        message = FrameMessage(stream="s", seq=seq, t_acq_ns=int(t_s * 1e9), modality="US",
+                               pixels=np.zeros((2, 2), np.uint8), spacing_mm=(0.3, 0.3),
+                               fps=fps, ecg_r=seq % 50 == 0)
+        out = stage.process(message, track)
+        if out[BEAT_CLOSED] is not None:
+            closed.append(out[BEAT_CLOSED])
+    assert len(closed) == 119 and closed[-1].ed_seq == 5_900 and closed[-1].end_seq == 5_950
+    assert len(stage.seqs) <= (stage.config.online_window_s + 1) * fps + 1

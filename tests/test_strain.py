@@ -431,3 +431,24 @@ def test_random_a4c_anatomies(seed):
     truth, with truth masks and truth tissue motion."""
     e_gls, e_reg = _random_a4c_peak_errors(seed)
     assert abs(e_gls) < 0.3 and np.abs(e_reg).max() < 0.5
+
+
+def test_online_monitor_keeps_a_bounded_history_and_a_constant_cost():
+    """A long stream (5 minutes at 50 fps): the monitor keeps only the last
+    online_window_s + 1 seconds and the last beats, and still finds every ED and beat."""
+    cfg = S.BeatConfig()
+    t = frame_times(15_000)
+    mon = S.StrainMonitor(cfg)
+    beats, peaks = 0, []
+    for k, tk in enumerate(t):
+        f = mon.update(tk, HS.points_mm(U, tk))
+        if f.beat is not None:
+            beats += 1
+            peaks.append(f.beat.peak_gls_pct)
+        if k in (1_000, 14_000):
+            assert len(mon._t) <= (cfg.online_window_s + 1.0) / 0.017 + 2  # frames >= 17 ms apart
+            assert len(mon._P) <= len(mon._t)
+    assert f.frame == 14_999 and mon.first_frame > 14_000
+    assert len(mon.beats) == S.StrainMonitor.KEEP_BEATS and len(mon.ed_frames) <= 16
+    assert beats > 120 and np.std(peaks) < 0.5  # the same beat over and over
+    assert f.beat_index == beats + 1

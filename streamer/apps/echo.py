@@ -246,7 +246,7 @@ class MeasureStrain(Stage):
 
     def _restart(self) -> None:
         self.monitor = StrainMonitor(self.config)
-        self.seqs: list[int] = []  # the frame each of the monitor's frames was
+        self.seqs: dict[int, int] = {}  # the frame each of the monitor's kept frames was
 
     def process(self, frame: FrameMessage, track) -> dict[str, Any]:
         none = dict.fromkeys(self.outputs)
@@ -257,7 +257,9 @@ class MeasureStrain(Stage):
             self._restart()
             flags.append("strain_restarted")
         fs = self.monitor.update(track.t_s, track.points_mm, frame.ecg_r)
-        self.seqs.append(frame.seq)
+        self.seqs[fs.frame] = frame.seq
+        while next(iter(self.seqs)) < self.monitor.first_frame:  # bounded, as the monitor
+            del self.seqs[next(iter(self.seqs))]
         flags += fs.flags
         sample = StrainSample(track.t_s, np.array(track.points_mm, dtype=np.float64))
         closed = None

@@ -40,6 +40,7 @@ MR short axis: see :func:`sax_strain` and :func:`aha_segment_ids`.
 from __future__ import annotations
 
 import warnings
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -385,52 +386,104 @@ class StrainMonitor:
     stream's first frame becomes an ED only when the next ED shows it as long (a stream that
     starts mid-systole closes no beat from it); until the first ED, GLS is against the first
     frame and flagged ``no_ed_yet``.
+
+    Bounded: it keeps the frames of the last ``online_window_s + 1`` seconds (what the ED
+    detector looks back over) and the reference frame's lengths, so memory and the cost of
+    closing a beat stay constant over a stream of any length.  Frame numbers (``frame``,
+    ``ed_frames``, a beat's indices) count every frame of the stream; ``ed_frames`` and
+    ``beats`` hold the last :data:`KEEP_BEATS`.  A beat longer than the kept history (no
+    physiological one is) is not closed, only its new end-diastole set.
     """
+
+    KEEP_BEATS = 16
 
     def __init__(self, config: BeatConfig | None = None, n_segments: int = 6):
         self.config = config or BeatConfig()
         self.n_segments = n_segments
-        self._t: list[float] = []
-        self._L: list[float] = []
-        self._S: list[np.ndarray] = []
-        self._gls: list[float] = []
-        self._reg: list[np.ndarray] = []
-        self.ed_frames: list[int] = []
-        self.beats: list[Beat] = []
+        self._first = 0  # frame number of the first kept frame
+        self._t: deque[float] = deque()
+        self._L: deque[float] = deque()
+        self._S: deque[np.ndarray] = deque()
+        self._ed_frames: deque[int] = deque(maxlen=self.KEEP_BEATS)
+        self._beats: deque[Beat] = deque(maxlen=self.KEEP_BEATS)
+        self._n_beats = 0
+        self._n_eds = 0
         self.use_ecg = False
         self._ref: int | None = None
+        self._ref_L = float("nan")
+        self._ref_S: np.ndarray | None = None
         # points of recent frames (those the next ED can still land on), and the segment
         # boundaries of the current reference (equal arc at its frame)
         self._P: dict[int, np.ndarray] = {}
         self._bounds: np.ndarray | None = None
 
+    @property
+    def n_frames(self) -> int:
+        """Frames seen."""
+        return self._first + len(self._t)
+
+    @property
+    def first_frame(self) -> int:
+        """Frame number of the oldest frame kept."""
+        return self._first
+
+    @property
+    def ed_frames(self) -> list[int]:
+        """Frame numbers of the last end-diastoles found (at most KEEP_BEATS)."""
+        return list(self._ed_frames)
+
+    @property
+    def beats(self) -> list[Beat]:
+        """The last beats closed (at most KEEP_BEATS)."""
+        return list(self._beats)
+
     def _set_ref(self, ref: int) -> None:
         """New reference (ED) frame: its equal-arc segment boundaries, and the segment
-        lengths of the frames since then recomputed with them."""
+        lengths of the kept frames since then recomputed with them."""
         self._ref = ref
         self._bounds = equal_arc_bounds(self._P[ref], self.n_segments)
-        for j in range(ref, len(self._S)):
+        for j in range(ref, self.n_frames):
             if j in self._P:
-                self._S[j] = segment_lengths(self._P[j], self.n_segments, bounds=self._bounds)
+                self._S[j - self._first] = segment_lengths(self._P[j], self.n_segments,
+                                                           bounds=self._bounds)
+        self._ref_L = self._L[ref - self._first]
+        self._ref_S = self._S[ref - self._first]
 
     def _close_beat(self, new_ed: int) -> Beat | None:
         beat = None
-        if self.ed_frames:
-            a = self.ed_frames[-1]
+        if self._ed_frames and self._ed_frames[-1] >= self._first:
+            a, off = self._ed_frames[-1], self._first
             t = np.asarray(self._t)
             L = np.asarray(self._L)
             S = np.asarray(self._S)
-            gls = strain_pct(L, L[a])
-            reg = strain_pct(S, S[a])
-            beat = _beat(len(self.beats), a, new_ed, t, L, gls, reg, "ecg" if self.use_ecg else "length")
-            self.beats.append(beat)
-        self.ed_frames.append(new_ed)
+            gls = strain_pct(L, L[a - off])
+            reg = strain_pct(S, S[a - off])
+            beat = _beat(self._n_beats, a - off, new_ed - off, t, L, gls, reg,
+                         "ecg" if self.use_ecg else "length")
+            beat.ed_index += off
+            beat.es_index += off
+            beat.end_index += off
+            self._n_beats += 1
+            self._beats.append(beat)
+        self._ed_frames.append(new_ed)
+        self._n_eds += 1
         self._set_ref(new_ed)
         return beat
 
+    def _forget(self, t_s: float) -> None:
+        """Drop the frames the ED detector no longer looks at, and their points."""
+        horizon = t_s - self.config.online_window_s - 1.0
+        while len(self._t) > 1 and self._t[0] < horizon:
+            self._t.popleft()
+            self._L.popleft()
+            self._S.popleft()
+            self._P.pop(self._first, None)
+            self._first += 1
+
     def update(self, t_s: float, points_mm: np.ndarray, ecg_r: bool | None = None) -> FrameStrain:
         cfg = self.config
-        frame = len(self._t)
+        frame = self.n_frames
+        off = self._first
         P = np.asarray(points_mm, dtype=np.float64)
         L = float(polyline_length(P))
         self._t.append(float(t_s))
@@ -448,35 +501,31 @@ class StrainMonitor:
         if ecg_r:
             self.use_ecg = True
         if self.use_ecg:
-            if ecg_r and ok and (not self.ed_frames
-                                 or t_s - self._t[self.ed_frames[-1]] >= cfg.min_beat_s):
+            if ecg_r and ok and (not self._ed_frames or self._ed_frames[-1] < off
+                                 or t_s - self._t[self._ed_frames[-1] - off] >= cfg.min_beat_s):
                 beat = self._close_beat(frame)
                 is_ed = True
                 new_ed = frame
         elif ok:
             t = np.asarray(self._t)
             lo = int(np.searchsorted(t, t_s - cfg.online_window_s))
-            cand = ed_from_length(t[lo:], np.asarray(self._L[lo:]), cfg, confirmed_only=True) + lo
+            cand = ed_from_length(t[lo:], np.asarray(self._L)[lo:], cfg, confirmed_only=True) + lo
             if not (cand > lo).any():
                 # the window's first frame is an ED only next to an interior ED as high as it
                 # (ed_from_length's rule): on its own it may be a clip that starts mid-systole
                 cand = cand[cand > lo]
-            last = self.ed_frames[-1] if self.ed_frames else -1
+            last = self._ed_frames[-1] - off if self._ed_frames else -1
             for c in cand:
-                if c > last and (last < 0 or t[c] - t[last] >= cfg.min_beat_s) and np.isfinite(self._L[c]):
+                if c > last and (last < 0 or t[c] - t[last] >= cfg.min_beat_s) \
+                        and np.isfinite(self._L[c]):
                     # a first ED only once a full systole has been seen after it
-                    beat = self._close_beat(int(c))
-                    new_ed = int(c)
+                    beat = self._close_beat(int(c) + off)
+                    new_ed = int(c) + off
                     last = int(c)
         if self._ref is None and ok:
             self._set_ref(frame)
-        S = self._S[frame]
-        # forget points no later ED can land on
-        keep_from = self.ed_frames[-1] if self.ed_frames else 0
-        t_lo = t_s - cfg.online_window_s - 1.0
-        for j in [j for j in self._P if j < keep_from and self._t[j] < t_lo]:
-            del self._P[j]
-        if not self.ed_frames:
+        S = self._S[frame - off]
+        if not self._n_eds:
             flags.append("no_ed_yet")
         ref = self._ref
         if ref is None or not ok:
@@ -484,16 +533,17 @@ class StrainMonitor:
             reg = np.full(self.n_segments, np.nan)
             sr = float("nan")
         else:
-            L0 = self._L[ref]
+            L0 = self._ref_L
             gls = float(strain_pct(L, L0))
-            reg = strain_pct(S, self._S[ref])
+            reg = strain_pct(S, self._ref_S)
             sr = float("nan")
-            if frame > 0 and np.isfinite(self._L[frame - 1]):
-                dt = t_s - self._t[frame - 1]
+            if frame > off and np.isfinite(self._L[frame - 1 - off]):
+                dt = t_s - self._t[frame - 1 - off]
                 if dt > 0:
-                    sr = (L - self._L[frame - 1]) / dt / L0
-        return FrameStrain(frame, float(t_s), L, gls, reg, sr, len(self.ed_frames), is_ed,
-                           new_ed, beat, flags)
+                    sr = (L - self._L[frame - 1 - off]) / dt / L0
+        self._forget(t_s)
+        return FrameStrain(frame, float(t_s), L, gls, reg, sr, self._n_eds, is_ed, new_ed,
+                           beat, flags)
 
 
 # --------------------------------------------------------------------------------------
