@@ -226,6 +226,21 @@ def test_oversized_header_is_malformed():
     assert code_of([head]).code == "malformed_header"
 
 
+def test_a_header_nested_deeper_than_the_limit_is_malformed():
+    """Issue 14: a start whose meta nests 254 levels decodes in orjson (1024) but cannot be
+    written back (255); refused when decoded, at any depth over the limit."""
+    deep = b'{"v":1,"kind":"start","stream":"n","meta":' + b'{"a":' * 254 + b"1" + b"}" * 255
+    error = code_of([deep])
+    assert error.code == "malformed_header" and "32 levels" in error.message
+    def nested(levels):  # the header is level 1, meta level 2, then lists
+        return json.dumps({"v": 1, "kind": "start", "stream": "s",
+                           "meta": {"x": json.loads("[" * (levels - 2) + "]" * (levels - 2))}}
+                          ).encode()
+
+    assert P.decode([nested(P.MAX_NESTING_DEPTH)]).kind == "start"
+    assert code_of([nested(P.MAX_NESTING_DEPTH + 1)]).code == "malformed_header"
+
+
 @pytest.mark.parametrize("version", [0, 2, "1", None, ...])
 def test_unknown_protocol_version(version):
     error = code_of(with_header(P.encode(frame()), v=version))

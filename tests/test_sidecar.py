@@ -418,3 +418,27 @@ def test_a_result_that_cannot_be_encoded_is_an_error_and_the_side_car_goes_on():
     assert answers == [("result", 0), ("error", 1), ("result", 2)]
     [error] = [m for m in messages if m.kind == "error"]
     assert error.code == "stage_failed" and "could not be encoded" in error.message
+
+
+def test_a_deeply_nested_start_is_refused_and_the_side_car_serves_on():
+    """Issue 14, finding 1, the probe's exact message: a start whose meta nests 254 levels.
+    It is answered with malformed_header and the next stream is served."""
+    config = SideCarConfig(ingest="tcp://127.0.0.1:*", publish="tcp://127.0.0.1:*",
+                           lossless=True)
+    with SideCar(config, build_analysis(AnalysisConfig(app="none"))) as sidecar, \
+            ResultSubscriber(SubscriberConfig(sidecar.publish_endpoint)) as subscriber, \
+            FrameSender(SenderConfig(sidecar.ingest_endpoint)) as sender:
+        raw = zmq.Context.instance().socket(zmq.PUSH)
+        raw.connect(sidecar.ingest_endpoint)
+        raw.send(b'{"v":1,"kind":"start","stream":"n","meta":' + b'{"a":' * 254 + b"1"
+                 + b"}" * 255)
+        raw.close(linger=1000)
+        error = subscriber.recv(timeout_s=10)
+        assert error is not None and error.kind == "error"
+        assert error.code == "malformed_header"
+        sender.send(StartMessage("ok", {"modality": "US"}))
+        sender.send(make_frame(0, "ok"))
+        sender.send(EndMessage("ok", 1))
+        messages = collect(subscriber, "ok")
+        assert [m.kind for m in messages] == ["start", "result", "end"]
+        assert sidecar.wait(0.1) is False  # still running

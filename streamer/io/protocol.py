@@ -50,6 +50,9 @@ MODALITIES = ("US", "MR")
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 #: the JSON header is meant to be small; anything larger is malformed.
 MAX_HEADER_BYTES = 256 * 1024
+#: objects and arrays nested deeper than this in a header are malformed (orjson reads 1024
+#: levels but writes only 255: a deeper ``meta`` could not even be echoed back)
+MAX_NESTING_DEPTH = 32
 MAX_SIDE_PX = 16384
 _INF = float("inf")
 MAX_CHANNELS = 16
@@ -379,6 +382,21 @@ def _nbytes(part: Part) -> int:
     return memoryview(part).nbytes
 
 
+def _nesting_exceeds(value: Any, limit: int) -> bool:
+    """Whether JSON ``value`` nests objects/arrays more than ``limit`` levels deep (the
+    header itself is level 1); iterative, so no recursion limit is met on the way."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if type(item) is dict else item if type(item) is list else ()
+        for child in children:
+            if type(child) is dict or type(child) is list:
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
 def decode(parts: Sequence[Part], *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
            ) -> Message:
     """Decode received parts into a message object.
@@ -398,6 +416,9 @@ def decode(parts: Sequence[Part], *, max_message_bytes: int = DEFAULT_MAX_MESSAG
         header = orjson.loads(head)
     except orjson.JSONDecodeError as exc:
         raise ProtocolError("malformed_header", f"header is not UTF-8 JSON: {exc}") from None
+    if _nesting_exceeds(header, MAX_NESTING_DEPTH):
+        raise ProtocolError("malformed_header", f"header nests objects or arrays deeper than "
+                            f"{MAX_NESTING_DEPTH} levels")
     if type(header) is dict and header.get("v") == PROTOCOL_VERSION \
             and header.get("kind") == "frame":
         plain = _decode_plain_frame(header, parts, max_message_bytes - len(head))
