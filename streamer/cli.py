@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="send as fast as the side-car accepts (ignores timing)")
     replay.add_argument("--connect-timeout-s", type=float, default=10.0,
                         help="give up when no side-car answers within this time")
+    replay.add_argument("--send-timeout-s", type=float, default=30.0,
+                        help="give up when the side-car takes no frame for this long (it "
+                             "stopped or stalled; 0: wait for ever)")
     replay.add_argument("--quiet", action="store_true", help="no progress bar")
     replay.set_defaults(func=cmd_replay)
 
@@ -272,6 +275,7 @@ def cmd_replay(args) -> int:
         with _progress(total, f"replay {args.clip.name}", args.quiet) as bar:
             stats = replay_to(reader, args.to, config,
                               connect_timeout_s=args.connect_timeout_s,
+                              send_timeout_s=args.send_timeout_s or None,
                               on_frame=lambda _: bar.update(1))
     log.info("sent %d frames in %.2f s (%.1f fps); worst lateness against the clip's "
              "timing %.1f ms", stats.frames, stats.elapsed_s,

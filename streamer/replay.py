@@ -213,7 +213,11 @@ def replay(reader: ClipReader | StackReader, sender: FrameSender,
 
 def replay_to(reader: ClipReader | StackReader, endpoint: str,
               config: ReplayConfig = ReplayConfig(), *, connect_timeout_s: float = 10.0,
+              send_timeout_s: float | None = 30.0,
               on_frame: Callable[[int], None] | None = None) -> ReplayStats:
-    """Connect to a side-car's ingest endpoint and replay a clip (or a stack) into it."""
-    with FrameSender(SenderConfig(endpoint, connect_timeout_s=connect_timeout_s)) as sender:
+    """Connect to a side-car's ingest endpoint and replay a clip (or a stack) into it;
+    :class:`~streamer.io.sockets.SendTimeout` when the side-car takes no message for
+    ``send_timeout_s``."""
+    with FrameSender(SenderConfig(endpoint, connect_timeout_s=connect_timeout_s,
+                                  send_timeout_s=send_timeout_s)) as sender:
         return replay(reader, sender, config, on_frame=on_frame)

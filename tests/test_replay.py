@@ -214,3 +214,34 @@ def test_a_real_stack_replayed_into_a_side_car_gives_one_result_per_image(
     assert [m.stream for m in messages if m.kind == "end"] == names
     assert all(m.meta["processed"] == 20 for m in messages if m.kind == "end")
     assert not [m for m in messages if m.kind == "error"]
+
+
+def test_replay_into_a_side_car_that_goes_away_stops_with_an_error(npz_clip, capsys):
+    """Issue 14: replay blocked for ever once the side-car was gone. Here the side-car's
+    ingest takes three messages and closes: replay exits 2 within its send timeout and
+    says how many messages may be lost."""
+    import threading
+
+    import zmq
+
+    from streamer.io.sockets import bind
+
+    context = zmq.Context()
+    pull = context.socket(zmq.PULL)
+    endpoint = bind(pull, "tcp://127.0.0.1:*")
+
+    def side_car_that_stops():
+        for _ in range(3):
+            pull.recv_multipart()
+        pull.close(linger=0)
+
+    thread = threading.Thread(target=side_car_that_stops)
+    thread.start()
+    try:
+        rc = main(["replay", str(npz_clip), "--to", endpoint, "--loop", "500", "--max-rate",
+                   "--send-timeout-s", "0.5", "--quiet"])
+    finally:
+        thread.join(5)
+        context.term()
+    err = capsys.readouterr().err
+    assert rc == 2 and "took no message for 0.5 s" in err and "may not have been delivered" in err

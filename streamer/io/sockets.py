@@ -28,6 +28,10 @@ class EndpointError(RuntimeError):
     """An endpoint could not be bound or reached (the message says which and why)."""
 
 
+class SendTimeout(EndpointError):
+    """The peer took no message for the send timeout (gone, or stalled)."""
+
+
 def bind(socket: zmq.Socket, endpoint: str) -> str:
     """Bind and return the resolved endpoint (``tcp://127.0.0.1:*`` gets a free port)."""
     try:
@@ -76,6 +80,9 @@ class SenderConfig:
     connect_timeout_s: float = 10.0
     #: how long close() waits to deliver queued messages
     linger_s: float = 10.0
+    #: how long send() waits for the side-car to take a message before it raises
+    #: SendTimeout (None: for ever)
+    send_timeout_s: float | None = 30.0
 
 
 class FrameSender:
@@ -93,6 +100,9 @@ class FrameSender:
         self.socket = self.context.socket(zmq.PUSH)
         self.socket.setsockopt(zmq.SNDHWM, config.send_hwm)
         self.socket.setsockopt(zmq.LINGER, int(config.linger_s * 1000))
+        if config.send_timeout_s is not None:
+            self.socket.setsockopt(zmq.SNDTIMEO, max(1, int(config.send_timeout_s * 1000)))
+        self.sent = 0
         try:
             connect_and_wait(self.socket, config.endpoint, config.connect_timeout_s)
         except EndpointError:
@@ -102,8 +112,22 @@ class FrameSender:
             raise
 
     def send(self, message: Message, *, block: bool = True) -> None:
-        """Send one message; with ``block=False`` raise ``zmq.Again`` instead of waiting."""
-        self.socket.send_multipart(encode(message), flags=0 if block else zmq.NOBLOCK)
+        """Send one message; with ``block=False`` raise ``zmq.Again`` instead of waiting.
+        A blocking send that the side-car does not take within ``send_timeout_s`` raises
+        :class:`SendTimeout` (the messages still queued are then lost: the error says how
+        many at most)."""
+        try:
+            self.socket.send_multipart(encode(message), flags=0 if block else zmq.NOBLOCK)
+        except zmq.Again:
+            if not block:
+                raise
+            self.socket.setsockopt(zmq.LINGER, 0)  # nobody takes them: do not wait at close
+            raise SendTimeout(
+                f"the side-car at {self.config.endpoint} took no message for "
+                f"{self.config.send_timeout_s:g} s (stopped, or stalled); {self.sent} "
+                f"messages were sent, up to {self.config.send_hwm} of the last of them may "
+                "not have been delivered") from None
+        self.sent += 1
 
     def close(self) -> None:
         """Close; with an owned context, wait (up to ``linger_s``) until all is delivered."""
