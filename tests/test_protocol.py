@@ -241,6 +241,14 @@ def test_a_header_nested_deeper_than_the_limit_is_malformed():
     assert code_of([nested(P.MAX_NESTING_DEPTH + 1)]).code == "malformed_header"
 
 
+def test_an_error_does_not_copy_a_huge_bad_value_back():
+    """Issue 14: a 250 KB bad field gave a 250 KB error to every subscriber."""
+    head = json.dumps({"v": 1, "kind": "start", "stream": "s", "meta": "x" * 250_000}).encode()
+    error = code_of([head])
+    assert error.code == "bad_field" and error.message.startswith("meta must be a JSON object")
+    assert len(error.message) < 400 and "more characters" in error.message
+
+
 @pytest.mark.parametrize("version", [0, 2, "1", None, ...])
 def test_unknown_protocol_version(version):
     error = code_of(with_header(P.encode(frame()), v=version))

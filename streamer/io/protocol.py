@@ -70,8 +70,15 @@ class ProtocolError(ValueError):
     sent back can say which frame was bad.
     """
 
+    #: the longest message kept: the offending value comes last and is cut, so a huge bad
+    #: header is not copied back to every subscriber and into every log line
+    MAX_MESSAGE_CHARS = 300
+
     def __init__(self, code: str, message: str, *, stream: str | None = None,
                  seq: int | None = None):
+        if len(message) > self.MAX_MESSAGE_CHARS:
+            message = (message[:self.MAX_MESSAGE_CHARS]
+                       + f"... ({len(message) - self.MAX_MESSAGE_CHARS} more characters)")
         super().__init__(message)
         self.code = code
         self.message = message
