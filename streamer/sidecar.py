@@ -123,6 +123,11 @@ class LatestFrameSlot(_Inbox):
     scanner gets its newest frame analysed), but at most ``max_streams`` frames wait: past
     that a frame of yet another stream goes (counted against that stream), not one of a
     stream already waiting. Start/end messages waiting in the slot keep their order.
+
+    The drop counts not yet handed out are kept for at most ``4 * max_streams`` streams: a
+    stream whose frames are only ever dropped (never taken, so never closed by the worker)
+    must not hold memory for ever; past that bound the oldest count goes to
+    ``dropped_unreported`` (it stays in ``dropped_total``).
     """
 
     def __init__(self, max_streams: int = 64):
@@ -130,6 +135,7 @@ class LatestFrameSlot(_Inbox):
         self.max_streams = max_streams
         self._dropped: dict[str, int] = {}
         self.dropped_total = 0
+        self.dropped_unreported = 0
 
     def put_frame(self, item: Received) -> bool:
         stream = item.message.stream
@@ -153,8 +159,11 @@ class LatestFrameSlot(_Inbox):
             return True
 
     def _count_drop(self, stream: str) -> None:
-        self._dropped[stream] = self._dropped.get(stream, 0) + 1
+        self._dropped[stream] = self._dropped.pop(stream, 0) + 1  # most recent last
         self.dropped_total += 1
+        while len(self._dropped) > 4 * self.max_streams:
+            oldest = next(iter(self._dropped))
+            self.dropped_unreported += self._dropped.pop(oldest)
 
     def _take_dropped(self, item: Received) -> int:
         return self._dropped.pop(item.message.stream, 0)

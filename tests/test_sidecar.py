@@ -103,6 +103,19 @@ def test_latest_frame_slot_holds_one_frame_per_stream_up_to_max_streams():
     assert (item.message.stream, item.message.seq, dropped) == ("c", 5, 1)
 
 
+def test_drop_counts_of_streams_never_taken_are_bounded():
+    """Issue 14: every stream name whose frames were only ever dropped kept a counter for
+    ever. Past 4 x max_streams names the oldest counts are folded into dropped_unreported."""
+    slot = LatestFrameSlot(max_streams=1)
+    slot.put_frame(received(0, "kept"))
+    for k in range(1000):  # 1000 other streams, each frame dropped: one frame already waits
+        slot.put_frame(received(0, f"s{k}"))
+    assert len(slot._dropped) == 4 and slot.dropped_total == 1000
+    assert slot.dropped_unreported == 996
+    slot.put_frame(received(0, "s999"))  # a recent one is still reported with its stream
+    assert slot._dropped["s999"] == 2
+
+
 def test_a_closed_inbox_refuses_frames_and_wakes_its_reader():
     slot = LatestFrameSlot()
     slot.close()
