@@ -371,3 +371,24 @@ def test_decode_never_raises_anything_but_protocol_error(header, payload, n_part
         P.decode(parts, max_message_bytes=1 << 16)
     except P.ProtocolError as error:
         assert error.code in P.ERROR_CODES and error.message
+
+
+@pytest.mark.parametrize("field, value", [
+    ("v", 1.0), ("v", True), ("spacing_mm", [1e-300, 0.3]), ("spacing_mm", [0.3, 1e300]),
+    ("fps", 1e300), ("t_acq_ns", -1), ("t_acq_ns", 2**64 - 1), ("seq", 2**64 - 1),
+    ("stream", "a\x00b"), ("stream", "line\nbreak"), ("t_send_ns", -5)])
+def test_impossible_frame_fields_are_refused(field, value):
+    """Issue 14's probe: these were accepted. Each is refused (the fast path and the full
+    validation agree)."""
+    parts = with_header(P.encode(frame()), **{field: value})
+    error = code_of(parts)
+    assert error.code in ("bad_field", "unsupported_version"), (field, value, error)
+
+
+def test_a_long_error_message_is_cut_and_still_decodes():
+    message = P.ErrorMessage(code="stage_failed", message="x" * 5000, stream="s", seq=1)
+    assert len(message.message) <= 1000 and message.message.endswith("(4040 more characters)")
+    back = P.decode(P.encode(message))
+    assert back.message == message.message
+    multi_line = P.decode(P.encode(P.ErrorMessage(code="stage_failed", message="a\nb")))
+    assert multi_line.message == "a\nb"

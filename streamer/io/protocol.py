@@ -55,6 +55,10 @@ MAX_HEADER_BYTES = 256 * 1024
 MAX_NESTING_DEPTH = 32
 MAX_SIDE_PX = 16384
 _INF = float("inf")
+#: the physically possible: pixel spacing (0.1 um .. 10 m), frame rate, 64-bit times
+MIN_SPACING_MM, MAX_SPACING_MM = 1e-4, 1e4
+MAX_FPS = 1e5
+MAX_INT64 = 2**63 - 1
 MAX_CHANNELS = 16
 #: axes an array part of a result may have (a mask: 2; a flow field: 3; a stack: 4)
 MAX_PART_AXES = 4
@@ -211,6 +215,14 @@ class ErrorMessage:
     seq: int | None = None
 
     kind = "error"
+    #: longer messages are cut (with how much was left out): an error never grows large
+    MAX_CHARS = 1000
+
+    def __post_init__(self):
+        if len(self.message) > self.MAX_CHARS:  # cut to MAX_CHARS in all (a cut one stays)
+            keep = self.MAX_CHARS - 40
+            self.message = (self.message[:keep]
+                            + f"... ({len(self.message) - keep} more characters)")
 
     @classmethod
     def from_exception(cls, exc: ProtocolError) -> ErrorMessage:
@@ -426,8 +438,8 @@ def decode(parts: Sequence[Part], *, max_message_bytes: int = DEFAULT_MAX_MESSAG
     if _nesting_exceeds(header, MAX_NESTING_DEPTH):
         raise ProtocolError("malformed_header", f"header nests objects or arrays deeper than "
                             f"{MAX_NESTING_DEPTH} levels")
-    if type(header) is dict and header.get("v") == PROTOCOL_VERSION \
-            and header.get("kind") == "frame":
+    if type(header) is dict and type(header.get("v")) is int \
+            and header.get("v") == PROTOCOL_VERSION and header.get("kind") == "frame":
         plain = _decode_plain_frame(header, parts, max_message_bytes - len(head))
         if plain is not None:
             return plain
@@ -435,7 +447,7 @@ def decode(parts: Sequence[Part], *, max_message_bytes: int = DEFAULT_MAX_MESSAG
         raise ProtocolError("malformed_header",
                             f"header is JSON {type(header).__name__}, not an object")
     version = header.get("v")
-    if version != PROTOCOL_VERSION:
+    if type(version) is not int or version != PROTOCOL_VERSION:
         raise ProtocolError("unsupported_version",
                             f"protocol version {version!r} is not supported "
                             f"(this side-car speaks v{PROTOCOL_VERSION})",
@@ -465,7 +477,7 @@ def decode(parts: Sequence[Part], *, max_message_bytes: int = DEFAULT_MAX_MESSAG
         return BeatMessage(stream=reader.str("stream"), beat=reader.int("beat", minimum=0),
                            fields={k: v for k, v in header.items() if k not in BEAT_KEYS})
     if kind == "error":
-        return ErrorMessage(code=reader.str("code"), message=reader.str("message"),
+        return ErrorMessage(code=reader.str("code"), message=reader.text("message"),
                             stream=stream, seq=seq)
     if kind == "hello":
         return HelloMessage(service=reader.str("service"), version=reader.str("version", ""),
@@ -497,17 +509,19 @@ def _decode_plain_frame(header: dict, parts: Sequence[Part], max_pixel_bytes: in
     # v, kind and the 8 fields read above, plus t_send_ns if present: nothing else
     if len(header) != 10 + ("t_send_ns" in header) or len(parts) != 2:
         return None
-    if not (type(stream) is str and 0 < len(stream) <= 256
-            and type(seq) is int and seq >= 0 and type(t_acq) is int
-            and (t_send is None or type(t_send) is int)
+    if not (type(stream) is str and 0 < len(stream) <= 256 and stream.isprintable()
+            and type(seq) is int and 0 <= seq <= MAX_INT64
+            and type(t_acq) is int and 0 <= t_acq <= MAX_INT64
+            and (t_send is None or (type(t_send) is int and 0 <= t_send <= MAX_INT64))
             and (modality == "US" or modality == "MR")
             and type(shape) is list and len(shape) == 2
             and type(shape[0]) is int and type(shape[1]) is int
             and 0 < shape[0] <= MAX_SIDE_PX and 0 < shape[1] <= MAX_SIDE_PX
             and type(spacing) is list and len(spacing) == 2
             and type(spacing[0]) is float and type(spacing[1]) is float
-            and 0 < spacing[0] < _INF and 0 < spacing[1] < _INF
-            and type(fps) is float and 0 < fps < _INF):
+            and MIN_SPACING_MM <= spacing[0] <= MAX_SPACING_MM
+            and MIN_SPACING_MM <= spacing[1] <= MAX_SPACING_MM
+            and type(fps) is float and 0 < fps <= MAX_FPS):
         return None
     buffer = memoryview(parts[1])
     if buffer.nbytes != shape[0] * shape[1] * dtype.itemsize or buffer.nbytes > max_pixel_bytes:
@@ -519,7 +533,7 @@ def _decode_plain_frame(header: dict, parts: Sequence[Part], max_pixel_bytes: in
 
 def _decode_frame(reader: _Fields, parts: Sequence[Part], max_message_bytes: int
                   ) -> FrameMessage:
-    stream, seq = reader.str("stream"), reader.int("seq", minimum=0)
+    stream, seq = reader.str("stream"), reader.int("seq", minimum=0, maximum=MAX_INT64)
     reader.seq = seq
     _expect_parts(parts, 2, "frame", stream, seq)
     modality = reader.str("modality")
@@ -534,12 +548,12 @@ def _decode_frame(reader: _Fields, parts: Sequence[Part], max_message_bytes: int
                             stream=stream, seq=seq)
     pixels = _array_from_part(parts[1], dtype, shape, "pixels", stream, seq)
     spacing = reader.float_list("spacing_mm", 2)
-    if not all(s > 0 for s in spacing):
-        raise reader.error(f"spacing_mm {spacing} must be two positive numbers (mm per "
-                           "pixel along rows, cols)")
+    if not all(MIN_SPACING_MM <= s <= MAX_SPACING_MM for s in spacing):
+        raise reader.error(f"spacing_mm {spacing} must be two numbers of {MIN_SPACING_MM:g} "
+                           f"to {MAX_SPACING_MM:g} (mm per pixel along rows, cols)")
     fps = reader.float("fps")
-    if not fps > 0:
-        raise reader.error(f"fps {fps} must be positive")
+    if not 0 < fps <= MAX_FPS:
+        raise reader.error(f"fps {fps} must be positive and at most {MAX_FPS:g}")
     ecg = reader.get("ecg_r", None)
     if ecg is not None and not isinstance(ecg, bool):
         raise reader.error(f"ecg_r must be true/false, got {ecg!r}")
@@ -547,9 +561,10 @@ def _decode_frame(reader: _Fields, parts: Sequence[Part], max_message_bytes: int
     if trigger_time_ms is not None and trigger_time_ms < 0:
         raise reader.error(f"trigger_time_ms {trigger_time_ms} must be >= 0 (ms after the R wave)")
     return FrameMessage(
-        stream=stream, seq=seq, t_acq_ns=reader.int("t_acq_ns"), modality=modality,
+        stream=stream, seq=seq,
+        t_acq_ns=reader.int("t_acq_ns", minimum=0, maximum=MAX_INT64), modality=modality,
         pixels=pixels, spacing_mm=(spacing[0], spacing[1]), fps=fps,
-        t_send_ns=reader.int("t_send_ns", None), ecg_r=ecg,
+        t_send_ns=reader.int("t_send_ns", None, minimum=0, maximum=MAX_INT64), ecg_r=ecg,
         channels=tuple(channels) if channels is not None else None,
         view=reader.str("view", None), phase_index=reader.int("phase_index", None, minimum=0),
         trigger_time_ms=trigger_time_ms)
@@ -612,12 +627,23 @@ class _Fields:
 
     def str(self, key: str, default=_MISSING):
         value = self.get(key, default)
-        if value is not default and not (isinstance(value, str) and 0 < len(value) <= 256):
-            raise self.error(f"{key} must be a non-empty string of at most 256 characters, "
-                             f"got {value!r}")
+        if value is not default and not (isinstance(value, str) and 0 < len(value) <= 256
+                                         and value.isprintable()):
+            raise self.error(f"{key} must be a non-empty string of at most 256 printable "
+                             f"characters, got {value!r}")
         return value
 
-    def int(self, key: str, default=_MISSING, *, minimum: int | None = None):
+    def text(self, key: str, max_chars: int = 2000):
+        """Free text (an error's message): a string of at most ``max_chars``, any
+        characters."""
+        value = self.get(key)
+        if not (isinstance(value, str) and len(value) <= max_chars):
+            raise self.error(f"{key} must be a string of at most {max_chars} characters, got "
+                             f"{value!r}")
+        return value
+
+    def int(self, key: str, default=_MISSING, *, minimum: int | None = None,
+            maximum: int | None = None):
         value = self.get(key, default)
         if value is default:
             return value
@@ -625,6 +651,8 @@ class _Fields:
             raise self.error(f"{key} must be an integer, got {value!r}")
         if minimum is not None and value < minimum:
             raise self.error(f"{key} must be >= {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise self.error(f"{key} must be <= {maximum}, got {value}")
         return value
 
     def float(self, key: str, default=_MISSING):
