@@ -137,7 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="subscribe to a side-car's publish endpoint")
     source.add_argument("--listen", metavar="ENDPOINT",
                         help="bind here and record the frames a scanner/replay sends")
-    record.add_argument("--out", required=True, type=Path, help="output file (.csrec)")
+    source.add_argument("--check", type=Path, metavar="FILE",
+                        help="record nothing: read a .csrec file and report its records "
+                             "and any damage (a cut or a failed checksum); exit 1 if damaged")
+    record.add_argument("--out", type=Path, help="output file (.csrec; needed with --from "
+                        "or --listen)")
     record.add_argument("--kinds", help="comma-separated kinds to keep (default: all), e.g. "
                         "frame,start,end")
     record.add_argument("--duration-s", type=float, help="stop after this many seconds")
@@ -286,6 +290,17 @@ def cmd_replay(args) -> int:
 
 def cmd_record(args) -> int:
     from streamer.record import RecordConfig, RecordStats, record
+
+    if args.check is not None:
+        from streamer.io.recording import check_recording
+
+        report = check_recording(args.check)
+        _print_event("checked", path=report.path, version=report.version,
+                     records=report.records, kinds=report.kinds, ok=report.ok,
+                     damage=None if report.damage is None else str(report.damage))
+        return 0 if report.ok else 1
+    if args.out is None:
+        raise CLIError("--out FILE is needed to record (--from or --listen)")
 
     kinds = tuple(k.strip() for k in args.kinds.split(",")) if args.kinds else None
     config = RecordConfig(endpoint=args.listen or args.from_endpoint,
