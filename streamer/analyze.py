@@ -83,8 +83,9 @@ class LabelMaps:
         labels = np.full((len(streams), n_phases, *shape), self.NOT_ANALYSED, np.uint8)
         trigger = np.full((len(streams), n_phases), np.nan)
         instance = np.full((len(streams), n_phases), -1, np.int64)
-        position = np.array([self.starts[s].get("slice_position_mm", np.nan) or np.nan
-                             for s in streams], np.float64)
+        position = np.array([np.nan if self.starts[s].get("slice_position_mm") is None
+                             else self.starts[s]["slice_position_mm"] for s in streams],
+                            np.float64)
         for k, stream in enumerate(streams):
             if stack:
                 instance[k] = info.slices[self.starts[stream]["slice_index"]].instance_numbers

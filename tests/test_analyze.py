@@ -166,7 +166,8 @@ def test_masks_out_writes_the_label_maps_of_a_nifti_stack(write_nifti_stack, tmp
     from streamer.cli import main
 
     data = np.random.default_rng(4).integers(0, 900, (40, 32, 3, 5)).astype(np.int16)
-    path = write_nifti_stack(tmp_path / "sax.nii.gz", data, (1.5, 1.5, 8.0, 40.0))
+    path = write_nifti_stack(tmp_path / "sax.nii.gz", data, (1.5, 1.5, 8.0, 40.0),
+                             origin=(-12.0, 7.0, 0.0))  # a slice at position 0 mm
     out, masks = tmp_path / "r.jsonl", tmp_path / "masks.npz"
     assert main(["analyze", str(path), "--app", "mr-sax", "--modality", "MR", "--out", str(out),
                  "--masks-out", str(masks), "--no-progress"]) == 0
@@ -177,7 +178,7 @@ def test_masks_out_writes_the_label_maps_of_a_nifti_stack(write_nifti_stack, tmp
     assert z["labels"].dtype == np.uint8 and z["labels"].shape == (3, 5, *frame_shape)
     assert set(np.unique(z["labels"])) <= {0, 1, 2, 3}
     assert (z["instance_number"] == -1).all() and z["instance_number"].shape == (3, 5)
-    assert z["slice_position_mm"] == pytest.approx([30.0, 38.0, 46.0])
+    assert z["slice_position_mm"] == pytest.approx([0.0, 8.0, 16.0])
     assert z["trigger_time_ms"][0] == pytest.approx([0.0, 40.0, 80.0, 120.0, 160.0])
     # the results carry nothing but headers in the .jsonl
     assert all("labels" not in r for r in lines(out))
