@@ -37,6 +37,11 @@ def test_the_level_is_the_slices_third_of_the_stack_or_the_option():
     assert levels == ["basal"] * 3 + ["mid"] * 3 + ["apical"] * 3
     last = SliceConfig(base="last")
     assert slice_level({"n_slices": 9, "slice_index": 0}, last) == "apical"
+    # auto: the stack's geometry in the start (the apex first here), else slice 0 basal
+    apex_first = {"n_slices": 9, "slice_index": 0, "base_first": False}
+    assert slice_level(apex_first, SliceConfig()) == "apical"
+    assert slice_level({**apex_first, "base_first": None}, SliceConfig()) == "basal"
+    assert slice_level(apex_first, SliceConfig(base="first")) == "basal"
     assert slice_level({}, SliceConfig()) is None  # a single clip: the start does not say
     assert slice_level({"n_slices": 3, "slice_index": 5}, SliceConfig()) is None
     assert slice_level({}, SliceConfig(level="mid")) == "mid"

@@ -59,6 +59,21 @@ def test_a_mirrored_or_rotated_display_keeps_the_segments(slice_truth):
     assert _agreement(rotated, np.rot90(segments, -1)) >= 0.95
 
 
+def test_a_stray_rv_blob_on_the_lateral_wall_does_not_move_the_insertion_points(slice_truth):
+    """A segmentation's few stray RV pixels against the lateral wall: the RV is the region
+    with the longest contact, so the insertion points stay where they were."""
+    level, truth, _ = slice_truth
+    labels = truth.label_map()[0].copy()
+    before = rv_insertion_points(labels)
+    centre = before.centre_px.round().astype(int)
+    rows, cols = np.nonzero(labels == MRLabel.LV_MYOCARDIUM)
+    lateral = cols.max()  # the myocardium's right-most column, on the centre's row
+    labels[centre[0] - 2:centre[0] + 3, lateral + 1:lateral + 4] = MRLabel.RV_CAVITY
+    after = rv_insertion_points(labels)
+    assert after.anterior_rad == pytest.approx(before.anterior_rad)
+    assert after.inferior_rad == pytest.approx(before.inferior_rad)
+
+
 def test_no_rv_or_no_contact_is_a_clear_error():
     labels = np.zeros((64, 64), np.uint8)
     yy, xx = np.mgrid[:64, :64]

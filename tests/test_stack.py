@@ -116,6 +116,10 @@ def test_sunnybrook_folder_is_a_stack_of_12_slices_by_20_phases(sunnybrook_serie
         # InstanceNumber runs slice by slice, 20 phases each; the lowest slice is the last
         assert info.slices[0].instance_numbers == tuple(range(221, 241))
         assert info.slices[11].instance_numbers == tuple(range(1, 21))
+        # ImagePositionPatient of the ends: the stack runs from the apex to the base here
+        assert info.metadata["base_first"] is False
+        with stack.slice(0) as first_slice:
+            assert first_slice.stack_fields["base_first"] is False
         slices = read_slices(stack)
     first = slices[3][5]
     assert first.slice_position_mm == info.slices[3].position_mm and first.slice_thickness_mm == 10.0
@@ -130,6 +134,15 @@ def test_sunnybrook_folder_is_a_stack_of_12_slices_by_20_phases(sunnybrook_serie
                                       np.stack([f.pixels for f in slices[3]]))
     with open_stack(sunnybrook_series) as again:
         assert again.info.stack_id == info.stack_id  # stable
+
+
+def test_which_end_of_a_stack_is_basal_follows_the_patient_axes():
+    from streamer.io.clips.stack import base_first
+
+    assert base_first([10.0, -10.0, -10.0]) is True      # left, anterior, inferior: apex-wards
+    assert base_first([-5.0, 5.0, 5.0]) is False
+    assert base_first([0.0, 0.0, 0.0]) is None and base_first(None) is None
+    assert base_first([1.0, 1.0, 0.0]) is None           # across the long axis: unknown
 
 
 def test_open_input_reads_a_stack_where_the_input_holds_several_slices(sunnybrook_series, tmp_path):
@@ -219,6 +232,8 @@ def test_nifti_4d_is_slices_by_phases_timed_by_pixdim4(write_nifti_stack, tmp_pa
         assert info.slices[0].orientation == pytest.approx((-1, 0, 0, 0, -1, 0))
         assert info.slices[1].trigger_times_ms == pytest.approx((0.0, 40.0, 80.0, 120.0))
         assert info.slices[1].instance_numbers == (-1, -1, -1, -1)
+        # its slices step to the patient's head (superior): towards the base of a heart
+        assert info.metadata["base_first"] is False
         with stack.slice(1) as clip:
             assert clip.info.fps == pytest.approx(25.0) and clip.info.spacing_mm == (1.25, 1.5)
             assert clip.info.metadata["stack_id"] == info.stack_id

@@ -32,8 +32,9 @@ and mass to the last one's beat message (the app's one state shared between its 
 bounded).
 
 The slice's AHA level comes from its place in the stack (``slice_index`` of ``n_slices``
-in the start, thirds base to apex, ``--sax-base`` says which end is basal) or from
-``--sax-level``; a live slice cannot know which of the other slices contain LV.
+in the start, thirds base to apex; which end is basal from the stack's patient geometry,
+the start's ``base_first``, or ``--sax-base``) or from ``--sax-level``; a live slice cannot
+know which of the other slices contain LV (the stack summary can, and says so).
 """
 
 from __future__ import annotations
@@ -131,25 +132,29 @@ class SliceConfig:
         "n_slices in the stream's start), or basal, mid, apical for every slice",
         flag="--sax-level", choices=("auto", *SAX_LEVELS))
     base: str = option(
-        "first", "which end of a stack is basal for --sax-level auto: first (slice 0) or "
-        "last", flag="--sax-base", choices=("first", "last"))
+        "auto", "which end of a stack is basal for --sax-level auto: auto = as the stack's "
+        "patient geometry says (the start's base_first; the first slice where it does not "
+        "say), first (slice 0) or last", flag="--sax-base", choices=("auto", "first", "last"))
 
     def __post_init__(self):
         if self.level not in ("auto", *SAX_LEVELS):
             raise ValueError(f"level {self.level!r} is not auto or one of {SAX_LEVELS}")
-        if self.base not in ("first", "last"):
-            raise ValueError(f"base {self.base!r} is not first or last")
+        if self.base not in ("auto", "first", "last"):
+            raise ValueError(f"base {self.base!r} is not auto, first or last")
 
 
 def slice_level(meta: dict, config: SliceConfig) -> str | None:
     """A slice's AHA level: the configured one, else its third of the stack by the start's
-    ``slice_index`` / ``n_slices`` (None when the start does not say)."""
+    ``slice_index`` / ``n_slices``, the base at the end the start's ``base_first`` says
+    (``--sax-base``); None when the start does not say where the slice lies."""
     if config.level != "auto":
         return config.level
     n, k = meta.get("n_slices"), meta.get("slice_index")
     if not isinstance(n, int) or not isinstance(k, int) or not 0 <= k < n:
         return None
-    return sax_levels(np.ones(n, bool), base_first=config.base == "first")[k]
+    first = (meta.get("base_first") is not False) if config.base == "auto" \
+        else config.base == "first"
+    return sax_levels(np.ones(n, bool), base_first=first)[k]
 
 
 #: the patient's anterior direction in DICOM patient axes (LPS: +y is posterior)

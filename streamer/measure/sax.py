@@ -87,7 +87,8 @@ def rv_insertion_points(labels: np.ndarray, *, contact_px: int = 3,
                         anterior_dir=(-1.0, 0.0), centre_px=None) -> RvInsertion:
     """The RV insertion points: the ends of the arc (around the LV centre) of myocardial
     pixels within ``contact_px`` of the RV cavity (default 3: the RV free wall, 3-4 mm,
-    lies between the RV blood and the LV where the RV inserts). ``anterior_dir``: the patient's anterior
+    lies between the RV blood and the LV where the RV inserts). Where the labels hold
+    several RV regions, the one with the longest contact with the myocardium is the RV. ``anterior_dir``: the patient's anterior
     direction in image axes [row, col] (default: up). Raises :class:`SaxGeometryError` when
     the image has no RV-myocardium contact or the contact surrounds the LV."""
     labels = np.asarray(labels)
@@ -96,8 +97,17 @@ def rv_insertion_points(labels: np.ndarray, *, contact_px: int = 3,
     if not rv.any():
         raise SaxGeometryError("no RV cavity in the label image: the insertion points are undefined")
     size = 2 * contact_px + 1
-    near_rv = cv2.dilate(rv, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))) > 0
-    rows, cols = np.nonzero(near_rv & (labels == MRLabel.LV_MYOCARDIUM))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
+    myocardium = labels == MRLabel.LV_MYOCARDIUM
+    # the RV is one cavity: of several RV regions (a segmentation's stray pixels) the one
+    # with the longest contact with the myocardium is it
+    n, regions = cv2.connectedComponents(rv, connectivity=8)
+    if n > 2:
+        contact = [int((cv2.dilate((regions == k).astype(np.uint8), kernel) > 0)[myocardium].sum())
+                   for k in range(1, n)]
+        rv = (regions == 1 + int(np.argmax(contact))).astype(np.uint8)
+    near_rv = cv2.dilate(rv, kernel) > 0
+    rows, cols = np.nonzero(near_rv & myocardium)
     if rows.size < 2:
         raise SaxGeometryError("the RV cavity does not touch the LV myocardium")
     angle = screen_angle(np.stack([rows, cols], 1), centre)

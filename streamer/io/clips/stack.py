@@ -86,6 +86,24 @@ _NIFTI_ID_BYTES = 1 << 20
 _TRIGGER_DELAY = "NominalCardiacTriggerDelayTime"
 #: RAS+ (NIfTI) -> LPS (DICOM patient axes)
 _RAS_TO_LPS = np.array([-1.0, -1.0, 1.0])
+#: the LV's long axis from base to apex in DICOM patient axes (LPS): the apex lies to the
+#: patient's left, anterior and inferior of the base
+APEX_LPS = np.array([1.0, -1.0, -1.0]) / math.sqrt(3.0)
+
+
+def base_first(step_lps) -> bool | None:
+    """Whether a short-axis stack's first slice is at the base of the heart: its step from
+    the first slice to the last (a vector in patient axes, LPS) points apex-wards. None when
+    the step is not known or lies nearly across the long axis (|cos| < 0.3: not a short-axis
+    stack, or an unusual heart)."""
+    if step_lps is None:
+        return None
+    v = np.asarray(step_lps, dtype=float)
+    norm = float(np.linalg.norm(v))
+    if not np.isfinite(norm) or norm == 0:
+        return None
+    cos = float(v @ APEX_LPS) / norm
+    return None if abs(cos) < 0.3 else cos > 0
 
 
 @dataclass(frozen=True)
@@ -163,6 +181,7 @@ class SliceClip(ClipReader):
             "slice_position_mm": slice_info.position_mm,
             "slice_thickness_mm": slice_info.thickness_mm,
             "image_orientation_patient": None if slice_info.orientation is None else list(slice_info.orientation),
+            "base_first": stack.metadata.get("base_first"),
         }
         self.info = replace(inner.info, metadata={**inner.info.metadata, **self.stack_fields})
 
@@ -339,11 +358,14 @@ def _series_stack(index: SeriesIndex, spacing_mm: tuple[float, float] | None, fp
     else:
         names = "\n".join(f"{p.name}:{p.stat().st_size}" for p in sorted(index.headers))
         stack_id, id_source = _stack_id(names.encode()), "file names and sizes"
+    ends = [vector(index.headers[phases[0].path], "ImagePositionPatient", 3)
+            for phases in (slices[0], slices[-1])]
+    step = None if any(e is None for e in ends) or len(slices) < 2 else np.subtract(ends[1], ends[0])
     info = _entries_info(
         path, "dicom-series", slices, lambda e: e.path.name, stack_id=stack_id,
         shape=fmt.shape, dtype=fmt.dtype.name, modality=str(first.get("Modality") or "OT"),
         metadata={"stack_id_source": id_source, "slice_position_source": index.position_source,
-                  "warnings": list(index.warnings)},
+                  "base_first": base_first(step), "warnings": list(index.warnings)},
     )
     return StackReader(info, lambda k: DicomSeriesReader(path, spacing_mm=spacing_mm, fps=fps,
                                                          slice_index=k, index=index))
@@ -494,7 +516,9 @@ def _nifti_stack(path: Path, spacing_mm: tuple[float, float] | None, fps: float 
     frame_time_ms = geometry.frame_time_ms if len(dims) >= 4 else None
     trigger_times = tuple(None if frame_time_ms is None else p * frame_time_ms for p in range(n_phases))
     orientation, positions = _nifti_planes(geometry, path)
-    metadata: dict = {"stack_id_source": "file", "slice_position_source": "affine"}
+    step = np.asarray(geometry.affine, dtype=float)[:3, 2] * (dims[2] - 1) * _RAS_TO_LPS
+    metadata: dict = {"stack_id_source": "file", "slice_position_source": "affine",
+                      "base_first": base_first(step) if dims[2] > 1 else None}
     if clip.metadata.get("warnings"):
         metadata["warnings"] = list(clip.metadata["warnings"])
     info = StackInfo(
