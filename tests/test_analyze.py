@@ -133,7 +133,8 @@ def test_cli_analyze_of_a_stack_writes_each_slice_as_its_own_stream(write_nifti_
     assert all(r["closed_by"] == "last_phase" for r in rows if r["kind"] == "beat")
     results = [r for r in rows if r["kind"] == "result"]
     assert [(r["stream"], r["seq"]) for r in results] == [(n, p) for n in names for p in range(4)]
-    assert all(r["aha_level"] == level for name, level in zip(names, ("basal", "mid", "apical"))
+    # the slices step to the patient's head, towards the base: slice 0 is the apical one
+    assert all(r["aha_level"] == level for name, level in zip(names, ("apical", "mid", "basal"))
                for r in results if r["stream"] == name)
     starts = [r for r in rows if r["kind"] == "start"]
     assert [s["meta"]["slice_position_mm"] for s in starts] == pytest.approx([30.0, 38.0, 46.0])
