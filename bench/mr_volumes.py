@@ -84,6 +84,8 @@ def main(argv=None) -> int:
     ap.add_argument("--weights-dir", type=Path, help="fold weights DIR/fold-PATIENT/mr.pt "
                     "(held out); default the shipped weights (not held out)")
     ap.add_argument("--sunnybrook", type=Path, default=None)
+    ap.add_argument("--patients", default=",".join(SUNNYBROOK_PATIENTS), metavar="ID[,ID]",
+                    help="patients to measure (default: all three)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "mr_volumes.json")
     args = ap.parse_args(argv)
@@ -92,7 +94,7 @@ def main(argv=None) -> int:
     print(f"{'patient':11s} {'weights':9s} {'ED/ES':>6s} {'expert EDV/ESV ml':>18s} "
           f"{'app EDV/ESV ml':>15s} {'EF expert':>9s} {'EF app':>7s} {'error':>6s} "
           f"{'app stack EDV/ESV/EF (all slices)':>34s}")
-    for pid in SUNNYBROOK_PATIENTS:
+    for pid in args.patients.split(","):
         weights = args.weights_dir / f"fold-{pid}" / "mr.pt" if args.weights_dir else None
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Invalid value for VR UI")
