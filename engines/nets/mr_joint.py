@@ -42,7 +42,12 @@ Images go in normalised per image by :func:`normalise` (percentile scaling), the
 function in training and at run time.
 
 Size (:data:`DEFAULTS`): 256 x 256 input, encoder widths 16/24/32/48, hidden state 16
-channels at 1/8; 137 k parameters (a 0.56 MB state dict). One frame (segmentation + motion,
+channels at 1/8; 137 k parameters (a 0.56 MB state dict). :func:`build` also takes
+``enc_extra`` (more 3x3 convolutions per encoder level), ``up1_kernel`` (3: a 3x3 decoder
+step at 1/2) and ``full_res`` (a decoder step on the input grid); a wider variant (widths
+24/32/64/96, one extra convolution per level, decoder 64/32/16, ``up1_kernel`` 3: 397 k
+parameters) gained ~0.03 Dice on one segmentation-only ablation, not enough to pay for twice
+the training time, so the defaults stay (docs/benchmarks.md, issue 13). One frame (segmentation + motion,
 the engine call) took a median 7.5-9.4 ms in OpenVINO fp32 and 13.8 ms in eager torch on one
 thread of this project's 2-core CPU while another training shared it (2026-12-06).
 """
