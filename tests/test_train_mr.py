@@ -232,3 +232,27 @@ def test_largest_lv_component_drops_stray_lv_pixels():
     lab[0:2, 12:18] = MRLabel.RV_CAVITY
     out = mr.largest_lv_component(lab)
     assert (out[15:17, 15:17] == 0).all() and np.array_equal(out[:12], lab[:12])
+
+
+# ------------------------------------------------------------------ strong augmentation
+def test_strong_augmentation_keeps_range_labels_and_one_geometry_per_sequence():
+    g = torch.Generator().manual_seed(0)
+    img = _blob_image(64, 64, margin=12)
+    frames = img.expand(3, 4, 64, 64).clone()                  # 3 sequences of 4 equal frames
+    codes = torch.zeros(3, 4, 64, 64, dtype=torch.uint8)
+    codes[:, :, 24:40, 24:40] = MRLabel.LV_CAVITY
+    x, t = mr.augment_strong(frames, codes, g)
+    assert x.shape == frames.shape and t.shape == codes.shape and t.dtype == torch.uint8
+    assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
+    assert set(torch.unique(t).tolist()) <= {0, int(MRLabel.LV_CAVITY), mr.IGNORE}
+    assert bool((t == MRLabel.LV_CAVITY).any())
+    for k in range(1, 4):                                      # same geometry for every frame
+        assert torch.equal(t[:, k], t[:, 0])
+        assert float((x[:, k] - x[:, 0]).abs().mean()) < 0.05  # frames differ by noise only
+    y, _ = mr.augment_strong(frames, None, torch.Generator().manual_seed(0))
+    assert torch.allclose(y, x)                                # seeded: the same draw
+
+
+def test_the_sampler_refuses_an_unknown_augmentation():
+    with pytest.raises(ValueError, match="augment"):
+        mr.Sampler([], None, 32, 0.5, torch.Generator(), augment="wild")

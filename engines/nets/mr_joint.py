@@ -42,7 +42,12 @@ Images go in normalised per image by :func:`normalise` (percentile scaling), the
 function in training and at run time.
 
 Size (:data:`DEFAULTS`): 256 x 256 input, encoder widths 16/24/32/48, hidden state 16
-channels at 1/8; 137 k parameters (a 0.56 MB state dict). One frame (segmentation + motion,
+channels at 1/8; 137 k parameters (a 0.56 MB state dict). :func:`build` also takes
+``enc_extra`` (more 3x3 convolutions per encoder level), ``up1_kernel`` (3: a 3x3 decoder
+step at 1/2) and ``full_res`` (a decoder step on the input grid); a wider variant (widths
+24/32/64/96, one extra convolution per level, decoder 64/32/16, ``up1_kernel`` 3: 397 k
+parameters) gained ~0.03 Dice on one segmentation-only ablation, not enough to pay for twice
+the training time, so the defaults stay (docs/benchmarks.md, issue 13). One frame (segmentation + motion,
 the engine call) took a median 7.5-9.4 ms in OpenVINO fp32 and 13.8 ms in eager torch on one
 thread of this project's 2-core CPU while another training shared it (2026-12-06).
 """
@@ -83,7 +88,8 @@ SPEC = NetSpec(
 )
 
 #: default hyperparameters of :func:`build`
-DEFAULTS = dict(widths=(16, 24, 32, 48), fusion=32, hidden=16, refine=12, decoder=(32, 16, 12))
+DEFAULTS = dict(widths=(16, 24, 32, 48), fusion=32, hidden=16, refine=12, decoder=(32, 16, 12),
+                enc_extra=(0, 1, 1, 1), up1_kernel=1, full_res=0)
 
 
 #: the one intensity normalisation of this network (training and run time)
@@ -114,13 +120,13 @@ class FeatureEncoder(nn.Module):
     """The shared encoder (one set of weights for every frame: the Siamese pair).
 
     Level k (1-based) has ``widths[k-1]`` channels at 1/2**k of the input: a strided 3x3
-    convolution, then (levels 2..) a second 3x3 convolution."""
+    convolution, then ``enc_extra[k-1]`` more 3x3 convolutions."""
 
-    def __init__(self, widths=DEFAULTS["widths"]):
+    def __init__(self, widths=DEFAULTS["widths"], enc_extra=DEFAULTS["enc_extra"]):
         super().__init__()
         layers, cin = [], 1
         for k, w in enumerate(widths):
-            parts = [_conv(cin, w, stride=2)] + ([_conv(w, w)] if k else [])
+            parts = [_conv(cin, w, stride=2)] + [_conv(w, w) for _ in range(enc_extra[k])]
             layers.append(nn.Sequential(*parts))
             cin = w
         self.levels = nn.ModuleList(layers)
@@ -199,22 +205,38 @@ class MotionBranch(nn.Module):
 
 class SegmentationBranch(nn.Module):
     """Decoder over one frame's encoder features: 1/16 -> 1/8 -> 1/4 -> 1/2 by bilinear
-    upsampling, skip concatenation and a 3x3 convolution per step; 4 label logits at 1/2,
-    upsampled to the input grid."""
+    upsampling, skip concatenation and a 3x3 convolution per step (``up1_kernel`` at 1/2),
+    then a 3x3 convolution; with ``full_res`` = 0 the 4 label logits come at 1/2 (a 1x1
+    convolution) and are bilinearly upsampled to the input grid; with ``full_res`` > 0 the
+    features go up to the input grid, meet ``full_res`` // 2 channels of a 3x3 convolution of
+    the image itself, and a 3x3 convolution of ``full_res`` channels and a 1x1 convolution
+    give the logits there (thin myocardium needs the full grid)."""
 
-    def __init__(self, widths=DEFAULTS["widths"], decoder=DEFAULTS["decoder"], classes: int = len(CLASSES)):
+    def __init__(self, widths=DEFAULTS["widths"], decoder=DEFAULTS["decoder"], classes: int = len(CLASSES),
+                 up1_kernel: int = DEFAULTS["up1_kernel"], full_res: int = DEFAULTS["full_res"]):
         super().__init__()
         d3, d2, d1 = decoder
         self.up3 = _conv(widths[3] + widths[2], d3)
         self.up2 = _conv(d3 + widths[1], d2)
-        self.up1 = _conv(d2 + widths[0], d1, k=1)
-        self.head = nn.Sequential(_conv(d1, d1), _conv(d1, classes, k=1, act=False))
+        self.up1 = _conv(d2 + widths[0], d1, k=up1_kernel)
+        self.full_res = full_res
+        if full_res:
+            self.head = _conv(d1, d1)
+            self.image = _conv(1, full_res // 2)
+            self.full = nn.Sequential(_conv(d1 + full_res // 2, full_res), _conv(full_res, classes, k=1, act=False))
+        else:
+            self.head = nn.Sequential(_conv(d1, d1), _conv(d1, classes, k=1, act=False))
 
-    def forward(self, f: list[torch.Tensor], size) -> torch.Tensor:
+    def forward(self, f: list[torch.Tensor], size, image: torch.Tensor | None = None) -> torch.Tensor:
         x = f[3]
         for skip, conv in ((f[2], self.up3), (f[1], self.up2), (f[0], self.up1)):
             x = conv(torch.cat([upsample(x, skip.shape[-2:]), skip], 1))
-        return upsample(self.head(x), size)
+        if not self.full_res:
+            return upsample(self.head(x), size)
+        if image is None:
+            raise ValueError("the full-resolution decoder needs the image")
+        x = upsample(self.head(x), size)
+        return self.full(torch.cat([x, self.image(image * 2.0 - 1.0)], 1))
 
 
 def pack_state(h: torch.Tensor, size) -> torch.Tensor:
@@ -242,15 +264,17 @@ class MRJointNet(nn.Module):
     :meth:`sequence` directly."""
 
     def __init__(self, widths=DEFAULTS["widths"], fusion=DEFAULTS["fusion"], hidden=DEFAULTS["hidden"],
-                 refine=DEFAULTS["refine"], decoder=DEFAULTS["decoder"]):
+                 refine=DEFAULTS["refine"], decoder=DEFAULTS["decoder"], enc_extra=DEFAULTS["enc_extra"],
+                 up1_kernel=DEFAULTS["up1_kernel"], full_res=DEFAULTS["full_res"]):
         super().__init__()
-        widths, decoder = tuple(widths), tuple(decoder)
-        if len(widths) != 4 or len(decoder) != 3:
-            raise ValueError(f"widths {widths} must have 4 levels and decoder {decoder} 3")
-        self.hparams = dict(widths=widths, fusion=fusion, hidden=hidden, refine=refine, decoder=decoder)
-        self.encoder = FeatureEncoder(widths)
+        widths, decoder, enc_extra = tuple(widths), tuple(decoder), tuple(enc_extra)
+        if len(widths) != 4 or len(decoder) != 3 or len(enc_extra) != 4:
+            raise ValueError(f"widths {widths} and enc_extra {enc_extra} must have 4 levels and decoder {decoder} 3")
+        self.hparams = dict(widths=widths, fusion=fusion, hidden=hidden, refine=refine, decoder=decoder,
+                            enc_extra=enc_extra, up1_kernel=up1_kernel, full_res=full_res)
+        self.encoder = FeatureEncoder(widths, enc_extra)
         self.motion_branch = MotionBranch(widths, fusion, hidden, refine)
-        self.segmentation_branch = SegmentationBranch(widths, decoder)
+        self.segmentation_branch = SegmentationBranch(widths, decoder, up1_kernel=up1_kernel, full_res=full_res)
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(N, 1, H, W) normalised images -> features at 1/2 .. 1/16 (H, W multiples of 16)."""
@@ -259,8 +283,10 @@ class MRJointNet(nn.Module):
             raise ValueError(f"input {h} x {w}: rows and columns must be multiples of 16")
         return self.encoder(x)
 
-    def segment(self, feats: list[torch.Tensor], size) -> torch.Tensor:
-        return self.segmentation_branch(feats, size)
+    def segment(self, feats: list[torch.Tensor], size, image: torch.Tensor | None = None) -> torch.Tensor:
+        """Label logits (N, 4, H, W) from one frame's features (and the (N, 1, H, W) image
+        itself, which the full-resolution decoder uses)."""
+        return self.segmentation_branch(feats, size, image)
 
     def motion(self, prev, cur, state, size, images):
         return self.motion_branch(prev, cur, state, size, images)
@@ -280,7 +306,7 @@ class MRJointNet(nn.Module):
             flows.append(flow)
         logits = None
         if segment:
-            logits = self.segment(feats, (h, w)).reshape(n, t, len(CLASSES), h, w)
+            logits = self.segment(feats, (h, w), frames.reshape(n * t, 1, h, w)).reshape(n, t, len(CLASSES), h, w)
         return logits, torch.stack(flows, 1)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
@@ -292,7 +318,7 @@ class MRJointNet(nn.Module):
         cur = [f[n:] for f in feats]
         state = unpack_state(frames[:, 2:3], self.motion_branch.hidden)
         flow, state = self.motion(prev, cur, state, (h, w), (frames[:, 0:1], frames[:, 1:2]))
-        logits = self.segment(cur, (h, w))
+        logits = self.segment(cur, (h, w), frames[:, 1:2])
         return torch.cat([logits, flow, pack_state(state, (h, w))], 1)
 
 
