@@ -52,8 +52,8 @@ def run_app(series: Path, weights: Path | None, threads: int, workdir: Path):
         warnings.filterwarnings("ignore", message="Invalid value for VR UI")
         with open_stack(series) as stack:
             analyze(stack, out, analysis, ReplayConfig(), t0_ns=0, masks_out=masks)
-    stacks = [json.loads(line)["stack"] for line in out.read_text().splitlines()
-              if json.loads(line)["kind"] == "beat" and json.loads(line).get("stack")]
+    messages = [json.loads(line) for line in out.read_text().splitlines()]
+    stacks = [m["stack"] for m in messages if m["kind"] == "beat" and m.get("stack")]
     return np.load(masks)["labels"], (stacks[-1] if stacks else None)
 
 

@@ -68,8 +68,7 @@ def test_geometry_gives_areas_in_mm2_and_says_when_the_rv_does_not_touch():
 
 def test_strain_out_of_range_or_an_untracked_wall_publishes_no_number():
     check = CheckSaxMeasurability(SaxQualityConfig())
-    track = SaxTrack(0.0, np.zeros((4, 2)), np.ones((4, 2)), np.zeros((4, 2)), np.ones((4, 2)),
-                     np.zeros(2), True)
+    track = SaxTrack(0.0, np.zeros((4, 2)), np.ones((4, 2)), True)
     out = check.process(track, -60.0, 30.0, {"7": -60.0}, {"7": 30.0})
     assert out["circumferential_strain_pct"] is None and out["measurable"] is False
     assert out["flags"] == ["not_measurable:strain_range"]
@@ -88,7 +87,7 @@ def ring_track(t_s: float, scale: float, valid: bool = True, flags=()) -> SaxTra
     a = np.linspace(0, 2 * np.pi, 48, endpoint=False)
     unit = np.stack([-np.sin(a), np.cos(a)], 1)
     endo, epi = 20.0 * scale * unit + 50.0, (30.0 * scale ** 0.5) * unit + 50.0
-    return SaxTrack(t_s, endo, epi, endo, epi, np.array([50.0, 50.0]), valid, list(flags))
+    return SaxTrack(t_s, endo, epi, valid, list(flags))
 
 
 #: the fake ring's mid-wall at its smallest (scale 0.85) against end-diastole, %
@@ -174,36 +173,19 @@ def mr_analysis():
     return build_analysis(AnalysisConfig(app="mr-sax", engines=EngineConfig(threads=1)))
 
 
-def run_clip(analysis, clip, slice_index: int):
-    instance = analysis.new_stream(analysis.apps["mr-sax"], "phantom/slice-0",
-                                   {"n_phases": len(clip.frames), "n_slices": 3,
-                                    "slice_index": slice_index})
-    results, beats, labels = [], [], []
-    for t, pixels in enumerate(clip.frames):
-        frame = FrameMessage(stream="phantom/slice-0", seq=t,
-                             t_acq_ns=int(round(t / clip.fps * 1e9)), modality="MR",
-                             pixels=pixels, spacing_mm=tuple(clip.spacing_mm), fps=clip.fps,
-                             phase_index=t)
-        outcome = instance(frame)
-        results.append(instance.fields(outcome))
-        labels.append(outcome.values["grid_labels"])
-        beat = instance.beat(frame, outcome)
-        if beat is not None:
-            beats.append(beat)
-    return results, beats, np.stack(labels)
-
-
-def test_the_app_measures_a_held_out_phantom_against_its_truth(mr_analysis):
+def test_the_app_measures_a_held_out_phantom_against_its_truth(mr_analysis, bench_module):
     """A phantom of the test split (never trained on), mid level: a result per frame,
     one good beat at the last phase; global peak circumferential strain within 3 %-points
     of the truth (the mean of its segments'), the AHA segment of >= 90 % of the
     myocardium right."""
     seed = int(split_seeds("test", 1, offset=5)[0])
     clip = make_mr_clip(random_mr_config(seed, slice_level="mid"))
-    results, beats, labels = run_clip(mr_analysis, clip, SAX_LEVELS.index("mid"))
+    run = bench_module("mr_phantoms").run_slice(mr_analysis, clip, "phantom/slice-1",
+                                                SAX_LEVELS.index("mid"))
+    results, beats, labels = run["results"], run["beats"], run["labels"]
     assert len(results) == len(clip.frames) and len(beats) == 1
     assert sum(bool(r["measurable"]) for r in results) >= 0.9 * len(results)
-    beat = beats[0].fields
+    beat = beats[0]
     assert beat["quality"] == "good" and beat["closed_by"] == "last_phase"
     assert beat["aha_level"] == "mid"
     truth = clip.truth

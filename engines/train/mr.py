@@ -67,6 +67,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from calib.truth import dice
 from engines.nets import mr_joint
 from engines.train import common
 from streamer.vocab import MRLabel
@@ -418,11 +419,6 @@ def largest_lv_component(labels: np.ndarray) -> np.ndarray:
     out = labels.copy()
     out[lv & (regions != keep)] = MRLabel.BACKGROUND
     return out
-
-
-def dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    total = int(pred.sum()) + int(truth.sum())
-    return 2.0 * int((pred & truth).sum()) / total if total else 1.0
 
 
 @torch.no_grad()

@@ -74,6 +74,12 @@ class TrackingGrid:
         return points_mm - offset
 
 
+def softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Class probabilities from a network's logits along ``axis`` (numerically stable)."""
+    e = np.exp(logits - logits.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
 def beat_grade(fraction: float, good: float = 0.9, fair: float = 0.6) -> str:
     """A beat's grade from the share of its frames that passed quality control: ``good``
     (at least ``good``), ``fair`` (at least ``fair``) or ``poor`` (no peak numbers)."""

@@ -23,7 +23,7 @@ import numpy as np
 
 from engines.spec import fit_to_input
 from streamer.app import BEAT_CLOSED, App, BeatBoundary, BeatFrames, BeatStage, Field, Stage
-from streamer.apps.common import Preprocess, TrackingGrid, beat_grade
+from streamer.apps.common import Preprocess, TrackingGrid, beat_grade, softmax
 from streamer.budget import FrameControls
 from streamer.io.protocol import FrameMessage
 from streamer.measure.centerline import CentrelineConfig
@@ -32,11 +32,6 @@ from streamer.measure.tracking import CentrelineTracker, TrackerConfig
 from streamer.measure.tracking import warmup as tracking_warmup
 from streamer.options import option, parse_pair
 from streamer.vocab import A4C_SEGMENTS, SEG_CLASSES, VIEW_CLASSES
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    e = np.exp(logits - logits.max())
-    return e / e.sum()
 
 
 @dataclass(frozen=True)
@@ -110,7 +105,7 @@ class ClassifyView(Stage):
             self._reused += 1
             return self._answers[-1], True
         x, _ = fit_to_input(image, self.engine.spec.size)
-        p = _softmax(self.engine(x[None, None])[0].astype(np.float64))
+        p = softmax(self.engine(x[None, None])[0].astype(np.float64))
         self._answers = [*self._answers[-7:], p]
         self._reused = 0
         return p, False

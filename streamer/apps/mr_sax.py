@@ -47,7 +47,7 @@ import numpy as np
 
 from engines.spec import fit_to_input, percentile_normalise
 from streamer.app import BEAT_CLOSED, App, BeatBoundary, BeatFrames, BeatStage, Field, Stage
-from streamer.apps.common import Preprocess, TrackingGrid, beat_grade
+from streamer.apps.common import Preprocess, TrackingGrid, beat_grade, softmax
 from streamer.io.protocol import FrameMessage
 from streamer.measure.kalman import warmup as kalman_warmup
 from streamer.measure.sax import (
@@ -66,11 +66,6 @@ from streamer.vocab import SAX_LEVELS, MRLabel
 
 #: the joint engine's output channels (engines.nets.mr_joint)
 _LOGITS, _FLOW, _STATE = slice(0, 4), slice(4, 6), 6
-
-
-def _softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:
-    e = np.exp(logits - logits.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
 
 
 def labels_on_frame(grid_labels: np.ndarray, grid: TrackingGrid,
@@ -114,7 +109,7 @@ class SegmentAndMove(Stage):
         if not first:
             self._state = np.ascontiguousarray(out[_STATE], np.float32)
             flow = np.ascontiguousarray(out[_FLOW].transpose(1, 2, 0), np.float32)
-        p = _softmax(out[_LOGITS].astype(np.float32))
+        p = softmax(out[_LOGITS].astype(np.float32))
         labels = np.argmax(p, axis=0).astype(np.uint8)
         spacing = (frame.spacing_mm[0] / fit.scale, frame.spacing_mm[1] / fit.scale)
         grid = TrackingGrid(fit, spacing)
@@ -202,20 +197,28 @@ class SaxGeometry(Stage):
 
     def __init__(self, config: SliceConfig = SliceConfig()):
         self.config = config
+        self._meta: dict | None = None  # the stream's start meta, read once
+
+    def _read_meta(self, meta: dict) -> None:
+        self._meta = meta
+        self._level = slice_level(meta, self.config)
+        self._anterior = anterior_direction(meta)
 
     def process(self, frame: FrameMessage, grid_labels: np.ndarray, grid: TrackingGrid,
                 stream_meta: dict) -> dict[str, Any]:
+        if stream_meta is not self._meta:
+            self._read_meta(stream_meta)
         sp = np.asarray(grid.spacing_mm, np.float64)
         px_mm2 = float(sp[0] * sp[1])
         counts = np.bincount(grid_labels.ravel(), minlength=4)
         areas = {name: round(float(counts[label]) * px_mm2, 2) for name, label in
                  (("lv_cavity", MRLabel.LV_CAVITY), ("lv_myocardium", MRLabel.LV_MYOCARDIUM),
                   ("rv_cavity", MRLabel.RV_CAVITY))}
-        level = slice_level(stream_meta, self.config)
+        level = self._level
         flags = [] if level is not None else ["no_aha_level"]
         insertion = None
         try:
-            ins = rv_insertion_points(grid_labels, anterior_dir=anterior_direction(stream_meta))
+            ins = rv_insertion_points(grid_labels, anterior_dir=self._anterior)
         except SaxGeometryError:
             flags.append("no_rv_insertion")
         else:

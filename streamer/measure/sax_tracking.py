@@ -139,21 +139,13 @@ class SaxTrackerConfig(KalmanConfig):
 @dataclass
 class SaxTrack:
     """One frame's tracked wall: ``endo_mm`` and ``epi_mm`` (M, 2) [row, col] mm on the
-    grid (NaN when not ``valid``), the boundaries measured on this frame's mask
-    (``measured_*``, NaN where a ray met no wall), this frame's LV ``centre_mm``, ``t_s``."""
+    grid (NaN when not ``valid``), at time ``t_s``."""
 
     t_s: float
     endo_mm: np.ndarray
     epi_mm: np.ndarray
-    measured_endo_mm: np.ndarray
-    measured_epi_mm: np.ndarray
-    centre_mm: np.ndarray
     valid: bool
     flags: list[str] = field(default_factory=list)
-
-    @property
-    def midwall_mm(self) -> np.ndarray:
-        return 0.5 * (self.endo_mm + self.epi_mm)
 
 
 class SaxWallTracker:
@@ -182,10 +174,9 @@ class SaxWallTracker:
                                               max_radius_px=radius)
         return endo * spacing, epi * spacing, valid
 
-    def _fail(self, t_s: float, centre_mm, flags: list[str]) -> SaxTrack:
+    def _fail(self, t_s: float, flags: list[str]) -> SaxTrack:
         nan = np.full((self.config.n_rays, 2), np.nan)
-        return SaxTrack(t_s, nan, nan.copy(), nan.copy(), nan.copy(),
-                        np.asarray(centre_mm, np.float64), False, flags)
+        return SaxTrack(t_s, nan, nan.copy(), False, flags)
 
     def step(self, labels: np.ndarray, flow: np.ndarray | None, t_s: float,
              spacing_mm, myocardium: np.ndarray | None = None) -> SaxTrack:
@@ -201,18 +192,18 @@ class SaxWallTracker:
             centre_px = lv_centre_px(labels)
         except SaxGeometryError:
             self.reset()
-            return self._fail(t_s, (np.nan, np.nan), ["no_lv"])
-        centre_mm = centre_px * spacing
+            return self._fail(t_s, ["no_lv"])
         if not self.filter.initialised:
+            centre_mm = centre_px * spacing
             endo, epi, valid = self._measure(myocardium, centre_px, self.angles0, spacing)
             if valid.mean() < cfg.min_valid_fraction:
-                return self._fail(t_s, centre_mm, ["wall_lost"])
+                return self._fail(t_s, ["wall_lost"])
             if not valid.all():  # a gap in the wall: the rays there get their neighbours' radii
                 endo = _fill_gaps(endo, valid, centre_mm, self.angles0)
                 epi = _fill_gaps(epi, valid, centre_mm, self.angles0)
             self.filter.initialise(np.concatenate([endo, epi]))
             self._t_s = t_s
-            return SaxTrack(t_s, endo, epi, endo, epi, centre_mm, True, ["reinitialised"])
+            return SaxTrack(t_s, endo, epi, True, ["reinitialised"])
         dt = t_s - self._t_s
         previous_px = self.filter.positions_mm / spacing
         flags: list[str] = []
@@ -230,16 +221,15 @@ class SaxWallTracker:
         # the ray through it from this frame's LV centre
         angles = screen_angle(0.5 * (moved_px[:m] + moved_px[m:]), centre_px)
         endo, epi, valid = self._measure(myocardium, centre_px, angles, spacing)
-        positions = np.concatenate([endo, epi])
         if valid.mean() < cfg.min_valid_fraction:
-            flags.append("wall_lost")
-            positions[:] = np.nan
-        z = make_z(positions, velocity)
-        self.filter.step(dt, z, velocity_lag_s=0.5 * dt)
+            self.reset()  # start afresh on the next frame with a wall
+            return self._fail(t_s, [*flags, "wall_lost"])
+        self.filter.step(dt, make_z(np.concatenate([endo, epi]), velocity),
+                         velocity_lag_s=0.5 * dt)
         flags += self.filter.flags
         self._t_s = t_s
-        if not self.filter.initialised or "wall_lost" in flags:
-            self.reset()  # start afresh on the next frame with a wall
-            return self._fail(t_s, centre_mm, flags)
+        if not self.filter.initialised:
+            self.reset()
+            return self._fail(t_s, flags)
         x = self.filter.positions_mm
-        return SaxTrack(t_s, x[:m], x[m:], endo, epi, centre_mm, True, flags)
+        return SaxTrack(t_s, x[:m], x[m:], True, flags)
