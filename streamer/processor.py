@@ -84,6 +84,8 @@ class StreamState:
     changes_at_open: int = 0
     changes_seen: int = 0
     frames_at_step: int = 0
+    #: the highest frame seq taken for this stream (a frame must come after it)
+    max_seq: int | None = None
 
 
 class FrameProcessor:
@@ -135,6 +137,17 @@ class FrameProcessor:
         state.last_seen_s = now_s
         counts = state.counts
         counts.dropped += dropped  # drops are handed out with the next frame taken
+        if state.max_seq is not None and message.seq <= state.max_seq:
+            # a frame from the past (a sender that restarted its counter, a duplicate): the
+            # stream's state (the tracker, the beat) is never run backwards
+            counts.errors += 1
+            counts.dropped_pending += dropped
+            return out + [ErrorMessage(
+                code="seq_not_increasing", stream=message.stream, seq=message.seq,
+                message=f"frame {message.stream}#{message.seq} is not after the stream's "
+                        f"frame #{state.max_seq}; seq must increase within a stream (send a "
+                        "start to begin the stream again)")]
+        state.max_seq = message.seq
         t_take_ns = time.time_ns() if t_take_ns is None else t_take_ns
         budget_ms = self.budget.frame_ms
         if (self.live and budget_ms is not None

@@ -8,9 +8,15 @@
                          |       lossless: BoundedFrameQueue (full -> ingest waits -> sender waits)
                       [worker]   FrameProcessor: pipeline per frame -> result or error
                          |
-                       outbox    unbounded FIFO of messages to publish
-                         |
-                    [publisher] --XPUB--> consumers (hello to each new subscriber)
+                       outbox    FIFO of messages to publish (OUTBOX_MESSAGES; full -> the
+                         |       worker and ingest wait)
+                    [publisher] --XPUB--> consumers (hello to each new subscriber; at most
+                                 --publish-hwm messages queued per subscriber)
+
+A subscriber that falls --publish-hwm messages behind holds the publisher up (lossless
+mode, for at most --subscriber-stall-s; live mode not at all) and is then cut off: it gets
+no messages until it has read some of those queued for it (ZeroMQ skips it meanwhile); the
+others get every message. Each cut-off is counted (``subscriber_stalls``) and logged.
 
 Each socket is owned by exactly one thread. Start and end messages travel the
 same path as frames and are never dropped, so a consumer sees ``start``, the
@@ -219,8 +225,19 @@ class SideCarConfig:
         DEFAULT_MAX_MESSAGE_BYTES, "larger messages are answered with a too_large error, "
         "MiB", flag="--max-message-mb", metavar="MIB", parse=lambda text: int(float(text) * 2**20),
         format=lambda n: repr(n / 2**20))
-    #: ingest socket receive high-water mark (messages ZeroMQ buffers for us)
-    ingest_hwm: int = 100
+    ingest_buffer_bytes: int = option(
+        256 * 2**20, "memory ZeroMQ may hold for each connected sender in messages not yet "
+        "read, MiB: the ingest high-water mark is this over --max-message-mb (at least 2 "
+        "messages)", flag="--ingest-buffer-mb", metavar="MIB",
+        parse=lambda text: int(float(text) * 2**20), format=lambda n: repr(n / 2**20))
+    publish_hwm: int = option(
+        1000, "messages ZeroMQ queues for each subscriber: the memory a subscriber that "
+        "does not read can hold is this times the largest published message; one this far "
+        "behind loses the messages it has no room for (its own only, counted)", metavar="N")
+    subscriber_stall_s: float = option(
+        5.0, "lossless mode: how long the publisher waits for a subscriber that is "
+        "--publish-hwm messages behind before that subscriber loses messages (the worker "
+        "and the sender wait meanwhile); live mode never waits", metavar="S")
     drain_timeout_s: float = option(30.0, "lossless shutdown: time allowed to finish frames "
                                     "already accepted", metavar="S")
     republish_frames: bool = option(
@@ -236,6 +253,24 @@ class SideCarConfig:
         if self.max_message_bytes < 1024:
             raise ValueError(f"--max-message-mb {self.max_message_bytes / 2**20!r} is too small "
                              "for any frame (at least 1 KiB)")
+        if self.ingest_buffer_bytes < 1:
+            raise ValueError("--ingest-buffer-mb must be > 0")
+        if self.publish_hwm < 1:
+            raise ValueError(f"--publish-hwm must be >= 1, got {self.publish_hwm}")
+        if not self.subscriber_stall_s >= 0:
+            raise ValueError(f"--subscriber-stall-s must be >= 0, got {self.subscriber_stall_s}")
+
+    @property
+    def max_part_bytes(self) -> int:
+        """ZeroMQ's cap on one message part (MAXMSGSIZE): the message limit and 1 MiB, so
+        that a message a little over the limit is read and answered ``too_large``; a larger
+        part closes its sender's connection before ZeroMQ allocates anything for it."""
+        return self.max_message_bytes + 2**20
+
+    @property
+    def ingest_hwm(self) -> int:
+        """Messages ZeroMQ reads ahead per connected sender (RCVHWM)."""
+        return max(2, self.ingest_buffer_bytes // self.max_part_bytes)
 
     @property
     def mode(self) -> str:
@@ -254,9 +289,12 @@ class SideCarStats:
     frame_errors: int = 0  # frames the pipeline rejected
     dropped: int = 0  # live mode: frames replaced by a newer one
     stale: int = 0  # live mode with a budget: frames too old to process when taken
+    subscriber_stalls: int = 0  # times a subscriber fell publish_hwm behind and was cut off
 
 
 _STOP = object()
+#: messages waiting for the publisher before the worker (and the ingest thread) wait
+OUTBOX_MESSAGES = 64
 
 
 class SideCar:
@@ -280,7 +318,8 @@ class SideCar:
         self.stats = SideCarStats()
         self.inbox = BoundedFrameQueue(config.queue_frames) if config.lossless \
             else LatestFrameSlot(config.max_streams)
-        self.outbox: queue.Queue = queue.Queue()
+        self.outbox: queue.Queue = queue.Queue(maxsize=OUTBOX_MESSAGES)
+        self._stall_logged_s = float("-inf")  # publisher: when a cut-off was last logged
         self._stopping = threading.Event()
         self._ingest_done = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -290,13 +329,17 @@ class SideCar:
 
     def start(self) -> SideCar:
         pull = self.context.socket(zmq.PULL)
+        # what ZeroMQ may hold for each sender: ingest_hwm parts of at most max_part_bytes
+        # (a part over that closes the sender's connection unread; a message between the
+        # protocol limit and it is answered too_large)
         pull.setsockopt(zmq.RCVHWM, self.config.ingest_hwm)
         pull.setsockopt(zmq.LINGER, 0)
-        # A hard per-part cap far above the protocol limit keeps a runaway sender from
-        # exhausting memory; anything between the two limits gets a 'too_large' error.
-        pull.setsockopt(zmq.MAXMSGSIZE, 4 * self.config.max_message_bytes + (1 << 20))
+        pull.setsockopt(zmq.MAXMSGSIZE, self.config.max_part_bytes)
         xpub = self.context.socket(zmq.XPUB)
-        xpub.setsockopt(zmq.SNDHWM, 0 if self.config.lossless else 10_000)
+        # per subscriber: past publish_hwm messages behind, it loses its own (XPUB drops
+        # for that pipe only and never blocks the publisher)
+        xpub.setsockopt(zmq.SNDHWM, self.config.publish_hwm)
+        xpub.setsockopt(zmq.XPUB_NODROP, 1)  # see _send
         xpub.setsockopt(zmq.LINGER, 5_000)
         hello = HelloMessage(version=__version__, mode=self.config.mode,
                              apps=self.processor.analysis.declarations())
@@ -451,13 +494,51 @@ class SideCar:
                 if message is not None:
                     if isinstance(message, ResultMessage):
                         _stamp_publish(message)
-                    socket.send_multipart(_encode_or_error(message))
+                    self._send(socket, _encode_or_error(message))
                     self.stats.published += 1
         except Exception:  # pragma: no cover
             log.exception("publisher thread failed")
             self._stopping.set()
         finally:
             socket.close()  # LINGER lets queued messages reach connected subscribers
+
+    def _send(self, socket: zmq.Socket, parts: list) -> None:
+        """Publish one message. The socket is XPUB_NODROP: a send goes to every subscriber
+        or, while one of them is publish_hwm messages behind, to none (zmq.Again). Lossless
+        mode then waits up to subscriber_stall_s for it to read; after that (live mode: at
+        once) the message goes out lossy: to the subscribers with room, and ZeroMQ cuts the
+        one behind off (skips it until it has read some of its queue). Each cut-off counts
+        in ``subscriber_stalls``; they are logged at most once a minute."""
+        deadline = None
+        while True:
+            try:
+                socket.send_multipart(parts, flags=zmq.NOBLOCK)
+                return
+            except zmq.Again:
+                pass
+            if not self.config.lossless:
+                break
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + self.config.subscriber_stall_s
+            elif now >= deadline:
+                break
+            self._drain_subscriptions(socket)  # one that leaves frees its queue
+            time.sleep(0.001)
+        self.stats.subscriber_stalls += 1
+        now = time.monotonic()
+        if now - self._stall_logged_s >= 60.0:
+            self._stall_logged_s = now
+            log.warning("a subscriber is %d messages behind%s: it gets no messages until it "
+                        "reads (the others get every one); %d such cut-off(s) so far",
+                        self.config.publish_hwm,
+                        f" and read none for {self.config.subscriber_stall_s:g} s"
+                        if self.config.lossless else "", self.stats.subscriber_stalls)
+        socket.setsockopt(zmq.XPUB_NODROP, 0)
+        try:
+            socket.send_multipart(parts)
+        finally:
+            socket.setsockopt(zmq.XPUB_NODROP, 1)
 
     @staticmethod
     def _drain_subscriptions(socket: zmq.Socket) -> None:

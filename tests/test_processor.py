@@ -112,6 +112,23 @@ def test_rejected_and_failing_frames_become_errors_and_are_counted():
     assert end.meta["errors"] == 2 and end.meta["processed"] == 0
 
 
+def test_a_frame_whose_seq_goes_backwards_is_refused_and_the_stream_goes_on():
+    processor = FrameProcessor(counting_analysis())
+    [first] = processor.handle(received(frame(5)))
+    assert first.kind == "result" and first.fields["n"] == 1
+    for seq in (5, 2):  # a duplicate, then a counter that went back
+        [error] = processor.handle(received(frame(seq)))
+        assert (error.kind, error.code, error.seq) == ("error", "seq_not_increasing", seq)
+        assert "#5" in error.message
+    [later] = processor.handle(received(frame(6)))
+    assert later.kind == "result" and later.fields["n"] == 2  # the app never saw 5 or 2 again
+    processor.handle(received(StartMessage("s", {"modality": "US"})))
+    [again] = processor.handle(received(frame(0)))  # a start begins the stream again
+    assert again.kind == "result" and again.fields["n"] == 1
+    [end] = processor.handle(received(EndMessage("s")))
+    assert end.meta["processed"] == 1 and end.meta["errors"] == 0
+
+
 def test_start_resets_the_stream_counts_and_its_app_instance():
     processor = FrameProcessor(counting_analysis())
     processor.handle(received(frame(0)))
@@ -173,8 +190,8 @@ def test_interleaved_streams_keep_separate_app_state():
     processor = FrameProcessor(counting_analysis())
     ns = []
     for seq in range(3):
-        for name in ("a", "b", "a"):
-            [result] = processor.handle(received(frame(seq, stream=name)))
+        for k, name in enumerate(("a", "b", "a")):
+            [result] = processor.handle(received(frame(3 * seq + k, stream=name)))
             ns.append((name, result.fields["n"]))
     assert ns == [("a", 1), ("b", 1), ("a", 2), ("a", 3), ("b", 2), ("a", 4),
                   ("a", 5), ("b", 3), ("a", 6)]
@@ -241,8 +258,8 @@ def test_a_stream_that_sends_again_just_in_time_is_not_closed():
     clock = Clock()
     processor = FrameProcessor(none_analysis(), clock=clock,
                                limits=StreamLimits(idle_timeout_s=10.0))
-    for _ in range(5):
-        out = processor.handle(received(frame(0, stream="a")))
+    for seq in range(5):
+        out = processor.handle(received(frame(seq, stream="a")))
         assert [m.kind for m in out] == ["result"]
         clock.t += 9.0
     assert processor.streams["a"].counts.processed == 5

@@ -25,7 +25,13 @@ from streamer.apps.none import AnalysisOff
 from streamer.io.protocol import EndMessage, FrameMessage, ResultMessage, StartMessage, encode
 from streamer.io.sockets import FrameSender, ResultSubscriber, SenderConfig, SubscriberConfig
 from streamer.processor import Received
-from streamer.sidecar import BoundedFrameQueue, LatestFrameSlot, SideCar, SideCarConfig
+from streamer.sidecar import (
+    OUTBOX_MESSAGES,
+    BoundedFrameQueue,
+    LatestFrameSlot,
+    SideCar,
+    SideCarConfig,
+)
 
 IMAGE = np.zeros((64, 64), np.uint8)
 
@@ -238,7 +244,7 @@ def test_bad_messages_get_errors_and_the_next_good_frame_a_result(serve):
         ("unknown_kind", variant(kind="picture")),
         ("bad_field", variant(dtype="complex64")),
         ("too_large", encode(make_frame(1, "bad", np.zeros((1100, 1000), np.uint8)))),
-        ("bad_pixels", encode(make_frame(2, "bad", nan_pixels))),
+        ("bad_pixels", encode(make_frame(2, "nan", nan_pixels))),  # (its own stream: seq)
         ("unexpected_kind", encode(ResultMessage("bad", 0, 0, {}))),
     ]
     context = zmq.Context.instance()
@@ -455,3 +461,90 @@ def test_a_deeply_nested_start_is_refused_and_the_side_car_serves_on():
         messages = collect(subscriber, "ok")
         assert [m.kind for m in messages] == ["start", "result", "end"]
         assert sidecar.wait(0.1) is False  # still running
+
+
+# -- bounded memory against a stalled subscriber and a flood of huge messages -----------
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process, MiB (Linux /proc)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def stalled_subscriber(context: zmq.Context, endpoint: str) -> zmq.Socket:
+    """A SUB that subscribes and then never reads: ZeroMQ's own buffers on its side hold one
+    message, the kernel's a few hundred KiB, the rest piles up at the publisher."""
+    sub = context.socket(zmq.SUB)
+    sub.setsockopt(zmq.RCVHWM, 1)
+    sub.setsockopt(zmq.RCVBUF, 4096)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(endpoint)
+    return sub
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/status")
+def test_a_stalled_subscriber_and_a_flood_of_huge_messages_leave_memory_bounded(serve):
+    """Issue 14: before, the publish socket had no (lossless) or a 10,000-message (live)
+    high-water mark, and parts up to 4x --max-message-mb were read before being refused:
+    a subscriber that never reads grew the side-car by every frame republished to it, and
+    six 200 MB messages by 1.2 GB. Now a stalled subscriber loses its own messages past
+    --publish-hwm and a part over the limit closes its sender's connection unread, while a
+    well-behaved client is answered every frame and gets every republished one."""
+    hwm = 50
+    sidecar = serve("--app", "none", "--lossless", "--republish-frames",
+                    "--publish-hwm", str(hwm), "--subscriber-stall-s", "1",
+                    "--max-message-mb", "16")
+    pid = sidecar.process.pid
+    context = zmq.Context()
+    frame_pixels = np.random.default_rng(0).integers(0, 255, (512, 1024), np.uint8)  # 0.5 MiB
+    stalled = stalled_subscriber(context, sidecar.ready["publish"])
+    flood = context.socket(zmq.PUSH)
+    flood.setsockopt(zmq.LINGER, 0)
+    flood.setsockopt(zmq.SNDTIMEO, 2000)
+    try:
+        time.sleep(0.5)  # its subscription is in before the frames
+        rss_before = rss_mb(pid)
+        flood.connect(sidecar.ready["ingest"])
+        huge = np.zeros(200 * 10**6, np.uint8)
+        for _ in range(6):
+            try:
+                flood.send(huge, copy=False)
+            except zmq.Again:
+                break  # the side-car closed the connection: nothing queued any more
+        n = 1200  # 600 MiB through the side-car and republished to the stalled subscriber
+        got: list = []
+        with ResultSubscriber(SubscriberConfig(sidecar.ready["publish"]), zmq.Context()) as good:
+            reader = threading.Thread(target=lambda: got.extend(collect(good, "good", 60)))
+            reader.start()  # the well-behaved client reads as results come
+            with FrameSender(SenderConfig(sidecar.ready["ingest"])) as sender:
+                sender.send(StartMessage("good"))
+                for seq in range(n):
+                    sender.send(make_frame(seq, "good", frame_pixels))
+                sender.send(EndMessage("good", n))
+            reader.join(90)
+        rss_after = rss_mb(pid)
+    finally:
+        flood.close(linger=0)
+        stalled.close(linger=0)
+        context.term()
+    results = [m for m in got if m.kind == "result"]
+    assert [r.seq for r in results] == list(range(n))  # the good client lost nothing
+    assert [m.seq for m in got if m.kind == "frame"] == list(range(n))
+    assert sidecar.process.poll() is None  # and the side-car is alive
+    # the stated bound (docs/protocol.md, Memory): the stalled subscriber's queue, the outbox,
+    # the lossless inbox and the ingest buffers of one sender, all of 0.5 MiB frames here
+    # (the huge parts were never read), and 64 MiB for the allocator
+    config = SideCarConfig(max_message_bytes=16 * 2**20, lossless=True)
+    messages = hwm + OUTBOX_MESSAGES + config.queue_frames + config.ingest_hwm
+    grown = rss_after - rss_before
+    bound = messages * frame_pixels.nbytes / 2**20 + 64
+    assert grown < bound, (rss_before, rss_after, bound)
+    stats = sidecar.stop()["stats"]
+    assert stats["subscriber_stalls"] >= 1  # the stalled one was cut off (and it was logged)
+    assert "messages behind and read none for 1 s" in sidecar.log_tail()
+    assert stats["received"] >= n + 2  # the huge parts never reached the ingest thread whole

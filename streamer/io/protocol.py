@@ -104,6 +104,7 @@ ERROR_CODES = {
     "stage_failed": "a processing stage raised an error on this frame",
     "too_many_streams": "the side-car already follows as many streams as it may (--max-streams)",
     "no_app": "no app analyses this stream's modality (or the app named does not)",
+    "seq_not_increasing": "a frame's seq is not after the stream's last frame (not analysed)",
 }
 
 
