@@ -206,6 +206,31 @@ def test_a_client_without_curve_gets_nothing_and_is_logged_once(keys, curve_side
     assert len(warnings_with(caplog, publish + " (XPUB")) == 1
 
 
+def test_serve_with_curve_serves_the_allowed_and_logs_a_refusal_once(keys, serve):
+    """The real `cardiostream serve` with CURVE options: the allowed client is served, a
+    stranger trying three times is refused, its stderr names the key once, and the
+    stopped line counts the refusals."""
+    sidecar = serve("--app", "none", "--lossless", "--curve-secret-key", str(keys["sidecar"]),
+                    "--allow-keys", str(keys["allowed"]))
+    for _ in range(3):
+        with pytest.raises(EndpointError, match="refused this client"):
+            FrameSender(SenderConfig(sidecar.ready["ingest"], connect_timeout_s=10,
+                                     curve=client_curve(keys, "stranger")))
+    with ResultSubscriber(SubscriberConfig(sidecar.ready["publish"],
+                                           curve=client_curve(keys))) as subscriber, \
+            FrameSender(SenderConfig(sidecar.ready["ingest"], curve=client_curve(keys))) as sender:
+        sender.send(StartMessage("cli"))
+        sender.send(frame(0, "cli"))
+        sender.send(EndMessage("cli", 1))
+        messages = list(subscriber.iter_until_end("cli", timeout_s=30))
+    assert [m.seq for m in messages if m.kind == "result"] == [0]
+    stopped = sidecar.stop()
+    assert stopped["stats"]["refused"] == 3 and stopped["stats"]["received"] == 3
+    key = load_key_pair(keys["stranger"])[0].decode()
+    log = sidecar.log_tail(200)
+    assert log.count(key) == 1 and "CURVE on: 1 client key(s) allowed (client.key)" in log
+
+
 def test_replay_and_record_take_the_same_keys(keys, curve_sidecar, npz_clip, tmp_path):
     """`replay --curve-secret-key --curve-server-key` is served; `record --from` with the
     same keys records; without keys replay fails with the handshake named."""
