@@ -5,6 +5,10 @@ For each frame size, one PUSH/PULL pair on TCP loopback carries, in turn:
 * raw:  ``send(pixel bytes)`` -> ``recv(copy=False)`` -> ``np.frombuffer(...).reshape``
 * ours: ``send_multipart(encode(FrameMessage))`` -> ``decode(recv_multipart(copy=False))``
 
+and a second pair with ZeroMQ CURVE as the side-car runs it (keys from ``cardiostream keys
+generate``, the ZAP allow-list, streamer.io.security) carries the same two: ``raw+curve``,
+``ours+curve`` (``--no-curve`` leaves it out); ``x plain`` compares each to its plain twin.
+
 Each iteration times one send plus its receive, in the same thread. The
 methods take turns iteration by iteration so all see the same machine state.
 ``--breakdown`` adds the steps in between (a header part without encoding,
@@ -23,6 +27,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +36,7 @@ import numpy as np
 import zmq
 
 from streamer.io.protocol import FrameMessage, decode, encode
+from streamer.io.security import CurveConfig, CurveServer, apply_client_keys, generate_keys
 
 SIZES = {"256x256": (256, 256), "512x384": (512, 384)}
 
@@ -82,13 +88,41 @@ def methods(push: zmq.Socket, pull: zmq.Socket, shape: tuple[int, int], breakdow
             "+decode": decode_only, "ours": ours, "ours_zero_copy": ours_zero_copy}
 
 
-def measure(shape: tuple[int, int], iterations: int, warmup: int, breakdown: bool) -> dict:
+def curve_pair(context: zmq.Context, key_dir: Path) -> tuple[zmq.Socket, zmq.Socket, CurveServer]:
+    """A PUSH -> PULL pair on TCP loopback with CURVE: the PULL a CURVE server behind the
+    allow-list (as the side-car's ingest), the PUSH a client with an allowed key."""
+    _, server_secret = generate_keys(key_dir, "server")
+    client_public, client_secret = generate_keys(key_dir, "client")
+    allowed = key_dir / "allowed"
+    allowed.mkdir()
+    (allowed / client_public.name).write_bytes(client_public.read_bytes())
+    server = CurveServer(context, CurveConfig(curve_secret_key=server_secret,
+                                              allow_keys=allowed)).start()
+    pull = context.socket(zmq.PULL)
+    server.secure(pull)
+    port = pull.bind_to_random_port("tcp://127.0.0.1")
+    push = context.socket(zmq.PUSH)
+    apply_client_keys(push, CurveConfig(curve_secret_key=client_secret,
+                                        curve_server_key=key_dir / "server.key"))
+    push.connect(f"tcp://127.0.0.1:{port}")
+    return push, pull, server
+
+
+def measure(shape: tuple[int, int], iterations: int, warmup: int, breakdown: bool,
+            curve: bool = True) -> dict:
     context = zmq.Context()
     pull = context.socket(zmq.PULL)
     port = pull.bind_to_random_port("tcp://127.0.0.1")
     push = context.socket(zmq.PUSH)
     push.connect(f"tcp://127.0.0.1:{port}")
     chosen = methods(push, pull, shape, breakdown)
+    sockets, server = [push, pull], None
+    if curve:
+        with tempfile.TemporaryDirectory() as key_dir:
+            cpush, cpull, server = curve_pair(context, Path(key_dir))
+        sockets += [cpush, cpull]
+        for name, method in methods(cpush, cpull, shape, False).items():
+            chosen[f"{name}+curve"] = method
     expected = chosen["raw"](0).copy()
     for name, method in chosen.items():  # every method carries the same pixels
         assert np.array_equal(method(0), expected), name
@@ -101,8 +135,10 @@ def measure(shape: tuple[int, int], iterations: int, warmup: int, breakdown: boo
             elapsed = clock() - t0
             if i >= warmup:
                 times[name].append(elapsed / 1e3)
-    push.close(linger=0)
-    pull.close(linger=0)
+    for socket in sockets:
+        socket.close(linger=0)
+    if server is not None:
+        server.stop()
     context.term()
     out = {"shape": list(shape), "bytes": int(np.prod(shape)), "iterations": iterations,
            "methods": {}}
@@ -112,9 +148,13 @@ def measure(shape: tuple[int, int], iterations: int, warmup: int, breakdown: boo
                                 "p99_us": float(np.percentile(values, 99)),
                                 "mean_us": float(values.mean())}
     raw = out["methods"]["raw"]
-    for row in out["methods"].values():
+    for name, row in out["methods"].items():
         row["ratio_median"] = row["median_us"] / raw["median_us"]
         row["ratio_p99"] = row["p99_us"] / raw["p99_us"]
+        plain = out["methods"].get(name.removesuffix("+curve"))
+        if name.endswith("+curve") and plain is not None:  # CURVE against plain
+            row["vs_plain_median"] = row["median_us"] / plain["median_us"]
+            row["curve_added_median_us"] = row["median_us"] - plain["median_us"]
     return out
 
 
@@ -126,17 +166,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=500, help="untimed iterations first")
     parser.add_argument("--breakdown", action="store_true",
                         help="also time the steps between raw and ours")
+    parser.add_argument("--no-curve", action="store_true",
+                        help="leave out the CURVE pair (raw+curve, ours+curve)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/transport.json"),
                         help="JSON output (default bench/results/transport.json)")
     args = parser.parse_args(argv)
-    rows = {name: measure(shape, args.iterations, args.warmup, args.breakdown)
+    rows = {name: measure(shape, args.iterations, args.warmup, args.breakdown,
+                          curve=not args.no_curve)
             for name, shape in SIZES.items()}
     print(f"{'frame':>9} {'method':>15} | {'median us':>9} {'p99 us':>8} | "
-          f"{'x raw med':>9} {'x raw p99':>9}   (one send + its receive)")
+          f"{'x raw med':>9} {'x raw p99':>9} | {'x plain med':>11}   "
+          "(one send + its receive)")
     for size, row in rows.items():
         for name, m in row["methods"].items():
+            vs_plain = f"{m['vs_plain_median']:>11.2f}" if "vs_plain_median" in m else ""
             print(f"{size:>9} {name:>15} | {m['median_us']:>9.1f} {m['p99_us']:>8.1f} | "
-                  f"{m['ratio_median']:>9.2f} {m['ratio_p99']:>9.2f}")
+                  f"{m['ratio_median']:>9.2f} {m['ratio_p99']:>9.2f} | {vs_plain}")
     report = {"benchmark": "transport", "command": " ".join(["python", *sys.argv]),
               "machine": {"python": platform.python_version(), "pyzmq": zmq.pyzmq_version(),
                           "libzmq": zmq.zmq_version(), "cpu_count": os.cpu_count()},

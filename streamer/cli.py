@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                         help="log level of messages on stderr (default INFO)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from streamer.io.security import CurveConfig
     from streamer.sidecar import SideCarConfig
 
     clip = _clip_options()
@@ -105,7 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "{\"event\":\"ready\",...} on stdout when listening and "
                     "{\"event\":\"stopped\",...} after SIGINT/SIGTERM, having flushed every "
                     "result already computed.")
-    add_options(serve.add_argument_group("side-car"), SideCarConfig)
+    add_options(serve.add_argument_group("side-car"), SideCarConfig, skip=("curve",))
+    add_options(serve.add_argument_group(
+        "security", "Loopback endpoints need nothing. Any other endpoint needs CURVE (both "
+        "endpoints are then encrypted, and only clients whose public key is in --allow-keys "
+        "are served), or --insecure. See `cardiostream keys generate --help`."),
+        CurveConfig, skip=("curve_server_key",))
     serve.set_defaults(func=cmd_serve)
 
     replay = commands.add_parser(
@@ -124,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="give up when the side-car takes no frame for this long (it "
                              "stopped or stalled; 0: wait for ever)")
     replay.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_options(replay.add_argument_group(
+        "security", "To a side-car that runs with CURVE: this client's key pair and the "
+        "side-car's public key (see `cardiostream keys generate --help`)."),
+        CurveConfig, skip=("allow_keys", "insecure"))
     replay.set_defaults(func=cmd_replay)
 
     record = commands.add_parser(
@@ -148,7 +158,42 @@ def build_parser() -> argparse.ArgumentParser:
     record.add_argument("--max-messages", type=int, help="stop after this many messages")
     record.add_argument("--until-end", action="store_true",
                         help="stop after the first end message")
+    add_options(record.add_argument_group(
+        "security", "--from a side-car with CURVE: --curve-secret-key (this client's key "
+        "pair) and --curve-server-key. --listen: as serve, a non-loopback endpoint needs "
+        "--curve-secret-key and --allow-keys, or --insecure."), CurveConfig)
     record.set_defaults(func=cmd_record)
+
+    keys = commands.add_parser(
+        "keys", help="make CURVE key pairs for endpoints beyond loopback",
+        description="CURVE key pairs (ZeroMQ's encryption and authentication) for a side-car "
+                    "reached over a network: see `cardiostream keys generate --help` and "
+                    "docs/protocol.md, Security.")
+    key_actions = keys.add_subparsers(dest="keys_action", required=True, metavar="ACTION")
+    generate = key_actions.add_parser(
+        "generate", help="write a new key pair NAME.key and NAME.key_secret",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Write a new CURVE key pair into DIR: NAME.key (the public key: hand it "
+                    "out) and NAME.key_secret (public and secret key, file mode 0600: keep "
+                    "it where only its owner reads it). Existing files are not "
+                    "overwritten.\n\n"
+                    "Which file goes where:\n"
+                    "  side-car (one pair, e.g. --name sidecar):\n"
+                    "    serve --curve-secret-key sidecar.key_secret --allow-keys CLIENTS_DIR\n"
+                    "    sidecar.key          -> every client's --curve-server-key\n"
+                    "  each client (one pair each, e.g. --name scanner-1):\n"
+                    "    scanner-1.key        -> copy into the side-car's CLIENTS_DIR\n"
+                    "    replay / record --from ... --curve-secret-key scanner-1.key_secret "
+                    "--curve-server-key sidecar.key\n"
+                    "  record --listen takes the side-car's part (its own pair and "
+                    "--allow-keys).\n\n"
+                    "A client whose key is not in --allow-keys (or that has no key) gets "
+                    "nothing; the side-car logs the refusal once per key.")
+    generate.add_argument("--out", required=True, type=Path, metavar="DIR",
+                          help="directory to write into (made if missing)")
+    generate.add_argument("--name", required=True,
+                          help="base name of the two files, e.g. sidecar or scanner-1")
+    generate.set_defaults(func=cmd_keys_generate)
 
     analyze = commands.add_parser(
         "analyze", parents=[clip, analysis],
@@ -271,6 +316,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_replay(args) -> int:
+    from streamer.io.security import CurveConfig
     from streamer.replay import replay_to
 
     with _open(args) as reader:
@@ -280,7 +326,8 @@ def cmd_replay(args) -> int:
             stats = replay_to(reader, args.to, config,
                               connect_timeout_s=args.connect_timeout_s,
                               send_timeout_s=args.send_timeout_s or None,
-                              on_frame=lambda _: bar.update(1))
+                              on_frame=lambda _: bar.update(1),
+                              curve=from_args(CurveConfig, args))
     log.info("sent %d frames in %.2f s (%.1f fps); worst lateness against the clip's "
              "timing %.1f ms", stats.frames, stats.elapsed_s,
              stats.frames / stats.elapsed_s if stats.elapsed_s else float("nan"),
@@ -289,6 +336,7 @@ def cmd_replay(args) -> int:
 
 
 def cmd_record(args) -> int:
+    from streamer.io.security import CurveConfig
     from streamer.record import RecordConfig, RecordStats, record
 
     if args.check is not None:
@@ -306,7 +354,7 @@ def cmd_record(args) -> int:
     config = RecordConfig(endpoint=args.listen or args.from_endpoint,
                           listen=args.listen is not None, kinds=kinds,
                           duration_s=args.duration_s, max_messages=args.max_messages,
-                          until_end=args.until_end)
+                          until_end=args.until_end, curve=from_args(CurveConfig, args))
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
@@ -331,6 +379,16 @@ def cmd_record(args) -> int:
         raise failure[0]
     _print_event("recorded", out=str(args.out), messages=dict(stats.written),
                  skipped_invalid=stats.skipped_invalid)
+    return 0
+
+
+def cmd_keys_generate(args) -> int:
+    from streamer.io.security import generate_keys
+
+    public, secret = generate_keys(args.out, args.name)
+    _print_event("keys", public=str(public), secret=str(secret))
+    log.info("wrote %s (public: give it out) and %s (secret, mode 0600: keep it)",
+             public, secret)
     return 0
 
 

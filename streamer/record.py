@@ -22,6 +22,7 @@ import zmq
 
 from streamer.io.protocol import ProtocolError, decode
 from streamer.io.recording import RecordingWriter
+from streamer.io.security import CurveConfig, CurveServer
 from streamer.io.sockets import ResultSubscriber, SubscriberConfig, bind
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,9 @@ class RecordConfig:
     #: stop after the first ``end`` message
     until_end: bool = False
     connect_timeout_s: float = 10.0
+    #: CURVE keys: with ``listen`` this end is the CURVE server (its key pair and the
+    #: allow-list), else a CURVE client of the side-car (its key pair, the side-car's key)
+    curve: CurveConfig = CurveConfig()
 
     def __post_init__(self):
         unknown = set(self.kinds or ()) - set(KINDS)
@@ -53,6 +57,12 @@ class RecordConfig:
             raise ValueError(f"unknown message kind(s) {sorted(unknown)}; choose from {KINDS}")
         if self.duration_s is not None and not self.duration_s > 0:
             raise ValueError(f"--duration-s must be positive, got {self.duration_s}")
+        if self.listen and self.curve.curve_server_key is not None:
+            raise ValueError("--curve-server-key is for record --from (record --listen is "
+                             "the server: --curve-secret-key and --allow-keys)")
+        if not self.listen and (self.curve.allow_keys is not None or self.curve.insecure):
+            raise ValueError("--allow-keys and --insecure are for record --listen (record "
+                             "--from is a client: --curve-secret-key and --curve-server-key)")
 
 
 @dataclass
@@ -68,46 +78,56 @@ def record(config: RecordConfig, out_path: str | Path, stop: threading.Event | N
     """Record until ``stop`` is set or a limit in ``config`` is reached."""
     stop = stop or threading.Event()
     stats = stats if stats is not None else RecordStats()
-    context = zmq.Context.instance()
-    if config.listen:
-        socket = context.socket(zmq.PULL)
-        socket.setsockopt(zmq.LINGER, 0)
-        stats.endpoint = bind(socket, config.endpoint)
-        subscriber = None
-    else:
-        subscriber = ResultSubscriber(SubscriberConfig(
-            config.endpoint, connect_timeout_s=config.connect_timeout_s), context)
-        socket, stats.endpoint = subscriber.socket, config.endpoint
-    if ready is not None:
-        ready.set()
-    deadline = None if config.duration_s is None else time.monotonic() + config.duration_s
+    # a context of its own: a CURVE allow-list (ZAP handler) is one per context
+    context, curve, subscriber, socket = zmq.Context(), None, None, None
     try:
-        with RecordingWriter(out_path) as writer:
-            while not stop.is_set():
-                if deadline is not None and time.monotonic() >= deadline:
-                    break
-                if not socket.poll(50):
-                    continue
-                parts = socket.recv_multipart(copy=False)
-                t_recv_ns = time.time_ns()
-                try:
-                    kind = decode(parts).kind
-                except ProtocolError as exc:
-                    stats.skipped_invalid += 1
-                    log.warning("not recorded, invalid message (%s): %s", exc.code, exc)
-                    continue
-                if kind == "hello" or (config.kinds and kind not in config.kinds):
-                    continue
-                writer.write(parts, t_recv_ns)
-                stats.written[kind] += 1
-                if config.max_messages is not None and \
-                        writer.records >= config.max_messages:
-                    break
-                if config.until_end and kind == "end":
-                    break
+        if config.listen:
+            socket = context.socket(zmq.PULL)
+            socket.setsockopt(zmq.LINGER, 0)
+            if config.curve.enabled:
+                curve = CurveServer(context, config.curve).start()
+            stats.endpoint = bind(socket, config.endpoint, curve, insecure=config.curve.insecure)
+        else:
+            subscriber = ResultSubscriber(SubscriberConfig(
+                config.endpoint, connect_timeout_s=config.connect_timeout_s,
+                curve=config.curve), context)
+            socket, stats.endpoint = subscriber.socket, config.endpoint
+        _record(config, out_path, stop, socket, stats, ready)
     finally:
         if subscriber is not None:
             subscriber.close()
-        else:
+        elif socket is not None:
             socket.close()
+        if curve is not None:
+            curve.stop()
+        context.term()
     return stats
+
+
+def _record(config: RecordConfig, out_path: str | Path, stop: threading.Event,
+            socket: zmq.Socket, stats: RecordStats, ready: threading.Event | None) -> None:
+    if ready is not None:
+        ready.set()
+    deadline = None if config.duration_s is None else time.monotonic() + config.duration_s
+    with RecordingWriter(out_path) as writer:
+        while not stop.is_set():
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            if not socket.poll(50):
+                continue
+            parts = socket.recv_multipart(copy=False)
+            t_recv_ns = time.time_ns()
+            try:
+                kind = decode(parts).kind
+            except ProtocolError as exc:
+                stats.skipped_invalid += 1
+                log.warning("not recorded, invalid message (%s): %s", exc.code, exc)
+                continue
+            if kind == "hello" or (config.kinds and kind not in config.kinds):
+                continue
+            writer.write(parts, t_recv_ns)
+            stats.written[kind] += 1
+            if config.max_messages is not None and writer.records >= config.max_messages:
+                break
+            if config.until_end and kind == "end":
+                break

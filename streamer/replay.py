@@ -19,6 +19,7 @@ import numpy as np
 
 from streamer.io.clips import ClipInfo, ClipReader, SliceClip, StackFrame, StackReader
 from streamer.io.protocol import MODALITIES, EndMessage, FrameMessage, Message, StartMessage
+from streamer.io.security import CurveConfig
 from streamer.io.sockets import FrameSender, SenderConfig
 from streamer.vocab import VIEW_CLASSES
 
@@ -214,10 +215,12 @@ def replay(reader: ClipReader | StackReader, sender: FrameSender,
 def replay_to(reader: ClipReader | StackReader, endpoint: str,
               config: ReplayConfig = ReplayConfig(), *, connect_timeout_s: float = 10.0,
               send_timeout_s: float | None = 30.0,
-              on_frame: Callable[[int], None] | None = None) -> ReplayStats:
+              on_frame: Callable[[int], None] | None = None,
+              curve: CurveConfig | None = None) -> ReplayStats:
     """Connect to a side-car's ingest endpoint and replay a clip (or a stack) into it;
     :class:`~streamer.io.sockets.SendTimeout` when the side-car takes no message for
-    ``send_timeout_s``."""
+    ``send_timeout_s``. ``curve``: this client's CURVE keys (a side-car with CURVE)."""
     with FrameSender(SenderConfig(endpoint, connect_timeout_s=connect_timeout_s,
-                                  send_timeout_s=send_timeout_s)) as sender:
+                                  send_timeout_s=send_timeout_s,
+                                  curve=curve or CurveConfig())) as sender:
         return replay(reader, sender, config, on_frame=on_frame)

@@ -54,6 +54,7 @@ from streamer.io.protocol import (
     decode,
     encode,
 )
+from streamer.io.security import CurveConfig, CurveServer
 from streamer.io.sockets import bind
 from streamer.options import option
 from streamer.processor import FrameProcessor, Received, StreamLimits
@@ -248,6 +249,9 @@ class SideCarConfig:
                               metavar="N")
     stream_idle_timeout_s: float = option(300.0, "close a stream (and drop its state) after "
                                           "this long without a message", metavar="S")
+    #: CURVE: the side-car's key pair and the allow-list of client keys (both endpoints);
+    #: without, only loopback endpoints unless ``insecure``
+    curve: CurveConfig = CurveConfig()
 
     def __post_init__(self):
         if self.max_message_bytes < 1024:
@@ -290,6 +294,7 @@ class SideCarStats:
     dropped: int = 0  # live mode: frames replaced by a newer one
     stale: int = 0  # live mode with a budget: frames too old to process when taken
     subscriber_stalls: int = 0  # times a subscriber fell publish_hwm behind and was cut off
+    refused: int = 0  # CURVE: handshakes refused (counted at stop)
 
 
 _STOP = object()
@@ -324,6 +329,8 @@ class SideCar:
         self._ingest_done = threading.Event()
         self._threads: list[threading.Thread] = []
         self.ingest_endpoint = self.publish_endpoint = ""
+        #: the CURVE allow-list while running with CURVE (its ``refused`` counts refusals)
+        self.curve: CurveServer | None = None
 
     # -- life cycle ---------------------------------------------------------
 
@@ -344,12 +351,17 @@ class SideCar:
         hello = HelloMessage(version=__version__, mode=self.config.mode,
                              apps=self.processor.analysis.declarations())
         xpub.setsockopt(zmq.XPUB_WELCOME_MSG, encode(hello)[0])
+        insecure = self.config.curve.insecure
         try:
-            self.ingest_endpoint = bind(pull, self.config.ingest)
-            self.publish_endpoint = bind(xpub, self.config.publish)
+            if self.config.curve.enabled:  # the ZAP handler runs before the first bind
+                self.curve = CurveServer(self.context, self.config.curve).start()
+            self.ingest_endpoint = bind(pull, self.config.ingest, self.curve, insecure=insecure)
+            self.publish_endpoint = bind(xpub, self.config.publish, self.curve,
+                                         insecure=insecure)
         except Exception:
             pull.close(linger=0)
             xpub.close(linger=0)
+            self._stop_curve()
             if self._owns_context:
                 self.context.term()
             raise
@@ -362,8 +374,9 @@ class SideCar:
         ]
         for thread in self._threads:
             thread.start()
-        log.info("side-car %s: ingest %s, publish %s", self.config.mode,
-                 self.ingest_endpoint, self.publish_endpoint)
+        log.info("side-car %s: ingest %s, publish %s%s", self.config.mode,
+                 self.ingest_endpoint, self.publish_endpoint,
+                 ", CURVE" if self.curve is not None else "")
         return self
 
     def stop(self, timeout_s: float | None = None) -> None:
@@ -383,9 +396,15 @@ class SideCar:
             thread.join(remaining)
         if any(thread.is_alive() for thread in self._threads):
             return False
+        self._stop_curve()
         if self._owns_context and not self.context.closed:
             self.context.term()  # flush: returns when queued results are sent
         return True
+
+    def _stop_curve(self) -> None:
+        if self.curve is not None:
+            self.curve.stop()
+            self.stats.refused = sum(self.curve.refused.values())
 
     def __enter__(self) -> SideCar:
         return self.start()

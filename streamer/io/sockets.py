@@ -10,6 +10,10 @@ Patterns (see docs/protocol.md, "Transport"):
   endpoint, any number of consumers connect SUB sockets. Every new subscriber
   is sent a ``hello`` message first (ZMQ_XPUB_WELCOME_MSG), so a consumer knows
   when its subscription is live and nothing it waits for can slip past it.
+
+Security (streamer/io/security.py): the side that binds may bind a non-loopback endpoint
+only with CURVE (or ``--insecure``); with CURVE it is the CURVE server, and the side that
+connects a CURVE client (``curve`` in :class:`SenderConfig` and :class:`SubscriberConfig`).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from streamer.io.protocol import DEFAULT_MAX_MESSAGE_BYTES, HelloMessage, Message, decode, encode
+from streamer.io.security import CurveConfig, CurveServer, apply_client_keys, check_bind
 
 
 class EndpointError(RuntimeError):
@@ -32,8 +37,16 @@ class SendTimeout(EndpointError):
     """The peer took no message for the send timeout (gone, or stalled)."""
 
 
-def bind(socket: zmq.Socket, endpoint: str) -> str:
-    """Bind and return the resolved endpoint (``tcp://127.0.0.1:*`` gets a free port)."""
+def bind(socket: zmq.Socket, endpoint: str, curve: CurveServer | None = None, *,
+         insecure: bool = False) -> str:
+    """Bind and return the resolved endpoint (``tcp://127.0.0.1:*`` gets a free port).
+
+    With ``curve`` the socket is a CURVE server behind that allow-list; without, only a
+    loopback endpoint may be bound, unless ``insecure`` (then with a warning)."""
+    if curve is not None:
+        curve.secure(socket)
+    else:
+        check_bind(endpoint, CurveConfig(insecure=insecure))
     try:
         socket.bind(endpoint)
     except zmq.ZMQError as exc:
@@ -48,22 +61,49 @@ def connect(socket: zmq.Socket, endpoint: str) -> None:
         raise EndpointError(f"cannot connect to {endpoint}: {exc}") from None
 
 
+_HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+
+
 def connect_and_wait(socket: zmq.Socket, endpoint: str, timeout_s: float) -> None:
     """Connect, then block until a peer has completed the handshake (or raise).
 
     With ``timeout_s`` 0 it only connects: ZeroMQ then queues messages until the
-    peer appears.
+    peer appears. A peer that refuses the handshake (CURVE: this client's key not in its
+    allow-list; a mechanism mismatch) raises at once, saying so.
     """
     if timeout_s <= 0:
         connect(socket, endpoint)
         return
-    monitor = socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+    monitor = socket.get_monitor_socket(_HANDSHAKE_EVENTS)
+    deadline = time.monotonic() + timeout_s
+    failed = False  # a handshake ended without detail (e.g. the peer closed it)
     try:
         connect(socket, endpoint)
-        if not monitor.poll(int(timeout_s * 1000)):
-            raise EndpointError(f"no peer answered at {endpoint} within {timeout_s:g} s "
-                                "(is the side-car running there?)")
-        recv_monitor_message(monitor)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not monitor.poll(max(1, int(remaining * 1000))):
+                hint = (" (a handshake failed: does the side-car there want CURVE keys, or "
+                        "other ones?)" if failed else " (is the side-car running there?)")
+                raise EndpointError(f"no peer answered at {endpoint} within {timeout_s:g} s"
+                                    + hint)
+            event = recv_monitor_message(monitor)
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                return
+            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                raise EndpointError(
+                    f"the side-car at {endpoint} refused this client (CURVE authentication, "
+                    f"status {event['value']}: is this client's public key in its "
+                    "--allow-keys directory?)")
+            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+                mismatch = event["value"] == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
+                raise EndpointError(
+                    f"the handshake with {endpoint} failed: " + (
+                        "one side uses CURVE and the other not (give both "
+                        "--curve-secret-key and --curve-server-key, or neither)" if mismatch
+                        else f"protocol error {event['value']:#x} (with CURVE: is "
+                             "--curve-server-key the side-car's public key?)"))
+            failed = True
     finally:
         socket.disable_monitor()
         monitor.close(linger=0)
@@ -83,6 +123,8 @@ class SenderConfig:
     #: how long send() waits for the side-car to take a message before it raises
     #: SendTimeout (None: for ever)
     send_timeout_s: float | None = 30.0
+    #: CURVE keys of this client (its own key pair and the side-car's public key)
+    curve: CurveConfig = CurveConfig()
 
 
 class FrameSender:
@@ -104,8 +146,9 @@ class FrameSender:
             self.socket.setsockopt(zmq.SNDTIMEO, max(1, int(config.send_timeout_s * 1000)))
         self.sent = 0
         try:
+            apply_client_keys(self.socket, config.curve)
             connect_and_wait(self.socket, config.endpoint, config.connect_timeout_s)
-        except EndpointError:
+        except (EndpointError, ValueError):
             self.socket.close(linger=0)
             if self._owns_context:
                 self.context.term()
@@ -152,6 +195,8 @@ class SubscriberConfig:
     #: wait this long for the side-car's hello before giving up
     connect_timeout_s: float = 10.0
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    #: CURVE keys of this client (its own key pair and the side-car's public key)
+    curve: CurveConfig = CurveConfig()
 
 
 class ResultSubscriber:
@@ -168,11 +213,16 @@ class ResultSubscriber:
         self.socket.setsockopt(zmq.RCVHWM, 0)  # never drop on our side
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.SUBSCRIBE, b"")
-        connect(self.socket, config.endpoint)
-        self.hello = self._wait_hello()
+        deadline = time.monotonic() + config.connect_timeout_s
+        try:
+            apply_client_keys(self.socket, config.curve)
+            connect_and_wait(self.socket, config.endpoint, config.connect_timeout_s)
+        except (EndpointError, ValueError):
+            self.socket.close()
+            raise
+        self.hello = self._wait_hello(deadline)
 
-    def _wait_hello(self) -> HelloMessage:
-        deadline = time.monotonic() + self.config.connect_timeout_s
+    def _wait_hello(self, deadline: float) -> HelloMessage:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not self.socket.poll(int(remaining * 1000)):
