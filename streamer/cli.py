@@ -47,8 +47,10 @@ def _clip_options() -> argparse.ArgumentParser:
                        help="read the input as a short-axis stack even when it holds one "
                             "slice (its stream is then NAME/slice-0), and a 3-D NIfTI as one "
                             "phase of its z slices rather than as a cine of one slice")
-    group.add_argument("--stream", help="stream name in the messages (default: file name); "
-                                        "a stack's slices are NAME/slice-K")
+    group.add_argument("--stream", help="stream name in the messages (default: clip- and "
+                                        "a short hash of the path; the file name with "
+                                        "--keep-identifiers); a stack's slices are "
+                                        "NAME/slice-K")
     group.add_argument("--max-frames", type=int, metavar="N",
                        help="stop after N frames (of each slice of a stack)")
     group.add_argument("--loop", type=int, default=1, metavar="N",
@@ -57,6 +59,10 @@ def _clip_options() -> argparse.ArgumentParser:
                        help="the clip's view when you know it (sent as each frame's view "
                             "hint; it overrides the view classifier's gate): "
                             + ", ".join(VIEW_CLASSES))
+    group.add_argument("--keep-identifiers", action="store_true",
+                       help="send the clip's path in the start message and name the stream "
+                            "after the file (default: neither, as file and folder names often "
+                            "carry patient names)")
     return parent
 
 
@@ -278,7 +284,7 @@ def _replay_config(args, **extra):
     extra.setdefault("stream", args.stream)
     return ReplayConfig(fps=args.fps, loop=args.loop,
                         modality=args.modality, max_frames=args.max_frames, view=args.view,
-                        **extra)
+                        keep_identifiers=args.keep_identifiers, **extra)
 
 
 def _progress(total: int | None, desc: str, disable: bool):
@@ -407,7 +413,7 @@ def cmd_analyze(args) -> int:
         raise CLIError("--masks-out writes the label maps of one clip or stack; give one")
     if args.masks_out:
         args.mr_labels = True  # the MR app's --mr-labels: the maps ride on the results
-    names = [args.stream or default_stream_name(clip) for clip in clips]
+    names = [args.stream or default_stream_name(clip, args.keep_identifiers) for clip in clips]
     streams = [name if names.count(name) == 1 else f"{name}-{k + 1}"
                for k, name in enumerate(names)]  # same file names: numbered in order given
     with ExitStack() as stack:

@@ -9,6 +9,7 @@ slice its own stream ``NAME/slice-K`` whose ``start`` says where the slice lies.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -34,8 +35,8 @@ class ReplayError(ValueError):
 class ReplayConfig:
     """What to send and how fast."""
 
-    #: stream name in every message (a stack's slices: NAME/slice-K); default: the clip's
-    #: file name without suffix
+    #: stream name in every message (a stack's slices: NAME/slice-K); default:
+    #: :func:`default_stream_name`
     stream: str | None = None
     #: pace at this many frames per second instead of the clip's own timing
     fps: float | None = None
@@ -50,6 +51,9 @@ class ReplayConfig:
     max_frames: int | None = None
     #: the view, when the sender knows it (e.g. "a4c"); sent as each frame's view hint
     view: str | None = None
+    #: send the clip's path in the start meta (``source``) and name the stream after the
+    #: file; off by default, because file and folder names often carry patient names
+    keep_identifiers: bool = False
 
     def __post_init__(self):
         if self.fps is not None and not self.fps > 0:
@@ -73,9 +77,14 @@ class TimedMessage:
     message: Message
 
 
-def default_stream_name(path: str | Path) -> str:
-    """A clip's stream name when none is given: its file name up to the first dot."""
-    return Path(path).name.split(".")[0] or "clip"
+def default_stream_name(path: str | Path, keep_identifiers: bool = False) -> str:
+    """A clip's stream name when none is given: ``clip-`` and a short hash of its absolute
+    path (the same file gets the same name, and the name does not show it), or with
+    ``keep_identifiers`` its file name up to the first dot."""
+    if keep_identifiers:
+        return Path(path).name.split(".")[0] or "clip"
+    key = str(Path(path).absolute()).encode("utf-8", "surrogateescape")
+    return "clip-" + hashlib.sha256(key).hexdigest()[:8]
 
 
 def slice_stream_name(name: str, slice_index: int) -> str:
@@ -84,7 +93,7 @@ def slice_stream_name(name: str, slice_index: int) -> str:
 
 
 def _stream_fields(info: ClipInfo, config: ReplayConfig) -> tuple[str, str, tuple, float]:
-    stream = config.stream or default_stream_name(info.path)
+    stream = config.stream or default_stream_name(info.path, config.keep_identifiers)
     modality = config.modality or info.modality
     if modality not in MODALITIES:
         raise ReplayError(f"{info.path}: the file does not say whether it is US or MR "
@@ -120,9 +129,11 @@ def clip_messages(reader: ClipReader, config: ReplayConfig = ReplayConfig(), *,
     info = reader.info
     stream, modality, spacing_mm, fps = _stream_fields(info, config)
     t0_ns = time.time_ns() if t0_ns is None else t0_ns
-    meta = {"source": str(info.path), "format": info.format, "n_frames": info.n_frames,
+    meta = {"format": info.format, "n_frames": info.n_frames,
             "loops": config.loop, "fps": fps, "spacing_mm": list(spacing_mm),
             "modality": modality, "shape": list(info.shape)}
+    if config.keep_identifiers:
+        meta["source"] = str(info.path)
     if isinstance(reader, SliceClip):  # a stack's slice: which stack, which slice, where
         meta.update(reader.stack_fields)
     yield TimedMessage(0.0, StartMessage(stream=stream, meta=meta))
@@ -152,9 +163,11 @@ def clip_messages(reader: ClipReader, config: ReplayConfig = ReplayConfig(), *,
 def stack_messages(stack: StackReader, config: ReplayConfig = ReplayConfig(), *,
                    t0_ns: int | None = None) -> Iterator[TimedMessage]:
     """Every slice of a stack, one after the other, as :func:`clip_messages` of a stream
-    ``NAME/slice-K`` each (``NAME``: ``config.stream``, else the stack's file name), as a
+    ``NAME/slice-K`` each (``NAME``: ``config.stream``, else ``stack-`` and the stack's
+    hash id, or its file name with ``keep_identifiers``), as a
     scanner sends a stack: slice K+1 starts one frame interval after slice K's last frame."""
-    name = config.stream or default_stream_name(stack.info.path)
+    name = config.stream or (default_stream_name(stack.info.path, True)
+                             if config.keep_identifiers else f"stack-{stack.info.stack_id}")
     t0_ns = time.time_ns() if t0_ns is None else t0_ns
     offset_s = 0.0
     for k in range(stack.info.n_slices):

@@ -110,7 +110,7 @@ def test_cli_analyze_of_clips_with_the_same_name_numbers_their_streams(npz_clip,
     shutil.copy(npz_clip, other / npz_clip.name)
     out = tmp_path / "both.jsonl"
     assert main(["analyze", str(npz_clip), str(other / npz_clip.name), "--app", "none",
-                 "--out", str(out), "--no-progress"]) == 0
+                 "--out", str(out), "--no-progress", "--keep-identifiers"]) == 0
     rows = lines(out)
     assert [r["stream"] for r in rows if r["kind"] == "start"] == ["clip-1", "clip-2"]
     ends = {r["stream"]: r["meta"]["processed"] for r in rows if r["kind"] == "end"}
@@ -124,7 +124,7 @@ def test_cli_analyze_of_a_stack_writes_each_slice_as_its_own_stream(write_nifti_
     path = write_nifti_stack(tmp_path / "sax.nii.gz", data, (1.5, 1.25, 8.0, 40.0))
     out = tmp_path / "stack.jsonl"
     assert main(["analyze", str(path), "--modality", "MR", "--app", "mr-sax", "--out", str(out),
-                 "--no-progress"]) == 0
+                 "--no-progress", "--keep-identifiers"]) == 0
     rows = lines(out)
     names = [f"sax/slice-{k}" for k in range(3)]
     # a beat per slice: its start says n_phases, so the last phase closes the cycle
@@ -142,7 +142,7 @@ def test_cli_analyze_of_a_stack_writes_each_slice_as_its_own_stream(write_nifti_
     # --slice K: that slice alone, as one clip in the stream named after the file (as before)
     one = tmp_path / "one.jsonl"
     assert main(["analyze", str(path), "--slice", "1", "--modality", "MR", "--app", "mr-sax",
-                 "--out", str(one), "--no-progress"]) == 0
+                 "--out", str(one), "--no-progress", "--keep-identifiers"]) == 0
     rows = lines(one)
     assert {r["stream"] for r in rows} == {"sax"} and len(rows) == 6
     assert "stack_id" not in rows[0]["meta"]
@@ -157,7 +157,8 @@ def test_a_stack_and_a_clip_of_its_slice_name_cannot_be_analysed_together(write_
     with open_input(path) as stack, open_clip(clip) as other:
         with pytest.raises(ValueError, match="both be stream 'sax/slice-1'"):
             analyze([stack, other], tmp_path / "r.jsonl", analysis,
-                    [ReplayConfig(modality="MR"), ReplayConfig(stream="sax/slice-1")])
+                    [ReplayConfig(modality="MR", keep_identifiers=True),
+                     ReplayConfig(stream="sax/slice-1")])
 
 
 # -- --masks-out: the MR label maps of every slice and phase ------------------------------

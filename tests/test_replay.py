@@ -49,6 +49,24 @@ def test_start_frames_end_with_clip_timing(npz_clip):
     assert start.meta["n_frames"] == 12 and start.meta["fps"] == 50.0 and end.n_frames == 12
 
 
+def test_no_path_and_no_file_name_leave_unless_asked(tmp_path, npz_clip):
+    """Issue 14: the start message carried the clip's absolute path and the stream was named
+    after the file (patient names in file names leaked). Now neither, unless
+    keep_identifiers: the default name is a hash of the path, the same for the same file."""
+    patient = tmp_path / "DOE^JANE_1960-01-01"
+    patient.mkdir()
+    clip = shutil.copy(npz_clip, patient / "DOE_JANE.npz")
+    with open_clip(clip) as reader:
+        start = next(clip_messages(reader, ReplayConfig())).message
+        again = next(clip_messages(reader, ReplayConfig())).message
+        kept = next(clip_messages(reader, ReplayConfig(keep_identifiers=True))).message
+    header = bytes(encode(start)[0])
+    assert b"DOE" not in header and b"1960" not in header and "source" not in start.meta
+    assert start.stream.startswith("clip-") and len(start.stream) == 13
+    assert again.stream == start.stream  # the same file, the same stream name
+    assert kept.stream == "DOE_JANE" and kept.meta["source"] == str(clip)
+
+
 def test_loops_continue_sequence_and_time(npz_clip):
     with open_clip(npz_clip) as reader:
         timed = list(clip_messages(reader, ReplayConfig(loop=3)))
@@ -118,9 +136,10 @@ def test_a_stack_goes_out_slice_after_slice_each_slice_a_stream(write_nifti_stac
         stack_id = stack.info.stack_id
     messages = [t.message for t in timed]
     assert [(m.kind, m.stream) for m in messages if m.kind != "frame"] == [
-        (kind, f"sax/slice-{k}") for k in range(3) for kind in ("start", "end")]
+        (kind, f"stack-{stack_id}/slice-{k}") for k in range(3) for kind in ("start", "end")]
     frames = [m for m in messages if m.kind == "frame"]
-    assert [f.stream for f in frames] == [f"sax/slice-{k}" for k in range(3) for _ in range(4)]
+    assert [f.stream for f in frames] == [f"stack-{stack_id}/slice-{k}" for k in range(3)
+                                          for _ in range(4)]
     assert [f.seq for f in frames] == [p for _ in range(3) for p in range(4)]
     assert [f.phase_index for f in frames] == [p for _ in range(3) for p in range(4)]
     assert [f.trigger_time_ms for f in frames[:4]] == pytest.approx([0.0, 40.0, 80.0, 120.0])
@@ -162,7 +181,7 @@ def test_a_single_clip_goes_out_as_before(npz_clip):
 def test_a_real_stack_replayed_into_a_side_car_gives_one_result_per_image(
         sunnybrook_series, tmp_path, capsys):
     """The Sunnybrook series (12 slices x 20 phases) by `cardiostream replay` into a lossless
-    side-car over loopback: 12 streams SCD0000101/slice-K, one after the other, 20 results
+    side-car over loopback: 12 streams stack-ID/slice-K, one after the other, 20 results
     and one beat message each (closed at the last phase), mid-ventricular slices with
     segment strains. A broken copy first (a phase missing): refused with the file named,
     and the side-car serves on."""
@@ -184,10 +203,10 @@ def test_a_real_stack_replayed_into_a_side_car_gives_one_result_per_image(
             assert message is not None, "the side-car stopped answering"
             messages.append(message)
             ends += message.kind == "end"
-    names = [f"SCD0000101/slice-{k}" for k in range(12)]
     starts = [m for m in messages if m.kind == "start"]
-    assert [m.stream for m in starts] == names
-    assert len({m.meta["stack_id"] for m in starts}) == 1
+    [stack_id] = {m.meta["stack_id"] for m in starts}
+    names = [f"stack-{stack_id}/slice-{k}" for k in range(12)]
+    assert [m.stream for m in starts] == names  # not the folder's name: it may name a patient
     assert [m.meta["slice_index"] for m in starts] == list(range(12))
     positions = [m.meta["slice_position_mm"] for m in starts]
     assert positions == sorted(positions) and all(m.meta["slice_thickness_mm"] == 10.0 for m in starts)
