@@ -9,8 +9,8 @@ reads every result. Two workloads:
   pydicom-data's real 120-frame apical 4-chamber cine, looped with continuing ``seq`` and
   acquisition times (30 fps).
 
-Every ``--report-every`` frames it samples the side-car's resident memory (``/proc/PID``)
-and prints a row: frames, RSS, and the median / p99 of the per-frame processing time
+Every ``--report-every`` frames it samples the side-car's resident memory
+(``SideCarProcess.rss_mb``) and prints a row: frames, RSS, and the median / p99 of the per-frame processing time
 (the result's ``total`` less its ``queue``: decode and every stage, without the wait in the
 lossless inbox, which at full rate only says how far ahead the sender is). At the end:
 
@@ -52,15 +52,6 @@ from streamer.serve_process import SideCarProcess  # noqa: E402
 
 STREAM = "soak"
 ECHO_CLIP = "color3d_jpeg_baseline.dcm"
-
-
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process, MiB (Linux /proc)."""
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
 def source_frames(app: str) -> tuple[list[np.ndarray], tuple[float, float], float, str | None]:
@@ -108,7 +99,6 @@ def percentile(values: np.ndarray, q: float) -> float:
 def run(app: str, n: int, report_every: int, serve_args: list[str]) -> dict:
     frames, spacing, fps, view = source_frames(app)
     sidecar = SideCarProcess(["--app", app, "--lossless", *serve_args], startup_timeout_s=600)
-    pid = sidecar.process.pid
     processing = np.full(n, np.nan, np.float32)
     samples = []  # (frames answered, rss MiB, seconds since start)
     results = errors = 0
@@ -128,7 +118,7 @@ def run(app: str, n: int, report_every: int, serve_args: list[str]) -> dict:
                     processing[message.seq] = latency["total"] - latency.get("queue", 0.0)
                     results += 1
                     if results % report_every == 0:
-                        rss = rss_mb(pid)
+                        rss = sidecar.rss_mb()
                         samples.append((results, rss, time.monotonic() - t_start))
                         window = processing[max(0, message.seq - report_every + 1):
                                             message.seq + 1]

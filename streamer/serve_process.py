@@ -50,6 +50,14 @@ class SideCarProcess:
                                f"{self.log_tail()}")
         return found
 
+    def rss_mb(self) -> float:
+        """The child's resident memory, MiB (Linux: /proc/PID/status)."""
+        with open(f"/proc/{self.process.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        raise RuntimeError(f"no VmRSS for pid {self.process.pid}")
+
     def log_tail(self, lines: int = 20) -> str:
         self.log.seek(0)
         return "".join(self.log.readlines()[-lines:])

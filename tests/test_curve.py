@@ -97,6 +97,21 @@ def raw_socket(context: zmq.Context, kind: int, endpoint: str, curve: CurveConfi
     return socket
 
 
+def intrude(context: zmq.Context, sidecar, allowed: ResultSubscriber,
+            curve: CurveConfig | None, stream: str, pushes: int) -> None:
+    """``pushes`` senders and one subscriber with these keys (or none): what they send is
+    queued on their side and never delivered (the allowed subscriber sees none of it), and
+    the subscriber gets not even the hello."""
+    senders = [raw_socket(context, zmq.PUSH, sidecar.ingest_endpoint, curve)
+               for _ in range(pushes)]
+    sub = raw_socket(context, zmq.SUB, sidecar.publish_endpoint, curve)
+    for push in senders:
+        push.send_multipart(encode(StartMessage(stream)))
+        push.send_multipart(encode(frame(0, stream)))
+    assert allowed.recv(timeout_s=2.0) is None
+    assert not sub.poll(500)
+
+
 def warnings_with(caplog, text: str) -> list[str]:
     return [r.getMessage() for r in caplog.records
             if r.name == SECURITY_LOG and r.levelno == logging.WARNING and text in r.getMessage()]
@@ -154,14 +169,7 @@ def test_a_client_with_an_unknown_key_gets_nothing_and_is_logged_once(keys, curv
     try:
         with ResultSubscriber(SubscriberConfig(curve_sidecar.publish_endpoint,
                                                curve=client_curve(keys))) as allowed:
-            pushes = [raw_socket(context, zmq.PUSH, curve_sidecar.ingest_endpoint, stranger)
-                      for _ in range(2)]
-            sub = raw_socket(context, zmq.SUB, curve_sidecar.publish_endpoint, stranger)
-            for push in pushes:  # queued on the stranger's side, never delivered
-                push.send_multipart(encode(StartMessage("intruder")))
-                push.send_multipart(encode(frame(0, "intruder")))
-            assert allowed.recv(timeout_s=2.0) is None  # nothing of the intruder's arrived
-            assert not sub.poll(500)  # not even the hello
+            intrude(context, curve_sidecar, allowed, stranger, "intruder", pushes=2)
             deadline = time.monotonic() + 20  # (counted by the ZAP thread)
             while sum(curve_sidecar.curve.refused.values()) < 5 and time.monotonic() < deadline:
                 time.sleep(0.1)
@@ -183,14 +191,7 @@ def test_a_client_without_curve_gets_nothing_and_is_logged_once(keys, curve_side
     try:
         with ResultSubscriber(SubscriberConfig(curve_sidecar.publish_endpoint,
                                                curve=client_curve(keys))) as allowed:
-            pushes = [raw_socket(context, zmq.PUSH, curve_sidecar.ingest_endpoint, None)
-                      for _ in range(3)]
-            sub = raw_socket(context, zmq.SUB, curve_sidecar.publish_endpoint, None)
-            for push in pushes:  # queued on the plain side, never delivered
-                push.send_multipart(encode(StartMessage("plain")))
-                push.send_multipart(encode(frame(0, "plain")))
-            assert allowed.recv(timeout_s=2.0) is None
-            assert not sub.poll(500)
+            intrude(context, curve_sidecar, allowed, None, "plain", pushes=3)
             refused = curve_sidecar.curve.refused  # by what was refused: attempts
             ingest = f"a client whose handshake failed at {curve_sidecar.ingest_endpoint}"
             publish = f"a client whose handshake failed at {curve_sidecar.publish_endpoint}"

@@ -466,15 +466,6 @@ def test_a_deeply_nested_start_is_refused_and_the_side_car_serves_on():
 # -- bounded memory against a stalled subscriber and a flood of huge messages -----------
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process, MiB (Linux /proc)."""
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
 def stalled_subscriber(context: zmq.Context, endpoint: str) -> zmq.Socket:
     """A SUB that subscribes and then never reads: ZeroMQ's own buffers on its side hold one
     message, the kernel's a few hundred KiB, the rest piles up at the publisher."""
@@ -499,7 +490,6 @@ def test_a_stalled_subscriber_and_a_flood_of_huge_messages_leave_memory_bounded(
     sidecar = serve("--app", "none", "--lossless", "--republish-frames",
                     "--publish-hwm", str(hwm), "--subscriber-stall-s", "1",
                     "--max-message-mb", "16")
-    pid = sidecar.process.pid
     context = zmq.Context()
     frame_pixels = np.random.default_rng(0).integers(0, 255, (512, 1024), np.uint8)  # 0.5 MiB
     stalled = stalled_subscriber(context, sidecar.ready["publish"])
@@ -508,7 +498,7 @@ def test_a_stalled_subscriber_and_a_flood_of_huge_messages_leave_memory_bounded(
     flood.setsockopt(zmq.SNDTIMEO, 2000)
     try:
         time.sleep(0.5)  # its subscription is in before the frames
-        rss_before = rss_mb(pid)
+        rss_before = sidecar.rss_mb()
         flood.connect(sidecar.ready["ingest"])
         huge = np.zeros(200 * 10**6, np.uint8)
         for _ in range(6):
@@ -527,7 +517,7 @@ def test_a_stalled_subscriber_and_a_flood_of_huge_messages_leave_memory_bounded(
                     sender.send(make_frame(seq, "good", frame_pixels))
                 sender.send(EndMessage("good", n))
             reader.join(90)
-        rss_after = rss_mb(pid)
+        rss_after = sidecar.rss_mb()
     finally:
         flood.close(linger=0)
         stalled.close(linger=0)
