@@ -234,11 +234,13 @@ class SideCarConfig:
     publish_hwm: int = option(
         1000, "messages ZeroMQ queues for each subscriber: the memory a subscriber that "
         "does not read can hold is this times the largest published message; one this far "
-        "behind loses the messages it has no room for (its own only, counted)", metavar="N")
+        "behind is cut off until it reads (see --subscriber-stall-s), the others are not",
+        metavar="N")
     subscriber_stall_s: float = option(
         5.0, "lossless mode: how long the publisher waits for a subscriber that is "
-        "--publish-hwm messages behind before that subscriber loses messages (the worker "
-        "and the sender wait meanwhile); live mode never waits", metavar="S")
+        "--publish-hwm messages behind before that subscriber is cut off and loses messages "
+        "until it reads (the worker and the sender wait meanwhile); live mode never waits",
+        metavar="S")
     drain_timeout_s: float = option(30.0, "lossless shutdown: time allowed to finish frames "
                                     "already accepted", metavar="S")
     republish_frames: bool = option(
@@ -343,8 +345,8 @@ class SideCar:
         pull.setsockopt(zmq.LINGER, 0)
         pull.setsockopt(zmq.MAXMSGSIZE, self.config.max_part_bytes)
         xpub = self.context.socket(zmq.XPUB)
-        # per subscriber: past publish_hwm messages behind, it loses its own (XPUB drops
-        # for that pipe only and never blocks the publisher)
+        # at most publish_hwm messages queued per subscriber; one that far behind holds the
+        # publisher up (lossless, for subscriber_stall_s) and is then cut off (_send)
         xpub.setsockopt(zmq.SNDHWM, self.config.publish_hwm)
         xpub.setsockopt(zmq.XPUB_NODROP, 1)  # see _send
         xpub.setsockopt(zmq.LINGER, 5_000)
@@ -518,6 +520,8 @@ class SideCar:
         except Exception:  # pragma: no cover
             log.exception("publisher thread failed")
             self._stopping.set()
+            while self.outbox.get() is not _STOP:  # the bounded outbox must not block the
+                pass                                # worker's last put
         finally:
             socket.close()  # LINGER lets queued messages reach connected subscribers
 
