@@ -299,6 +299,33 @@ class SideCarStats:
     refused: int = 0  # CURVE: handshakes refused (counted at stop)
 
 
+class LogBudget:
+    """At most ``lines`` log lines per ``period_s`` for one kind of event; the events past
+    that are counted and the next line that may be written says how many were not.
+
+    ``allow(now_s)`` is True when a line may be written; ``take_suppressed()`` returns (and
+    resets) the count of events not logged since the last line."""
+
+    def __init__(self, lines: int = 20, period_s: float = 60.0):
+        self.lines, self.period_s = lines, period_s
+        self._window_start = float("-inf")
+        self._written = 0
+        self._suppressed = 0
+
+    def allow(self, now_s: float) -> bool:
+        if now_s - self._window_start >= self.period_s:
+            self._window_start, self._written = now_s, 0
+        if self._written < self.lines:
+            self._written += 1
+            return True
+        self._suppressed += 1
+        return False
+
+    def take_suppressed(self) -> int:
+        n, self._suppressed = self._suppressed, 0
+        return n
+
+
 _STOP = object()
 #: messages waiting for the publisher before the worker (and the ingest thread) wait
 OUTBOX_MESSAGES = 64
@@ -418,6 +445,7 @@ class SideCar:
 
     def _ingest_loop(self, socket: zmq.Socket) -> None:
         stats, limit = self.stats, self.config.max_message_bytes
+        bad_log = LogBudget(lines=20, period_s=60.0)
         try:
             while not self._stopping.is_set():
                 if not socket.poll(50):
@@ -430,7 +458,11 @@ class SideCar:
                     message = decode(parts, max_message_bytes=limit)
                 except ProtocolError as exc:
                     stats.protocol_errors += 1
-                    log.warning("bad message (%s): %s", exc.code, exc.message)
+                    if bad_log.allow(time.monotonic()):  # a flood must not flood the log
+                        more = bad_log.take_suppressed()
+                        log.warning("bad message (%s): %s%s", exc.code, exc.message,
+                                    f" ({more} more bad message(s) not logged before this "
+                                    "one; each was answered)" if more else "")
                     self.outbox.put(ErrorMessage.from_exception(exc))
                     continue
                 item = Received(message, t_recv_ns, (time.perf_counter_ns() - t0) / 1e6)

@@ -29,6 +29,7 @@ from streamer.sidecar import (
     OUTBOX_MESSAGES,
     BoundedFrameQueue,
     LatestFrameSlot,
+    LogBudget,
     SideCar,
     SideCarConfig,
 )
@@ -461,6 +462,39 @@ def test_a_deeply_nested_start_is_refused_and_the_side_car_serves_on():
         messages = collect(subscriber, "ok")
         assert [m.kind for m in messages] == ["start", "result", "end"]
         assert sidecar.wait(0.1) is False  # still running
+
+
+# -- a flood of bad messages does not flood the log ------------------------------------
+
+
+def test_log_budget_allows_so_many_lines_a_period_and_counts_the_rest():
+    budget = LogBudget(lines=3, period_s=60.0)
+    assert [budget.allow(t) for t in (0.0, 1.0, 2.0, 3.0, 4.0)] == [True] * 3 + [False] * 2
+    assert budget.allow(59.0) is False
+    assert budget.allow(60.0) is True and budget.take_suppressed() == 3
+    assert budget.take_suppressed() == 0
+
+
+def test_a_flood_of_bad_messages_is_answered_each_but_logged_twenty_times(caplog):
+    """Issue 14: every bad message was logged, so a flood of them flooded the log."""
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="streamer.sidecar")
+    config = SideCarConfig(ingest="tcp://127.0.0.1:*", publish="tcp://127.0.0.1:*",
+                           lossless=True)
+    context = zmq.Context()
+    with SideCar(config, build_analysis(AnalysisConfig(app="none")), context) as sidecar, \
+            ResultSubscriber(SubscriberConfig(sidecar.publish_endpoint), context) as subscriber:
+        push = context.socket(zmq.PUSH)
+        push.connect(sidecar.ingest_endpoint)
+        for _ in range(100):
+            push.send(b"{not json")
+        push.send_multipart(encode(make_frame(0)))
+        answers = [subscriber.recv(timeout_s=10) for _ in range(101)]
+        push.close(linger=0)
+    context.term()
+    assert [a.kind for a in answers] == ["error"] * 100 + ["result"]
+    assert len([r for r in caplog.records if "bad message" in r.getMessage()]) == 20
 
 
 # -- bounded memory against a stalled subscriber and a flood of huge messages -----------
