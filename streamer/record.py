@@ -20,7 +20,7 @@ from pathlib import Path
 
 import zmq
 
-from streamer.io.protocol import ProtocolError, decode
+from streamer.io.protocol import DEFAULT_MAX_MESSAGE_BYTES, ProtocolError, decode
 from streamer.io.recording import RecordingWriter
 from streamer.io.security import CurveConfig, CurveServer
 from streamer.io.sockets import ResultSubscriber, SubscriberConfig, bind
@@ -84,6 +84,10 @@ def record(config: RecordConfig, out_path: str | Path, stop: threading.Event | N
         if config.listen:
             socket = context.socket(zmq.PULL)
             socket.setsockopt(zmq.LINGER, 0)
+            # bounded as the side-car's ingest: a few messages read ahead per sender (it
+            # waits meanwhile), and a part over the protocol's limit closes its connection
+            socket.setsockopt(zmq.RCVHWM, 4)
+            socket.setsockopt(zmq.MAXMSGSIZE, DEFAULT_MAX_MESSAGE_BYTES + 2**20)
             if config.curve.enabled:
                 curve = CurveServer(context, config.curve).start()
             stats.endpoint = bind(socket, config.endpoint, curve, insecure=config.curve.insecure)
