@@ -23,7 +23,7 @@ import zmq
 from streamer.io.protocol import DEFAULT_MAX_MESSAGE_BYTES, ProtocolError, decode
 from streamer.io.recording import RecordingWriter
 from streamer.io.security import CurveConfig, CurveServer
-from streamer.io.sockets import ResultSubscriber, SubscriberConfig, bind
+from streamer.io.sockets import ResultSubscriber, SubscriberConfig, bind, limit_intake
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +84,8 @@ def record(config: RecordConfig, out_path: str | Path, stop: threading.Event | N
         if config.listen:
             socket = context.socket(zmq.PULL)
             socket.setsockopt(zmq.LINGER, 0)
-            # bounded as the side-car's ingest: a few messages read ahead per sender (it
-            # waits meanwhile), and a part over the protocol's limit closes its connection
-            socket.setsockopt(zmq.RCVHWM, 4)
-            socket.setsockopt(zmq.MAXMSGSIZE, DEFAULT_MAX_MESSAGE_BYTES + 2**20)
+            # bounded as the side-car's ingest (a sender waits while 4 messages wait here)
+            limit_intake(socket, DEFAULT_MAX_MESSAGE_BYTES, read_ahead=4)
             if config.curve.enabled:
                 curve = CurveServer(context, config.curve).start()
             stats.endpoint = bind(socket, config.endpoint, curve, insecure=config.curve.insecure)

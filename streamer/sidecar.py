@@ -55,7 +55,7 @@ from streamer.io.protocol import (
     encode,
 )
 from streamer.io.security import CurveConfig, CurveServer
-from streamer.io.sockets import bind
+from streamer.io.sockets import PART_MARGIN_BYTES, bind, limit_intake
 from streamer.options import option
 from streamer.processor import FrameProcessor, Received, StreamLimits
 
@@ -267,16 +267,10 @@ class SideCarConfig:
             raise ValueError(f"--subscriber-stall-s must be >= 0, got {self.subscriber_stall_s}")
 
     @property
-    def max_part_bytes(self) -> int:
-        """ZeroMQ's cap on one message part (MAXMSGSIZE): the message limit and 1 MiB, so
-        that a message a little over the limit is read and answered ``too_large``; a larger
-        part closes its sender's connection before ZeroMQ allocates anything for it."""
-        return self.max_message_bytes + 2**20
-
-    @property
     def ingest_hwm(self) -> int:
-        """Messages ZeroMQ reads ahead per connected sender (RCVHWM)."""
-        return max(2, self.ingest_buffer_bytes // self.max_part_bytes)
+        """Messages ZeroMQ reads ahead per connected sender (RCVHWM): as many of the
+        largest parts it reads (sockets.limit_intake) as fit in ingest_buffer_bytes."""
+        return max(2, self.ingest_buffer_bytes // (self.max_message_bytes + PART_MARGIN_BYTES))
 
     @property
     def mode(self) -> str:
@@ -353,7 +347,7 @@ class SideCar:
         self.inbox = BoundedFrameQueue(config.queue_frames) if config.lossless \
             else LatestFrameSlot(config.max_streams)
         self.outbox: queue.Queue = queue.Queue(maxsize=OUTBOX_MESSAGES)
-        self._stall_logged_s = float("-inf")  # publisher: when a cut-off was last logged
+        self._stall_log = LogBudget(lines=1, period_s=60.0)  # publisher: cut-offs logged
         self._stopping = threading.Event()
         self._ingest_done = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -365,12 +359,8 @@ class SideCar:
 
     def start(self) -> SideCar:
         pull = self.context.socket(zmq.PULL)
-        # what ZeroMQ may hold for each sender: ingest_hwm parts of at most max_part_bytes
-        # (a part over that closes the sender's connection unread; a message between the
-        # protocol limit and it is answered too_large)
-        pull.setsockopt(zmq.RCVHWM, self.config.ingest_hwm)
         pull.setsockopt(zmq.LINGER, 0)
-        pull.setsockopt(zmq.MAXMSGSIZE, self.config.max_part_bytes)
+        limit_intake(pull, self.config.max_message_bytes, self.config.ingest_hwm)
         xpub = self.context.socket(zmq.XPUB)
         # at most publish_hwm messages queued per subscriber; one that far behind holds the
         # publisher up (lossless, for subscriber_stall_s) and is then cut off (_send)
@@ -552,8 +542,9 @@ class SideCar:
         except Exception:  # pragma: no cover
             log.exception("publisher thread failed")
             self._stopping.set()
-            while self.outbox.get() is not _STOP:  # the bounded outbox must not block the
-                pass                                # worker's last put
+            # the worker's last put (_STOP) must not block on the bounded outbox
+            while self.outbox.get() is not _STOP:
+                continue
         finally:
             socket.close()  # LINGER lets queued messages reach connected subscribers
 
@@ -581,9 +572,7 @@ class SideCar:
             self._drain_subscriptions(socket)  # one that leaves frees its queue
             time.sleep(0.001)
         self.stats.subscriber_stalls += 1
-        now = time.monotonic()
-        if now - self._stall_logged_s >= 60.0:
-            self._stall_logged_s = now
+        if self._stall_log.allow(time.monotonic()):
             log.warning("a subscriber is %d messages behind%s: it gets no messages until it "
                         "reads (the others get every one); %d such cut-off(s) so far",
                         self.config.publish_hwm,

@@ -28,6 +28,19 @@ from zmq.utils.monitor import recv_monitor_message
 from streamer.io.protocol import DEFAULT_MAX_MESSAGE_BYTES, HelloMessage, Message, decode, encode
 from streamer.io.security import CurveConfig, CurveServer, apply_client_keys, check_bind
 
+#: how far over the protocol's message limit one part may be and still be read, so that a
+#: message a little over it is answered ``too_large``; a larger part closes its sender's
+#: connection before ZeroMQ allocates anything for it (MAXMSGSIZE)
+PART_MARGIN_BYTES = 2**20
+
+
+def limit_intake(socket: zmq.Socket, max_message_bytes: int, read_ahead: int) -> None:
+    """Bound what a receiving socket (a PULL that takes frames) can hold for each sender:
+    at most ``read_ahead`` messages read ahead (RCVHWM), and no part over
+    ``max_message_bytes`` + :data:`PART_MARGIN_BYTES` (MAXMSGSIZE)."""
+    socket.setsockopt(zmq.RCVHWM, read_ahead)
+    socket.setsockopt(zmq.MAXMSGSIZE, max_message_bytes + PART_MARGIN_BYTES)
+
 
 class EndpointError(RuntimeError):
     """An endpoint could not be bound or reached (the message says which and why)."""
