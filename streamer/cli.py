@@ -41,8 +41,9 @@ def _clip_options() -> argparse.ArgumentParser:
                        help="modality when the file does not say (video)")
     group.add_argument("--slice", type=int, dest="slice_index", metavar="K",
                        help="send only slice K of a DICOM folder (0 = the lowest slice "
-                            "position) or 4-D NIfTI (voxel z), as one clip in one stream "
-                            "(default: every slice, each its own stream)")
+                            "position) or 4-D NIfTI (voxel z), as one clip in one stream whose "
+                            "start still says its place in the stack (default: every slice, "
+                            "each its own stream)")
     group.add_argument("--stack", action="store_true",
                        help="read the input as a short-axis stack even when it holds one "
                             "slice (its stream is then NAME/slice-0), and a 3-D NIfTI as one "

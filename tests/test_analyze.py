@@ -139,13 +139,18 @@ def test_cli_analyze_of_a_stack_writes_each_slice_as_its_own_stream(write_nifti_
     starts = [r for r in rows if r["kind"] == "start"]
     assert [s["meta"]["slice_position_mm"] for s in starts] == pytest.approx([30.0, 38.0, 46.0])
     assert len({s["meta"]["stack_id"] for s in starts}) == 1
-    # --slice K: that slice alone, as one clip in the stream named after the file (as before)
+    # --slice K: that slice alone, as one clip in the stream named after the file, that still
+    # knows its place in the stack (so its AHA level)
     one = tmp_path / "one.jsonl"
     assert main(["analyze", str(path), "--slice", "1", "--modality", "MR", "--app", "mr-sax",
                  "--out", str(one), "--no-progress", "--keep-identifiers"]) == 0
     rows = lines(one)
-    assert {r["stream"] for r in rows} == {"sax"} and len(rows) == 6
-    assert "stack_id" not in rows[0]["meta"]
+    assert {r["stream"] for r in rows} == {"sax"} and len(rows) == 7  # start, 4, beat, end
+    assert rows[0]["meta"]["stack_id"] == starts[0]["meta"]["stack_id"]
+    assert (rows[0]["meta"]["slice_index"], rows[0]["meta"]["n_slices"]) == (1, 3)
+    results = [r for r in rows if r["kind"] == "result"]
+    assert [r["aha_level"] for r in results] == ["mid"] * 4
+    assert not any("no_aha_level" in r["flags"] for r in results)
 
 
 def test_a_stack_and_a_clip_of_its_slice_name_cannot_be_analysed_together(write_nifti_stack,

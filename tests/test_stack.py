@@ -17,6 +17,7 @@ from pydicom.uid import EnhancedMRImageStorage, ExplicitVRLittleEndian, generate
 from streamer.io.clips import (
     ClipError,
     ClipReader,
+    SliceClip,
     StackFrame,
     StackReader,
     open_clip,
@@ -148,8 +149,14 @@ def test_which_end_of_a_stack_is_basal_follows_the_patient_axes():
 def test_open_input_reads_a_stack_where_the_input_holds_several_slices(sunnybrook_series, tmp_path):
     with open_input(sunnybrook_series) as source:
         assert isinstance(source, StackReader) and source.info.n_slices == 12
-    with open_input(sunnybrook_series, slice_index=2) as source:  # one slice: the clip, as before
-        assert isinstance(source, DicomSeriesReader) and source.info.metadata["slice_index"] == 2
+    # one slice of a stack: a clip that knows its place in the stack, image for image the
+    # slice that open_clip reads
+    with open_input(sunnybrook_series, slice_index=2) as source, \
+            open_clip(sunnybrook_series, slice_index=2) as alone:
+        assert isinstance(source, SliceClip) and source.stack_fields["slice_index"] == 2
+        assert source.stack_fields["n_slices"] == 12 and source.stack_fields["base_first"] is not None
+        np.testing.assert_array_equal(np.stack([f.pixels for f in source]),
+                                      np.stack([f.pixels for f in alone]))
     one = copy_files(sunnybrook_series, SLICE0, tmp_path / "one")
     with open_input(one) as source:
         assert isinstance(source, DicomSeriesReader) and source.info.n_frames == 4
@@ -175,7 +182,8 @@ def test_a_slice_with_a_missing_phase_is_refused(sunnybrook_series, tmp_path):
         assert "201.dcm .. 204.dcm" in message and "has 3 phases where other slices have 4" in message
         assert "no image at trigger time 100 ms" in message
     with open_input(folder, slice_index=0) as clip:  # one whole slice still reads as a clip
-        assert clip.info.n_frames == 4
+        assert clip.info.n_frames == 4 and not isinstance(clip, SliceClip)
+        assert "goes without its place in the stack" in clip.info.metadata["warnings"][-1]
 
 
 def test_a_folder_that_mixes_two_series_is_refused(sunnybrook_series, tmp_path):

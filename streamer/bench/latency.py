@@ -179,14 +179,16 @@ def clip_source(args) -> ClipSource:
 
         extra = {"phantom_seed": args.phantom_seed}
     else:
-        from streamer.io.clips import open_clip
+        from streamer.io.clips import open_clip, open_input
 
         if not args.clip.exists():
             raise BenchError(f"{args.clip}: no such file or folder")
         spacing = tuple(args.spacing_mm) if args.spacing_mm else None
 
         def open_() -> ClipReader:
-            return open_clip(args.clip, spacing_mm=spacing, slice_index=args.slice_index)
+            if args.slice_index is None:
+                return open_clip(args.clip, spacing_mm=spacing)
+            return open_input(args.clip, spacing_mm=spacing, slice_index=args.slice_index)
 
         extra = {}
     with open_() as reader:

@@ -266,15 +266,31 @@ def open_input(
 
     Several slices: a DICOM folder with several slice positions, a 4-D/5-D NIfTI with
     several z, an enhanced MR DICOM file with several plane positions.  ``slice_index``
-    reads that one slice as a clip (as :func:`open_clip` does); ``stack=True`` reads the
-    input as a stack whatever it holds (a 3-D NIfTI then is one phase of z slices, not a
-    cine).  The two cannot be combined.
+    reads that one slice as a clip: the stack's :class:`SliceClip` (which knows the slice's
+    place in the stack: its AHA level) where the input is a stack, else what
+    :func:`open_clip` reads; where the stack cannot be read whole (another slice is
+    broken), the slice alone, with a warning that it goes without its place in the stack.
+    ``stack=True`` reads the input as a stack whatever it holds (a 3-D NIfTI then is one
+    phase of z slices, not a cine).  The two cannot be combined.
     """
     p = Path(path)
     if slice_index is not None:
         if stack:
             raise ClipError("a slice index reads one slice as a clip; a stack is read whole: "
                             "give one or the other", path=p)
+        try:
+            whole = open_input(p, spacing_mm=spacing_mm, fps=fps)
+        except ClipError as exc:
+            alone = open_clip(p, spacing_mm=spacing_mm, fps=fps, slice_index=slice_index)
+            warning = (f"the stack cannot be read whole ({exc}); slice {slice_index} goes "
+                       "without its place in the stack (no AHA level)")
+            meta = alone.info.metadata
+            alone.info = replace(alone.info, metadata={
+                **meta, "warnings": [*meta.get("warnings", []), warning]})
+            return alone
+        if isinstance(whole, StackReader):
+            return whole.slice(slice_index)
+        whole.close()
         return open_clip(p, spacing_mm=spacing_mm, fps=fps, slice_index=slice_index)
     if stack:
         return open_stack(p, spacing_mm=spacing_mm, fps=fps)
