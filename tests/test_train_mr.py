@@ -256,3 +256,32 @@ def test_strong_augmentation_keeps_range_labels_and_one_geometry_per_sequence():
 def test_the_sampler_refuses_an_unknown_augmentation():
     with pytest.raises(ValueError, match="augment"):
         mr.Sampler([], None, 32, 0.5, torch.Generator(), augment="wild")
+
+
+def test_sequences_and_labelled_frames_take_their_own_augmentation(monkeypatch):
+    """--sequence-augment basic: the motion loss's sequences get the basic recipe (one affine,
+    gain / gamma / noise) while the labelled frames keep the strong one."""
+    rng = np.random.default_rng(0)
+    frames = rng.random((4, 5, 64, 64)).astype(np.float32)
+    labels = np.zeros((4, 5, 64, 64), np.uint8)
+    labels[:, :, 24:40, 24:40] = MRLabel.LV_CAVITY
+    ph = mr.Phantoms(frames, labels, np.tile([32.0, 32.0], (4, 1)))
+    seen = []
+    original = mr.augment_strong
+
+    def spy(x, t, g):
+        seen.append("labelled" if t is not None else "sequence")
+        return original(x, t, g)
+
+    monkeypatch.setattr(mr, "augment_strong", spy)
+    sampler = mr.Sampler([], ph, 32, 0.0, torch.Generator().manual_seed(0), augment="strong",
+                         sequence_augment="basic")
+    assert sampler.sequences(2, 3).shape == (2, 3, 32, 32)
+    x, codes = sampler.labelled(2)
+    assert x.shape == (2, 1, 32, 32) and codes.shape == (2, 32, 32)
+    assert seen == ["labelled"]                     # the strong recipe on labelled frames only
+    both = mr.Sampler([], ph, 32, 0.0, torch.Generator().manual_seed(0), augment="strong")
+    both.sequences(2, 3)
+    assert seen == ["labelled", "sequence"]         # by default sequences follow --augment
+    with pytest.raises(ValueError, match="augment 'wild'"):
+        mr.Sampler([], ph, 32, 0.5, torch.Generator(), sequence_augment="wild")
