@@ -274,14 +274,14 @@ def test_sequences_and_labelled_frames_take_their_own_augmentation(monkeypatch):
         return original(x, t, g)
 
     monkeypatch.setattr(mr, "augment_strong", spy)
-    sampler = mr.Sampler([], ph, 32, 0.0, torch.Generator().manual_seed(0), augment="strong",
-                         sequence_augment="basic")
+    sampler = mr.Sampler([], ph, 32, 0.0, torch.Generator().manual_seed(0), augment="strong")
     assert sampler.sequences(2, 3).shape == (2, 3, 32, 32)
     x, codes = sampler.labelled(2)
     assert x.shape == (2, 1, 32, 32) and codes.shape == (2, 32, 32)
-    assert seen == ["labelled"]                     # the strong recipe on labelled frames only
-    both = mr.Sampler([], ph, 32, 0.0, torch.Generator().manual_seed(0), augment="strong")
+    assert seen == ["labelled"]                     # by default the strong recipe on labelled frames only
+    both = mr.Sampler([], ph, 32, 0.0, torch.Generator().manual_seed(0), augment="strong",
+                      sequence_augment="strong")
     both.sequences(2, 3)
-    assert seen == ["labelled", "sequence"]         # by default sequences follow --augment
+    assert seen == ["labelled", "sequence"]
     with pytest.raises(ValueError, match="augment 'wild'"):
         mr.Sampler([], ph, 32, 0.5, torch.Generator(), sequence_augment="wild")

@@ -263,11 +263,12 @@ def augment_strong(frames: torch.Tensor, targets: torch.Tensor | None, g: torch.
 # ------------------------------------------------------------------ batches
 class Sampler:
     """Random training batches: sequences (motion, warped segmentation) and labelled frames,
-    as crops around the LV with the same random affine per sequence."""
+    as crops around the LV with the same random affine per sequence; ``augment`` is the
+    labelled frames' recipe, ``sequence_augment`` the sequences' (``--augment``,
+    ``--sequence-augment``)."""
 
     def __init__(self, patients: list[Patient], phantoms: Phantoms, crop: int, real_fraction: float,
-                 g: torch.Generator, augment: str = "strong", sequence_augment: str | None = None):
-        sequence_augment = sequence_augment or augment
+                 g: torch.Generator, augment: str = "strong", sequence_augment: str = "basic"):
         for name in (augment, sequence_augment):
             if name not in AUGMENTS:
                 raise ValueError(f"augment {name!r}: one of {AUGMENTS}")
