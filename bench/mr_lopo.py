@@ -6,7 +6,9 @@ phantoms, and judged on the held-out patient (``engines.train.mr.evaluate_patien
 
 * myocardium Dice at the contoured end-diastolic images (the only ones with an
   epicardial contour in these patients) and LV cavity Dice at the contoured ED and ES
-  images (acceptance, issue 13: mean myocardium >= 0.80, cavity >= 0.90);
+  images (acceptance, issue 13: mean myocardium >= 0.80, cavity >= 0.90), of the labels the
+  app publishes (the largest connected LV region kept, ``--mr-lv-component largest``) and,
+  beside them, of the network's raw arg-max;
 * motion as Qin et al. judge it: the ES endocardial contour warped to ED by the composed
   frame-to-frame motion, mean contour distance to the expert ED contour in mm (acceptance
   <= 1.5 mm), beside the distance without motion;
@@ -53,28 +55,46 @@ def train_fold(patient: str, out_dir: Path, threads: int, extra: list[str]) -> d
     return json.loads((out.parent / "mr.json").read_text())
 
 
+#: what the app publishes: the network's labels with only the largest connected LV region
+#: kept (MrShortAxisConfig.lv_component, default "largest"); the raw arg-max is reported beside
+APP = "largest_component"
+
+
+def app_dice(holdout: dict) -> dict:
+    """The held-out Dice of the labels the app publishes, with the motion's distance."""
+    lc = holdout[APP]
+    return {"myocardium_dice_mean": lc["myocardium_dice_mean"], "cavity_dice_mean": lc["cavity_dice_mean"],
+            "mcd_endo_mm_mean": holdout["mcd_endo_mm_mean"]}
+
+
 def table(records: dict[str, dict]) -> str:
-    head = (f"{'held-out patient':17s} {'myo Dice ED':>11s} {'cav Dice ED+ES':>14s} {'(largest comp.)':>15s} "
+    head = (f"{'held-out patient':17s} {'myo Dice ED':>11s} {'cav Dice ED+ES':>14s} {'(net raw)':>13s} "
             f"{'MCD endo mm':>11s} "
             f"{'(no motion)':>11s} {'phantom cav/myo/RV Dice':>23s} {'phantom EPE px':>14s}")
     lines = [head, "-" * len(head)]
     sums = {k: [] for k in ACCEPT}
+    raw = {"myocardium_dice_mean": [], "cavity_dice_mean": []}
     for p, rec in records.items():
         h, ph = rec["test"]["holdout"], rec["test"]["phantoms"]
+        a = app_dice(h)
         for k in ACCEPT:
-            sums[k].append(h[k])
-        lc = h["largest_component"]
-        lines.append(f"{p:17s} {h['myocardium_dice_mean']:11.3f} {h['cavity_dice_mean']:14.3f} "
-                     f"{lc['myocardium_dice_mean']:9.3f}/{lc['cavity_dice_mean']:.3f} "
+            sums[k].append(a[k])
+        for k in raw:
+            raw[k].append(h[k])
+        lines.append(f"{p:17s} {a['myocardium_dice_mean']:11.3f} {a['cavity_dice_mean']:14.3f} "
+                     f"{h['myocardium_dice_mean']:7.3f}/{h['cavity_dice_mean']:.3f} "
                      f"{h['mcd_endo_mm_mean']:11.2f} {h['mcd_endo_identity_mm_mean']:11.2f} "
                      f"{ph['lv_cavity_dice_mean']:9.3f}/{ph['lv_myocardium_dice_mean']:.3f}/"
                      f"{ph['rv_cavity_dice_mean']:.3f} {ph['epe_myocardium_px']:14.3f}")
     if records:
         m = {k: sum(v) / len(v) for k, v in sums.items()}
+        r = {k: sum(v) / len(v) for k, v in raw.items()}
         lines.append(f"{'mean':17s} {m['myocardium_dice_mean']:11.3f} {m['cavity_dice_mean']:14.3f} "
-                     f"{'':15s} {m['mcd_endo_mm_mean']:11.2f}")
+                     f"{r['myocardium_dice_mean']:7.3f}/{r['cavity_dice_mean']:.3f} "
+                     f"{m['mcd_endo_mm_mean']:11.2f}")
         lines.append(f"acceptance: myocardium >= {ACCEPT['myocardium_dice_mean']}, cavity >= "
-                     f"{ACCEPT['cavity_dice_mean']}, MCD <= {ACCEPT['mcd_endo_mm_mean']} mm")
+                     f"{ACCEPT['cavity_dice_mean']} (the labels the app publishes: largest connected "
+                     f"LV region), MCD <= {ACCEPT['mcd_endo_mm_mean']} mm")
     return "\n".join(lines)
 
 
@@ -84,8 +104,10 @@ def summary(records: dict[str, dict]) -> dict:
              for p, r in records.items()}
     out = {"folds": folds}
     if records:
-        mean = {k: sum(f["holdout"][k] for f in folds.values()) / len(folds) for k in ACCEPT}
+        mean = {k: sum(app_dice(f["holdout"])[k] for f in folds.values()) / len(folds) for k in ACCEPT}
         out["mean"] = mean
+        out["mean_network_raw"] = {k: sum(f["holdout"][k] for f in folds.values()) / len(folds)
+                                   for k in ("myocardium_dice_mean", "cavity_dice_mean")}
         out["meets_acceptance"] = bool(
             len(folds) == len(mr.SUNNYBROOK_PATIENTS)
             and mean["myocardium_dice_mean"] >= ACCEPT["myocardium_dice_mean"]

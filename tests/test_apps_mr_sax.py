@@ -18,6 +18,7 @@ from streamer.apps.mr_sax import (
     MeasureSaxStrain,
     SaxGeometry,
     SaxQualityConfig,
+    SegmentAndMove,
     SliceConfig,
     StackCycles,
     SummariseSaxBeat,
@@ -204,6 +205,41 @@ def test_the_app_measures_a_held_out_phantom_against_its_truth(mr_analysis, benc
     # results in the frame's mm: the RV insertion points lie near the phantom's
     first = results[0]["rv_insertion_mm"]
     assert np.hypot(*np.subtract(first["anterior"], truth.insertion_points_mm[0, 0])) < 6.0
+
+
+def test_a_second_heart_pasted_into_the_frame_is_dropped_unless_all_lv_is_asked_for(mr_analysis):
+    """The shipped network on a phantom frame whose heart is copied into a corner: it draws
+    LV in both places; the default keeps the larger region only (labels and myocardium
+    probability), ``lv_component="all"`` keeps both."""
+    import cv2
+
+    clip = make_mr_clip(random_mr_config(int(split_seeds("test", 1, offset=5)[0]), slice_level="mid"))
+    image = np.array(clip.frames[0], np.float32)
+    lv = clip.truth.label_map()[0]
+    rows, cols = np.nonzero((lv == MRLabel.LV_CAVITY) | (lv == MRLabel.LV_MYOCARDIUM))
+    r0, r1, c0, c1 = rows.min() - 4, rows.max() + 5, cols.min() - 4, cols.max() + 5
+    patch = cv2.resize(image[r0:r1, c0:c1], None, fx=0.7, fy=0.7, interpolation=cv2.INTER_AREA)
+    h, w = image.shape
+    corner = (0, 0) if r0 > h // 2 or c0 > w // 2 else (h - patch.shape[0], w - patch.shape[1])
+    image[corner[0]:corner[0] + patch.shape[0], corner[1]:corner[1] + patch.shape[1]] = patch
+    frame = FrameMessage(stream="s", seq=0, t_acq_ns=0, modality="MR", pixels=image,
+                         spacing_mm=tuple(clip.spacing_mm), fps=clip.fps, phase_index=0)
+    engine = mr_analysis.apps["mr-sax"].engines["mr"]
+
+    def lv_regions(out):
+        lv_mask = np.isin(out["grid_labels"], (MRLabel.LV_CAVITY, MRLabel.LV_MYOCARDIUM))
+        return cv2.connectedComponents(lv_mask.astype(np.uint8), connectivity=4)[0] - 1
+
+    everything = SegmentAndMove(engine, lv_component="all").process(frame, image)
+    largest = SegmentAndMove(engine).process(frame, image)
+    assert lv_regions(everything) >= 2 and lv_regions(largest) == 1
+    dropped = (everything["grid_labels"] != largest["grid_labels"])
+    assert dropped.sum() > 50 and (largest["grid_labels"][dropped] == MRLabel.BACKGROUND).all()
+    assert (largest["myocardium_p"][dropped] == 0).all()
+    kept = ~dropped
+    assert np.array_equal(largest["myocardium_p"][kept], everything["myocardium_p"][kept])
+    with pytest.raises(ValueError, match="lv_component"):
+        SegmentAndMove(engine, lv_component="biggest")
 
 
 # -- the stack's volumes, gathered slice stream by slice stream ----------------------------

@@ -11,6 +11,7 @@ from streamer.measure.sax import (
     aha_segment_map,
     base_is_first,
     ejection_fraction_pct,
+    largest_lv_component,
     lv_volumes,
     rv_insertion_points,
     sax_levels,
@@ -72,6 +73,26 @@ def test_a_stray_rv_blob_on_the_lateral_wall_does_not_move_the_insertion_points(
     after = rv_insertion_points(labels)
     assert after.anterior_rad == pytest.approx(before.anterior_rad)
     assert after.inferior_rad == pytest.approx(before.inferior_rad)
+
+
+def test_only_the_largest_lv_region_is_kept():
+    lab = np.zeros((20, 20), np.uint8)
+    lab[2:10, 2:10] = MRLabel.LV_MYOCARDIUM
+    lab[4:8, 4:8] = MRLabel.LV_CAVITY
+    lab[15:17, 15:17] = MRLabel.LV_CAVITY                      # a stray cavity blob
+    lab[12, 0:3] = MRLabel.LV_MYOCARDIUM                      # and a stray strip of wall
+    lab[0:2, 12:18] = MRLabel.RV_CAVITY
+    out = largest_lv_component(lab)
+    assert (out[15:17, 15:17] == MRLabel.BACKGROUND).all() and (out[12, 0:3] == MRLabel.BACKGROUND).all()
+    assert np.array_equal(out[:12], lab[:12])                 # the LV and the RV untouched
+    # touching only at a corner is two regions (4-connectivity): the smaller goes
+    lab2 = lab.copy()
+    lab2[15:17, 15:17] = 0
+    lab2[10, 10] = MRLabel.LV_MYOCARDIUM
+    assert largest_lv_component(lab2)[10, 10] == MRLabel.BACKGROUND
+    one = np.where(lab == MRLabel.RV_CAVITY, lab, 0).astype(np.uint8)
+    one[4:8, 4:8] = MRLabel.LV_CAVITY
+    assert largest_lv_component(one) is one                   # one region: nothing to do
 
 
 def test_no_rv_or_no_contact_is_a_clear_error():

@@ -74,6 +74,7 @@ import torch.nn.functional as F
 from calib.truth import dice
 from engines.nets import mr_joint
 from engines.train import common
+from streamer.measure.sax import largest_lv_component
 from streamer.vocab import MRLabel
 
 ROLE = "mr"
@@ -414,22 +415,6 @@ def warped_segmentation_loss(logits: torch.Tensor, flows: torch.Tensor) -> torch
 
 
 # ------------------------------------------------------------------ evaluation
-def largest_lv_component(labels: np.ndarray) -> np.ndarray:
-    """A label map with every LV pixel (cavity or myocardium) outside the largest connected
-    region of LV pixels set to background (a common post-processing; reported beside the
-    raw argmax)."""
-    from scipy import ndimage
-
-    lv = (labels == MRLabel.LV_CAVITY) | (labels == MRLabel.LV_MYOCARDIUM)
-    regions, n = ndimage.label(lv)
-    if n <= 1:
-        return labels
-    keep = 1 + int(np.argmax(ndimage.sum(lv, regions, index=np.arange(1, n + 1))))
-    out = labels.copy()
-    out[lv & (regions != keep)] = MRLabel.BACKGROUND
-    return out
-
-
 @torch.no_grad()
 def predict_labels(model: mr_joint.MRJointNet, images: np.ndarray, batch_size: int = 8) -> np.ndarray:
     """(N, H, W) normalised images -> (N, H, W) uint8 labels (argmax)."""

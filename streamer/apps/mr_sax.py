@@ -53,6 +53,7 @@ from streamer.measure.kalman import warmup as kalman_warmup
 from streamer.measure.sax import (
     SaxGeometryError,
     base_is_first,
+    largest_lv_component,
     rv_insertion_points,
     sax_levels,
     screen_angle,
@@ -64,6 +65,8 @@ from streamer.measure.strain import sax_strain
 from streamer.options import option
 from streamer.vocab import SAX_LEVELS, MRLabel
 
+#: which LV pixels the segmentation keeps (MrShortAxisConfig.lv_component)
+LV_COMPONENTS = ("largest", "all")
 #: the joint engine's output channels (engines.nets.mr_joint)
 _LOGITS, _FLOW, _STATE = slice(0, 4), slice(4, 6), 6
 
@@ -84,7 +87,9 @@ class SegmentAndMove(Stage):
     myocardium's probability there), ``flow`` (rows, cols, 2) [dx, dy] px from the previous
     frame to this one (None on the stream's first frame) and the ``grid``; with
     ``send_labels``, ``labels``: the label map in the frame's rows and columns (the
-    result's array part).
+    result's array part). With ``lv_component="largest"`` the LV pixels outside the
+    largest connected LV region become background, in the labels and in ``myocardium_p``
+    (:func:`streamer.measure.sax.largest_lv_component`).
 
     The recurrent state starts at zero for the first frame pair, as in training; images are
     normalised per image (:func:`engines.spec.percentile_normalise`)."""
@@ -93,8 +98,11 @@ class SegmentAndMove(Stage):
     inputs = ("frame", "image")
     outputs = ("grid_labels", "myocardium_p", "flow", "grid", "labels")
 
-    def __init__(self, engine, send_labels: bool = False):
-        self.engine, self.send_labels = engine, send_labels
+    def __init__(self, engine, send_labels: bool = False, lv_component: str = "largest"):
+        if lv_component not in LV_COMPONENTS:
+            raise ValueError(f"lv_component {lv_component!r} is unknown; choose "
+                             f"{' or '.join(LV_COMPONENTS)}")
+        self.engine, self.send_labels, self.lv_component = engine, send_labels, lv_component
         self.size = tuple(engine.spec.size)
         self._previous: np.ndarray | None = None
         self._state = np.zeros(self.size, np.float32)
@@ -111,9 +119,15 @@ class SegmentAndMove(Stage):
             flow = np.ascontiguousarray(out[_FLOW].transpose(1, 2, 0), np.float32)
         p = softmax(out[_LOGITS].astype(np.float32))
         labels = np.argmax(p, axis=0).astype(np.uint8)
+        myocardium_p = p[MRLabel.LV_MYOCARDIUM]
+        if self.lv_component == "largest":
+            kept = largest_lv_component(labels)
+            if kept is not labels:
+                myocardium_p = np.where(kept == labels, myocardium_p, 0.0).astype(np.float32)
+                labels = kept
         spacing = (frame.spacing_mm[0] / fit.scale, frame.spacing_mm[1] / fit.scale)
         grid = TrackingGrid(fit, spacing)
-        return {"grid_labels": labels, "myocardium_p": p[MRLabel.LV_MYOCARDIUM], "flow": flow,
+        return {"grid_labels": labels, "myocardium_p": myocardium_p, "flow": flow,
                 "grid": grid, "labels": labels_on_frame(labels, grid, image.shape[:2])
                 if self.send_labels else None}
 
@@ -604,6 +618,10 @@ class MrShortAxisConfig:
         False, "send each frame's label map (uint8: 0 background, 1 LV cavity, 2 LV "
         "myocardium, 3 RV cavity; the frame's rows and columns) as the result's array part "
         "labels", flag="--mr-labels")
+    lv_component: str = option(
+        "largest", "LV pixels kept: largest (the largest connected region of LV cavity and "
+        "myocardium; stray LV islands become background) or all (the network's labels as "
+        "they are)", flag="--mr-lv-component", choices=LV_COMPONENTS)
     tracker: SaxTrackerConfig = SaxTrackerConfig()
     quality: SaxQualityConfig = SaxQualityConfig()
 
@@ -680,7 +698,8 @@ class MrShortAxisApp(App):
 
     def stages(self) -> list[Stage]:
         cfg, engine = self.config, self.engines["mr"]
-        return [Preprocess(), SegmentAndMove(engine, cfg.send_labels), SaxGeometry(cfg.slices),
+        return [Preprocess(), SegmentAndMove(engine, cfg.send_labels, cfg.lv_component),
+                SaxGeometry(cfg.slices),
                 TrackWall(cfg.tracker), MeasureSaxStrain(), CheckSaxMeasurability(cfg.quality)]
 
     def __init__(self, config=None, engines=None):

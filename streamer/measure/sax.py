@@ -56,6 +56,24 @@ def lv_centre_px(labels: np.ndarray) -> np.ndarray:
     raise SaxGeometryError("no LV cavity or myocardium in the label image")
 
 
+def largest_lv_component(labels: np.ndarray) -> np.ndarray:
+    """A label image with every LV pixel (cavity or myocardium) outside the largest
+    4-connected region of LV pixels set to background: the stray islands a network draws
+    away from the heart (in the atria, the liver, the other ventricle). The usual
+    post-processing of cardiac segmentation networks; on the Sunnybrook leave-one-patient-out
+    folds it raises myocardium / cavity Dice by 0.025 / 0.042 (docs/benchmarks.md). The
+    input is returned unchanged (not copied) when it has one LV region or none."""
+    labels = np.asarray(labels)
+    lv = ((labels == MRLabel.LV_CAVITY) | (labels == MRLabel.LV_MYOCARDIUM)).astype(np.uint8)
+    n, regions, stats, _ = cv2.connectedComponentsWithStats(lv, connectivity=4)
+    if n <= 2:  # background and at most one region
+        return labels
+    keep = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    out = labels.copy()
+    out[(lv > 0) & (regions != keep)] = MRLabel.BACKGROUND
+    return out
+
+
 def screen_angle(points_px: np.ndarray, centre_px: np.ndarray) -> np.ndarray:
     """Counter-clockwise screen angle (rad, in [0, 2 pi)) of [row, col] points around a centre."""
     p = np.asarray(points_px, dtype=np.float64).reshape(-1, 2)
