@@ -468,15 +468,15 @@ def add_engines_parser(subparsers, read_frames: ReadFrames | None = None,
         "check", help="compare every backend with eager torch and time it",
         description="For each network and each backend available here: the largest difference "
                     "from eager torch fp32 on the same weights and inputs (with the stated "
-                    "tolerance: fp32 max|diff| <= 1e-4 x output scale; int8 class/argmax agreement "
-                    "or flow end-point difference), and the median latency over --iterations "
+                    "tolerance: fp32 max|diff| <= 1e-4 x output scale; bf16 and int8 class/argmax "
+                    "agreement or flow end-point difference, engines/backends/tolerance.py), and the median latency over --iterations "
                     "calls at batch 1. Backends that cannot run here are listed with the reason. "
                     "Exit code 1 when a result is out of tolerance.")
     _common(chk)
     chk.add_argument("--backends", type=_names(BACKENDS, "backend"), default=list(BACKENDS),
                      metavar="NAME[,NAME]", help=f"backends to check (default: {','.join(BACKENDS)})")
     chk.add_argument("--precisions", type=_names(PRECISIONS, "precision"), default=["fp32"],
-                     metavar="P[,P]", help="precisions to check, e.g. fp32,int8 (default fp32); "
+                     metavar="P[,P]", help="precisions to check, e.g. fp32,bf16,int8 (default fp32); "
                                            "combinations a backend does not run are listed as unsupported")
     chk.add_argument("--iterations", type=_positive, default=20, metavar="N",
                      help="timed calls per engine (default 20)")

@@ -50,7 +50,7 @@ from streamer.vocab import SEG_CLASSES, VIEW_CLASSES
 #: ``--backend`` choices: auto = torch-tensorrt on a CUDA machine where installed, else the
 #: role's :attr:`Role.cpu_backend`
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 #: what every role's input holds
 NORMALISATION = "greyscale in [0, 1]"
 

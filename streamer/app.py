@@ -343,9 +343,14 @@ class App(ABC):
         """Compile or load what the first frame would otherwise wait for."""
 
     def declaration(self) -> dict:
-        """What a consumer needs to read this app's messages (sent in hello and start)."""
+        """What a consumer needs to read this app's messages (sent in hello and start):
+        its fields, and in ``engines`` how each of its networks runs (backend, precision,
+        device, where the weights came from: the results' provenance)."""
+        engines = {role: {key: getattr(self.engines[role], key, None)
+                          for key in ("backend", "precision", "device", "origin")}
+                   for role in self.roles}
         return {"name": self.name, "modalities": list(self.modalities),
-                "roles": list(self.roles), "gate": self.gate,
+                "roles": list(self.roles), "gate": self.gate, "engines": engines,
                 "result_fields": [f.declaration() for f in self.result_fields],
                 "beat_fields": [f.declaration() for f in self.beat_fields]}
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from streamer.app import FrameRejected, Pipeline, PipelineWiringError, Stage
-from streamer.apps import Analysis, AnalysisConfig, build_analysis
+from streamer.apps import Analysis, AnalysisConfig, EngineConfig, build_analysis
 from streamer.apps.common import (
     DebugDelay,
     DebugDelayConfig,
@@ -154,6 +154,19 @@ def test_analysis_off_app_computes_nothing_and_says_so():
     # a bad frame is still refused
     with pytest.raises(FrameRejected):
         instance(frame(np.full((2, 2), np.nan, np.float32)))
+
+
+def test_an_app_declares_how_each_of_its_networks_runs():
+    """The provenance a consumer reads in hello and start: backend, precision, device and
+    where the weights came from, as asked for."""
+    from engines.backends.openvino_backend import cpu_has_bf16
+
+    precision = "bf16" if cpu_has_bf16() else "fp32"
+    analysis = build_analysis(AnalysisConfig(app="mr-sax", engines=EngineConfig(
+        backend="openvino", precision=precision, threads=1)))
+    declared = analysis.apps["mr-sax"].declaration()["engines"]
+    assert declared == {"mr": {"backend": "openvino", "precision": precision, "device": "cpu",
+                               "origin": "shipped mr.pt"}}
 
 
 def test_the_runtime_adds_the_debug_delay_to_each_new_stream():

@@ -23,7 +23,15 @@ from engines.backends import (
     resolve_backend,
     set_threads,
 )
-from engines.backends.tolerance import INT8_FLOW_EPE_PX, INT8_SEG_AGREEMENT, REL_TOL, compare
+from engines.backends.tolerance import (
+    BF16_FLOW_EPE_PX,
+    BF16_SEG_AGREEMENT,
+    BF16_VIEW_TOP1,
+    INT8_FLOW_EPE_PX,
+    INT8_SEG_AGREEMENT,
+    REL_TOL,
+    compare,
+)
 from engines.backends.toy import toy_inputs, toy_model, toy_spec
 from engines.spec import ROLES
 
@@ -84,6 +92,70 @@ def test_int8_within_stated_bounds(nets, backend):
         else:
             assert m["epe_to_ref_px"] <= INT8_FLOW_EPE_PX
         assert m["max_abs_diff"] > 0  # really quantised, not the fp32 graph
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return {w for line in f if line.startswith("flags") for w in line.split()}
+    except OSError:
+        return set()
+
+
+HAS_BF16_CPU = bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
+
+
+def test_openvino_says_bf16_where_the_cpu_has_it():
+    """OpenVINO's capability list (which --precision bf16 trusts) agrees with the CPU's flags."""
+    from engines.backends import openvino_backend
+
+    assert openvino_backend.cpu_has_bf16() == HAS_BF16_CPU
+
+
+def _bf16_check(role: str, n: int):
+    """The shipped network of ``role`` on ``n`` held-out phantoms: bf16 on openvino and on
+    torch against eager torch fp32."""
+    from engines.backends import source_for
+    from engines.cli import _inputs
+
+    xs = _inputs(source_for(role).spec, "phantom", n)
+    ref = _outputs(create_engine(role, "torch", threads=1), xs)
+    out = []
+    for backend in ("openvino", "torch"):
+        engine = create_engine(role, backend, "bf16", threads=1)
+        assert engine.precision == "bf16"
+        m = compare(role, "bf16", ref, _outputs(engine, xs))
+        assert m["max_abs_diff"] > 0  # really bf16, not the fp32 graph
+        out.append(m)
+    return out
+
+
+@pytest.mark.skipif(not HAS_BF16_CPU, reason="this CPU has no AVX512-BF16 or AMX")
+@pytest.mark.parametrize("role", ("seg", "flow", "mr"))
+def test_bf16_within_stated_bounds_on_the_shipped_networks(role):
+    for m in _bf16_check(role, 4):
+        assert m["ok"], m
+        if role in ("seg", "mr"):
+            assert m["argmax_agreement"] >= BF16_SEG_AGREEMENT
+        if role in ("flow", "mr"):
+            assert m["epe_to_ref_px"] <= BF16_FLOW_EPE_PX
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_BF16_CPU, reason="this CPU has no AVX512-BF16 or AMX")
+def test_bf16_view_top1_within_the_stated_bound_on_many_phantoms():
+    for m in _bf16_check("view", 200):
+        assert m["top1_agreement"] >= BF16_VIEW_TOP1, m
+
+
+def test_bf16_where_a_backend_has_none_says_so(nets):
+    model, spec = nets["seg"]
+    with pytest.raises(EngineError, match="onnxruntime' has no bf16 kernels"):
+        create_engine("seg", "onnxruntime", "bf16", model=model, spec=spec)
+    from engines.backends import source_for, tensorrt_backend
+
+    with pytest.raises(EngineError, match="use fp16 on the GPU"):   # before any GPU check
+        tensorrt_backend.build(source_for("seg", model=model, spec=spec), "bf16", "cuda", None)
 
 
 def test_int8_calibration_from_a_clip(tmp_path):

@@ -6,14 +6,17 @@
     create_engine("flow", "openvino", "int8")        # INT8 on the CPU, calibrated on phantoms
     create_engine("seg", weights="my_unet.onnx")     # bring your own (engines.byo)
 
-=============  ======================================  ================  ==============
-backend        runs                                    precisions        device
-=============  ======================================  ================  ==============
-torch          eager PyTorch (the reference)           fp32; fp16 CUDA   cpu, cuda[:i]
-onnxruntime    cached ONNX export, CPU provider        fp32, int8        cpu
-openvino       cached IR of the same export            fp32, int8        cpu
-tensorrt       Torch-TensorRT 2.13 (dynamo)            fp32, fp16, int8  cuda[:i]
-=============  ======================================  ================  ==============
+=============  ======================================  =====================  ==============
+backend        runs                                    precisions             device
+=============  ======================================  =====================  ==============
+torch          eager PyTorch (the reference)           fp32, bf16; fp16 CUDA  cpu, cuda[:i]
+onnxruntime    cached ONNX export, CPU provider        fp32, int8             cpu
+openvino       cached IR of the same export            fp32, bf16, int8       cpu
+tensorrt       Torch-TensorRT 2.13 (dynamo)            fp32, fp16, int8       cuda[:i]
+=============  ======================================  =====================  ==============
+
+openvino's bf16 needs a CPU that OpenVINO says computes BF16 (AVX512-BF16 or AMX); elsewhere
+it is an error.
 
 ``auto`` is tensorrt when torch_tensorrt imports and CUDA is available, else
 :data:`AUTO_CPU_BACKEND` (per role, as measured).  A backend that cannot run here is an :class:`EngineError`

@@ -107,7 +107,8 @@ def onnx_model(source: LoadedModel, *, use_cache: bool = True) -> Path:
 
 def cpu_onnx_model(source: LoadedModel, precision: str, backend: str, *, calibration=None,
                    use_cache: bool = True) -> Path:
-    """The ONNX file a CPU backend runs: the fp32 export, or its INT8 (QDQ) quantisation."""
+    """The ONNX file a CPU backend runs: the fp32 export (also for bf16, which the backend
+    applies when it compiles), or its INT8 (QDQ) quantisation."""
     from engines.backends.base import EngineError
 
     if precision == "fp16":

@@ -60,6 +60,9 @@ def build(source: LoadedModel, precision: str, device: str | None, threads: int,
     reason = unavailable(device)
     if reason:
         raise EngineError(reason)
+    if precision == "bf16":
+        raise EngineError("backend 'onnxruntime' has no bf16 kernels on the CPU; bf16 runs on "
+                          "openvino (or torch)")
     from engines.backends.onnx_export import cpu_onnx_model
 
     path = cpu_onnx_model(source, precision, NAME, calibration=calibration, use_cache=use_cache)

@@ -2,7 +2,9 @@
 runs, or its INT8 QDQ form), saved as IR in the engine cache, compiled with
 ``PERFORMANCE_HINT=LATENCY``, ``INFERENCE_NUM_THREADS`` from :mod:`.threads` and
 ``INFERENCE_PRECISION_HINT=f32`` (without it OpenVINO runs bf16 on CPUs that have
-AMX/AVX512-BF16, which would break the fp32 tolerance).  Compiled blobs are kept by
+AMX/AVX512-BF16, which would break the fp32 tolerance), or ``bf16`` for ``--precision
+bf16`` (the same IR: OpenVINO lowers it when it compiles; refused on a CPU whose
+``OPTIMIZATION_CAPABILITIES`` lack BF16, where OpenVINO would silently run f32).  Compiled blobs are kept by
 OpenVINO's model cache (``CACHE_DIR``) under the engine cache, so a restart skips the
 compile too."""
 
@@ -45,6 +47,15 @@ def core():
     return _core
 
 
+def capabilities() -> list[str]:
+    """OpenVINO's list of what this CPU computes fast (e.g. FP32, BF16, INT8)."""
+    return [str(c) for c in core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
+
+
+def cpu_has_bf16() -> bool:
+    return "BF16" in capabilities()
+
+
 def convert(onnx_path: Path, folder: Path) -> None:
     import openvino as ov
 
@@ -58,7 +69,7 @@ class OpenVinoEngine(Engine):
         super().__init__(source.spec, NAME, precision, "cpu", origin=source.origin,
                          artefact=xml, threads=threads)
         config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": int(threads),
-                  "INFERENCE_PRECISION_HINT": "f32",
+                  "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
                   # OpenVINO's own cache of compiled CPU blobs (keyed by model, device and
                   # config by OpenVINO): the second start skips the ~1 s compile
                   "CACHE_DIR": str(cache.cache_root() / "openvino-compiled")}
@@ -76,9 +87,13 @@ def build(source: LoadedModel, precision: str, device: str | None, threads: int,
     reason = unavailable(device)
     if reason:
         raise EngineError(reason)
+    if precision == "bf16" and not cpu_has_bf16():
+        raise EngineError("backend 'openvino': this CPU has no bf16 support (its "
+                          f"OPTIMIZATION_CAPABILITIES are {', '.join(capabilities())}); use fp32")
     from engines.backends.onnx_export import cpu_onnx_model, exporter_for
 
     onnx = cpu_onnx_model(source, precision, NAME, calibration=calibration, use_cache=use_cache)
+    ir_precision = "fp32" if precision == "bf16" else precision  # bf16: the fp32 IR, compiled bf16
     if precision == "int8":
         extra = (("from", "onnx-int8-qdq"),)
     else:
@@ -87,7 +102,7 @@ def build(source: LoadedModel, precision: str, device: str | None, threads: int,
     # calibration set and quantiser settings)
     extra += (("onnx_sha256", cache.file_digest(onnx)),)
     key = cache.CacheKey(role=source.spec.role, arch=source.spec.arch, weights_sha256=source.digest,
-                         input_shape=tuple(source.spec.input.shape), precision=precision,
+                         input_shape=tuple(source.spec.input.shape), precision=ir_precision,
                          backend=NAME, backend_version=version(), device="cpu", extra=extra)
     folder, _ = cache.get_or_build(key, lambda d: convert(onnx, d), use_cache=use_cache)
     return OpenVinoEngine(folder / IR_FILE, source, precision, threads)

@@ -160,6 +160,9 @@ def build(source: LoadedModel, precision: str, device: str | None, threads: int 
     device = str(device or "cuda:0")
     if device == "cuda":
         device = "cuda:0"
+    if precision == "bf16":
+        raise EngineError("backend 'tensorrt' runs fp32, fp16 and int8 here; use fp16 on the GPU "
+                          "(bf16 is for CPUs with AVX512-BF16 or AMX, on openvino)")
     reason = unavailable(device)
     if reason:
         raise EngineError(reason)

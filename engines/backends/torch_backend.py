@@ -1,7 +1,7 @@
 """Eager PyTorch: the reference every other backend is compared with.
 
-CPU or CUDA, under ``torch.inference_mode``; fp16 (CUDA only) casts the model and each
-input to half and the output back to float32.
+CPU or CUDA, under ``torch.inference_mode``; fp16 (CUDA only) and bf16 cast the model and
+each input to half / bfloat16 and the output back to float32.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class TorchEngine(Engine):
 
         super().__init__(source.spec, NAME, precision, device, origin=source.origin, threads=threads)
         self._torch = torch
-        self._dtype = torch.float16 if precision == "fp16" else torch.float32
+        self._dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
         self._dev = torch.device(device)
         self.module = module
 
@@ -61,7 +61,7 @@ def build(source: LoadedModel, precision: str, device: str | None, threads: int 
                           "on the torch backend; use --backend onnxruntime or openvino, or give "
                           "the model as a state dict or TorchScript file")
     if precision == "int8":
-        raise EngineError("backend 'torch' runs fp32 (and fp16 on CUDA); int8 runs on "
+        raise EngineError("backend 'torch' runs fp32, bf16 (and fp16 on CUDA); int8 runs on "
                           "onnxruntime or openvino (CPU) or tensorrt (GPU)")
     if precision == "fp16" and not device.startswith("cuda"):
         raise EngineError("backend 'torch' runs fp16 only on a CUDA device (half-precision "
@@ -71,10 +71,12 @@ def build(source: LoadedModel, precision: str, device: str | None, threads: int 
     if reason:
         raise EngineError(f"backend 'torch': {reason}")
     module = source.module
-    if device != "cpu" or precision == "fp16":
+    if device != "cpu" or precision in ("fp16", "bf16"):
         module = copy.deepcopy(module)   # leave the caller's module as it was
         module = module.to(torch.device(device))
         if precision == "fp16":
             module = module.half()
+        elif precision == "bf16":
+            module = module.to(torch.bfloat16)
     module.eval()
     return TorchEngine(module, source, precision, device, threads)

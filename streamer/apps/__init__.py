@@ -63,8 +63,10 @@ class EngineConfig:
         "installed, else the fastest CPU backend; asking for one that is not available is "
         "an error", choices=BACKENDS)
     precision: str = option(
-        "fp32", "network precision: fp16 on GPU, int8 on CPU backends with a phantom "
-        "calibration set", choices=PRECISIONS)
+        "fp32", "network precision: bf16 on openvino (CPUs with AVX512-BF16 or AMX) and "
+        "torch, fp16 on GPU, int8 on CPU backends with a phantom calibration set; the "
+        "bounds each must meet against fp32 are in engines/backends/tolerance.py",
+        choices=PRECISIONS)
     threads: int | None = option(None, "CPU threads for the networks (default: all cores)",
                                  metavar="N")
     device: str | None = option(
