@@ -231,7 +231,7 @@ def test_a_second_heart_pasted_into_the_frame_is_dropped_unless_all_lv_is_asked_
         return cv2.connectedComponents(lv_mask.astype(np.uint8), connectivity=4)[0] - 1
 
     everything = SegmentAndMove(engine, lv_component="all").process(frame, image)
-    largest = SegmentAndMove(engine).process(frame, image)
+    largest = SegmentAndMove(engine, lv_component="largest").process(frame, image)
     assert lv_regions(everything) >= 2 and lv_regions(largest) == 1
     dropped = (everything["grid_labels"] != largest["grid_labels"])
     assert dropped.sum() > 50 and (largest["grid_labels"][dropped] == MRLabel.BACKGROUND).all()

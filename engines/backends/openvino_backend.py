@@ -4,8 +4,8 @@ runs, or its INT8 QDQ form), saved as IR in the engine cache, compiled with
 ``INFERENCE_PRECISION_HINT=f32`` (without it OpenVINO runs bf16 on CPUs that have
 AMX/AVX512-BF16, which would break the fp32 tolerance), or ``bf16`` for ``--precision
 bf16`` (the same IR: OpenVINO lowers it when it compiles; refused on a CPU whose
-``OPTIMIZATION_CAPABILITIES`` lack BF16, where OpenVINO would silently run f32).  Compiled blobs are kept by
-OpenVINO's model cache (``CACHE_DIR``) under the engine cache, so a restart skips the
+``OPTIMIZATION_CAPABILITIES`` lack BF16, where OpenVINO would silently run f32).
+Compiled blobs are kept by OpenVINO's model cache (``CACHE_DIR``) under the engine cache, so a restart skips the
 compile too."""
 
 from __future__ import annotations

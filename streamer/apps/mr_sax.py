@@ -98,7 +98,7 @@ class SegmentAndMove(Stage):
     inputs = ("frame", "image")
     outputs = ("grid_labels", "myocardium_p", "flow", "grid", "labels")
 
-    def __init__(self, engine, send_labels: bool = False, lv_component: str = "largest"):
+    def __init__(self, engine, send_labels: bool = False, *, lv_component: str):
         if lv_component not in LV_COMPONENTS:
             raise ValueError(f"lv_component {lv_component!r} is unknown; choose "
                              f"{' or '.join(LV_COMPONENTS)}")
@@ -698,7 +698,7 @@ class MrShortAxisApp(App):
 
     def stages(self) -> list[Stage]:
         cfg, engine = self.config, self.engines["mr"]
-        return [Preprocess(), SegmentAndMove(engine, cfg.send_labels, cfg.lv_component),
+        return [Preprocess(), SegmentAndMove(engine, cfg.send_labels, lv_component=cfg.lv_component),
                 SaxGeometry(cfg.slices),
                 TrackWall(cfg.tracker), MeasureSaxStrain(), CheckSaxMeasurability(cfg.quality)]
 
