@@ -260,12 +260,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _open(args, clip: Path | None = None):
-    """The clip, or the stack where the input holds several slices (or --stack)."""
+    """The clip, or the stack where the input holds several slices (or --stack); what its
+    reader warns of (a fallback it took, a header it doubts) is logged, once per input."""
     from streamer.io.clips import open_input
 
-    return open_input(args.clip if clip is None else clip,
-                      spacing_mm=tuple(args.spacing_mm) if args.spacing_mm else None,
-                      fps=args.fps, slice_index=args.slice_index, stack=args.stack)
+    path = args.clip if clip is None else clip
+    source = open_input(path, spacing_mm=tuple(args.spacing_mm) if args.spacing_mm else None,
+                        fps=args.fps, slice_index=args.slice_index, stack=args.stack)
+    for warning in source.info.metadata.get("warnings", []):
+        log.warning("%s: %s", Path(path).name, warning)
+    return source
 
 
 def _frames_to_send(source, args) -> int:

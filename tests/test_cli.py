@@ -114,6 +114,20 @@ def test_analyze_writes_json_lines(npz_clip, tmp_path):
     assert len(out.read_text().splitlines()) == 14
 
 
+def test_what_a_reader_warns_of_reaches_the_user(tmp_path):
+    """A clip whose reader warns (here: frames in Fortran order, read whole): analyze and
+    replay log the warning, naming the file."""
+    clip = tmp_path / "fortran.npz"
+    frames = np.asfortranarray(np.zeros((3, 16, 16), np.uint8))
+    np.savez(clip, frames=frames, spacing_mm=np.array([0.3, 0.3]), fps=np.array(30.0),
+             modality=np.array("US"))
+    done = run("analyze", clip, "--out", tmp_path / "r.jsonl", "--no-progress", "--analysis", "none")
+    assert done.returncode == 0, done.stderr
+    assert "fortran.npz: frames are stored in Fortran order" in done.stderr
+    nobody = run("replay", clip, "--to", "tcp://127.0.0.1:9", "--connect-timeout-s", "0.2", "--quiet")
+    assert "fortran.npz: frames are stored in Fortran order" in nobody.stderr
+
+
 def test_truncated_and_missing_clips_are_clear_cli_errors(tmp_path, npz_clip):
     dicom = Path(get_testdata_file("examples_ybr_color.dcm")).read_bytes()
     cut = tmp_path / "cut.dcm"
