@@ -69,7 +69,7 @@ def test_in_process_without_networks_reports_every_frame(tmp_path, capsys):
                            "none", *SMALL_PHANTOM, *FEW_FRAMES)
     _check_report(report, ("in-process",), sent=45)
     run = report["runs"]["in-process"]
-    assert run["mode"] == "in-process" and run["backends"] == {}
+    assert run["mode"] == "in-process" and run["backends"] == {} and run["floors"] == {}
     assert run["flags"] == {"analysis_off": 40}
     assert report["clip"]["source"] == "phantom" and report["clip"]["view_hint"] == "a4c"
     assert "== in-process: 40 timed frames after 5 warm-up" in table
@@ -126,6 +126,16 @@ def test_in_process_echo_pipeline_times_every_stage(tmp_path, capsys):
         s = run["latency_ms"][key]
         assert s["n"] == 20 and 0 < s["p50"] <= s["p95"] <= s["p99"] <= s["max"]
     assert "backends: view " in table
+    # each echo network against its arithmetic floor (the MR network ran no frame: no p50)
+    floors = run["floors"]
+    assert set(floors) == {"view", "segment", "flow", "networks"}
+    for stage in ("view", "segment", "flow"):
+        f = floors[stage]
+        assert f["gflop"] > 0 and f["p50_ms"] == run["latency_ms"][stage]["p50"]
+        assert f["over_floor"] == pytest.approx(f["p50_ms"] / f["floor_ms"], rel=0.02)
+    assert floors["networks"]["floor_ms"] == pytest.approx(
+        sum(floors[s]["floor_ms"] for s in ("view", "segment", "flow")), rel=1e-3)
+    assert "network floor" in table
 
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI")

@@ -58,6 +58,12 @@ JSON report (``--out``, default ``bench/results/latency.json``)::
           "budget_last": {"budget_ms", "level", "mode"} | null,  # last result's "budget"
           "latency_ms": {KEY: {"n", "p50", "p95", "p99", "max", "mean"}},
                                        # KEY: every key of the results' latency_ms
+          "floors": {STAGE: {"gflop", "peak_gflops", "floor_ms", "p50_ms", "over_floor"},
+                     "networks": {"floor_ms", "p50_ms", "over_floor"}},
+                                       # each network stage against its arithmetic floor:
+                                       #   GFLOP (engines.flops) at this CPU's GEMM rate
+                                       #   for its precision (measured here, once);
+                                       #   {} without networks or for --weights roles
           "measured_ms": {"send_to_receive": {...},  # sockets: bench send -> result received
                           "start_age": {...}},       # transport + queue per frame
           "sidecar": {"pid", "ready", "stopped"} | absent,  # sockets: its ready/stopped lines
@@ -639,6 +645,37 @@ def settings(args) -> dict:
             "min_view_confidence": args.min_view_confidence}
 
 
+def network_floors(args, run_: dict, peaks: dict[str, float]) -> dict:
+    """Per network stage of a run: its arithmetic (GFLOP, :mod:`engines.flops`), the floor
+    that takes at this CPU's measured GEMM rate for the stage's precision, and the stage's
+    p50 over it; ``networks`` sums them. A stage whose network is the user's own (--weights)
+    is left out (its FLOPs are not counted here)."""
+    from engines import flops, nets
+    from engines.backends import get_threads, set_threads
+
+    set_threads(args.threads or get_threads())  # the GEMM rate on the engines' threads
+    own = {role for role, _ in args.weights}
+    out, p50_sum, floor_sum = {}, 0.0, 0.0
+    for role, stage in ROLE_STAGE.items():
+        label = run_["backends"].get(stage)
+        p50 = run_["latency_ms"].get(stage, {}).get("p50")
+        if label is None or p50 is None or role in own:
+            continue
+        precision = label.split("/")[1].split("@")[0]
+        if precision not in peaks:
+            peaks[precision] = flops.gemm_peak_gflops(precision)
+        spec = nets.spec(role)
+        gflop = flops.network_gflop(nets.build(role).eval(), spec.input.shape)
+        floor = flops.floor_ms(gflop, peaks[precision])
+        out[stage] = {"gflop": round(gflop, 4), "peak_gflops": round(peaks[precision], 1),
+                      "floor_ms": round(floor, 4), "p50_ms": p50, "over_floor": round(p50 / floor, 2)}
+        p50_sum, floor_sum = p50_sum + p50, floor_sum + floor
+    if out:
+        out["networks"] = {"floor_ms": round(floor_sum, 4), "p50_ms": round(p50_sum, 4),
+                           "over_floor": round(p50_sum / floor_sum, 2)}
+    return out
+
+
 def run(args) -> dict:
     """Run the benchmark as ``args`` say; the report (see the module docstring)."""
     if args.frames < 1 or args.warmup < 0:
@@ -656,10 +693,12 @@ def run(args) -> dict:
         "machine": machine_info(), "clip": source.description, "settings": settings(args),
         "runs": {},
     }
+    peaks: dict[str, float] = {}  # GEMM GFLOP/s per precision, measured once per report
     for mode in modes:
         runner = run_sockets if mode == "sockets" else run_in_process
-        report["runs"][mode] = {"load_avg_1m": machine_info()["load_avg_1m"],
-                                **runner(args, source)}
+        run_ = {"load_avg_1m": machine_info()["load_avg_1m"], **runner(args, source)}
+        run_["floors"] = network_floors(args, run_, peaks)
+        report["runs"][mode] = run_
     return report
 
 
@@ -722,6 +761,13 @@ def format_table(report: dict) -> str:
         for name, s in rows:
             lines.append(f"{name:<24}{s['n']:>6}{_ms(s.get('p50')):>9}{_ms(s.get('p95')):>9}"
                          f"{_ms(s.get('p99')):>9}{_ms(s.get('max')):>9}{_ms(s.get('mean')):>9}")
+        floors = run_.get("floors") or {}
+        if floors:
+            lines.append(f"{'network floor':<24}{'GFLOP':>9}{'GFLOP/s':>9}{'floor':>9}{'p50':>9}"
+                         f"{'x floor':>9}")
+            for stage, f_ in floors.items():
+                lines.append(f"{stage:<24}{f_.get('gflop', ''):>9}{f_.get('peak_gflops', ''):>9}"
+                             f"{f_['floor_ms']:>9.2f}{f_['p50_ms']:>9.2f}{f_['over_floor']:>9.2f}")
         lines.append(f"throughput {run_['throughput_fps']:.1f} results/s over "
                      f"{run_['window_s']:.2f} s")
         lines.append(f"frames: sent {f['sent']}, results {f['results']} (timed "
