@@ -142,7 +142,7 @@ def cmd_build(args) -> int:
     try:
         calibration = _calibration(args)
         for role in args.roles:
-            backend = resolve_backend(args.backend, args.device, role)
+            backend = resolve_backend(args.backend, args.device, role, args.precision)
             before = dict(cache.STATS)
             t0 = time.perf_counter()
             engine = create_engine(role, backend, args.precision, weights=weights.get(role),

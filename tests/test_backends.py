@@ -265,6 +265,8 @@ def test_auto_picks_tensorrt_on_gpu_else_the_measured_cpu_default():
         assert resolve_backend("auto", "cpu", role) == AUTO_CPU_BACKEND[role] in CPU_BACKENDS
     if not HAS_CUDA:
         assert resolve_backend("auto", "cuda", "seg") == "torch"  # reaches torch's "no CUDA" error
+        # bf16 on the CPU: the backend that runs it for every role (view's own cannot)
+        assert {resolve_backend("auto", "cpu", role, "bf16") for role in ROLES} == {"openvino"}
 
 
 def test_threads_are_set_in_one_place(nets):

@@ -19,8 +19,9 @@ openvino's bf16 needs a CPU that OpenVINO says computes BF16 (AVX512-BF16 or AMX
 it is an error.
 
 ``auto`` is tensorrt when torch_tensorrt imports and CUDA is available, else
-:data:`AUTO_CPU_BACKEND` (per role, as measured).  A backend that cannot run here is an :class:`EngineError`
-that says why; there is no silent fallback to another one.
+:data:`AUTO_CPU_BACKEND` (per role, as measured; for ``--precision bf16`` openvino, the CPU
+backend that runs it).  A backend that cannot run here is an :class:`EngineError` that says
+why; there is no silent fallback to another one.
 """
 
 from __future__ import annotations
@@ -71,10 +72,16 @@ def backend_status(device: str | None = None) -> dict[str, str | None]:
     return out
 
 
-def resolve_backend(backend: str = "auto", device: str | None = None, role: str = "seg") -> str:
+#: the CPU backend ``auto`` takes for a precision that the role's own CPU backend may lack
+AUTO_CPU_BACKEND_FOR_PRECISION = {"bf16": "openvino"}
+
+
+def resolve_backend(backend: str = "auto", device: str | None = None, role: str = "seg",
+                    precision: str = "fp32") -> str:
     """The backend ``backend`` names; for ``auto``: tensorrt when it can run here (or, on an
     explicit CUDA device without it, eager torch on that device), else the role's
-    :data:`AUTO_CPU_BACKEND`."""
+    :data:`AUTO_CPU_BACKEND`, or for a precision in :data:`AUTO_CPU_BACKEND_FOR_PRECISION`
+    the CPU backend that runs it (bf16: openvino, for every role)."""
     if backend != "auto":
         backend_module(backend)  # unknown name -> EngineError
         return backend
@@ -82,7 +89,7 @@ def resolve_backend(backend: str = "auto", device: str | None = None, role: str 
         return "tensorrt" if backend_module("tensorrt").unavailable(device) is None else "torch"
     if device in (None, "auto") and backend_module("tensorrt").unavailable(None) is None:
         return "tensorrt"
-    return AUTO_CPU_BACKEND[role]
+    return AUTO_CPU_BACKEND_FOR_PRECISION.get(precision, AUTO_CPU_BACKEND[role])
 
 
 def source_for(role: str, weights: str | os.PathLike | None = None, *, model=None,
@@ -122,7 +129,7 @@ def create_engine(role: str, backend: str = "auto", precision: str = "fp32",
         raise EngineError(f"role {role!r} is unknown; choose one of {', '.join(ROLES)}")
     if precision not in PRECISIONS:
         raise EngineError(f"precision {precision!r} is unknown; choose one of {', '.join(PRECISIONS)}")
-    name = resolve_backend(backend, device, role)
+    name = resolve_backend(backend, device, role, precision)
     module = backend_module(name)
     reason = module.unavailable(device)
     if reason:

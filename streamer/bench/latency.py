@@ -383,7 +383,8 @@ def configured_backends(args) -> dict:
         else [APPS[args.app]]
     roles = dict.fromkeys(role for app in apps for role in app.roles)
     device = getattr(args, "device", None)
-    return {ROLE_STAGE[role]: _backend_label(resolve_backend(args.backend, device, role),
+    return {ROLE_STAGE[role]: _backend_label(resolve_backend(args.backend, device, role,
+                                                             args.precision),
                                              args.precision, device)
             for role in roles}
 
