@@ -40,7 +40,7 @@ INT8_VIEW_TOP1 = 0.90
 INT8_SEG_AGREEMENT = 0.95
 INT8_FLOW_EPE_PX = 0.25
 #: bf16 (8-bit mantissa: ~0.4 % per rounding) is judged on what the outputs are used for,
-#: as int8, with bounds a tenth as loose (measured: module docstring)
+#: as int8 is, with bounds a fifth to a tenth as loose (measured: module docstring)
 BF16_VIEW_TOP1 = 0.98
 BF16_SEG_AGREEMENT = 0.995
 BF16_FLOW_EPE_PX = 0.05
