@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from echo_stream import stream_clip  # noqa: E402
 
-from engines.spec import BACKENDS, PRECISIONS  # noqa: E402
+from engines.spec import BACKENDS, PRECISION_CHOICES  # noqa: E402
 from streamer.apps import add_weights_argument  # noqa: E402
 
 #: the echo phantom appearances of the held-out sets (engines.train.common.APPEARANCES)
@@ -441,7 +441,7 @@ def format_acceptance(acc: dict) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", default="auto", choices=BACKENDS)
-    parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    parser.add_argument("--precision", default="fp32", choices=PRECISION_CHOICES)
     parser.add_argument("--threads", type=int)
     parser.add_argument("--appearance", default="neutral", choices=APPEARANCES,
                         help="phantom appearance of the held-out sets and clips: 'random' draws "

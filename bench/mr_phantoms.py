@@ -20,6 +20,7 @@ a three-slice stack, so ``--sax-level auto`` gives it its level). Judged:
 Prints a table and writes JSON (``--out``).
 
     python bench/mr_phantoms.py [--clips 12] [--stacks 4] [--weights mr=PATH] [--threads 1]
+        [--precision fp32]
         [--out bench/results/mr_phantoms.json]
 """
 
@@ -38,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from calib.datasets import random_mr_config, split_seeds  # noqa: E402
 from calib.mr import make_mr_clip  # noqa: E402
+from engines.spec import PRECISION_CHOICES  # noqa: E402
 from streamer.apps import AnalysisConfig, EngineConfig, add_weights_argument, build_analysis  # noqa: E402
 from streamer.io.protocol import FrameMessage  # noqa: E402
 from streamer.measure.sax import (  # noqa: E402
@@ -133,12 +135,14 @@ def main(argv=None) -> int:
                     help="three-slice phantom stacks for EF (default %(default)s)")
     ap.add_argument("--slice-spacing-mm", type=float, default=10.0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--precision", default="fp32", choices=PRECISION_CHOICES,
+                    help="network precision (default %(default)s)")
     add_weights_argument(ap)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "mr_phantoms.json")
     args = ap.parse_args(argv)
 
     analysis = build_analysis(AnalysisConfig(app="mr-sax", engines=EngineConfig(
-        threads=args.threads, weights=tuple(args.weights))))
+        threads=args.threads, precision=args.precision, weights=tuple(args.weights))))
     rows, errors_c, errors_r, right, total, net_ms = [], [], [], 0, 0, []
     t0 = time.perf_counter()
     for seed in split_seeds("test", args.clips):

@@ -370,7 +370,7 @@ def format_row(row: dict) -> str:
 
 
 def evaluate_main(argv=None) -> int:
-    from engines.spec import BACKENDS, PRECISIONS
+    from engines.spec import BACKENDS, PRECISION_CHOICES
     from streamer.apps import EngineConfig, add_weights_argument
 
     parser = argparse.ArgumentParser(
@@ -391,7 +391,7 @@ def evaluate_main(argv=None) -> int:
                              "to point i)")
     add_weights_argument(parser)
     parser.add_argument("--backend", default="auto", choices=BACKENDS)
-    parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    parser.add_argument("--precision", default="fp32", choices=PRECISION_CHOICES)
     parser.add_argument("--threads", type=int)
     parser.add_argument("--out", type=Path, default=None, help="JSON report (default DIR/evaluate.json)")
     args = parser.parse_args(argv)

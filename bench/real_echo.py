@@ -24,7 +24,8 @@ Writes into ``docs/img/real_echo/`` (default): ``overlay.png`` (the 30-frame cin
 frames), ``overlay_beat.jpg`` (the 120-frame cine, eight frames across its first beat),
 ``gls.png`` (GLS curves, published and unchecked), and ``real_echo.json``.
 
-    python bench/real_echo.py [--out docs/img/real_echo] [--backend auto] [--weights ROLE=PATH]
+    python bench/real_echo.py [--out docs/img/real_echo] [--backend auto] [--precision fp32]
+        [--weights ROLE=PATH]
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engines.spec import BACKENDS  # noqa: E402
+from engines.spec import BACKENDS, PRECISION_CHOICES  # noqa: E402
 from streamer.apps.echo import ViewConfig  # noqa: E402
 
 CLIPS = (("examples_ybr_color.dcm", None), ("color3d_jpeg_baseline.dcm", None))
@@ -245,10 +246,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "img" / "real_echo")
     parser.add_argument("--backend", default="auto", choices=BACKENDS)
+    parser.add_argument("--precision", default="fp32", choices=PRECISION_CHOICES)
     add_weights_argument(parser)
     args = parser.parse_args(argv)
     analysis = build_analysis(AnalysisConfig(app="echo", engines=EngineConfig(
-        backend=args.backend, weights=tuple(args.weights))))
+        backend=args.backend, precision=args.precision, weights=tuple(args.weights))))
     args.out.mkdir(parents=True, exist_ok=True)
     record = {"command": " ".join(["python bench/real_echo.py", *sys.argv[1:]]), "runs": []}
     curves = []

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from engines.backends.base import BACKENDS, PRECISIONS, EngineError
-from engines.spec import REGISTRY, ROLES
+from engines.spec import PRECISION_CHOICES, REGISTRY, ROLES
 from streamer.options import parse_pair
 
 log = logging.getLogger(__name__)
@@ -453,9 +453,11 @@ def add_engines_parser(subparsers, read_frames: ReadFrames | None = None,
                        help="auto: tensorrt on a CUDA machine with torch_tensorrt, else the fastest "
                             "CPU backend measured for the network (onnxruntime for view, openvino "
                             "for seg and flow) (default auto)")
-    build.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                       help="fp32 (all backends), fp16 (torch on CUDA, tensorrt), int8 (onnxruntime, "
-                            "openvino, tensorrt) (default fp32)")
+    build.add_argument("--precision", default="fp32", choices=PRECISION_CHOICES,
+                       help="fp32 (all backends), bf16 (openvino on CPUs that compute BF16, torch), "
+                            "fp16 (torch on CUDA, tensorrt), int8 (onnxruntime, openvino, tensorrt), "
+                            "auto (the fastest of these the backend runs here within its stated "
+                            "bounds, never int8) (default fp32)")
     if read_frames is not None:
         build.add_argument("--calibration-clip", type=Path, metavar="CLIP",
                            help="int8: calibrate on frames of this recording (any clip format "

@@ -51,6 +51,8 @@ from streamer.vocab import SEG_CLASSES, VIEW_CLASSES
 #: role's :attr:`Role.cpu_backend`
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino", "tensorrt")
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+#: what a user may ask for: a precision, or ``auto`` (engines.backends.resolve_precision)
+PRECISION_CHOICES = (*PRECISIONS, "auto")
 #: what every role's input holds
 NORMALISATION = "greyscale in [0, 1]"
 

@@ -148,6 +148,27 @@ def test_bf16_view_top1_within_the_stated_bound_on_many_phantoms():
         assert m["top1_agreement"] >= BF16_VIEW_TOP1, m
 
 
+def test_auto_precision_is_the_fastest_each_backend_runs_here(nets):
+    """auto: bf16 on openvino where the CPU computes it, fp32 on the CPU backends without
+    bf16, fp16 on a GPU; never int8. The engine reports the precision it runs at."""
+    from engines.backends import resolve_precision
+
+    cpu_best = "bf16" if HAS_BF16_CPU else "fp32"
+    assert resolve_precision("auto", "openvino") == cpu_best
+    assert resolve_precision("auto", "onnxruntime") == "fp32"
+    assert resolve_precision("auto", "torch", "cpu") == "fp32"
+    assert resolve_precision("auto", "tensorrt") == resolve_precision("auto", "torch", "cuda:0") == "fp16"
+    assert resolve_precision("int8", "openvino") == "int8"      # a precision asked for is kept
+    # --backend auto --precision auto on this CPU: one backend for every role
+    expected = {"openvino"} if HAS_BF16_CPU else set(AUTO_CPU_BACKEND.values())
+    if not (HAS_TRT and HAS_CUDA):
+        assert {resolve_backend("auto", "cpu", role, "auto") for role in ROLES} == expected
+    model, spec = nets["seg"]
+    engine = create_engine("seg", "openvino", "auto", model=model, spec=spec)
+    assert engine.precision == cpu_best
+    assert create_engine("seg", "onnxruntime", "auto", model=model, spec=spec).precision == "fp32"
+
+
 def test_bf16_where_a_backend_has_none_says_so(nets):
     model, spec = nets["seg"]
     with pytest.raises(EngineError, match="onnxruntime' has no bf16 kernels"):

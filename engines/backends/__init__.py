@@ -20,7 +20,9 @@ it is an error.
 
 ``auto`` is tensorrt when torch_tensorrt imports and CUDA is available, else
 :data:`AUTO_CPU_BACKEND` (per role, as measured; for ``--precision bf16`` openvino, the CPU
-backend that runs it).  A backend that cannot run here is an :class:`EngineError` that says
+backend that runs it).  ``--precision auto`` is the fastest format the backend runs on this
+device within its stated bounds (:func:`resolve_precision`: fp16 on a GPU, bf16 on
+openvino where the CPU computes BF16, else fp32).  A backend that cannot run here is an :class:`EngineError` that says
 why; there is no silent fallback to another one.
 """
 
@@ -39,13 +41,13 @@ from engines.backends.base import (
     ModelLoadError,
 )
 from engines.backends.threads import cpu_count, get_threads, set_threads
-from engines.spec import REGISTRY, ROLES, NetSpec
+from engines.spec import PRECISION_CHOICES, REGISTRY, ROLES, NetSpec
 
 log = logging.getLogger(__name__)
 
 __all__ = ["AUTO_CPU_BACKEND", "BACKENDS", "PRECISIONS", "Engine", "EngineError", "LoadedModel",
            "ModelLoadError", "backend_module", "backend_status", "create_engine", "cpu_count",
-           "get_threads", "resolve_backend", "set_threads", "source_for"]
+           "get_threads", "resolve_backend", "resolve_precision", "set_threads", "source_for"]
 
 #: The CPU backend ``auto`` picks, per role: the fastest measured (the figures are with
 #: the role registry, :data:`engines.spec.REGISTRY`).
@@ -76,6 +78,28 @@ def backend_status(device: str | None = None) -> dict[str, str | None]:
 AUTO_CPU_BACKEND_FOR_PRECISION = {"bf16": "openvino"}
 
 
+def _cpu_bf16() -> bool:
+    """Whether the CPU backend that runs bf16 (openvino) can run it here."""
+    module = backend_module(AUTO_CPU_BACKEND_FOR_PRECISION["bf16"])
+    return module.unavailable(None) is None and module.cpu_has_bf16()
+
+
+def resolve_precision(precision: str, backend: str, device: str | None = None) -> str:
+    """The precision an engine runs at: ``precision`` itself, or for ``auto`` the fastest
+    one the backend runs on this device within its stated bounds (tolerance.py): fp16 on a
+    GPU (tensorrt, torch on CUDA), bf16 on openvino where the CPU computes BF16 (measured
+    on the shipped networks: 0.74x the echo pipeline's fp32 time, the held-out accuracy
+    unchanged; docs/benchmarks.md), else fp32. INT8 is never chosen by ``auto``: it needs
+    a calibration the user vouches for."""
+    if precision != "auto":
+        return precision
+    if backend == "tensorrt" or (device is not None and str(device).startswith("cuda")):
+        return "fp16"
+    if backend == AUTO_CPU_BACKEND_FOR_PRECISION["bf16"] and _cpu_bf16():
+        return "bf16"
+    return "fp32"
+
+
 def resolve_backend(backend: str = "auto", device: str | None = None, role: str = "seg",
                     precision: str = "fp32") -> str:
     """The backend ``backend`` names; for ``auto``: tensorrt when it can run here (or, on an
@@ -89,6 +113,8 @@ def resolve_backend(backend: str = "auto", device: str | None = None, role: str 
         return "tensorrt" if backend_module("tensorrt").unavailable(device) is None else "torch"
     if device in (None, "auto") and backend_module("tensorrt").unavailable(None) is None:
         return "tensorrt"
+    if precision == "auto":  # the CPU's fastest format decides the backend
+        precision = "bf16" if _cpu_bf16() else "fp32"
     return AUTO_CPU_BACKEND_FOR_PRECISION.get(precision, AUTO_CPU_BACKEND[role])
 
 
@@ -114,7 +140,8 @@ def create_engine(role: str, backend: str = "auto", precision: str = "fp32",
                   weights: str | os.PathLike | None = None, threads: int | None = None,
                   device: str | None = None, *, model=None, spec: NetSpec | None = None,
                   calibration=None, use_cache: bool = True) -> Engine:
-    """An engine for ``role`` on ``backend`` at ``precision``.
+    """An engine for ``role`` on ``backend`` at ``precision`` (``auto``: see
+    :func:`resolve_precision`; the engine's ``precision`` is the one it runs at).
 
     ``weights``: a user's state dict, TorchScript or ONNX file for the role (default: the
     shipped weights).  ``threads``: CPU threads for torch, onnxruntime and OpenVINO
@@ -127,9 +154,10 @@ def create_engine(role: str, backend: str = "auto", precision: str = "fp32",
     """
     if role not in ROLES:
         raise EngineError(f"role {role!r} is unknown; choose one of {', '.join(ROLES)}")
-    if precision not in PRECISIONS:
-        raise EngineError(f"precision {precision!r} is unknown; choose one of {', '.join(PRECISIONS)}")
+    if precision not in PRECISION_CHOICES:
+        raise EngineError(f"precision {precision!r} is unknown; choose one of {', '.join(PRECISION_CHOICES)}")
     name = resolve_backend(backend, device, role, precision)
+    precision = resolve_precision(precision, name, device)
     module = backend_module(name)
     reason = module.unavailable(device)
     if reason:

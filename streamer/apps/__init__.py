@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from engines.spec import BACKENDS, PRECISIONS, ROLES
+from engines.spec import BACKENDS, PRECISION_CHOICES, ROLES
 from streamer.app import App, StreamApp
 from streamer.apps.common import DebugDelayConfig, with_debug_delay
 from streamer.apps.echo import EchoApp
@@ -64,9 +64,11 @@ class EngineConfig:
         "an error", choices=BACKENDS)
     precision: str = option(
         "fp32", "network precision: bf16 on openvino (CPUs with AVX512-BF16 or AMX) and "
-        "torch, fp16 on GPU, int8 on CPU backends with a phantom calibration set; the "
-        "bounds each must meet against fp32 are in engines/backends/tolerance.py",
-        choices=PRECISIONS)
+        "torch, fp16 on GPU, int8 on CPU backends with a phantom calibration set; auto: the "
+        "fastest of these the backend runs here within its bounds (fp16 on a GPU, bf16 "
+        "where the CPU computes it, else fp32; never int8); the bounds each must meet "
+        "against fp32 are in engines/backends/tolerance.py",
+        choices=PRECISION_CHOICES)
     threads: int | None = option(None, "CPU threads for the networks (default: all cores)",
                                  metavar="N")
     device: str | None = option(

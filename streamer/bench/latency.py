@@ -376,17 +376,19 @@ def _progress(total: int, desc: str, disable: bool):
 
 def configured_backends(args) -> dict:
     """The backend each network runs on, resolved from the options (no engine is built)."""
-    from engines.backends import resolve_backend
+    from engines.backends import resolve_backend, resolve_precision
     from streamer.apps import APPS, AUTO
 
     apps = [app for app in APPS.values() if app.modalities] if args.app == AUTO \
         else [APPS[args.app]]
     roles = dict.fromkeys(role for app in apps for role in app.roles)
     device = getattr(args, "device", None)
-    return {ROLE_STAGE[role]: _backend_label(resolve_backend(args.backend, device, role,
-                                                             args.precision),
-                                             args.precision, device)
-            for role in roles}
+    labels = {}
+    for role in roles:
+        backend = resolve_backend(args.backend, device, role, args.precision)
+        labels[ROLE_STAGE[role]] = _backend_label(
+            backend, resolve_precision(args.precision, backend, device), device)
+    return labels
 
 
 def _backend_label(backend: str, precision: str, device: str | None) -> str:
