@@ -7,7 +7,8 @@ matrices (issue 15: "stages near their floor").
   counted, so the floor is a lower bound);
 * :func:`gemm_peak_gflops`: the best rate of a square matrix product (torch, ``n`` x ``n``,
   the engine threads) in float32 or bfloat16, measured here (on this project's 2-core
-  AVX-512 machine about 185 GFLOP/s fp32 and 405 bf16, issue 15);
+  machine 337-369 GFLOP/s fp32 and 1253-1259 bf16 with AMX, 2026-12-06; issue 15 quoted
+  185 and 405);
 * :func:`floor_ms`: the one divided by the other, in milliseconds.
 
 A stage's time over its floor says how much of it is not network arithmetic (call overhead,

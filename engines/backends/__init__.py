@@ -22,8 +22,8 @@ it is an error.
 :data:`AUTO_CPU_BACKEND` (per role, as measured; for ``--precision bf16`` openvino, the CPU
 backend that runs it).  ``--precision auto`` is the fastest format the backend runs on this
 device within its stated bounds (:func:`resolve_precision`: fp16 on a GPU, bf16 on
-openvino where the CPU computes BF16, else fp32).  A backend that cannot run here is an :class:`EngineError` that says
-why; there is no silent fallback to another one.
+openvino where the CPU computes BF16, else fp32).  A backend that cannot run here is an
+:class:`EngineError` that says why; there is no silent fallback to another one.
 """
 
 from __future__ import annotations
