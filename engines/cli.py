@@ -471,8 +471,8 @@ def add_engines_parser(subparsers, read_frames: ReadFrames | None = None,
         description="For each network and each backend available here: the largest difference "
                     "from eager torch fp32 on the same weights and inputs (with the stated "
                     "tolerance: fp32 max|diff| <= 1e-4 x output scale; bf16 and int8 class/argmax "
-                    "agreement or flow end-point difference, engines/backends/tolerance.py), and the median latency over --iterations "
-                    "calls at batch 1. Backends that cannot run here are listed with the reason. "
+                    "agreement or flow end-point difference, engines/backends/tolerance.py), and "
+                    "the median latency over --iterations calls at batch 1. Backends that cannot run here are listed with the reason. "
                     "Exit code 1 when a result is out of tolerance.")
     _common(chk)
     chk.add_argument("--backends", type=_names(BACKENDS, "backend"), default=list(BACKENDS),

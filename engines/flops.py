@@ -36,11 +36,11 @@ def network_gflop(module, input_shape: tuple[int, ...]) -> float:
 
 
 def role_gflop(role: str) -> float:
-    """GFLOP of one forward pass of the role's shipped network at its input size."""
-    from engines.byo import shipped_model
+    """GFLOP of one forward pass of the role's network at its input size (the architecture
+    decides it; no weights are loaded)."""
+    from engines import nets
 
-    model = shipped_model(role)
-    return network_gflop(model.module, model.spec.input.shape)
+    return network_gflop(nets.build(role).eval(), nets.spec(role).input.shape)
 
 
 def gemm_peak_gflops(precision: str = "fp32", n: int = 1024, repeats: int = 5) -> float:

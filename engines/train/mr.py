@@ -49,7 +49,8 @@ schedule; docs/benchmarks.md, issue 13). The sequences of the motion and warped-
 losses take ``--sequence-augment`` (default ``basic``): with the strong recipe on them the
 motion was no better than zero flow on held-out phantoms (EPE 0.386 against 0.383 px); with
 the basic one it is back to 0.30-0.32 px, and over the three leave-one-patient-out folds
-the ES->ED contour distance falls from 2.17 to 1.75 mm while segmentation gains a little. Evaluation on whole 256 x 256 frames.
+the ES->ED contour distance falls from 2.17 to 1.75 mm while segmentation gains a little.
+Evaluation on whole 256 x 256 frames.
 
 Evaluation on a held-out patient (:func:`evaluate_patient`): Dice of the LV myocardium at
 the contoured end-diastolic images (the only ones with an epicardial contour) and of the LV

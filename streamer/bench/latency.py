@@ -653,7 +653,7 @@ def network_floors(args, run_: dict, peaks: dict[str, float]) -> dict:
     that takes at this CPU's measured GEMM rate for the stage's precision, and the stage's
     p50 over it; ``networks`` sums them. A stage whose network is the user's own (--weights)
     is left out (its FLOPs are not counted here)."""
-    from engines import flops, nets
+    from engines import flops
     from engines.backends import get_threads, set_threads
 
     set_threads(args.threads or get_threads())  # the GEMM rate on the engines' threads
@@ -667,8 +667,7 @@ def network_floors(args, run_: dict, peaks: dict[str, float]) -> dict:
         precision = label.split("/")[1].split("@")[0]
         if precision not in peaks:
             peaks[precision] = flops.gemm_peak_gflops(precision)
-        spec = nets.spec(role)
-        gflop = flops.network_gflop(nets.build(role).eval(), spec.input.shape)
+        gflop = flops.role_gflop(role)
         floor = flops.floor_ms(gflop, peaks[precision])
         out[stage] = {"gflop": round(gflop, 4), "peak_gflops": round(peaks[precision], 1),
                       "floor_ms": round(floor, 4), "p50_ms": p50, "over_floor": round(p50 / floor, 2)}
