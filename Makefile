@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo lint test test-all bench clean
+.PHONY: install demo lint test test-all bench fast-peer clean
 
 install: $(STAMP)
 
@@ -36,6 +36,18 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/transport.py
+
+# The CPU peer (issue 15): FAST + OpenVINO against our engine on the same U-Net and frames.
+# FAST stays out of the project's install: it gets its own venv; it also needs Debian's
+# libusb-1.0-0 and an OpenCL platform (pocl-opencl-icd), installed by hand as root.
+FAST_VENV := .venv-fast
+$(FAST_VENV)/.installed-stamp:
+	$(PYTHON) -m venv $(FAST_VENV)
+	$(FAST_VENV)/bin/python -m pip install --quiet --disable-pip-version-check pyfast==4.18.0 numpy
+	touch $@
+
+fast-peer: $(STAMP) $(FAST_VENV)/.installed-stamp
+	$(BIN)/python bench/fast_peer.py --fast-python $(FAST_VENV)/bin/python
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .import_linter_cache
