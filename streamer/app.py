@@ -348,6 +348,7 @@ class App(ABC):
         device, where the weights came from: the results' provenance)."""
         engines = {role: {key: getattr(self.engines[role], key, None)
                           for key in ("backend", "precision", "device", "origin")}
+                   | {"max_batch": getattr(self.engines[role], "max_batch", 1)}
                    for role in self.roles}
         return {"name": self.name, "modalities": list(self.modalities),
                 "roles": list(self.roles), "gate": self.gate, "engines": engines,

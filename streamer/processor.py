@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from streamer.app import FrameRejected, StreamApp
 from streamer.apps import Analysis, NoAppError
@@ -88,6 +90,25 @@ class StreamState:
     max_seq: int | None = None
 
 
+@dataclass(eq=False)
+class _Job:
+    """A frame between its bookkeeping and its result: what its app needs and made."""
+
+    item: Received
+    state: StreamState
+    dropped: int
+    t_take_ns: int
+    instance: StreamApp
+    controls: FrameControls
+    #: messages that go before the frame's own (streams closed as idle meanwhile)
+    before: list[Message]
+    outcome: Any = None
+    beat: Message | None = None
+    error: BaseException | None = None
+    #: the batch size each network ran this frame at (a batching round), else None
+    batch: dict[str, int] | None = None
+
+
 class FrameProcessor:
     """Runs each stream's app on its frames and answers start/end/frame messages.
 
@@ -116,9 +137,30 @@ class FrameProcessor:
         self.controller = (BudgetController(self.budget)
                            if live and self.budget.frame_ms is not None and self.budget.degrade
                            else None)
+        self._pool: ThreadPoolExecutor | None = None  # the round threads, made when needed
 
     def handle(self, item: Received, *, dropped: int = 0,
                t_take_ns: int | None = None) -> list[Message]:
+        return self.handle_round([(item, dropped)], t_take_ns=t_take_ns)[0]
+
+    def handle_round(self, items: Sequence[tuple[Received, int]], *,
+                     t_take_ns: int | None = None) -> list[list[Message]]:
+        """The messages for each of ``items`` (each with its stream's drops since its last
+        frame taken), in order. Frames of different streams taken together (a round: at
+        most one frame per stream) run their apps concurrently, one thread each, in the
+        analysis' batch group, so their networks run as batches (engines.batching); the
+        bookkeeping before and after runs here, one item after the other."""
+        if len({item.message.stream for item, _ in items}) < len(items):
+            raise ValueError("a round holds at most one message per stream")
+        t_take_ns = time.time_ns() if t_take_ns is None else t_take_ns
+        steps = [self._begin(item, dropped, t_take_ns) for item, dropped in items]
+        jobs = [s for s in steps if isinstance(s, _Job)]
+        self._run_jobs(jobs)
+        return [self._finish(s) if isinstance(s, _Job) else s for s in steps]
+
+    def _begin(self, item: Received, dropped: int, t_take_ns: int) -> list[Message] | _Job:
+        """The bookkeeping before a frame's app runs: its messages when it ends there (a
+        start, an end, an error, a stale frame), else the job that runs its app."""
         now_s = self.clock()
         out = self.expire_idle(now_s)
         message = item.message
@@ -148,7 +190,6 @@ class FrameProcessor:
                         f"frame #{state.max_seq}; seq must increase within a stream (send a "
                         "start to begin the stream again)")]
         state.max_seq = message.seq
-        t_take_ns = time.time_ns() if t_take_ns is None else t_take_ns
         budget_ms = self.budget.frame_ms
         if (self.live and budget_ms is not None
                 and (t_take_ns - self._origin_ns(item)) / 1e6 > budget_ms):
@@ -156,7 +197,20 @@ class FrameProcessor:
             counts.stale_pending += 1
             counts.dropped_pending += dropped
             return out
-        return out + self._frame(item, state, dropped, t_take_ns)
+        controls = self._controls(state)
+        try:
+            instance = self._app_for(message, state)
+        except FrameRejected as exc:
+            counts.errors += 1
+            return out + [ErrorMessage(code=exc.code, message=exc.message, stream=message.stream,
+                                       seq=message.seq)]
+        except Exception as exc:  # an app that cannot make the stream must not stop the worker
+            counts.errors += 1
+            log.exception("stream %s: its app could not start it", message.stream)
+            return out + [ErrorMessage(code="stage_failed", stream=message.stream, seq=message.seq,
+                                       message=f"frame {message.stream}#{message.seq}: "
+                                               f"{type(exc).__name__}: {exc}")]
+        return _Job(item, state, dropped, t_take_ns, instance, controls, out)
 
     # -- streams ----------------------------------------------------------------
 
@@ -235,28 +289,67 @@ class FrameProcessor:
             return sent
         return item.t_recv_ns
 
-    def _frame(self, item: Received, state: StreamState, dropped: int,
-               t_take_ns: int) -> list[Message]:
+    def _run_jobs(self, jobs: list[_Job]) -> None:
+        """Each job's app on its frame: in this thread when alone (or without a batch
+        group), else each in a thread of the pool, as members of one batching round."""
+        group = self.analysis.batch_group
+        if group is None or not jobs:
+            for job in jobs:
+                self._run(job)
+            return
+        with group.round([frozenset(job.instance.app.roles) for job in jobs]) as members:
+            if len(jobs) == 1:
+                self._run(jobs[0], group, members[0])
+                return
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.analysis.max_batch,
+                                                thread_name_prefix="frame")
+            futures = [self._pool.submit(self._run, job, group, member)
+                       for job, member in zip(jobs, members)]
+            for future in futures:
+                future.result()
+
+    def _run(self, job: _Job, group=None, member=None) -> None:
+        """Run the stream's app on the frame (and its beat stages); a stage's exception is
+        kept on the job (the frame's error), never raised."""
+        frame: FrameMessage = job.item.message
+        try:
+            if group is None:
+                job.outcome = job.instance(frame, job.controls)
+            else:
+                with group.member(member):
+                    job.outcome = job.instance(frame, job.controls)
+                job.batch = dict(member.batch)
+        except Exception as exc:
+            job.error = exc
+            return
+        job.beat = self._beat(job.instance, frame, job.outcome)
+
+    def close(self) -> None:
+        """Stop the round threads (the side-car's worker calls it when it ends)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def _finish(self, job: _Job) -> list[Message]:
         """The result (or error) for a frame, followed by a beat message when the frame
         completed a cardiac cycle."""
+        item, state, dropped, t_take_ns = job.item, job.state, job.dropped, job.t_take_ns
         frame: FrameMessage = item.message
         counts = state.counts
-        controls = self._controls(state)
-        try:
-            instance = self._app_for(frame, state)
-            outcome = instance(frame, controls)
-        except FrameRejected as exc:
+        if job.error is not None:
             counts.errors += 1
-            return [ErrorMessage(code=exc.code, message=exc.message, stream=frame.stream,
-                                 seq=frame.seq)]
-        except Exception as exc:  # a stage bug must not stop the side-car
-            counts.errors += 1
-            log.exception("stage failed on %s#%d", frame.stream, frame.seq)
-            return [ErrorMessage(code="stage_failed",
-                                 message=f"frame {frame.stream}#{frame.seq}: "
-                                         f"{type(exc).__name__}: {exc}",
-                                 stream=frame.stream, seq=frame.seq)]
-        beat = self._beat(instance, frame, outcome)
+            exc = job.error
+            if isinstance(exc, FrameRejected):
+                return job.before + [ErrorMessage(code=exc.code, message=exc.message,
+                                                  stream=frame.stream, seq=frame.seq)]
+            # a stage bug must not stop the side-car
+            log.error("stage failed on %s#%d", frame.stream, frame.seq, exc_info=exc)
+            return job.before + [ErrorMessage(code="stage_failed",
+                                              message=f"frame {frame.stream}#{frame.seq}: "
+                                                      f"{type(exc).__name__}: {exc}",
+                                              stream=frame.stream, seq=frame.seq)]
+        instance, outcome, beat = job.instance, job.outcome, job.beat
         counts.processed += 1
         counts.last_seq = frame.seq
         t_result_ns = time.time_ns()
@@ -283,8 +376,8 @@ class FrameProcessor:
             latency_ms=latency_ms, t_recv_ns=item.t_recv_ns, t_result_ns=t_result_ns,
             dropped=replaced + stale, flags=list(dict.fromkeys(flags)), budget=budget,
             app=instance.app.name, fields=instance.fields(outcome),
-            arrays=instance.arrays(outcome))
-        return [result] if beat is None else [result, beat]
+            arrays=instance.arrays(outcome), batch=job.batch)
+        return job.before + ([result] if beat is None else [result, beat])
 
     @staticmethod
     def _beat(instance: StreamApp, frame: FrameMessage, outcome) -> Message | None:

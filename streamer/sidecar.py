@@ -6,7 +6,9 @@
                          |
                        inbox     live: LatestFrameSlot (newer frame replaces older, drops counted)
                          |       lossless: BoundedFrameQueue (full -> ingest waits -> sender waits)
-                      [worker]   FrameProcessor: pipeline per frame -> result or error
+                      [worker]   FrameProcessor: pipeline per frame -> result or error; with
+                         |       --max-batch N a round takes the waiting frames of up to N
+                         |       streams, their apps run in threads, their networks as batches
                          |
                        outbox    FIFO of messages to publish (OUTBOX_MESSAGES; full -> the
                          |       worker and ingest wait)
@@ -87,21 +89,39 @@ class _Inbox:
     def get(self, timeout_s: float) -> tuple[Received, int] | None:
         """Next item and the number of its stream's frames dropped since that stream's last
         frame was taken (handed out with the stream's next frame, or with its end)."""
+        got = self.get_round(1, timeout_s)
+        return got[0] if got else None
+
+    def get_round(self, max_frames: int, timeout_s: float) -> list[tuple[Received, int]]:
+        """The items the worker takes together, each with its stream's drops (as ``get``):
+        a start/end message alone, or the oldest waiting frames of up to ``max_frames``
+        different streams (a frame of a stream already taken stays for the next round, in
+        its place; the scan stops at the first start/end, which keeps its order). Empty
+        when nothing came within ``timeout_s``."""
         with self._cv:
             if not self._items and not self._cv.wait_for(
                     lambda: self._items or self._closed, timeout_s):
-                return None
+                return []
             if not self._items:
-                return None
-            item = self._items.popleft()
-            dropped = 0
-            if isinstance(item.message, FrameMessage):
-                self._frames -= 1
-                dropped = self._take_dropped(item)
-            elif isinstance(item.message, EndMessage):
-                dropped = self._take_dropped(item)  # the stream's last drops go with its end
+                return []
+            if not isinstance(self._items[0].message, FrameMessage):
+                item = self._items.popleft()
+                dropped = self._take_dropped(item) if isinstance(item.message, EndMessage) else 0
+                self._cv.notify_all()  # (an end's: the stream's last drops go with it)
+                return [(item, dropped)]
+            taken: list[Received] = []
+            streams: set[str] = set()
+            for item in self._items:
+                if not isinstance(item.message, FrameMessage) or len(taken) == max_frames:
+                    break
+                if item.message.stream not in streams:
+                    taken.append(item)
+                    streams.add(item.message.stream)
+            kept = set(map(id, taken))
+            self._items = deque(i for i in self._items if id(i) not in kept)
+            self._frames -= len(taken)
             self._cv.notify_all()
-            return item, dropped
+            return [(item, self._take_dropped(item)) for item in taken]
 
     def _take_dropped(self, item: Received) -> int:
         return 0
@@ -158,7 +178,15 @@ class LatestFrameSlot(_Inbox):
                 return True
             if replaced is not None:  # one frame per stream waits: the newer replaces it
                 self._count_drop(stream)
-                self._items = deque(i for i in self._items if i is not replaced)
+                at = self._items.index(replaced)
+                if not any(i.message.stream == stream for i in list(self._items)[at + 1:]):
+                    # in its place: a stream keeps its turn however often its frame is
+                    # replaced (else the streams that are replaced most wait longest)
+                    self._items[at] = item
+                    self._cv.notify_all()
+                    return True
+                # a start/end of the stream waits after it: the newer frame goes after that
+                del self._items[at]
                 self._frames -= 1
             self._items.append(item)
             self._frames += 1
@@ -483,8 +511,8 @@ class SideCar:
         drain_deadline = None
         try:
             while True:
-                got = self.inbox.get(timeout_s=0.05)
-                if got is None:
+                got = self.inbox.get_round(self.processor.analysis.max_batch, timeout_s=0.05)
+                if not got:
                     for message in self.processor.expire_idle():  # silent streams close
                         message.meta["dropped"] += self.inbox.forget(message.stream)
                         self.stats.dropped += message.meta["dropped"]
@@ -494,13 +522,13 @@ class SideCar:
                             or (self._ingest_done.is_set() and len(self.inbox) == 0)):
                         break
                     continue
-                item, dropped = got
-                self.stats.dropped += dropped
-                messages = self.processor.handle(item, dropped=dropped, t_take_ns=time.time_ns())
-                if isinstance(item.message, FrameMessage) and not any(
-                        m.kind in ("result", "error") for m in messages):
-                    self.stats.stale += 1  # (the messages may hold idle streams' ends)
-                for message in messages:
+                self.stats.dropped += sum(dropped for _, dropped in got)
+                answers = self.processor.handle_round(got, t_take_ns=time.time_ns())
+                for (item, _), messages in zip(got, answers):
+                    if isinstance(item.message, FrameMessage) and not any(
+                            m.kind in ("result", "error") for m in messages):
+                        self.stats.stale += 1  # (the messages may hold idle streams' ends)
+                for message in (m for messages in answers for m in messages):
                     if message.kind == "result":
                         self.stats.results += 1
                     elif message.kind == "error":
@@ -521,6 +549,7 @@ class SideCar:
             log.exception("worker thread failed")
             self._stopping.set()
         finally:
+            self.processor.close()
             self.inbox.close()
             self.outbox.put(_STOP)
 

@@ -166,7 +166,11 @@ def test_an_app_declares_how_each_of_its_networks_runs():
         backend="openvino", precision=precision, threads=1)))
     declared = analysis.apps["mr-sax"].declaration()["engines"]
     assert declared == {"mr": {"backend": "openvino", "precision": precision, "device": "cpu",
-                               "origin": "shipped mr.pt"}}
+                               "origin": "shipped mr.pt", "max_batch": 1}}
+    batched = build_analysis(AnalysisConfig(app="mr-sax", engines=EngineConfig(
+        backend="openvino", precision=precision, threads=1, max_batch=2)))
+    assert batched.apps["mr-sax"].declaration()["engines"]["mr"]["max_batch"] == 2
+    assert batched.max_batch == 2 and batched.batch_group is not None
 
 
 def test_the_runtime_adds_the_debug_delay_to_each_new_stream():

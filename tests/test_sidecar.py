@@ -70,22 +70,53 @@ def test_latest_frame_slot_keeps_the_newest_and_counts_the_rest():
 
 
 def test_latest_frame_slot_keeps_the_newest_frame_of_each_stream():
-    """A newer frame replaces only its own stream's waiting frame; drops count per stream
-    and are handed out with that stream's next frame."""
+    """A newer frame replaces only its own stream's waiting frame, in its place (the stream
+    that has waited longest is served first however often its frame is replaced); drops
+    count per stream and are handed out with that stream's next frame."""
     slot = LatestFrameSlot()
     for seq in range(3):
         slot.put_frame(received(seq, "a"))
         if seq < 2:
             slot.put_frame(received(10 + seq, "b"))
-    # waiting: b#11 (replaced b#10), a#2 (replaced a#0, a#1)
+    # waiting: a#2 (replaced a#0, a#1, in a#0's place), b#11 (replaced b#10)
     taken = [slot.get(0.1) for _ in range(2)]
     assert [(item.message.stream, item.message.seq, dropped) for item, dropped in taken] == [
-        ("b", 11, 1), ("a", 2, 2)]
+        ("a", 2, 2), ("b", 11, 1)]
     assert slot.get(0.01) is None and slot.dropped_total == 3
     # counts already handed out are not handed out again
     slot.put_frame(received(3, "a"))
     item, dropped = slot.get(0.1)
     assert (item.message.seq, dropped) == (3, 0)
+
+
+def test_a_replaced_frame_never_jumps_its_streams_start():
+    """A stream that starts again while its old frame waits: the new frame goes after the
+    start, not into the old frame's place."""
+    slot = LatestFrameSlot()
+    slot.put_frame(received(5, "a"))
+    slot.put_control(Received(StartMessage("a"), 0))
+    slot.put_frame(received(0, "a"))
+    kinds = [slot.get(0.1)[0].message for _ in range(2)]
+    assert [(m.kind, getattr(m, "seq", None)) for m in kinds] == [("start", None), ("frame", 0)]
+
+
+def test_a_round_takes_the_oldest_frame_of_each_stream_up_to_max_frames():
+    """Lossless: a round holds at most one frame per stream and stops at a start/end; the
+    frames it leaves keep their order."""
+    queue = BoundedFrameQueue(10)
+    for stream, seq in (("a", 0), ("a", 1), ("b", 0), ("c", 0), ("b", 1)):
+        queue.put_frame(received(seq, stream))
+    queue.put_control(Received(EndMessage("a", 2), 0))
+    queue.put_frame(received(0, "d"))
+
+    def names(got):
+        return [(i.message.stream, getattr(i.message, "seq", i.message.kind)) for i, _ in got]
+
+    assert names(queue.get_round(2, 0.1)) == [("a", 0), ("b", 0)]
+    assert names(queue.get_round(4, 0.1)) == [("a", 1), ("c", 0), ("b", 1)]  # stops at a's end
+    assert names(queue.get_round(4, 0.1)) == [("a", "end")]
+    assert names(queue.get_round(4, 0.1)) == [("d", 0)]
+    assert queue.get_round(4, 0.01) == [] and len(queue) == 0
 
 
 def test_latest_frame_slot_holds_one_frame_per_stream_up_to_max_streams():
@@ -96,13 +127,13 @@ def test_latest_frame_slot_holds_one_frame_per_stream_up_to_max_streams():
     slot.put_frame(received(0, "a"))
     slot.put_frame(received(0, "b"))
     assert slot.put_frame(received(0, "c"))  # a third stream while two wait: c#0 goes
-    slot.put_frame(received(1, "a"))  # replaces a#0
+    slot.put_frame(received(1, "a"))  # replaces a#0, in its place
     assert len(slot) == 3  # the start and two frames
     start, dropped = slot.get(0.1)
     assert start.message.kind == "start" and dropped == 0
     taken = [slot.get(0.1) for _ in range(2)]
     assert [(item.message.stream, item.message.seq, dropped) for item, dropped in taken] == [
-        ("b", 0, 0), ("a", 1, 1)]
+        ("a", 1, 1), ("b", 0, 0)]
     assert slot.get(0.01) is None and slot.dropped_total == 2
     # c's lost frame is reported with c's next frame
     slot.put_frame(received(5, "c"))

@@ -136,10 +136,28 @@ def source_for(role: str, weights: str | os.PathLike | None = None, *, model=Non
     return byo.shipped_model(role)
 
 
+def _batched(source: LoadedModel, batch: int, precision: str) -> LoadedModel:
+    """``source`` at batch size ``batch`` (the same module and weights, the spec's batch)."""
+    import dataclasses
+
+    from engines.batching import with_batch
+
+    if batch < 1:
+        raise EngineError(f"batch must be >= 1, got {batch}")
+    if source.module is None:
+        raise EngineError(f"{source.origin}: an ONNX file runs at the batch size it was "
+                          f"exported with; batching ({batch} frames) needs the role's torch "
+                          "model (a state dict or TorchScript file), or --max-batch 1")
+    if precision == "int8":
+        raise EngineError("int8 engines are calibrated at batch 1; batching needs fp32, bf16 "
+                          "or fp16 (or --max-batch 1)")
+    return dataclasses.replace(source, spec=with_batch(source.spec, batch))
+
+
 def create_engine(role: str, backend: str = "auto", precision: str = "fp32",
                   weights: str | os.PathLike | None = None, threads: int | None = None,
                   device: str | None = None, *, model=None, spec: NetSpec | None = None,
-                  calibration=None, use_cache: bool = True) -> Engine:
+                  calibration=None, use_cache: bool = True, batch: int = 1) -> Engine:
     """An engine for ``role`` on ``backend`` at ``precision`` (``auto``: see
     :func:`resolve_precision`; the engine's ``precision`` is the one it runs at).
 
@@ -150,7 +168,10 @@ def create_engine(role: str, backend: str = "auto", precision: str = "fp32",
     ``nn.Module`` directly (tests, experiments).  ``calibration`` (int8): an array of
     inputs (N, C, H, W), a recording's frames (:class:`engines.int8.Frames`), or None for
     the phantom calibration set.
-    ``use_cache=False`` rebuilds the cached artefacts.
+    ``use_cache=False`` rebuilds the cached artefacts.  ``batch``: the engine takes
+    ``batch`` frames at once (its input and output shapes start with ``batch``; built and
+    cached for that fixed shape, :mod:`engines.batching`); it needs a torch model (an ONNX
+    file has its own batch size) and a precision other than int8 (calibrated at batch 1).
     """
     if role not in ROLES:
         raise EngineError(f"role {role!r} is unknown; choose one of {', '.join(ROLES)}")
@@ -164,6 +185,8 @@ def create_engine(role: str, backend: str = "auto", precision: str = "fp32",
         raise EngineError(reason)
     n_threads = set_threads(threads) if threads is not None else get_threads()
     source = source_for(role, weights, model=model, spec=spec)
+    if batch != 1:
+        source = _batched(source, batch, precision)
     engine = module.build(source, precision, device, n_threads, calibration=calibration,
                           use_cache=use_cache)
     log.info("engine %s: %s %s on %s (%s)", role, name, precision, engine.device, source.origin)

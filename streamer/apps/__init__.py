@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from engines.batching import BatchGroup
 from engines.spec import BACKENDS, PRECISION_CHOICES, ROLES
 from streamer.app import App, StreamApp
 from streamer.apps.common import DebugDelayConfig, with_debug_delay
@@ -78,6 +79,19 @@ class EngineConfig:
         (), "your own model for a role (view, seg or flow): a state dict, TorchScript or "
         "ONNX file with the role's I/O contract (engines/spec.py)", metavar="ROLE=PATH",
         parse=parse_weights, format=lambda item: f"{item[0]}={item[1]}")
+    max_batch: int = option(
+        1, "a side-car runs the frames of up to N streams that wait at the same time through "
+        "each network as one batch (an engine per batch size 1..N, built and cached at "
+        "start; engines.batching); 1: one frame at a time", metavar="N")
+    batch_wait_ms: float = option(
+        2.0, "with --max-batch > 1: the longest a frame's network call waits for the other "
+        "frames of its round to reach the same network", metavar="MS")
+
+    def __post_init__(self):
+        if self.max_batch < 1:
+            raise ValueError(f"--max-batch must be >= 1, got {self.max_batch}")
+        if not self.batch_wait_ms >= 0:
+            raise ValueError(f"--batch-wait-ms must be >= 0, got {self.batch_wait_ms}")
 
 
 @dataclass(frozen=True)
@@ -132,18 +146,26 @@ def analysis_argv(config: AnalysisConfig) -> list[str]:
     return to_argv(config) + [arg for app in config.apps.values() for arg in to_argv(app)]
 
 
-def load_engines(roles: tuple[str, ...], config: EngineConfig) -> dict[str, Any]:
-    """The engines of these roles, built (or loaded from the engine cache) and run once."""
+def load_engines(roles: tuple[str, ...], config: EngineConfig,
+                 group: BatchGroup | None = None) -> dict[str, Any]:
+    """The engines of these roles, built (or loaded from the engine cache) and run once;
+    with ``group`` (``--max-batch`` > 1) each role's engines at batch sizes 1..max_batch
+    behind one :class:`engines.batching.BatchedEngine`."""
     from engines.backends import create_engine
+    from engines.batching import batched_engines
 
     weights = dict(config.weights)
-    engines = {role: create_engine(role, backend=config.backend, precision=config.precision,
-                                   weights=weights.get(role), threads=config.threads,
-                                   device=config.device)
+    sizes = range(1, config.max_batch + 1) if group is not None else (1,)
+    by_size = {role: {b: create_engine(role, backend=config.backend, precision=config.precision,
+                                       weights=weights.get(role), threads=config.threads,
+                                       device=config.device, batch=b) for b in sizes}
                for role in roles}
-    for engine in engines.values():  # first inference pays one-off allocations
-        engine(np.zeros(engine.spec.input.shape, np.float32))
-    return engines
+    for engines in by_size.values():  # first inference pays one-off allocations
+        for engine in engines.values():
+            engine(np.zeros(engine.spec.input.shape, np.float32))
+    if group is None:
+        return {role: engines[1] for role, engines in by_size.items()}
+    return batched_engines(by_size, group)
 
 
 class Analysis:
@@ -151,7 +173,12 @@ class Analysis:
     routing of a stream to one of them."""
 
     def __init__(self, apps: Mapping[str, App], forced: str | None = None,
-                 debug_delay: DebugDelayConfig = DebugDelayConfig()):
+                 debug_delay: DebugDelayConfig = DebugDelayConfig(),
+                 batch_group: BatchGroup | None = None, max_batch: int = 1):
+        #: with ``--max-batch`` > 1: the group the apps' batched engines share (a side-car's
+        #: worker runs its rounds in it), and the most frames a round takes
+        self.batch_group = batch_group
+        self.max_batch = max_batch if batch_group is not None else 1
         if forced is not None and forced not in apps:
             raise ValueError(f"app {forced!r} is not loaded ({', '.join(apps)})")
         self.apps = dict(apps)
@@ -218,7 +245,9 @@ def build_analysis(config: AnalysisConfig = AnalysisConfig()) -> Analysis:
     else:
         names = [config.app]
     roles = tuple(dict.fromkeys(role for name in names for role in APPS[name].roles))
-    engines = load_engines(roles, config.engines) if roles else {}
+    group = BatchGroup(config.engines.batch_wait_ms) if config.engines.max_batch > 1 and roles \
+        else None
+    engines = load_engines(roles, config.engines, group) if roles else {}
     apps = {}
     for name in names:
         cls = APPS[name]
@@ -226,4 +255,5 @@ def build_analysis(config: AnalysisConfig = AnalysisConfig()) -> Analysis:
         app.warmup()
         apps[name] = app
     return Analysis(apps, forced=None if config.app == AUTO else config.app,
-                    debug_delay=config.debug_delay)
+                    debug_delay=config.debug_delay, batch_group=group,
+                    max_batch=config.engines.max_batch)

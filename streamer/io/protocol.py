@@ -190,6 +190,9 @@ class ResultMessage:
     app: str | None = None
     fields: dict[str, Any] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    #: with ``serve --max-batch`` > 1: the batch size each network ran this frame at
+    #: (``{"view": 3, "seg": 3, "flow": 2}``); else None
+    batch: dict[str, int] | None = None
 
     kind = "result"
 
@@ -363,7 +366,8 @@ def encode(message: Message) -> list[Part]:
 
 #: header keys of every result; an app's fields must not use them
 RESULT_KEYS = ("v", "kind", "stream", "seq", "t_acq_ns", "t_recv_ns", "t_result_ns",
-               "t_publish_ns", "latency_ms", "dropped", "flags", "budget", "app", "parts")
+               "t_publish_ns", "latency_ms", "dropped", "flags", "budget", "app", "parts",
+               "batch")
 #: header keys of every beat message
 BEAT_KEYS = ("v", "kind", "stream", "beat")
 
@@ -380,6 +384,8 @@ def result_header(message: ResultMessage) -> dict:
     }
     if message.app is not None:
         header["app"] = message.app
+    if message.batch is not None:
+        header["batch"] = {str(k): int(v) for k, v in message.batch.items()}
     if message.fields:
         _refuse_reserved(message.fields, RESULT_KEYS, "result", message.stream)
         header.update(message.fields)
@@ -592,6 +598,7 @@ def _decode_result(reader: _Fields, parts: Sequence[Part]) -> ResultMessage:
         t_result_ns=reader.int("t_result_ns", None), t_publish_ns=reader.int("t_publish_ns", None),
         dropped=reader.int("dropped", 0), budget=reader.dict("budget", None),
         flags=reader.str_list("flags", []) or [], app=reader.str("app", None),
+        batch=reader.dict("batch", None),
         fields={k: v for k, v in header.items() if k not in RESULT_KEYS and k not in arrays},
         arrays=arrays)
 
