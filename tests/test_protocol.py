@@ -328,6 +328,15 @@ json_values = st.one_of(st.none(), st.booleans(), st.integers(-5, 300), st.float
                         st.sampled_from(["US", "MR", "uint8", "float32", "frame"]))
 
 
+def test_plain_frame_fast_path_takes_a_view_hint():
+    """A frame with the operator's view hint (as `replay --view` and the demo send it)
+    still takes the fast path, and reads as the full validation reads it."""
+    parts = P.encode(frame(np.zeros((3, 4), np.uint8), t_send_ns=1, view="a4c"))
+    fast = P._decode_plain_frame(header_of(parts), parts, 1 << 20)
+    assert fast is not None and fast.view == "a4c"
+    assert P.decode(parts).view == "a4c"
+
+
 @settings(max_examples=400, deadline=None)
 @given(changes=st.dictionaries(
     st.sampled_from(["stream", "seq", "t_acq_ns", "modality", "shape", "dtype", "spacing_mm",

@@ -502,8 +502,8 @@ def _expect_parts(parts: Sequence[Part], n: int, kind: str, stream, seq) -> None
 
 def _decode_plain_frame(header: dict, parts: Sequence[Part], max_pixel_bytes: int
                         ) -> FrameMessage | None:
-    """Fast path for the common frame: only the required fields (and ``t_send_ns``),
-    greyscale, all of the plainest types. Returns None for anything else, which then
+    """Fast path for the common frame: only the required fields (and ``t_send_ns`` and the
+    ``view`` hint), greyscale, all of the plainest types. Returns None for anything else, which then
     goes through the full validation (and its error messages) in ``_decode_frame``.
     Whatever this accepts, ``_decode_frame`` accepts identically (tested)."""
     try:
@@ -512,9 +512,11 @@ def _decode_plain_frame(header: dict, parts: Sequence[Part], max_pixel_bytes: in
         modality, dtype = header["modality"], WIRE_DTYPES[header["dtype"]]
     except (KeyError, TypeError):  # TypeError: an unhashable dtype value
         return None
-    t_send = header.get("t_send_ns")
-    # v, kind and the 8 fields read above, plus t_send_ns if present: nothing else
-    if len(header) != 10 + ("t_send_ns" in header) or len(parts) != 2:
+    t_send, view = header.get("t_send_ns"), header.get("view")
+    # v, kind and the 8 fields read above, plus t_send_ns and view if present: nothing else
+    if len(header) != 10 + ("t_send_ns" in header) + ("view" in header) or len(parts) != 2:
+        return None
+    if view is not None and not (type(view) is str and 0 < len(view) <= 256 and view.isprintable()):
         return None
     if not (type(stream) is str and 0 < len(stream) <= 256 and stream.isprintable()
             and type(seq) is int and 0 <= seq <= MAX_INT64
@@ -535,7 +537,8 @@ def _decode_plain_frame(header: dict, parts: Sequence[Part], max_pixel_bytes: in
         return None
     return FrameMessage(stream=stream, seq=seq, t_acq_ns=t_acq, modality=modality,
                         pixels=np.ndarray(shape, dtype, buffer),
-                        spacing_mm=(spacing[0], spacing[1]), fps=fps, t_send_ns=t_send)
+                        spacing_mm=(spacing[0], spacing[1]), fps=fps, t_send_ns=t_send,
+                        view=view)
 
 
 def _decode_frame(reader: _Fields, parts: Sequence[Part], max_message_bytes: int
