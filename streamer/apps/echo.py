@@ -27,6 +27,8 @@ from streamer.apps.common import Preprocess, TrackingGrid, beat_grade, softmax
 from streamer.budget import FrameControls
 from streamer.io.protocol import FrameMessage
 from streamer.measure.centerline import CentrelineConfig
+from streamer.measure.labels import argmax_labels
+from streamer.measure.labels import warmup as labels_warmup
 from streamer.measure.strain import BeatConfig, StrainMonitor, beat_from_points, polyline_length
 from streamer.measure.tracking import CentrelineTracker, TrackerConfig
 from streamer.measure.tracking import warmup as tracking_warmup
@@ -161,7 +163,7 @@ class SegmentMyocardium(Stage):
             return {"mask": None, "grid": None}
         x, fit = fit_to_input(image, self.engine.spec.size)
         logits = self.engine(x[None, None])[0]
-        mask = (np.argmax(logits, axis=0) == self.myocardium).view(np.uint8)
+        mask = (argmax_labels(logits) == self.myocardium).view(np.uint8)
         spacing = (frame.spacing_mm[0] / fit.scale, frame.spacing_mm[1] / fit.scale)
         return {"mask": mask, "grid": TrackingGrid(fit, spacing)}
 
@@ -501,3 +503,4 @@ class EchoApp(App):
 
     def warmup(self) -> None:
         tracking_warmup()  # numba compiles (or loads its cache) now, not on the first frame
+        labels_warmup()

@@ -50,6 +50,8 @@ from streamer.app import BEAT_CLOSED, App, BeatBoundary, BeatFrames, BeatStage, 
 from streamer.apps.common import Preprocess, TrackingGrid, beat_grade, softmax
 from streamer.io.protocol import FrameMessage
 from streamer.measure.kalman import warmup as kalman_warmup
+from streamer.measure.labels import argmax_labels
+from streamer.measure.labels import warmup as labels_warmup
 from streamer.measure.sax import (
     SaxGeometryError,
     base_is_first,
@@ -118,7 +120,7 @@ class SegmentAndMove(Stage):
             self._state = np.ascontiguousarray(out[_STATE], np.float32)
             flow = np.ascontiguousarray(out[_FLOW].transpose(1, 2, 0), np.float32)
         p = softmax(out[_LOGITS].astype(np.float32))
-        labels = np.argmax(p, axis=0).astype(np.uint8)
+        labels = argmax_labels(p)
         myocardium_p = p[MRLabel.LV_MYOCARDIUM]
         if self.lv_component == "largest":
             kept = largest_lv_component(labels)
@@ -711,3 +713,4 @@ class MrShortAxisApp(App):
 
     def warmup(self) -> None:
         kalman_warmup()  # numba compiles (or loads its cache) now, not on the first frame
+        labels_warmup()

@@ -8,6 +8,7 @@ strain      GLS, regional strain, strain rate, beats; MR short-axis strain per A
 sax         MR short axis from a label image: LV centre, RV insertion points, AHA segment map,
             slice levels of a stack, disk-summation volumes, mass, ejection fraction
 synthetic   an analytic deforming horseshoe with exact strain (tests, demos)
+labels      label maps from per-class scores (a one-pass arg-max over the classes)
 
 Importing the package imports nothing heavy; call ``tracking.warmup()`` at start-up.
 """
