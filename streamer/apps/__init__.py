@@ -64,11 +64,13 @@ class EngineConfig:
         "installed, else the fastest CPU backend; asking for one that is not available is "
         "an error", choices=BACKENDS)
     precision: str = option(
-        "fp32", "network precision: bf16 on openvino (CPUs with AVX512-BF16 or AMX) and "
-        "torch, fp16 on GPU, int8 on CPU backends with a phantom calibration set; auto: the "
-        "fastest of these the backend runs here within its bounds (fp16 on a GPU, bf16 "
-        "where the CPU computes it, else fp32; never int8); the bounds each must meet "
-        "against fp32 are in engines/backends/tolerance.py",
+        "auto", "network precision: auto (default) is the fastest format the backend runs "
+        "here within its bounds: fp16 on a GPU, bf16 where the CPU computes it (AVX512-BF16 "
+        "or AMX; with --backend auto that is openvino), else fp32, never int8; or name one: "
+        "fp32 (the reference), bf16 (openvino, torch), fp16 (GPU), int8 (CPU backends, "
+        "phantom calibration set); the bounds each must meet against fp32 are in "
+        "engines/backends/tolerance.py; the format each network runs at is in the app's "
+        "declaration (hello, start)",
         choices=PRECISION_CHOICES)
     threads: int | None = option(None, "CPU threads for the networks (default: all cores)",
                                  metavar="N")
