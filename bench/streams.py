@@ -17,6 +17,9 @@ Per N it reports, over the timed frames (each stream's frames after ``--warmup``
   slot, skipped as stale, or an error), pooled, and the worst stream's share;
 * ``batch``: how many frames the side-car's networks ran together (the largest batch of
   each timed result's ``batch`` field, 1 without ``--max-batch``): each size's share;
+* ``shed``: with ``-- --budget-ms MS``, the share of timed results whose analysis the
+  budget's degradation shed (flag ``analysis_skipped``: answered, without strain), and each
+  degradation mode's share (``budget_modes``);
 * the side-car's own ``total`` (receive -> result) p99, and per stream its end counts.
 
     python bench/streams.py [--streams 1 2 3 4 5] [--frames 300] [--warmup 30]
@@ -96,7 +99,8 @@ def run_n(n: int, frames: np.ndarray, spacing_mm: tuple, fps: float, args) -> di
         except BaseException as exc:  # reported by the main thread
             failure.append(exc)
 
-    e2e, total_ms, batch = [], [], Counter()
+    e2e, total_ms, batch, modes = [], [], Counter(), Counter()
+    shed = 0  # timed results whose analysis was shed (the budget's degradation)
     per_stream = {STREAM.format(k): {"timed_sent": args.frames, "timed_results": 0} for k in range(n)}
     ends: dict[str, dict] = {}
     try:
@@ -127,6 +131,8 @@ def run_n(n: int, frames: np.ndarray, spacing_mm: tuple, fps: float, args) -> di
                     e2e.append((received_ns - stamps[k][message.seq]) / 1e6)
                     total_ms.append(message.latency_ms.get("total"))
                     batch[max((message.batch or {"": 1}).values())] += 1
+                    modes[(message.budget or {}).get("mode", "no budget")] += 1
+                    shed += "analysis_skipped" in message.flags
                     per_stream[stream]["timed_results"] += 1
             for t in threads:
                 t.join(30)
@@ -143,20 +149,23 @@ def run_n(n: int, frames: np.ndarray, spacing_mm: tuple, fps: float, args) -> di
             "worst_stream_dropped_share": max(s["dropped_share"] for s in per_stream.values()),
             "e2e_ms": summarize(e2e), "sidecar_total_ms": summarize(total_ms),
             "batch_sizes": {str(b): batch[b] / max(1, sum(batch.values())) for b in sorted(batch)},
+            "budget_modes": {m: n / max(1, results) for m, n in sorted(modes.items())},
+            "analysis_shed_share": shed / max(1, results),
             "per_stream": per_stream, "sidecar_stopped": stopped.get("stats"),
             "mode": sidecar.ready.get("mode")}
 
 
 def format_table(runs: list[dict]) -> str:
     lines = [f"{'N':>2} {'e2e p50':>8} {'p99':>7} {'max':>7} {'dropped':>8} {'worst':>7} "
-             f"{'side-car p99':>12}  batch sizes (share of results)"]
+             f"{'side-car p99':>12} {'shed':>6}  batch sizes (share of results)"]
     for r in runs:
         e = r["e2e_ms"]
         batches = ", ".join(f"{b}: {s:.0%}" for b, s in r["batch_sizes"].items())
         lines.append(f"{r['streams']:>2} {e.get('p50', float('nan')):>8.2f} {e.get('p99', float('nan')):>7.2f} "
                      f"{e.get('max', float('nan')):>7.2f} {r['dropped_share']:>8.2%} "
                      f"{r['worst_stream_dropped_share']:>7.2%} "
-                     f"{r['sidecar_total_ms'].get('p99', float('nan')):>12.2f}  {batches}")
+                     f"{r['sidecar_total_ms'].get('p99', float('nan')):>12.2f} "
+                     f"{r['analysis_shed_share']:>6.1%}  {batches}")
     return "\n".join(lines)
 
 
