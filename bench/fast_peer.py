@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
               "clip": args.clip, "input": list(SIZE), "widths": list(WIDTHS), "rounds": args.rounds,
               "frames_per_round": args.frames, "precision": args.precision, "summary": summary,
-              "runs": [{k: v for k, v in r.items()} for r in runs]}
+              "runs": runs}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     print(f"wrote {args.out}")

@@ -130,6 +130,8 @@ class BatchedEngine:
         self.batches_run = 0
 
     def __getattr__(self, name: str) -> Any:   # spec, backend, precision, device, origin, ...
+        if name.startswith("__") or name == "engines":   # (copy, pickle: before __init__)
+            raise AttributeError(name)
         return getattr(self.engines[1], name)
 
     @property

@@ -117,8 +117,11 @@ class _Inbox:
                 if item.message.stream not in streams:
                     taken.append(item)
                     streams.add(item.message.stream)
-            kept = set(map(id, taken))
-            self._items = deque(i for i in self._items if id(i) not in kept)
+            if len(taken) == 1:  # the common case (one stream, or --max-batch 1)
+                self._items.popleft()
+            else:
+                kept = set(map(id, taken))
+                self._items = deque(i for i in self._items if id(i) not in kept)
             self._frames -= len(taken)
             self._cv.notify_all()
             return [(item, self._take_dropped(item)) for item in taken]
@@ -178,7 +181,7 @@ class LatestFrameSlot(_Inbox):
                 return True
             if replaced is not None:  # one frame per stream waits: the newer replaces it
                 self._count_drop(stream)
-                at = self._items.index(replaced)
+                at = next(k for k, i in enumerate(self._items) if i is replaced)
                 if not any(i.message.stream == stream for i in list(self._items)[at + 1:]):
                     # in its place: a stream keeps its turn however often its frame is
                     # replaced (else the streams that are replaced most wait longest)
