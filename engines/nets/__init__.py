@@ -6,11 +6,14 @@ role   module                       network
 view   ``engines.nets.view_classifier``  view classifier (8 classes)
 seg    ``engines.nets.segmenter``        LV myocardium / cavity segmenter (U-Net family)
 flow   ``engines.nets.flownet``          dense motion between consecutive frames
+mr     ``engines.nets.mr_joint``         short-axis MR: joint segmentation and motion
 =====  ===========================  ============================================
 
 The role -> module table is the role registry's (:data:`engines.spec.REGISTRY`).
-Every module defines ``SPEC`` (:class:`engines.spec.NetSpec`) and ``build()``, which
-returns the network with its default hyperparameters and random weights. Shipped
+Every module of a role defines ``SPEC`` (:class:`engines.spec.NetSpec`) and ``build()``,
+which returns the network with its default hyperparameters and random weights.
+``engines.nets.cardiac_mos`` (per-beat wall-motion scores of the 16 AHA segments, issue 16)
+has ``build()`` and no role yet: its engine contract, training and weights come later. Shipped
 weights (state dicts) live in ``engines/weights/`` with a JSON file beside each that
 records the training command, the data seeds and the held-out metrics.
 """
