@@ -100,13 +100,19 @@ def run_demo(config: DemoConfig, out: TextIO = sys.stdout) -> int:
 
         sender = threading.Thread(target=send, name="replay", daemon=True)
         sender.start()
-        print(f"{'seq':>5} {'t_s':>7} {'view':>6} {'gls_pct':>8} {'dropped':>7} "
-              f"{'pipeline_ms':>11} {'e2e_ms':>7}  flags", file=out)
         beats, measurable, not_measurable = 0, 0, 0
         totals, e2e, dropped, errors, t_first = [], [], 0, 0, None
         for message in subscriber.iter_until_end(timeout_s=30.0):
             now_ns = time.time_ns()
-            if message.kind == "result":
+            if message.kind == "start":
+                app = message.meta.get("app") or {}
+                print(f"app {app.get('name')}: networks "
+                      + ", ".join(f"{role} {e.get('backend')}/{e.get('precision')}"
+                                  for role, e in (app.get("engines") or {}).items()), file=out)
+            elif message.kind == "result":
+                if t_first is None:
+                    print(f"{'seq':>5} {'t_s':>7} {'view':>6} {'gls_pct':>8} {'dropped':>7} "
+                          f"{'pipeline_ms':>11} {'e2e_ms':>7}  flags", file=out)
                 t_first = message.t_acq_ns if t_first is None else t_first
                 # the stages' own time: receive -> result without the wait in the inbox
                 total = message.latency_ms["total"] - message.latency_ms.get("queue", 0.0)

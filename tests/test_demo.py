@@ -13,6 +13,8 @@ def test_demo_replays_the_real_echo_through_a_live_sidecar_and_stops_it():
     out = done.stdout
     assert "color3d_jpeg_baseline.dcm  120 frames  480x640x3" in out
     assert "(sent with view hint a4c)" in out
+    # how the networks run, from the stream's start echo (the app's declaration)
+    assert re.search(r"^app echo: networks view \w+/\w+, seg \w+/\w+, flow \w+/\w+$", out, re.M)
     rows = [line.split() for line in out.splitlines()
             if re.match(r"^\s+\d+\s+\d+\.\d{3}\s", line)]
     assert len(rows) == 120  # one line per frame
