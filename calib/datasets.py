@@ -208,6 +208,67 @@ def random_mr_config(seed: int, slice_level: str | None = None, **overrides):
     return MRPhantomConfig(**kw)
 
 
+#: the AHA segments each coronary artery usually supplies (Cerqueira et al. 2002): a
+#: wall-motion abnormality follows a territory
+CORONARY_TERRITORIES = {"LAD": (1, 2, 7, 8, 13, 14, 17), "RCA": (3, 4, 9, 10, 15),
+                        "LCx": (5, 6, 11, 12, 16)}
+
+
+def wall_motion_classes(rng: np.random.Generator) -> dict[int, int]:
+    """A heart's wall-motion class (code 0..3) for each of the 16 AHA segments: normal
+    throughout (30 %), else one (70 %) or two coronary territories affected: a run of
+    consecutive segments of the territory (its own order) hypokinetic, akinetic or
+    dyskinetic (45 / 40 / 15 %), some of the territory's other segments hypokinetic."""
+    classes = dict.fromkeys(range(1, 17), 0)
+    if rng.random() < 0.3:
+        return classes
+    names = list(CORONARY_TERRITORIES)
+    for name in rng.choice(names, size=1 if rng.random() < 0.7 else 2, replace=False):
+        territory = [s for s in CORONARY_TERRITORIES[str(name)] if s <= 16]
+        n = int(rng.integers(1, len(territory) + 1))
+        start = int(rng.integers(0, len(territory) - n + 1))
+        core = int(rng.choice([1, 2, 3], p=[0.45, 0.40, 0.15]))
+        for k, s in enumerate(territory):
+            if start <= k < start + n:
+                classes[s] = max(classes[s], core)
+            elif classes[s] == 0 and rng.random() < 0.3:
+                classes[s] = 1
+    return classes
+
+
+def wall_motion_stack_configs(seed: int, frames: int | None = None, **overrides) -> list:
+    """One phantom heart as a basal, a mid and an apical short-axis slice (three
+    :class:`calib.mr.MRPhantomConfig`, one beat each) sharing its timing, strains, size,
+    image quality and its 16 segments' wall-motion classes (:func:`wall_motion_classes`),
+    each segment's motion drawn inside its class's range
+    (:data:`calib.mr.WALL_MOTION_FACTOR_RANGES`): the data of Cardiac-MOS (issue 16).
+    ``frames``: frames of the beat (default: 20 or 25, as the paper's training cycles)."""
+    from calib.mr import WALL_MOTION_FACTOR_RANGES, MRPhantomConfig
+
+    seed = int(seed)
+    rng = np.random.default_rng([seed, 0x57A])
+    classes = wall_motion_classes(rng)
+    factors = {s: float(rng.uniform(*WALL_MOTION_FACTOR_RANGES[c])) for s, c in classes.items()}
+    size = _u(rng, 0.85, 1.2)
+    shared = dict(seed=seed, heart_rate_bpm=_u(rng, 55, 95),
+                  frames=int(frames if frames is not None else rng.choice([20, 25])),
+                  peak_circ_strain_pct=float(np.clip(rng.normal(-18, 2.5), -28, -10)),
+                  peak_radial_strain_pct=float(np.clip(rng.normal(45, 10), 20, 80)),
+                  wall_thickness_mm=_u(rng, 7, 12), lv_offset_mm=(_u(rng, -10, 10), _u(rng, -6, 14)),
+                  rv_insertion_deg=_u(rng, 110, 132), noise_sigma=_u(rng, 4, 12),
+                  acquisition_fraction=_u(rng, 0.7, 1.0))
+    base_r = {"basal": 26.0, "mid": 23.0, "apical": 16.0}
+    out = []
+    for level in SAX_LEVELS:
+        segs = AHA_SEGMENTS[level]
+        kw = dict(shared, slice_level=level, lv_endo_radius_mm=base_r[level] * size,
+                  wall_motion={str(s): classes[s] for s in segs},
+                  wall_motion_factors={str(s): factors[s] for s in segs})
+        kw.update(overrides)
+        out.append(MRPhantomConfig(**kw))
+    return out
+
+
 def _echo_clip(seed: int, **kw):
     """Clip for a seed; configs the motion model cannot realise are redrawn from a derived seed."""
     for attempt in range(5):

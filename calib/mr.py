@@ -16,7 +16,8 @@ Motion: an exact closed-ring map (``calib.kinematics``) with per-segment midwall
 circumferential strain, wall-thickness (radial) strain and twist, composed with a radial map
 of the RV free wall; the two insertion points move with the LV epicardium.  Wall-motion
 class per segment scales the normal strains: normal 1, hypokinetic 0.5, akinetic 0,
-dyskinetic -0.3 (systolic lengthening / thinning).
+dyskinetic -0.3 (systolic lengthening / thinning), or by a factor of the segment's own within
+its class's range (``wall_motion_factors``, :data:`WALL_MOTION_FACTOR_RANGES`).
 
 Image: intensities per tissue calibrated on the Sunnybrook SSFP cines shipped in
 /work/shared/data (blood ~280, myocardium ~80, liver ~105, lung ~10, fat ~450, 12-bit
@@ -49,6 +50,10 @@ from streamer.vocab import AHA_SEGMENTS, SAX_LEVELS, WALL_MOTION_CLASSES, MRLabe
 # motion factor per wall-motion class code (streamer.vocab.WALL_MOTION_CLASSES):
 # (circumferential, radial)
 CLASS_FACTORS = {0: (1.0, 1.0), 1: (0.5, 0.45), 2: (0.0, 0.0), 3: (-0.3, -0.25)}
+#: the spread of a segment's motion inside its class, as a fraction of the normal strains
+#: (``MRPhantomConfig.wall_motion_factors``): normal 75-115 %, hypokinetic 20-60 %, akinetic
+#: -10..+10 %, dyskinetic -45..-15 % (systolic lengthening and thinning)
+WALL_MOTION_FACTOR_RANGES = {0: (0.75, 1.15), 1: (0.2, 0.6), 2: (-0.1, 0.1), 3: (-0.45, -0.15)}
 
 # bSSFP intensities (Sunnybrook scale)
 I_BLOOD, I_MYO, I_FAT, I_LIVER, I_LUNG, I_MUSCLE, I_FLUID, I_BONE = 285., 82., 430., 105., 6., 95., 220., 140.
@@ -87,6 +92,10 @@ class MRPhantomConfig:
     peak_circ_strain_pct: float = -18.0  # midwall, normal segments, at end-systole
     peak_radial_strain_pct: float = 45.0  # wall thickening, normal segments
     wall_motion: dict = field(default_factory=dict)    # AHA segment -> class (0..3 / name)
+    #: AHA segment -> its strains as a fraction of the normal ones (circumferential and
+    #: radial alike), inside its class's WALL_MOTION_FACTOR_RANGES; a segment not listed
+    #: moves by its class's CLASS_FACTORS
+    wall_motion_factors: dict = field(default_factory=dict)
     infarct_segments: list = field(default_factory=list)
     infarct_transmurality: float = 0.7   # fraction of the wall from the endocardium
     lv_endo_radius_mm: float | None = None   # None: by slice level
@@ -124,6 +133,18 @@ class MRPhantomConfig:
             seg = require_int_range("wall_motion segment", k, 1, 16)
             wm[str(seg)] = parse_wall_motion(v)
         self.wall_motion = wm
+        factors = {}
+        for k, v in dict(self.wall_motion_factors).items():
+            seg = require_int_range("wall_motion_factors segment", k, 1, 16)
+            factors[str(seg)] = float(v)
+        self.wall_motion_factors = factors
+        for seg, f in factors.items():
+            c = self._class_of(int(seg))
+            lo, hi = WALL_MOTION_FACTOR_RANGES[c]
+            if not lo <= f <= hi:
+                raise PhantomParameterError(
+                    f"wall_motion_factors: segment {seg} is {WALL_MOTION_CLASSES[c]}, whose "
+                    f"strains are {lo:g}..{hi:g} of normal; got {f:g}")
         self.infarct_segments = [require_int_range("infarct segment", s, 1, 16) for s in self.infarct_segments]
         self.lv_offset_mm = tuple(float(x) for x in self.lv_offset_mm)
         _ = self.cycle  # building the cycle validates the timing
@@ -141,16 +162,24 @@ class MRPhantomConfig:
     def segments(self) -> tuple:
         return AHA_SEGMENTS[self.slice_level]
 
+    def _class_of(self, s: int) -> int:
+        if str(s) in self.wall_motion:
+            return self.wall_motion[str(s)]
+        if s in self.infarct_segments:
+            return 2 if self.infarct_transmurality > 0.5 else 1
+        return 0
+
     def segment_classes(self) -> np.ndarray:
+        return np.array([self._class_of(s) for s in self.segments], dtype=np.int64)
+
+    def segment_factors(self) -> np.ndarray:
+        """(K, 2): each segment's (circumferential, radial) strains as a fraction of the
+        normal ones: its ``wall_motion_factors`` entry, else its class's CLASS_FACTORS."""
         out = []
-        for s in self.segments:
-            if str(s) in self.wall_motion:
-                out.append(self.wall_motion[str(s)])
-            elif s in self.infarct_segments:
-                out.append(2 if self.infarct_transmurality > 0.5 else 1)
-            else:
-                out.append(0)
-        return np.array(out, dtype=np.int64)
+        for s, c in zip(self.segments, self.segment_classes()):
+            f = self.wall_motion_factors.get(str(s))
+            out.append((f, f) if f is not None else CLASS_FACTORS[int(c)])
+        return np.array(out, dtype=np.float64)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -179,6 +208,7 @@ class MRTruth:
     velocity_mm_s: np.ndarray     # (n, rows, cols, 3) noise-free (v_col, v_row, v_through)
     segment_ids: np.ndarray       # (K,) AHA numbers of this slice
     segment_scores: np.ndarray    # (K,) wall-motion class 0..3
+    segment_factors: np.ndarray   # (K, 2) (circumferential, radial) strains / the normal ones
     circ_strain_pct: np.ndarray   # (n, K) prescribed midwall circumferential strain
     radial_strain_pct: np.ndarray  # (n, K) prescribed wall-thickness strain
     msi: float                    # motion score index of this slice (1 normal .. 4 dyskinetic)
@@ -302,9 +332,8 @@ class _Scene:
         self.seg_order = np.array(segs[::-1])             # AHA id of each theta segment
         classes = cfg.segment_classes()
         self.classes = classes
-        cls_by_theta = classes[::-1]
-        self.fc = np.array([CLASS_FACTORS[c][0] for c in cls_by_theta])
-        self.fr = np.array([CLASS_FACTORS[c][1] for c in cls_by_theta])
+        factors_by_theta = cfg.segment_factors()[::-1]
+        self.fc, self.fr = factors_by_theta[:, 0].copy(), factors_by_theta[:, 1].copy()
         # infarct: material angular extent (theta) and transmurality
         self.infarct_theta = []
         for s in cfg.infarct_segments:
@@ -566,15 +595,15 @@ def make_mr_clip(cfg: MRPhantomConfig | None = None, **overrides) -> MRClip:
         ins[t] = sc.forward_mm(ins_ed, st_lv, st_rv)
     c_t = cyc.contraction(phases[:n])
     classes = sc.classes
-    fc = np.array([CLASS_FACTORS[c][0] for c in classes])
-    fr = np.array([CLASS_FACTORS[c][1] for c in classes])
+    factors = cfg.segment_factors()
+    fc, fr = factors[:, 0], factors[:, 1]
     circ = cfg.peak_circ_strain_pct * c_t[:, None] * fc[None, :]
     radial = cfg.peak_radial_strain_pct * c_t[:, None] * fr[None, :]
     ed, es = cyc.ed_es_frames()
     truth = MRTruth(myocardium=myo, cavity=cav, rv=rvm, myocardium_soft=soft["myo"],
                     cavity_soft=soft["cav"], rv_soft=soft["rv"], infarct=inf, segments=segmap,
                     displacement=disp, velocity_mm_s=vel, segment_ids=np.array(cfg.segments),
-                    segment_scores=classes, circ_strain_pct=circ, radial_strain_pct=radial,
+                    segment_scores=classes, segment_factors=factors, circ_strain_pct=circ, radial_strain_pct=radial,
                     msi=float(np.mean(classes + 1)),  # score = class code + 1
                     insertion_points_mm=ins,
                     lv_centre_mm=sc.centre.copy(), ed_frames=ed, es_frames=es, phase=phases[:n])

@@ -136,3 +136,54 @@ def test_bad_parameters(kw, needle):
     with pytest.raises(PhantomParameterError) as e:
         MRPhantomConfig(**kw)
     assert needle in str(e.value)
+
+
+def test_segment_factors_spread_motion_inside_a_class():
+    """wall_motion_factors scale a segment's prescribed strains inside its class's range; a
+    factor outside that range is refused; without factors the class's own factors apply."""
+    from calib.mr import CLASS_FACTORS, WALL_MOTION_FACTOR_RANGES
+
+    cfg = MRPhantomConfig(slice_level="mid", frames=4, wall_motion={"8": "hypokinetic"},
+                          wall_motion_factors={"8": 0.25, "9": 1.1})
+    clip = make_mr_clip(cfg)
+    factors = dict(zip(clip.truth.segment_ids.tolist(), clip.truth.segment_factors.tolist()))
+    assert factors[8] == [0.25, 0.25] and factors[9] == [1.1, 1.1]
+    assert factors[10] == list(CLASS_FACTORS[0])
+    es = int(np.argmin(clip.truth.circ_strain_pct[:, 2]))       # segment 9, normal
+    circ = dict(zip(clip.truth.segment_ids.tolist(), clip.truth.circ_strain_pct[es]))
+    assert circ[8] == pytest.approx(0.25 / 1.1 * circ[9])
+    lo, hi = WALL_MOTION_FACTOR_RANGES[1]
+    with pytest.raises(PhantomParameterError, match="hypokinetic.*0.2..0.6"):
+        MRPhantomConfig(slice_level="mid", wall_motion={"8": 1}, wall_motion_factors={"8": hi + 0.1})
+    with pytest.raises(PhantomParameterError, match="normal"):
+        MRPhantomConfig(slice_level="mid", wall_motion_factors={"8": lo})
+
+
+def test_a_wall_motion_stack_is_one_heart_in_three_slices():
+    from calib.datasets import CORONARY_TERRITORIES, split_seeds, wall_motion_stack_configs
+    from calib.mr import WALL_MOTION_FACTOR_RANGES
+
+    seen_abnormal = 0
+    for seed in split_seeds("train", 40):
+        configs = wall_motion_stack_configs(int(seed))
+        assert [c.slice_level for c in configs] == ["basal", "mid", "apical"]
+        assert len({(c.frames, c.heart_rate_bpm, c.peak_circ_strain_pct, c.rv_insertion_deg)
+                    for c in configs}) == 1
+        assert configs[0].frames in (20, 25)
+        classes = {int(s): c for cfg in configs for s, c in cfg.wall_motion.items()}
+        assert sorted(classes) == list(range(1, 17))
+        for cfg in configs:
+            for s, f in cfg.wall_motion_factors.items():
+                lo, hi = WALL_MOTION_FACTOR_RANGES[classes[int(s)]]
+                assert lo <= f <= hi
+        abnormal = {s for s, c in classes.items() if c > 0}
+        if abnormal:
+            seen_abnormal += 1
+            # abnormal segments lie in at most two coronary territories
+            hit = [t for t, segs in CORONARY_TERRITORIES.items() if abnormal & set(segs)]
+            assert 1 <= len(hit) <= 2
+    assert 15 <= seen_abnormal <= 38
+    assert wall_motion_stack_configs(5, frames=50)[1].frames == 50
+    assert wall_motion_stack_configs(5)[0].to_dict() == wall_motion_stack_configs(5)[0].to_dict()
+    clip = make_mr_clip(wall_motion_stack_configs(7, frames=4)[2])
+    assert clip.truth.segment_ids.tolist() == [13, 14, 15, 16]
