@@ -404,6 +404,35 @@ def mr_sequence_samples(split: str, n: int, offset: int = 0, frames: int = 20, r
     return {**out, "seeds": np.asarray(seeds), "split": split}
 
 
+def wall_motion_samples(split: str, n: int, offset: int = 0, frames: int = 20,
+                        crop_factor: float = 1.6) -> dict:
+    """``n`` phantom hearts (:func:`wall_motion_stack_configs`, beats of ``frames`` frames)
+    as Cardiac-MOS sees them: ``segments`` (n, 16, frames, 80, 60) uint8, each AHA segment
+    (index = AHA id - 1) in polar coordinates (:func:`streamer.measure.polar.segment_polar`,
+    x 255), cropped and aligned by the truth's end-diastolic labels (the LV centre and the RV
+    insertion points of each slice's first end-diastole); ``classes`` (n, 16) wall-motion
+    class codes; ``factors`` (n, 16) each segment's motion as a fraction of normal."""
+    from calib.mr import make_mr_clip
+    from streamer.measure.polar import ANGLES, CROP_PX, segment_polar
+    from streamer.measure.sax import rv_insertion_points
+
+    seeds = split_seeds(split, n, offset)
+    out = {"segments": np.empty((n, 16, frames, CROP_PX // 2, ANGLES), np.uint8),
+           "classes": np.empty((n, 16), np.int64), "factors": np.empty((n, 16), np.float32)}
+    for i, s in enumerate(seeds):
+        for cfg in wall_motion_stack_configs(int(s), frames=frames):
+            clip = make_mr_clip(cfg)
+            labels = clip.truth.label_map()[int(clip.truth.ed_frames[0])]
+            polar = segment_polar(clip.frames, labels, rv_insertion_points(labels),
+                                  cfg.slice_level, crop_factor=crop_factor)
+            for aha, image in polar.items():
+                out["segments"][i, aha - 1] = np.round(image * 255.0).astype(np.uint8)
+            for k, aha in enumerate(clip.truth.segment_ids):
+                out["classes"][i, aha - 1] = clip.truth.segment_scores[k]
+                out["factors"][i, aha - 1] = clip.truth.segment_factors[k, 0]
+    return {**out, "seeds": np.asarray(seeds), "split": split}
+
+
 def calibration_images(n: int, kind: str = "view", rows: int = 256, cols: int = 256) -> np.ndarray:
     """Representative engine inputs for INT8 calibration, from the ``calib`` split only."""
     if kind == "view":

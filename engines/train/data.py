@@ -22,7 +22,9 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 BUILDERS = ("view_samples", "segmentation_samples", "flow_samples", "mr_segmentation_samples",
-            "mr_sequence_samples")
+            "mr_sequence_samples", "wall_motion_samples")
+#: sources outside ``calib`` a builder's samples depend on (their digest joins its cache key)
+EXTRA_SOURCES = {"wall_motion_samples": ("streamer/measure/polar.py", "streamer/measure/sax.py")}
 
 
 def cache_dir() -> Path:
@@ -46,8 +48,15 @@ def dataset(builder: str, split: str, n: int, **kwargs) -> dict[str, np.ndarray]
 
     if builder not in BUILDERS:
         raise ValueError(f"builder {builder!r} is unknown; choose one of {', '.join(BUILDERS)}")
+    extra = {}
+    if builder in EXTRA_SOURCES:
+        root = Path(__file__).resolve().parents[2]
+        h = hashlib.sha256()
+        for name in EXTRA_SOURCES[builder]:
+            h.update((root / name).read_bytes())
+        extra = {"sources": h.hexdigest()[:16]}
     key = json.dumps({"builder": builder, "split": split, "n": n, "generator": generator_digest(),
-                      **kwargs}, sort_keys=True)
+                      **extra, **kwargs}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     path = cache_dir() / f"{builder}-{split}-{n}-{digest}.npz"
     if path.exists():
