@@ -47,6 +47,7 @@ from streamer.bench.latency import (  # noqa: E402
     PHANTOM_SEED,
     PHANTOM_SIZE_PX,
     ArrayClip,
+    StampingSender,
     machine_info,
     phantom_clip,
     summarize,
@@ -56,7 +57,8 @@ STREAM = "bench-{}"
 
 
 def phase_offsets_s(phase: str, n: int, rate_fps: float, seed: int) -> list[float]:
-    """When each of ``n`` senders starts, s after the first could (see ``--phase``)."""
+    """When each of the ``n`` senders sends its first frame, seconds after the earliest
+    moment it could (see ``--phase``)."""
     interval = 1.0 / rate_fps
     if phase == "even":
         return [k * interval / n for k in range(n)]
@@ -86,16 +88,10 @@ def run_n(n: int, frames: np.ndarray, spacing_mm: tuple, fps: float, args) -> di
             config = ReplayConfig(stream=STREAM.format(k), fps=rate, view="a4c",
                                   loop=math.ceil(total / len(frames)), max_frames=total)
             with FrameSender(SenderConfig(sidecar.ready["ingest"])) as sender:
-                original = sender.send
-
-                def stamped(message, *, block=True):
-                    if message.kind == "frame":
-                        stamps[k][message.seq] = message.t_send_ns
-                    original(message, block=block)
-
-                sender.send = stamped
+                stamping = StampingSender(sender)   # each frame's t_send_ns, by seq
+                stamps[k] = stamping.t_send_ns
                 time.sleep(max(0.0, start_at + offsets_s[k] - time.monotonic()))
-                replay(ArrayClip(frames, spacing_mm, fps, "phantom"), sender, config)
+                replay(ArrayClip(frames, spacing_mm, fps, "phantom"), stamping, config)
         except BaseException as exc:  # reported by the main thread
             failure.append(exc)
 

@@ -396,7 +396,7 @@ def _backend_label(backend: str, precision: str, device: str | None) -> str:
     return f"{backend}/{precision}" + (f"@{device}" if device and device != "cpu" else "")
 
 
-class _StampingSender:
+class StampingSender:
     """A FrameSender that remembers each frame's ``t_send_ns`` before sending it."""
 
     def __init__(self, sender):
@@ -440,7 +440,7 @@ def run_sockets(args, source: ClipSource, recv_timeout_s: float = 60.0) -> dict:
             try:
                 with source.open() as reader, FrameSender(
                         SenderConfig(sidecar.ready["ingest"])) as sender:
-                    stamping = sender_box["sender"] = _StampingSender(sender)
+                    stamping = sender_box["sender"] = StampingSender(sender)
                     sender_box["stats"] = replay(reader, stamping, config,
                                                  on_frame=lambda _: bar.update(1))
             except BaseException as exc:  # reported in the main thread
