@@ -178,8 +178,8 @@ def fast_worker(workdir: Path, n: int, warmup: int) -> dict:
 
     call_ms, _ = _timed(call_only, np.arange(len(images)), n, 0)
     return {"side": "fast", "ms": ms, "call_only_ms": call_ms,
-            "engine": f"FAST {fast.__version__ if hasattr(fast, '__version__') else ''} "
-                      f"NeuralNetwork, inference engine {engine.getName()}".replace("  ", " "),
+            "engine": " ".join(filter(None, ["FAST", getattr(fast, "__version__", ""),
+                                             f"NeuralNetwork, inference engine {engine.getName()}"])),
             # FAST answers channels last
             "first": np.moveaxis(first.reshape(*SIZE, CLASSES), -1, 0)}
 

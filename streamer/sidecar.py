@@ -38,6 +38,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from itertools import islice
 
 import zmq
 
@@ -182,7 +183,7 @@ class LatestFrameSlot(_Inbox):
             if replaced is not None:  # one frame per stream waits: the newer replaces it
                 self._count_drop(stream)
                 at = next(k for k, i in enumerate(self._items) if i is replaced)
-                if not any(i.message.stream == stream for i in list(self._items)[at + 1:]):
+                if not any(i.message.stream == stream for i in islice(self._items, at + 1, None)):
                     # in its place: a stream keeps its turn however often its frame is
                     # replaced (else the streams that are replaced most wait longest)
                     self._items[at] = item
