@@ -133,7 +133,8 @@ def test_conv_ki_response_agrees_across_frame_counts():
     assert torch.allclose(x50[:, :, ::2], x25, atol=1e-6)                  # the same beat
     with torch.no_grad():
         y25 = ki(x25)
-        y50 = ki(x50)[:, :, ::2]
+        y50 = ki(x50)                                # re-sampled to 25 frames: every other
+        assert y50.shape == y25.shape
         rel = float((y50 - y25).norm() / y25.norm())
         assert rel < 0.02
         as_is = F.conv3d(cm.circular_time_pad(x50, 2), ki.weight, padding=(0, 1, 1))[:, :, ::2]
@@ -148,8 +149,22 @@ def test_conv_ki_response_agrees_across_frame_counts():
     coef = torch.randn(8, 1, 3, 3, 3)
     with torch.no_grad():
         ki.weight.copy_(sum(coef[:, :, p, None] * (taps[:, None, None] / 2) ** p for p in range(3)))
-        y25, y20 = ki(x25)[:, :, ::5], ki(_beat(20))[:, :, ::4]
+        y25, y20 = ki(x25), ki(_beat(20))
+        # at the shared time points (every 5th of the 25, every 4th of the 20) ...
+        assert float((y20[:, :, ::5] - y25[:, :, ::5]).norm() / y25[:, :, ::5].norm()) < 0.08
+        # ... and over the whole beat, the 20 frames' response interpolated in beat time
         assert float((y20 - y25).norm() / y25.norm()) < 0.08
+
+
+def test_resample_beat_interpolates_in_circular_beat_time():
+    x = torch.arange(4.0).reshape(1, 1, 4, 1, 1)                 # frames at beat times k / 4
+    assert cm.resample_beat(x, 4) is x
+    assert cm.resample_beat(x, 8).flatten().tolist() == [0, 0.5, 1, 1.5, 2, 2.5, 3, 1.5]
+    assert cm.resample_beat(x, 2).flatten().tolist() == [0, 2]
+    # every layer after conv-KI sees T0 frames, whatever the cine's count
+    model = cm.build("cnn").eval()
+    for frames in (2, 20, 50):
+        assert model.conv_ki(torch.rand(1, 1, frames, 8, 6)).shape[2] == 25
 
 
 def test_circular_time_pad_wraps_the_beat():

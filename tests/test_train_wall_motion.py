@@ -48,8 +48,18 @@ def test_a_tiny_run_trains_judges_and_writes_its_record(tmp_path, monkeypatch):
     record = json.loads((tmp_path / "wall_motion.json").read_text())
     assert set(record["test"]) == {"5", "7"} and record["variant"] == "cnn"
     assert record["test"]["7"]["segments"] == 16 and 0 <= record["test"]["5"]["accuracy"] <= 1
+    assert len(record["predictions"]["test"]["7"]["pred"]) == 1 and record["fold_test"] == {}
     model = cardiac_mos.build("cnn")
     model.load_state_dict(torch.load(out, weights_only=True))
+    # three folds by subject: fold 1 of 3 holds out heart 1 of the 3 training hearts
+    fold = tmp_path / "fold"
+    assert wall_motion.main(["--train-hearts", "3", "--train-frames", "5", "--test-hearts", "1",
+                             "--test-frames", "5", "--epochs", "1", "--threads", "1",
+                             "--folds", "3", "--fold", "1", "--out", str(fold / "wm.pt")]) == 0
+    record = json.loads((fold / "wall_motion.json").read_text())
+    assert record["data"]["train_hearts"] == 2 and record["fold_test"]["5"]["hearts"] == 1
+    with pytest.raises(SystemExit):
+        wall_motion.main(["--folds", "3", "--fold", "3", "--out", str(fold / "x.pt")])
     # a non-local variant starts from the baseline's weights
     assert wall_motion.main(["--variant", "sub_nl", "--init", str(out), "--train-hearts", "2",
                              "--train-frames", "5", "--test-hearts", "1", "--test-frames", "5",

@@ -10,6 +10,12 @@ and 25-frame cycles), the metrics on held-out ``test`` hearts at each of ``--tes
 (30 and 50 judge conv-KI: frame counts training never saw). No ``val`` split yet: the model
 of the last epoch is judged.
 
+Cross-validation by subject, as the paper (``--folds 3 --fold K``): the training hearts of
+each frame count are split in three by their index (heart i is in fold i mod 3); fold K's
+hearts are held out and judged (``fold_test`` in the record), the other two thirds train.
+The ``test`` split's hearts are held out from every fold (``bench/wall_motion_cv.py`` runs
+the folds and the variants and tabulates them).
+
 Variants (:data:`engines.nets.cardiac_mos.VARIANTS`): the baseline CNN first, then the
 non-local variants fine-tuned from it (``--init BASELINE.pt``), as the paper does. Loss:
 cross-entropy over the segments, each class weighted by 1 / sqrt(its share of the training
@@ -99,6 +105,12 @@ def predict(model: torch.nn.Module, segments: np.ndarray, batch: int = 2) -> np.
     return np.concatenate(out)
 
 
+def split_fold(data: dict, folds: int, fold: int) -> tuple[dict, dict]:
+    """(training, held-out) parts of one data set: heart i is in fold i mod ``folds``."""
+    held = np.arange(len(data["classes"])) % folds == fold
+    return ({k: v[~held] for k, v in data.items()}, {k: v[held] for k, v in data.items()})
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m engines.train.wall_motion", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -113,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ki-test-hearts", type=int, default=12,
                    help="held-out hearts at each other frame count, for conv-KI (default %(default)s)")
     p.add_argument("--test-frames", type=int, nargs="+", default=[20, 25, 30, 50])
+    p.add_argument("--folds", type=int, default=1,
+                   help="split the training hearts into this many folds by subject and hold "
+                        "fold --fold out (default %(default)s: no split)")
+    p.add_argument("--fold", type=int, default=0, help="the held-out fold (0-based)")
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--batch", type=int, default=2, help="hearts per step (default %(default)s)")
     p.add_argument("--lr", type=float, default=1e-3)
@@ -123,13 +139,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.folds < 1 or not 0 <= args.fold < args.folds:
+        parser.error(f"--fold {args.fold} must lie in 0..--folds - 1 ({args.folds - 1})")
     g = common.seed_everything(args.seed)
     common.set_threads(args.threads)
     clock = common.Stopwatch()
     # frame counts of the test split each take their own hearts (seeds after the previous)
     train = [load("train", args.train_hearts, t, offset=k * args.train_hearts)
              for k, t in enumerate(args.train_frames)]
+    fold_test = {}
+    if args.folds > 1:
+        parts = [split_fold(d, args.folds, args.fold) for d in train]
+        train = [a for a, _ in parts]
+        fold_test = {t: b for t, (_, b) in zip(args.train_frames, parts)}
     counts = [args.test_hearts if t in args.train_frames else args.ki_test_hearts
               for t in args.test_frames]
     offsets = np.cumsum([0, *counts])
@@ -169,16 +193,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"epoch {epoch + 1}: loss {history[-1]['loss']:.4f} ({clock.seconds:.0f} s)",
               file=sys.stderr, flush=True)
     train_s = clock.seconds - data_s
-    metrics = {str(t): scoring_metrics(d["classes"], predict(model, d["segments"]))
-               for t, d in test.items()}
-    for t, m in metrics.items():
-        print(f"test {t} frames: accuracy {m['accuracy']:.3f}, binary {m['binary_accuracy']:.3f}, "
-              f"kappa {m['kappa']:.3f}, MSI r {m['msi_pearson']:.3f} ({m['hearts']} hearts)")
+    predictions = {name: {str(t): (d["classes"], predict(model, d["segments"]))
+                          for t, d in sets.items()}
+                   for name, sets in (("test", test), ("fold_test", fold_test))}
+    metrics, fold_metrics = ({t: scoring_metrics(*pair) for t, pair in predictions[name].items()}
+                             for name in ("test", "fold_test"))
+    for name, table in (("test", metrics), (f"fold {args.fold} of {args.folds}", fold_metrics)):
+        for t, m in table.items():
+            print(f"{name}, {t} frames: accuracy {m['accuracy']:.3f}, binary "
+                  f"{m['binary_accuracy']:.3f}, kappa {m['kappa']:.3f}, MSI r "
+                  f"{m['msi_pearson']:.3f} ({m['hearts']} hearts)")
     header = common.record_header(args, ROLE)
     record = {**header, "variant": args.variant, "data": {
         "builder": f"calib.datasets.{BUILDER}", "train_hearts_per_frames": args.train_hearts,
         "train_frames": args.train_frames, "test_frames": args.test_frames,
+        "folds": args.folds, "fold": args.fold,
+        "train_hearts": int(sum(len(d["classes"]) for d in train)),
         "class_share_train": share.round(4).tolist()}, "history": history, "test": metrics,
+        "fold_test": fold_metrics,
+        # per held-out heart: the truth's and the model's class codes (hearts, 16), for
+        # pooling folds (bench/wall_motion_cv.py)
+        "predictions": {name: {t: {"true": a.tolist(), "pred": b.tolist()}
+                               for t, (a, b) in sets.items()}
+                        for name, sets in predictions.items()},
         "wall_s": {"data": round(data_s, 1), "train": round(train_s, 1)}}
     js = common.save_weights(model, ROLE, record, args.out)
     print(f"wrote {args.out} and {js}")
