@@ -70,9 +70,7 @@ def run_slice(analysis, clip, stream: str, slice_index: int, n_slices: int = 3) 
         results.append({**instance.fields(outcome), "flags": outcome.flags,
                         "latency_ms": outcome.latency_ms})
         labels.append(outcome.values["grid_labels"])
-        beat = instance.beat(frame, outcome)
-        if beat is not None:
-            beats.append(beat.fields)
+        beats += [m.fields for m in instance.beat_messages(frame, outcome) if m.kind == "beat"]
     return {"results": results, "beats": beats, "labels": np.stack(labels)}
 
 

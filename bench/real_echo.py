@@ -77,9 +77,9 @@ def run_clip(analysis, path: Path, view: str | None, first_frame: int = 0):
                     continue
                 frames.append(np.array(message.pixels))
                 outcome = stream(message)
-                beat = stream.beat(message, outcome)  # the beat stages, as in the side-car
                 outcomes.append(outcome)
-                if beat is not None:
+                # the beat stages, as in the side-car
+                for beat in stream.beat_messages(message, outcome):
                     beats.append({"beat": beat.beat, **beat.fields})
     return frames, outcomes, beats
 

@@ -27,7 +27,10 @@ Per beat: a frame stage that sees a cardiac cycle close writes a :class:`BeatBou
 under the value name ``beat_closed``. For each of the app's :class:`BeatStage` s the
 stream has a :class:`BeatBuffer` that has kept, for each frame since the previous
 end-diastole, the values that stage asked for (``keeps``); the beat stages then run once
-on those frames (:class:`BeatFrames`) and write the fields of the ``beat`` message.
+on those frames (:class:`BeatFrames`) and write the fields of the ``beat`` message. A beat
+stage that measures across streams (an MR stack's slices) may also send messages of its
+own kind after the beat (``sends``; e.g. ``wall_motion``), whose fields the app declares
+in ``message_fields``.
 """
 
 from __future__ import annotations
@@ -40,12 +43,14 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from streamer.budget import FULL, FrameControls
-from streamer.io.protocol import BEAT_KEYS, RESULT_KEYS, BeatMessage, FrameMessage
+from streamer.io.protocol import BEAT_KEYS, RESULT_KEYS, BeatMessage, FrameMessage, Message
 
 #: values every pipeline starts with, before the first stage runs.
 SOURCE_VALUES = ("frame", "controls", "stream_meta")
 #: the value a frame stage writes when a cardiac cycle closes (a BeatBoundary or None)
 BEAT_CLOSED = "beat_closed"
+#: the key under which a beat stage returns the messages it sends after the beat
+SEND = "send"
 
 
 class FrameRejected(Exception):
@@ -209,11 +214,16 @@ class BeatStage(ABC):
     :class:`BeatBuffer` of this stage keeps for it: a frame is kept when all of them are not
     ``None`` (each beat stage has its own buffer, so one stage's missing values do not
     cost another its frames).
-    ``outputs`` are the beat fields it writes (declared in the app's ``beat_fields``)."""
+    ``outputs`` are the beat fields it writes (declared in the app's ``beat_fields``);
+    ``sends`` the kinds of the messages it may return, as a list under :data:`SEND`, to
+    follow the beat message (declared in the app's ``message_fields``); ``max_frames``, when
+    set, bounds its buffer below the app's ``max_beat_frames`` (a stage that keeps images)."""
 
     name: ClassVar[str]
     keeps: ClassVar[tuple[str, ...]] = ()
     outputs: ClassVar[tuple[str, ...]] = ()
+    sends: ClassVar[tuple[str, ...]] = ()
+    max_frames: ClassVar[int | None] = None
 
     @abstractmethod
     def process(self, beat: BeatFrames) -> dict[str, Any]:
@@ -285,6 +295,8 @@ class App(ABC):
     result_fields: ClassVar[tuple[Field, ...]] = ()
     #: the fields of its beat messages (besides ``beat`` and ``ed_seq``, which every beat has)
     beat_fields: ClassVar[tuple[Field, ...]] = ()
+    #: the fields of the other messages its beat stages send, by kind (``wall_motion``)
+    message_fields: ClassVar[dict[str, tuple[Field, ...]]] = {}
     #: which frames are analysed, in words (the stage that decides writes ``analyse``)
     gate: ClassVar[str] = "every frame"
     #: the app's options (a frozen dataclass with defaults)
@@ -326,6 +338,11 @@ class App(ABC):
             if undeclared:
                 raise PipelineWiringError(f"beat stage {stage.name!r} writes {undeclared}, "
                                           f"which app {self.name!r} does not declare")
+            unsent = [kind for kind in stage.sends if kind not in self.message_fields]
+            if unsent:
+                raise PipelineWiringError(f"beat stage {stage.name!r} sends {unsent} "
+                                          f"messages, whose fields app {self.name!r} does "
+                                          "not declare")
         unwritten = [f.name for f in self.result_fields if f.name not in written]
         if unwritten:
             raise PipelineWiringError(f"app {self.name!r} declares result fields {unwritten} "
@@ -353,7 +370,9 @@ class App(ABC):
         return {"name": self.name, "modalities": list(self.modalities),
                 "roles": list(self.roles), "gate": self.gate, "engines": engines,
                 "result_fields": [f.declaration() for f in self.result_fields],
-                "beat_fields": [f.declaration() for f in self.beat_fields]}
+                "beat_fields": [f.declaration() for f in self.beat_fields],
+                "message_fields": {kind: [f.declaration() for f in fields]
+                                   for kind, fields in self.message_fields.items()}}
 
     def new_stream(self, stream: str, wrap=None, meta: dict | None = None) -> StreamApp:
         """Per-stream state: fresh stages (``wrap`` may replace some, e.g. a test hook);
@@ -361,7 +380,9 @@ class App(ABC):
         stages = self.stages()
         pipeline = Pipeline(wrap(stages) if wrap is not None else stages)
         beat_stages = self.beat_stages()
-        buffers = [BeatBuffer(stage.keeps, self.max_beat_frames) for stage in beat_stages]
+        buffers = [BeatBuffer(stage.keeps, min(self.max_beat_frames,
+                                               stage.max_frames or self.max_beat_frames))
+                   for stage in beat_stages]
         return StreamApp(self, stream, pipeline, beat_stages, buffers, meta)
 
 
@@ -396,31 +417,39 @@ class StreamApp:
         return {name: values[name] for name in self._array_fields
                 if values.get(name) is not None}
 
-    def beat(self, frame: FrameMessage, outcome: FrameOutcome) -> BeatMessage | None:
-        """Keep what the beat stages need; when this frame closed a beat, run them."""
+    def beat_messages(self, frame: FrameMessage, outcome: FrameOutcome) -> list[Message]:
+        """Keep what the beat stages need; when this frame closed a beat, run them: the
+        beat message, followed by what the stages send (none when no beat closed)."""
         if not self.beat_stages:
-            return None
+            return []
         for buffer in self.beat_buffers:
             buffer.keep(frame.seq, outcome.values)
         boundary = outcome.values.get(BEAT_CLOSED)
         if boundary is None:
-            return None
+            return []
         undeclared = [name for name in boundary.fields if name not in self._beat_fields]
         if undeclared:
             raise RuntimeError(f"the beat boundary writes {undeclared}, which app "
                                f"{self.app.name!r} does not declare as beat fields")
         fields: dict[str, Any] = {"ed_seq": boundary.ed_seq, **boundary.fields}
         incomplete = False
+        sent: list[Message] = []
         for stage, buffer in zip(self.beat_stages, self.beat_buffers):
             frames = buffer.close(frame.stream, boundary)
             incomplete |= frames.incomplete
             t0 = time.perf_counter_ns()
-            out = stage.process(frames)
+            out = dict(stage.process(frames))
             outcome.latency_ms[f"beat:{stage.name}"] = (time.perf_counter_ns() - t0) / 1e6
             missing = [name for name in stage.outputs if name not in out]
             if missing:
                 raise RuntimeError(f"beat stage {stage.name!r} did not return {missing}")
+            messages = out.pop(SEND, [])
+            stray = [m.kind for m in messages if m.kind not in stage.sends]
+            if stray:
+                raise RuntimeError(f"beat stage {stage.name!r} sent {stray} messages; it "
+                                   f"declares {list(stage.sends)}")
+            sent += messages
             fields.update(out)
         if incomplete:
             fields["flags"] = [*fields.get("flags", ()), "beat_incomplete"]
-        return BeatMessage(stream=frame.stream, beat=boundary.index, fields=fields)
+        return [BeatMessage(stream=frame.stream, beat=boundary.index, fields=fields), *sent]

@@ -103,7 +103,7 @@ class _Job:
     #: messages that go before the frame's own (streams closed as idle meanwhile)
     before: list[Message]
     outcome: Any = None
-    beat: Message | None = None
+    beats: list[Message] = field(default_factory=list)
     error: BaseException | None = None
     #: the batch size each network ran this frame at (a batching round), else None
     batch: dict[str, int] | None = None
@@ -323,7 +323,7 @@ class FrameProcessor:
         except Exception as exc:
             job.error = exc
             return
-        job.beat = self._beat(job.instance, frame, job.outcome)
+        job.beats = self._beats(job.instance, frame, job.outcome)
 
     def close(self) -> None:
         """Stop the round threads (the side-car's worker calls it when it ends)."""
@@ -349,7 +349,7 @@ class FrameProcessor:
                                               message=f"frame {frame.stream}#{frame.seq}: "
                                                       f"{type(exc).__name__}: {exc}",
                                               stream=frame.stream, seq=frame.seq)]
-        instance, outcome, beat = job.instance, job.outcome, job.beat
+        instance, outcome = job.instance, job.outcome
         counts.processed += 1
         counts.last_seq = frame.seq
         t_result_ns = time.time_ns()
@@ -377,19 +377,19 @@ class FrameProcessor:
             dropped=replaced + stale, flags=list(dict.fromkeys(flags)), budget=budget,
             app=instance.app.name, fields=instance.fields(outcome),
             arrays=instance.arrays(outcome), batch=job.batch)
-        return job.before + ([result] if beat is None else [result, beat])
+        return job.before + [result, *job.beats]
 
     @staticmethod
-    def _beat(instance: StreamApp, frame: FrameMessage, outcome) -> Message | None:
-        """The beat this frame closed, if any; a failing beat stage costs the beat (an
-        error), not the frame's result."""
+    def _beats(instance: StreamApp, frame: FrameMessage, outcome) -> list[Message]:
+        """The beat this frame closed, if any, and what its stages send; a failing beat
+        stage costs the beat (an error), not the frame's result."""
         try:
-            return instance.beat(frame, outcome)
+            return instance.beat_messages(frame, outcome)
         except Exception as exc:
             log.exception("beat stage failed on %s#%d", frame.stream, frame.seq)
-            return ErrorMessage(code="stage_failed", stream=frame.stream, seq=frame.seq,
-                                message=f"the beat closed at frame {frame.stream}#{frame.seq} "
-                                        f"was lost: {type(exc).__name__}: {exc}")
+            return [ErrorMessage(code="stage_failed", stream=frame.stream, seq=frame.seq,
+                                 message=f"the beat closed at frame {frame.stream}#{frame.seq} "
+                                         f"was lost: {type(exc).__name__}: {exc}")]
 
     def _controls(self, state: StreamState) -> FrameControls:
         """The budget controller's controls for this stream's next frame (``half_rate``

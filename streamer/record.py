@@ -27,7 +27,7 @@ from streamer.io.sockets import ResultSubscriber, SubscriberConfig, bind, limit_
 
 log = logging.getLogger(__name__)
 
-KINDS = ("frame", "start", "end", "result", "beat", "error")
+KINDS = ("frame", "start", "end", "result", "beat", "wall_motion", "error")
 
 
 @dataclass(frozen=True)

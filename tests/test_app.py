@@ -9,6 +9,7 @@ import pytest
 
 from streamer.app import (
     BEAT_CLOSED,
+    SEND,
     SOURCE_VALUES,
     App,
     BeatBoundary,
@@ -24,7 +25,7 @@ from streamer.app import (
 )
 from streamer.apps.common import DebugDelay, Preprocess
 from streamer.budget import FrameControls
-from streamer.io.protocol import BeatMessage, FrameMessage
+from streamer.io.protocol import BeatMessage, FrameMessage, WallMotionMessage
 
 
 def frame(pixels=None, seq=0, stream="s", **kw) -> FrameMessage:
@@ -320,8 +321,7 @@ def test_a_closed_beat_runs_the_beat_stages_on_its_frames():
     beats = []
     for seq in range(7):
         outcome = instance(frame(seq=seq))
-        beat = instance.beat(frame(seq=seq), outcome)
-        if beat is not None:
+        for beat in instance.beat_messages(frame(seq=seq), outcome):
             beats.append((seq, beat, dict(outcome.latency_ms)))
     assert [seq for seq, _, _ in beats] == [3, 6]
     (_, first, latency), (_, second, _) = beats
@@ -340,8 +340,9 @@ def test_a_beat_buffer_that_ran_over_flags_the_beat_incomplete():
     instance = SmallBuffer().new_stream("s")
     for seq in range(4):
         outcome = instance(frame(seq=seq))
-        beat = instance.beat(frame(seq=seq), outcome)
-    assert beat is not None and beat.fields["flags"] == ["beat_incomplete"]
+        messages = instance.beat_messages(frame(seq=seq), outcome)
+    (beat,) = messages
+    assert beat.fields["flags"] == ["beat_incomplete"]
     assert beat.fields["frames"] == 2
 
 
@@ -354,7 +355,7 @@ def test_an_app_without_beat_stages_never_sends_a_beat():
 
     instance = NoBeats().new_stream("s")
     for seq in range(7):
-        assert instance.beat(frame(seq=seq), instance(frame(seq=seq))) is None
+        assert instance.beat_messages(frame(seq=seq), instance(frame(seq=seq))) == []
 
 
 def test_a_beat_stage_that_forgets_an_output_is_a_bug():
@@ -368,9 +369,69 @@ def test_a_beat_stage_that_forgets_an_output_is_a_bug():
 
     instance = App2().new_stream("s")
     for seq in range(3):
-        instance.beat(frame(seq=seq), instance(frame(seq=seq)))
+        instance.beat_messages(frame(seq=seq), instance(frame(seq=seq)))
     with pytest.raises(RuntimeError, match="did not return \\['frames'\\]"):
-        instance.beat(frame(seq=3), instance(frame(seq=3)))
+        instance.beat_messages(frame(seq=3), instance(frame(seq=3)))
+
+
+class SendsStackSum(SumSamples):
+    """A beat stage that also sends a message of its own kind after the beat."""
+
+    sends = ("wall_motion",)
+
+    def process(self, beat):
+        out = super().process(beat)
+        return {**out, SEND: [WallMotionMessage("stack", 0, fields={"total": out["total"]})]}
+
+
+def test_a_beat_stage_sends_its_messages_after_the_beat_message():
+    class App2(CountingApp):
+        message_fields = {"wall_motion": (Field("total", "number", "sum"),)}
+
+        def beat_stages(self):
+            return [SendsStackSum()]
+
+    app = App2()
+    assert app.declaration()["message_fields"]["wall_motion"][0]["name"] == "total"
+    instance = app.new_stream("s")
+    sent = [instance.beat_messages(frame(seq=seq), instance(frame(seq=seq))) for seq in range(4)]
+    assert [[m.kind for m in messages] for messages in sent] == [[], [], [], ["beat", "wall_motion"]]
+    beat, stack = sent[-1]
+    assert SEND not in beat.fields and stack.fields["total"] == beat.fields["total"]
+
+
+def test_a_beat_stage_sending_undeclared_kinds_is_refused():
+    class Undeclared(CountingApp):  # sends wall_motion, declares no fields for it
+        def beat_stages(self):
+            return [SendsStackSum()]
+
+    with pytest.raises(PipelineWiringError, match="sends \\['wall_motion'\\] messages"):
+        Undeclared()
+
+    class Stray(SendsStackSum):
+        sends = ()
+
+    class App3(CountingApp):
+        def beat_stages(self):
+            return [Stray()]
+
+    instance = App3().new_stream("s")
+    for seq in range(3):
+        instance.beat_messages(frame(seq=seq), instance(frame(seq=seq)))
+    with pytest.raises(RuntimeError, match="sent \\['wall_motion'\\] messages"):
+        instance.beat_messages(frame(seq=3), instance(frame(seq=3)))
+
+
+def test_a_beat_stage_may_keep_fewer_frames_than_the_app():
+    class Short(SumSamples):
+        max_frames = 2
+
+    class App4(CountingApp):
+        def beat_stages(self):
+            return [Short(), SumSamples()]
+
+    instance = App4().new_stream("s")
+    assert [b.max_frames for b in instance.beat_buffers] == [2, App4.max_beat_frames]
 
 
 def test_a_beat_stage_keeping_a_value_no_stage_writes_is_a_wiring_error():
@@ -460,6 +521,7 @@ def test_each_beat_stage_keeps_its_own_frames():
     assert [b.keeps for b in instance.beat_buffers] == [("sample",), ("odd_sample",)]
     for seq in range(4):
         outcome = instance(frame(seq=seq))
-        beat = instance.beat(frame(seq=seq), outcome)
+        messages = instance.beat_messages(frame(seq=seq), outcome)
+    (beat,) = messages
     # frames 0..3 (counts 1..4): all four for the sum, counts 1 and 3 for the other
     assert beat.fields["frames"] == 4 and beat.fields["odd_frames"] == 2

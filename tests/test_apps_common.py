@@ -149,7 +149,7 @@ def test_analysis_off_app_computes_nothing_and_says_so():
     outcome = instance(frame())
     assert outcome.flags == ["analysis_off"]
     assert instance.fields(outcome) == {} and "gls_pct" not in outcome.values
-    assert instance.beat(frame(), outcome) is None
+    assert instance.beat_messages(frame(), outcome) == []
     assert app.declaration()["result_fields"] == [] and app.modalities == ()
     # a bad frame is still refused
     with pytest.raises(FrameRejected):

@@ -255,7 +255,7 @@ def test_the_strain_stage_writes_a_sample_for_the_beat_summary(echo_analysis):
     outcomes = []
     for message in clip_frames(clip, "samples"):
         outcomes.append(instance(message))
-        assert instance.beat(message, outcomes[-1]) is None  # keeps the sample
+        assert instance.beat_messages(message, outcomes[-1]) == []  # keeps the sample
     samples = [o.values["strain_sample"] for o in outcomes]
     assert all(isinstance(s, StrainSample) and s.points_mm.shape == (120, 2) for s in samples)
     assert samples[1].t_s == pytest.approx(1 / clip.fps)

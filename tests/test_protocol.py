@@ -99,6 +99,10 @@ def test_every_other_kind_round_trips():
                                          "regional_peak_pct": {"apical_lateral": -22.0},
                                          "duration_s": 0.8, "ed_source": "ecg"}),
         P.BeatMessage("mr/slice-3", 4),
+        P.WallMotionMessage("mr", 1, fields={
+            "stack_id": "ab12", "msi": 1.25, "missing_segments": [16],
+            "segments": [{"aha": 1, "name": "basal anterior", "score": 2, "label": "hypokinetic",
+                          "p": [0.1, 0.7, 0.15, 0.05]}]}),
         P.ErrorMessage("payload_size", "too short", stream="echo", seq=4),
         P.ErrorMessage("too_many_streams", "limit", stream="s"),
         P.ErrorMessage("no_app", "no app analyses modality 'CT'"),
@@ -118,6 +122,10 @@ def test_result_and_beat_fields_are_top_level_header_keys():
     assert P.result_header(result) == header
     beat = header_of(P.encode(P.BeatMessage("echo", 2, fields={"ed_seq": 40})))
     assert beat == {"v": 1, "kind": "beat", "stream": "echo", "beat": 2, "ed_seq": 40}
+    wm = header_of(P.encode(P.WallMotionMessage("mr", 0, fields={"msi": 1.0})))
+    assert wm == {"v": 1, "kind": "wall_motion", "stream": "mr", "beat": 0, "msi": 1.0}
+    with pytest.raises(P.ProtocolError, match="wall_motion fields .*own keys"):
+        P.encode(P.WallMotionMessage("mr", 0, fields={"kind": "beat"}))
     # a result of no app has no app key
     assert "app" not in header_of(P.encode(P.ResultMessage("s", 0, 0, {})))
 

@@ -210,6 +210,16 @@ class BeatMessage:
 
 
 @dataclass
+class WallMotionMessage(BeatMessage):
+    """One short-axis stack's beat, scored per AHA segment (Cardiac-MOS): sent once the
+    stack's slices have each closed a beat. ``stream`` is the stack's name (its slice
+    streams' ``NAME`` of ``NAME/slice-K``), ``beat`` numbers the stack's scored beats;
+    ``fields`` hold ``stack_id``, ``segments`` (16, AHA order), ``msi``, ... (docs/protocol.md)."""
+
+    kind = "wall_motion"
+
+
+@dataclass
 class ErrorMessage:
     """What was wrong with which message. Sending one never stops the side-car."""
 
@@ -249,7 +259,7 @@ class HelloMessage:
 
 
 Message = (FrameMessage | StartMessage | EndMessage | ResultMessage | BeatMessage
-           | ErrorMessage | HelloMessage)
+           | WallMotionMessage | ErrorMessage | HelloMessage)
 
 
 # --------------------------------------------------------------------------
@@ -345,9 +355,9 @@ def encode(message: Message) -> list[Part]:
             parts.append(wire)
         parts[0] = _dumps(header)
         return parts
-    if kind == "beat":
-        _refuse_reserved(message.fields, BEAT_KEYS, "beat", message.stream)
-        return [_dumps({"v": PROTOCOL_VERSION, "kind": "beat", "stream": message.stream,
+    if kind in ("beat", "wall_motion"):
+        _refuse_reserved(message.fields, BEAT_KEYS, kind, message.stream)
+        return [_dumps({"v": PROTOCOL_VERSION, "kind": kind, "stream": message.stream,
                         "beat": int(message.beat), **message.fields})]
     if kind == "error":
         header = {"v": PROTOCOL_VERSION, "kind": "error", "code": message.code,
@@ -470,7 +480,7 @@ def decode(parts: Sequence[Part], *, max_message_bytes: int = DEFAULT_MAX_MESSAG
     if kind == "frame":  # not plain (see above): full validation, precise errors
         return _decode_frame(_Fields(header, stream, seq), parts, max_message_bytes)
     reader = _Fields(header, stream, seq)
-    if kind in ("start", "end", "beat", "error", "hello"):
+    if kind in ("start", "end", "beat", "wall_motion", "error", "hello"):
         _expect_parts(parts, 1, kind, stream, seq)
     if kind == "start":
         return StartMessage(stream=reader.str("stream"), meta=reader.dict("meta", {}))
@@ -480,9 +490,10 @@ def decode(parts: Sequence[Part], *, max_message_bytes: int = DEFAULT_MAX_MESSAG
                           meta=reader.dict("meta", {}))
     if kind == "result":
         return _decode_result(reader, parts)
-    if kind == "beat":
-        return BeatMessage(stream=reader.str("stream"), beat=reader.int("beat", minimum=0),
-                           fields={k: v for k, v in header.items() if k not in BEAT_KEYS})
+    if kind in ("beat", "wall_motion"):
+        cls = BeatMessage if kind == "beat" else WallMotionMessage
+        return cls(stream=reader.str("stream"), beat=reader.int("beat", minimum=0),
+                   fields={k: v for k, v in header.items() if k not in BEAT_KEYS})
     if kind == "error":
         return ErrorMessage(code=reader.str("code"), message=reader.text("message"),
                             stream=stream, seq=seq)
@@ -490,7 +501,7 @@ def decode(parts: Sequence[Part], *, max_message_bytes: int = DEFAULT_MAX_MESSAG
         return HelloMessage(service=reader.str("service"), version=reader.str("version", ""),
                             mode=reader.str("mode", ""), apps=reader.dict("apps", {}))
     raise ProtocolError("unknown_kind", f"unknown message kind {kind!r} (expected one of "
-                        "frame, start, end, result, beat, error, hello)",
+                        "frame, start, end, result, beat, wall_motion, error, hello)",
                         stream=stream, seq=seq)
 
 
