@@ -12,8 +12,11 @@ mr     ``engines.nets.mr_joint``         short-axis MR: joint segmentation and m
 The role -> module table is the role registry's (:data:`engines.spec.REGISTRY`).
 Every module of a role defines ``SPEC`` (:class:`engines.spec.NetSpec`) and ``build()``,
 which returns the network with its default hyperparameters and random weights.
-``engines.nets.cardiac_mos`` (per-beat wall-motion scores of the 16 AHA segments, issue 16)
-has ``build()`` and no role yet: its engine contract, training and weights come later. Shipped
+Two networks run per beat, not per frame, and are not roles: ``engines.nets.cardiac_mos``
+(wall-motion scores of the 16 AHA segments of a short-axis stack, issue 16; run by
+:mod:`engines.wall_motion`, trained by ``engines.train.wall_motion``) and
+``engines.nets.of_rnn`` (pixel-level infarct from motion, OF-RNN, issue 16; ``build()`` only:
+its training and the app's stage come later). Shipped
 weights (state dicts) live in ``engines/weights/`` with a JSON file beside each that
 records the training command, the data seeds and the held-out metrics.
 """
