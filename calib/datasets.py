@@ -269,6 +269,64 @@ def wall_motion_stack_configs(seed: int, frames: int | None = None, **overrides)
     return out
 
 
+def infarct_slice_config(seed: int, frames: int | None = None, **overrides):
+    """One short-axis phantom slice for OF-RNN (issue 16): :func:`random_mr_config`'s slice
+    (level by seed, its anatomy, image quality and wall-motion draws), with an infarct in 70 %
+    of slices: 1-3 neighbouring segments of the level (circularly), transmurality 0.25-1.0
+    of the wall from the endocardium (subendocardial to transmural), its segments'
+    motion following it (akinetic above half the wall, else hypokinetic: the phantom's
+    rule); the other segments keep :func:`random_mr_config`'s wall-motion draws, so that
+    a hypokinetic segment without infarct is there to be told apart."""
+    seed = int(seed)
+    rng = np.random.default_rng([seed, 0x1FA])
+    level = SAX_LEVELS[seed % 3]
+    segments = AHA_SEGMENTS[level]
+    infarct: list[int] = []
+    if rng.random() < 0.7:
+        size, start = int(rng.integers(1, 4)), int(rng.integers(0, len(segments)))
+        infarct = [int(segments[(start + k) % len(segments)]) for k in range(size)]
+    base = random_mr_config(seed, slice_level=level)
+    wall_motion = {s: c for s, c in base.wall_motion.items() if int(s) not in infarct}
+    kw = dict(slice_level=level, infarct_segments=infarct, wall_motion=wall_motion,
+              infarct_transmurality=_u(rng, 0.25, 1.0))
+    if frames is not None:
+        kw["frames"] = int(frames)
+    return random_mr_config(seed, **{**kw, **overrides})
+
+
+def infarct_samples(split: str, n: int, offset: int = 0, frames: int = 25) -> dict:
+    """``n`` phantom slices (:func:`infarct_slice_config`, beats of ``frames`` frames) as
+    OF-RNN sees them: the LV region of interest (:class:`streamer.measure.roi.LvRoi` around
+    the truth's end-diastolic LV) over the beat, ``frames`` (n, T, 64, 64) uint8 (x 255,
+    :func:`streamer.measure.roi.normalise_beat`); ``myocardium`` and ``infarct`` (n, 64, 64)
+    bool, the truth's at end-diastole in the region; ``transmurality`` (n,) and
+    ``infarct_segments`` (n, 16) bool. The flow is the trainer's to compute
+    (:func:`streamer.measure.roi.roi_flow`)."""
+    from calib.mr import make_mr_clip
+    from streamer.measure.roi import ROI_PX, LvRoi, lv_radius_px, normalise_beat
+    from streamer.measure.sax import lv_centre_px
+
+    seeds = split_seeds(split, n, offset)
+    out = {"frames": np.empty((n, frames, ROI_PX, ROI_PX), np.uint8),
+           "myocardium": np.empty((n, ROI_PX, ROI_PX), bool),
+           "infarct": np.empty((n, ROI_PX, ROI_PX), bool),
+           "transmurality": np.zeros(n, np.float32),
+           "infarct_segments": np.zeros((n, 16), bool)}
+    for i, s in enumerate(seeds):
+        cfg = infarct_slice_config(int(s), frames=frames)
+        clip = make_mr_clip(cfg)
+        ed = int(clip.truth.ed_frames[0])
+        labels = clip.truth.label_map()[ed]
+        roi = LvRoi.around(lv_centre_px(labels), lv_radius_px(labels))
+        out["frames"][i] = np.round(normalise_beat(roi.images(clip.frames)) * 255.0)
+        out["myocardium"][i] = roi.images((clip.truth.myocardium[ed] > 0).astype(np.uint8),
+                                          nearest=True) > 0
+        out["infarct"][i] = roi.images(clip.truth.infarct[ed], nearest=True) > 0
+        out["transmurality"][i] = cfg.infarct_transmurality if cfg.infarct_segments else 0.0
+        out["infarct_segments"][i, np.asarray(cfg.infarct_segments, int) - 1] = True
+    return {**out, "seeds": np.asarray(seeds), "split": split}
+
+
 def _echo_clip(seed: int, **kw):
     """Clip for a seed; configs the motion model cannot realise are redrawn from a derived seed."""
     for attempt in range(5):
