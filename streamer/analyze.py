@@ -1,7 +1,8 @@
 """``cardiostream analyze``: clips through the same apps in one process, no sockets.
 
 Writes what the side-car would publish for the clips, one JSON header per line
-(``start``, a ``result`` or ``error`` per frame, ``beat`` when a cycle closes, ``end``):
+(``start``, a ``result`` or ``error`` per frame, ``beat`` when a cycle closes, ``wall_motion``
+when a short-axis stack's slices have each closed a beat, ``end``):
 the same objects a subscriber receives, so files from ``analyze`` and from a live run
 compare line by line. Several clips go in as several streams, their frames interleaved in
 the order of their acquisition times, as a side-car would receive them from several
@@ -22,6 +23,7 @@ import numpy as np
 from streamer.apps import Analysis
 from streamer.io.clips import ClipReader, StackReader
 from streamer.io.protocol import (
+    BeatMessage,
     ErrorMessage,
     FrameMessage,
     ProtocolError,
@@ -47,7 +49,9 @@ class LabelMaps:
     Written with :meth:`write` as an .npz: ``labels`` uint8 (slices, phases, rows, cols) in
     the rows and columns of the frames the reader yields (0 background, 1 LV cavity, 2 LV
     myocardium, 3 RV cavity; :data:`NOT_ANALYSED` where the frame got an error instead of a
-    result), ``instance_number`` int64 (slices, phases), the DICOM InstanceNumber of each
+    result), ``infarct_p`` float32 (slices, rows, cols) the infarct probability map of each
+    slice's first beat that was mapped (OF-RNN; NaN for a slice without one), only where the
+    app maps infarcts, ``instance_number`` int64 (slices, phases), the DICOM InstanceNumber of each
     image or -1, ``slice_position_mm`` float64 (slices,) and ``trigger_time_ms`` float64
     (slices, phases), NaN where unknown. Slices in the order of ``slice_index`` (one slice
     for a clip), phases by ``phase_index`` (a clip's frame order); a looped clip's first
@@ -60,10 +64,13 @@ class LabelMaps:
         self.starts: dict[str, dict] = {}
         self.phases: dict[tuple[str, int], tuple[int, float | None]] = {}
         self.labels: dict[tuple[str, int], np.ndarray] = {}
+        self.infarct: dict[str, np.ndarray] = {}   # each stream's first mapped beat
 
     def add(self, message) -> None:
-        """A message sent (start, frame) or answered (result) in the run."""
-        if isinstance(message, StartMessage):
+        """A message sent (start, frame) or answered (result, beat) in the run."""
+        if isinstance(message, BeatMessage) and "infarct_p" in message.arrays:
+            self.infarct.setdefault(message.stream, np.asarray(message.arrays["infarct_p"]))
+        elif isinstance(message, StartMessage):
             self.starts[message.stream] = message.meta
         elif isinstance(message, FrameMessage):
             phase = message.seq if message.phase_index is None else message.phase_index
@@ -95,9 +102,13 @@ class LabelMaps:
                 trigger[k, phase] = np.nan if t_ms is None else t_ms
                 if (name, seq) in self.labels:
                     labels[k, phase] = self.labels[(name, seq)]
+        maps = {}
+        if self.infarct:
+            maps["infarct_p"] = np.stack([self.infarct.get(s, np.full(shape, np.nan, np.float32))
+                                          for s in streams]).astype(np.float32)
         path = Path(path)
         np.savez_compressed(path, labels=labels, instance_number=instance,
-                            slice_position_mm=position, trigger_time_ms=trigger)
+                            slice_position_mm=position, trigger_time_ms=trigger, **maps)
         return path
 
 
@@ -138,7 +149,7 @@ def analyze(reader: ClipReader | StackReader | Sequence[ClipReader | StackReader
                 maps.add(message)
             for answer in processor.handle(Received(message, t_recv_ns=now_ns),
                                            t_take_ns=now_ns):
-                if answer.kind == "result":
+                if answer.kind in ("result", "beat"):
                     if maps is not None:
                         maps.add(answer)
                     answer.arrays = {}  # arrays travel as parts; lines hold headers

@@ -401,6 +401,7 @@ class StreamApp:
         self._header_fields = tuple(f.name for f in app.result_fields if f.type != "array")
         self._array_fields = tuple(f.name for f in app.result_fields if f.type == "array")
         self._beat_fields = frozenset(f.name for f in app.beat_fields)
+        self._beat_array_fields = tuple(f.name for f in app.beat_fields if f.type == "array")
 
     def __call__(self, frame: FrameMessage, controls: FrameControls = FULL) -> FrameOutcome:
         return self.pipeline(frame, controls, self.meta)
@@ -452,4 +453,8 @@ class StreamApp:
             fields.update(out)
         if incomplete:
             fields["flags"] = [*fields.get("flags", ()), "beat_incomplete"]
-        return [BeatMessage(stream=frame.stream, beat=boundary.index, fields=fields), *sent]
+        # declared array fields travel as array parts; those not computed are left out
+        arrays = {name: value for name in self._beat_array_fields
+                  if (value := fields.pop(name, None)) is not None}
+        return [BeatMessage(stream=frame.stream, beat=boundary.index, fields=fields,
+                            arrays=arrays), *sent]

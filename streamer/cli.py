@@ -206,8 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
         "analyze", parents=[clip, analysis],
         help="run clips through the side-car's apps in one process",
         description="The side-car's analysis without sockets: writes start, one result (or "
-                    "error) per frame, beat messages and end as JSON lines, the same headers "
-                    "a subscriber receives. Several clips go in as several streams, their "
+                    "error) per frame, beat messages (and a short-axis stack's wall_motion "
+                    "per beat) and end as JSON lines, the same headers a subscriber receives. Several clips go in as several streams, their "
                     "frames interleaved by acquisition time, each with its own state; a "
                     "short-axis stack goes in slice after slice, each slice its own stream "
                     "NAME/slice-K, as replay sends it.")
@@ -221,10 +221,23 @@ def build_parser() -> argparse.ArgumentParser:
                               "clip or stack): labels uint8 (slices, phases, rows, cols) in "
                               "the frames' rows and columns, 0 background, 1 LV cavity, 2 LV "
                               "myocardium, 3 RV cavity, 255 where the frame got an error; "
+                              "infarct_p float32 (slices, rows, cols), each slice's first "
+                              "mapped beat's infarct probability (OF-RNN), NaN where none; "
                               "instance_number (DICOM InstanceNumber or -1), "
                               "slice_position_mm, trigger_time_ms; turns on --mr-labels")
     analyze.add_argument("--no-progress", action="store_true", help="no progress bar")
     analyze.set_defaults(func=cmd_analyze)
+
+    bullseye = commands.add_parser(
+        "bullseye", help="bull's-eye PNGs of a short-axis stack's wall motion and strain",
+        description="Reads the JSON lines of `cardiostream analyze` of a short-axis stack and "
+                    "writes one PNG per wall_motion message (a stack and beat): the 16 "
+                    "segments' wall-motion scores with the motion score index, and each "
+                    "segment's peak circumferential strain (the median over the stack's "
+                    "slices), in the AHA 17-segment layout.")
+    bullseye.add_argument("analysis", type=Path, help="output of cardiostream analyze (.jsonl)")
+    bullseye.add_argument("--out", required=True, type=Path, help="folder for the PNGs")
+    bullseye.set_defaults(func=cmd_bullseye)
 
     demo = commands.add_parser(
         "demo", parents=[hooked, budget],
@@ -438,6 +451,19 @@ def cmd_analyze(args) -> int:
                  results=summary.results, errors=summary.errors,
                  elapsed_s=round(summary.elapsed_s, 3),
                  **({"masks_out": str(args.masks_out)} if args.masks_out else {}))
+    return 0
+
+
+def cmd_bullseye(args) -> int:
+    from streamer.bullseye import write_bullseyes
+
+    try:
+        paths = write_bullseyes(args.analysis, args.out)
+    except (OSError, ValueError) as exc:
+        print(f"cardiostream bullseye: {exc}", file=sys.stderr)
+        return 2
+    for path in paths:
+        print(path)
     return 0
 
 

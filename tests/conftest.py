@@ -61,6 +61,32 @@ def write_nifti_stack():
     return write
 
 
+@pytest.fixture
+def phantom_heart_nifti(tmp_path):
+    """``phantom_heart_nifti(seed_offset=310, frames=20)``: a held-out phantom heart (the
+    ``test`` split, past the wall-motion trainer's hearts) as a NIfTI stack, slice 0
+    apical to slice 2 basal, 10 mm apart, whose patient axes put the anterior up on screen
+    (as the phantom draws it); returns the path and the three clips, basal first."""
+    import nibabel as nib
+
+    from calib.datasets import split_seeds, wall_motion_stack_configs
+    from calib.mr import make_mr_clip
+
+    def write(seed_offset: int = 310, frames: int = 20) -> tuple[Path, list]:
+        seed = int(split_seeds("test", 1, offset=seed_offset)[0])
+        clips = [make_mr_clip(c) for c in wall_motion_stack_configs(seed, frames=frames)]
+        stack = np.stack([c.frames for c in clips[::-1]], axis=-1)     # (t, rows, cols, z)
+        data = stack.transpose(2, 1, 3, 0).astype(np.int16)           # (x = cols, y = rows, z, t)
+        sy, sx = clips[0].spacing_mm
+        img = nib.Nifti1Image(data, np.diag([-sx, -sy, 10.0, 1.0]))  # rows posterior: anterior up
+        img.header.set_xyzt_units("mm", "msec")
+        img.header.set_zooms((sx, sy, 10.0, 1000.0 / clips[0].fps))
+        path = tmp_path / f"heart-{seed}.nii"
+        nib.save(img, path)
+        return path, clips
+    return write
+
+
 @pytest.fixture(scope="session")
 def sunnybrook_root() -> Path:
     """The shared Sunnybrook folder (dicoms/, contours/, link.csv), where the MR trainer

@@ -127,9 +127,16 @@ def test_cli_analyze_of_a_stack_writes_each_slice_as_its_own_stream(write_nifti_
                  "--no-progress", "--keep-identifiers"]) == 0
     rows = lines(out)
     names = [f"sax/slice-{k}" for k in range(3)]
-    # a beat per slice: its start says n_phases, so the last phase closes the cycle
+    # a beat per slice: its start says n_phases, so the last phase closes the cycle; the
+    # beat of the slice that completes the stack is followed by the stack's wall motion
     assert [(r["kind"], r["stream"]) for r in rows if r["kind"] != "result"] == [
-        (kind, name) for name in names for kind in ("start", "beat", "end")]
+        (kind, name) for name in names for kind in ("start", "beat", "end")][:-1] + [
+        ("wall_motion", "sax"), ("end", names[-1])]
+    [wall] = [r for r in rows if r["kind"] == "wall_motion"]
+    # noise holds no LV: nothing is scored, and the message says so
+    assert wall["missing_segments"] == list(range(1, 17)) and wall["msi"] is None
+    assert wall["missing_reasons"] == dict.fromkeys(("basal", "mid", "apical"), "no_lv_slice")
+    assert [s["aha"] for s in wall["segments"]] == list(range(1, 17))
     assert all(r["closed_by"] == "last_phase" for r in rows if r["kind"] == "beat")
     results = [r for r in rows if r["kind"] == "result"]
     assert [(r["stream"], r["seq"]) for r in results] == [(n, p) for n in names for p in range(4)]
@@ -210,6 +217,16 @@ def test_masks_out_of_a_real_dicom_series_follows_its_instances(sunnybrook_serie
     mid = z["labels"][6]
     assert ((mid == 1).sum((1, 2)) > 200).all()  # an LV cavity on every phase of a mid slice
     assert ((mid == 2).sum((1, 2)) > 200).all()
+    # each slice's infarct map (OF-RNN) of its first mapped beat, on its ED myocardium only
+    p = z["infarct_p"]
+    assert p.shape == (12, 256, 256) and p.dtype == np.float32
+    assert np.isfinite(p[6]).all() and (p[6] >= 0).all() and (p[6] <= 1).all()
+    assert (p[6][z["labels"][6, 0] != 2] < 0.05).all()   # off the ED myocardium (resampled)
+    mapped = [k for k in range(12) if np.isfinite(p[k]).all()]
+    assert 6 in mapped and all(np.isnan(p[k]).all() for k in range(12) if k not in mapped)
+    beats = [r for r in lines(tmp_path / "r.jsonl") if r["kind"] == "beat"]
+    assert [b["infarct_status"] == "mapped" for b in beats] == [k in mapped for k in range(12)]
+    assert all("infarct_p" not in b for b in beats)
 
 
 def test_masks_out_needs_mr_frames_and_one_input(tmp_path, capsys):

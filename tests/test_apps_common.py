@@ -16,6 +16,7 @@ from streamer.apps.common import (
     PreprocessConfig,
     with_debug_delay,
 )
+from streamer.apps.mr_sax import InfarctConfig, MrShortAxisConfig, WallMotionConfig
 from streamer.apps.none import AnalysisOff, NoAnalysisApp
 from streamer.io.protocol import FrameMessage
 
@@ -165,8 +166,21 @@ def test_an_app_declares_how_each_of_its_networks_runs():
     analysis = build_analysis(AnalysisConfig(app="mr-sax", engines=EngineConfig(
         backend="openvino", precision=precision, threads=1)))
     declared = analysis.apps["mr-sax"].declaration()["engines"]
-    assert declared == {"mr": {"backend": "openvino", "precision": precision, "device": "cpu",
-                               "origin": "shipped mr.pt", "max_batch": 1}}
+    assert declared["mr"] == {"backend": "openvino", "precision": precision, "device": "cpu",
+                              "origin": "shipped mr.pt", "max_batch": 1}
+    # the per-beat wall-motion network runs in eager torch fp32 whatever the frame networks do
+    wall = declared.pop("wall_motion")
+    assert (wall["backend"], wall["precision"], wall["device"]) == ("torch", "fp32", "cpu")
+    assert "wall_motion.pt" in wall["origin"] and "phantom" in wall["trained_on"]
+    infarct = declared.pop("infarct")
+    assert (infarct["backend"], infarct["precision"]) == ("torch", "fp32")
+    assert "infarct.pt" in infarct["origin"] and "phantom" in infarct["trained_on"]
+    assert set(declared) == {"mr"}
+    off = build_analysis(AnalysisConfig(app="mr-sax", engines=EngineConfig(threads=1), apps={
+        "mr-sax": MrShortAxisConfig(wall_motion=WallMotionConfig(mode="off"),
+                                    infarct=InfarctConfig(mode="off"))}))
+    assert set(off.apps["mr-sax"].declaration()["engines"]) == {"mr"}
+    assert [s.name for s in off.apps["mr-sax"].beat_stages()] == ["beat_summary", "stack_summary"]
     batched = build_analysis(AnalysisConfig(app="mr-sax", engines=EngineConfig(
         backend="openvino", precision=precision, threads=1, max_batch=2)))
     assert batched.apps["mr-sax"].declaration()["engines"]["mr"]["max_batch"] == 2

@@ -7,7 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from calib.datasets import random_mr_config, split_seeds
+from calib.datasets import (
+    infarct_slice_config,
+    random_mr_config,
+    split_seeds,
+    wall_motion_stack_configs,
+)
 from calib.mr import make_mr_clip
 from engines.spec import fit_geometry
 from streamer.app import BEAT_CLOSED, BeatBoundary, BeatFrames
@@ -15,20 +20,33 @@ from streamer.apps import AnalysisConfig, EngineConfig, build_analysis
 from streamer.apps.common import TrackingGrid
 from streamer.apps.mr_sax import (
     CheckSaxMeasurability,
+    MapInfarct,
     MeasureSaxStrain,
+    MrShortAxisConfig,
     SaxGeometry,
     SaxQualityConfig,
+    ScoreWallMotion,
     SegmentAndMove,
+    SliceBeat,
     SliceConfig,
     StackCycles,
     SummariseSaxBeat,
     SummariseStack,
+    resample_frames,
     slice_level,
+    stack_stream,
 )
 from streamer.io.protocol import FrameMessage
 from streamer.measure.sax import aha_segment_map
 from streamer.measure.sax_tracking import SaxTrack
-from streamer.vocab import SAX_LEVELS, MRLabel
+from streamer.vocab import (
+    AHA_NAMES,
+    AHA_SEGMENTS,
+    SAX_LEVELS,
+    WALL_MOTION_CLASSES,
+    WALL_MOTION_SCORES,
+    MRLabel,
+)
 
 # -- the slice's level, geometry, quality (no engine) ----------------------------------------
 
@@ -307,3 +325,126 @@ def test_the_anterior_direction_follows_the_patient_orientation():
     # unknown, or anterior across the slice (coronal): the standard display's up
     assert anterior_direction({}) == (-1.0, 0.0)
     assert anterior_direction({"image_orientation_patient": [1, 0, 0, 0, 0, -1]}) == (-1.0, 0.0)
+
+
+# -- wall-motion scores per stack and beat (Cardiac-MOS) ------------------------------------
+
+
+def held_out_heart(frames: int, k: int = 0) -> tuple[list, np.ndarray]:
+    """A phantom heart of the test split past the trainer's test hearts (never trained on):
+    its basal, mid and apical slices, and the 16 segments' true class codes."""
+    seed = int(split_seeds("test", 1, offset=300 + k)[0])
+    clips = [make_mr_clip(c) for c in wall_motion_stack_configs(seed, frames=frames)]
+    truth = np.zeros(16, int)
+    for clip in clips:
+        truth[np.asarray(clip.truth.segment_ids) - 1] = clip.truth.segment_scores
+    return clips, truth
+
+
+def test_a_held_out_heart_is_scored_segment_by_segment(mr_analysis, bench_module):
+    """Three slices of one phantom heart sent as the slice streams of one stack: after the
+    third slice's beat, a wall_motion message with all 16 segments scored from the app's
+    own labels, its fields consistent, and most segments right."""
+    clips, truth = held_out_heart(20)
+    fields, scoring_ms = bench_module("wall_motion_app").run_stack(mr_analysis, clips, "heart")
+    assert fields is not None and fields["stack_id"] == "heart" and fields["frames"] == 20
+    assert fields["scored_segments"] == 16 and fields["missing_segments"] == []
+    assert fields["slices"] == {"basal": 0, "mid": 1, "apical": 2}
+    assert fields["anchors"] == {"basal": "basal", "mid": "mid", "apical": "mid"}
+    segments = fields["segments"]
+    assert [s["aha"] for s in segments] == list(range(1, 17))
+    assert all(s["name"] == AHA_NAMES[s["aha"]] for s in segments)
+    for s in segments:
+        p = np.asarray(s["p"])
+        assert p.sum() == pytest.approx(1.0, abs=1e-3)
+        assert s["label"] == WALL_MOTION_CLASSES[int(np.argmax(p))]
+        assert s["score"] == WALL_MOTION_SCORES[s["label"]]
+    assert fields["msi"] == pytest.approx(np.mean([s["score"] for s in segments]), abs=1e-3)
+    codes = np.array([WALL_MOTION_CLASSES.index(s["label"]) for s in segments])
+    assert (codes == truth).sum() >= 12, (codes, truth)
+    assert "phantom" in fields["trained_on"] and scoring_ms > 0
+
+
+def test_a_stack_without_an_apical_slice_scores_the_segments_it_has(mr_analysis, bench_module):
+    """The apical slice replaced by noise (no LV): basal and mid are scored, 13-16 are
+    missing and the message says why; a 30-frame heart (a count training never saw) runs."""
+    from types import SimpleNamespace
+
+    clips, _ = held_out_heart(30, k=1)
+    noise = np.random.default_rng(0).integers(0, 60, clips[2].frames.shape).astype(
+        clips[2].frames.dtype)
+    clips[2] = SimpleNamespace(frames=noise, fps=clips[2].fps, spacing_mm=clips[2].spacing_mm)
+    fields, _ = bench_module("wall_motion_app").run_stack(mr_analysis, clips, "heart")
+    assert fields["missing_segments"] == [13, 14, 15, 16] and fields["scored_segments"] == 12
+    assert fields["missing_reasons"] == {"apical": "no_lv_slice"}
+    assert fields["slices"] == {"basal": 0, "mid": 1, "apical": None}
+    assert fields["anchors"] == {"basal": "basal", "mid": "mid", "apical": None}
+    assert all(s["score"] is None and s["p"] is None for s in fields["segments"][12:])
+    assert fields["frames"] == 30
+
+
+def test_a_single_slice_gives_no_wall_motion_and_stacks_are_bounded():
+    stacks = StackCycles(max_stacks=2, max_slices=4)
+    assert stacks.add("a", 5, SliceBeat(0)) is None and "a" not in stacks._stacks  # too many
+    for name in ("a", "b", "c"):
+        assert stacks.add(name, 2, SliceBeat(0)) is None
+    assert list(stacks._stacks) == ["b", "c"]
+    assert [s.slice_index for s in stacks.add("c", 2, SliceBeat(1))] == [0, 1]
+    assert stacks.rounds == {"c": 1}  # the stack's beats are numbered across its streams
+    # a clip with no stack in its start is not gathered
+    stage = ScoreWallMotion(scorer=None, stacks=StackCycles())
+    beat = BeatFrames("s", BeatBoundary(0, 0, 1, {}), [0, 1],
+                      {"grid_image": [None] * 2, "grid_labels": [None] * 2, "grid": [None] * 2,
+                       "stream_meta": [{"n_phases": 2}] * 2, "cardiac_phase": [0, 1]})
+    assert stage.process(beat) == {}
+    assert stack_stream("stack-ab/slice-12") == "stack-ab" and stack_stream("echo") == "echo"
+    assert stack_stream("x/slice-y") == "x/slice-y"
+    x = np.arange(4.0)[:, None]
+    assert resample_frames(x, 8).ravel().tolist() == [0, 0.5, 1, 1.5, 2, 2.5, 3, 1.5]
+
+
+# -- infarct maps per slice and beat (OF-RNN) ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mr_analysis_with_maps():
+    return build_analysis(AnalysisConfig(app="mr-sax", engines=EngineConfig(threads=1), apps={
+        "mr-sax": MrShortAxisConfig(send_labels=True)}))
+
+
+def test_a_held_out_infarct_is_mapped_where_it_lies(mr_analysis_with_maps, bench_module):
+    """A held-out phantom slice with a transmural infarct: the beat maps it (status, area,
+    segment shares, the map in the frame's rows and columns), over the true infarct."""
+    seeds = split_seeds("test", 40, offset=600)
+    seed = next(int(s) for s in seeds
+                if len(infarct_slice_config(int(s)).infarct_segments) >= 2
+                and infarct_slice_config(int(s)).infarct_transmurality > 0.6)
+    cfg = infarct_slice_config(seed, frames=20)
+    clip = make_mr_clip(cfg)
+    fields, p, ms = bench_module("infarct_app").run_slice(mr_analysis_with_maps, clip, "s")
+    assert fields["infarct_status"] == "mapped" and ms > 0
+    assert p.shape == clip.frames.shape[1:] and p.dtype == np.float32
+    ed = int(clip.truth.ed_frames[0])
+    truth, myo = clip.truth.infarct[ed] > 0, clip.truth.myocardium[ed] > 0
+    assert set(fields["infarct_segment_share"]) == {str(s) for s in AHA_SEGMENTS[cfg.slice_level]}
+    assert fields["infarct_area_mm2"] > 0 and 0 < fields["infarct_p_max"] <= 1
+    got = p > 0.5
+    dice = 2 * (got & truth & myo).sum() / ((got & myo).sum() + (truth & myo).sum())
+    assert dice >= 0.5, dice
+    infarcted = [fields["infarct_segment_share"][str(s)] for s in cfg.infarct_segments]
+    remote = [v for k, v in fields["infarct_segment_share"].items()
+              if int(k) not in cfg.infarct_segments]
+    assert min(infarcted) > max(remote), fields["infarct_segment_share"]
+
+
+def test_a_beat_too_short_is_not_mapped_and_says_why():
+    stage = MapInfarct(mapper=None, slices=SliceConfig(), send_map=True)
+    n = 4
+    beat = BeatFrames("s", BeatBoundary(0, 0, n - 1, {"reference_phase": 0}), list(range(n)),
+                      {"grid_image": [np.zeros((8, 8), np.float32)] * n,
+                       "grid_labels": [np.zeros((8, 8), np.uint8)] * n,
+                       "grid": [None] * n, "stream_meta": [{}] * n,
+                       "cardiac_phase": list(range(n))})
+    out = stage.process(beat)
+    assert out["infarct_status"] == "too_few_frames" and out["infarct_p"] is None
+    assert set(out) == set(MapInfarct.outputs)

@@ -122,6 +122,18 @@ def test_result_and_beat_fields_are_top_level_header_keys():
     assert P.result_header(result) == header
     beat = header_of(P.encode(P.BeatMessage("echo", 2, fields={"ed_seq": 40})))
     assert beat == {"v": 1, "kind": "beat", "stream": "echo", "beat": 2, "ed_seq": 40}
+    # a beat may carry array parts, as a result does
+    p = np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)
+    parts = P.encode(P.BeatMessage("mr/slice-1", 0, fields={"ed_seq": 0}, arrays={"infarct_p": p}))
+    assert len(parts) == 2 and header_of(parts)["parts"] == ["infarct_p"]
+    back = P.decode(parts)
+    assert back.fields == {"ed_seq": 0} and np.array_equal(back.arrays["infarct_p"], p)
+    assert back == P.BeatMessage("mr/slice-1", 0, {"ed_seq": 0}, {"infarct_p": p})
+    assert back != P.BeatMessage("mr/slice-1", 0, {"ed_seq": 0}, {"infarct_p": p + 1})
+    with pytest.raises(P.ProtocolError, match="bad_parts|part"):
+        P.decode(parts[:1])
+    with pytest.raises(P.ProtocolError, match="would overwrite"):
+        P.encode(P.BeatMessage("s", 0, fields={"infarct_p": 1}, arrays={"infarct_p": p}))
     wm = header_of(P.encode(P.WallMotionMessage("mr", 0, fields={"msi": 1.0})))
     assert wm == {"v": 1, "kind": "wall_motion", "stream": "mr", "beat": 0, "msi": 1.0}
     with pytest.raises(P.ProtocolError, match="wall_motion fields .*own keys"):

@@ -235,6 +235,36 @@ def test_a_real_stack_replayed_into_a_side_car_gives_one_result_per_image(
     assert not [m for m in messages if m.kind == "error"]
 
 
+def test_a_phantom_heart_replayed_into_a_side_car_gives_its_wall_motion_per_stack_beat(
+        phantom_heart_nifti):
+    """Issue 16, acceptance 5: a held-out phantom heart (apical, mid and basal slices of 20
+    phases, as a NIfTI stack whose patient axes put the anterior up) replayed twice into a
+    lossless side-car over loopback: after each replay's third slice, a wall_motion message
+    on the stack's stream with all 16 segments scored, numbered per stack beat."""
+    path, _ = phantom_heart_nifti()
+    config = SideCarConfig(ingest="tcp://127.0.0.1:*", publish="tcp://127.0.0.1:*", lossless=True)
+    with SideCar(config, build_analysis(AnalysisConfig(app="mr-sax"))) as sidecar, \
+            ResultSubscriber(SubscriberConfig(sidecar.publish_endpoint)) as subscriber:
+        walls = []
+        for _ in range(2):
+            assert main(["replay", str(path), "--to", sidecar.ingest_endpoint, "--max-rate",
+                         "--quiet", "--modality", "MR", "--stream", "heart"]) == 0
+            ends = 0
+            while ends < 3:
+                message = subscriber.recv(timeout_s=60)
+                assert message is not None, "the side-car stopped answering"
+                assert message.kind != "error", message
+                ends += message.kind == "end"
+                if message.kind == "wall_motion":
+                    walls.append(message)
+    assert [(w.stream, w.beat) for w in walls] == [("heart", 0), ("heart", 1)]
+    first = walls[0].fields
+    assert first["scored_segments"] == 16 and len(first["segments"]) == 16
+    assert 1.0 <= first["msi"] <= 4.0 and first["frames"] == 20
+    assert first["slices"] == {"basal": 2, "mid": 1, "apical": 0}
+    assert walls[1].fields["segments"] == first["segments"]   # the same beat again
+
+
 def test_replay_into_a_side_car_that_goes_away_stops_with_an_error(npz_clip, capsys):
     """Issue 14: replay blocked for ever once the side-car was gone. Here the side-car's
     ingest takes three messages and closes: replay exits 2 within its send timeout and

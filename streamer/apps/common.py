@@ -62,6 +62,8 @@ class TrackingGrid:
 
     fit: Fit
     spacing_mm: tuple[float, float]
+    #: (rows, cols) of the frame (None where the stage that made the grid did not say)
+    frame_shape: tuple[int, int] | None = None
 
     def to_frame_mm(self, points_mm: np.ndarray) -> np.ndarray:
         """[row, col] mm on the grid -> mm from the frame's top-left pixel.

@@ -39,6 +39,7 @@ know which of the other slices contain LV (the stack summary can, and says so).
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,16 +47,21 @@ import cv2
 import numpy as np
 
 from engines.spec import fit_to_input, percentile_normalise
-from streamer.app import BEAT_CLOSED, App, BeatBoundary, BeatFrames, BeatStage, Field, Stage
+from streamer.app import BEAT_CLOSED, SEND, App, BeatBoundary, BeatFrames, BeatStage, Field, Stage
 from streamer.apps.common import Preprocess, TrackingGrid, beat_grade, softmax
-from streamer.io.protocol import FrameMessage
+from streamer.io.protocol import FrameMessage, WallMotionMessage
 from streamer.measure.kalman import warmup as kalman_warmup
 from streamer.measure.labels import argmax_labels
 from streamer.measure.labels import warmup as labels_warmup
+from streamer.measure.polar import epicardial_radius_px, normalised_crops, polar_segments
+from streamer.measure.roi import LvRoi, lv_radius_px, normalise_beat, roi_flow
 from streamer.measure.sax import (
+    RvInsertion,
     SaxGeometryError,
+    aha_segment_map,
     base_is_first,
     largest_lv_component,
+    lv_centre_px,
     rv_insertion_points,
     sax_levels,
     screen_angle,
@@ -65,7 +71,14 @@ from streamer.measure.sax import (
 from streamer.measure.sax_tracking import SaxTrack, SaxTrackerConfig, SaxWallTracker
 from streamer.measure.strain import sax_strain
 from streamer.options import option
-from streamer.vocab import SAX_LEVELS, MRLabel
+from streamer.vocab import (
+    AHA_NAMES,
+    AHA_SEGMENTS,
+    SAX_LEVELS,
+    WALL_MOTION_CLASSES,
+    WALL_MOTION_SCORES,
+    MRLabel,
+)
 
 #: which LV pixels the segmentation keeps (MrShortAxisConfig.lv_component)
 LV_COMPONENTS = ("largest", "all")
@@ -74,20 +87,22 @@ _LOGITS, _FLOW, _STATE = slice(0, 4), slice(4, 6), 6
 
 
 def labels_on_frame(grid_labels: np.ndarray, grid: TrackingGrid,
-                    frame_shape: tuple[int, int]) -> np.ndarray:
+                    frame_shape: tuple[int, int], *, nearest: bool = True) -> np.ndarray:
     """A label map on the network's grid -> the same in the frame's rows and columns
-    (nearest label)."""
+    (nearest label; bilinear for a map of values with ``nearest=False``)."""
     fit = grid.fit
     inner = grid_labels[fit.top:fit.top + fit.rows, fit.left:fit.left + fit.cols]
     if inner.shape == tuple(frame_shape):
         return np.ascontiguousarray(inner)
-    return cv2.resize(inner, (frame_shape[1], frame_shape[0]), interpolation=cv2.INTER_NEAREST)
+    return cv2.resize(inner, (frame_shape[1], frame_shape[0]),
+                      interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR)
 
 
 class SegmentAndMove(Stage):
     """Image -> ``grid_labels`` (uint8 on the network's grid), ``myocardium_p`` (the LV
     myocardium's probability there), ``flow`` (rows, cols, 2) [dx, dy] px from the previous
-    frame to this one (None on the stream's first frame) and the ``grid``; with
+    frame to this one (None on the stream's first frame), the ``grid`` and the image on it
+    as the network saw it (``grid_image``, normalised); with
     ``send_labels``, ``labels``: the label map in the frame's rows and columns (the
     result's array part). With ``lv_component="largest"`` the LV pixels outside the
     largest connected LV region become background, in the labels and in ``myocardium_p``
@@ -98,7 +113,7 @@ class SegmentAndMove(Stage):
 
     name = "mr_net"
     inputs = ("frame", "image")
-    outputs = ("grid_labels", "myocardium_p", "flow", "grid", "labels")
+    outputs = ("grid_labels", "myocardium_p", "flow", "grid", "labels", "grid_image")
 
     def __init__(self, engine, send_labels: bool = False, *, lv_component: str):
         if lv_component not in LV_COMPONENTS:
@@ -128,10 +143,10 @@ class SegmentAndMove(Stage):
                 myocardium_p = np.where(kept == labels, myocardium_p, 0.0).astype(np.float32)
                 labels = kept
         spacing = (frame.spacing_mm[0] / fit.scale, frame.spacing_mm[1] / fit.scale)
-        grid = TrackingGrid(fit, spacing)
+        grid = TrackingGrid(fit, spacing, tuple(image.shape[:2]))
         return {"grid_labels": labels, "myocardium_p": myocardium_p, "flow": flow,
                 "grid": grid, "labels": labels_on_frame(labels, grid, image.shape[:2])
-                if self.send_labels else None}
+                if self.send_labels else None, "grid_image": x}
 
 
 @dataclass(frozen=True)
@@ -520,25 +535,53 @@ class SliceCycle:
 
 class StackCycles:
     """The latest cycle of every slice of the stacks one app follows, by stack id: what a
-    per-stack measurement needs, gathered slice stream by slice stream. Bounded: at most
-    ``max_stacks`` stacks are waiting for slices; beyond that the stack heard of longest
-    ago is forgotten."""
+    per-stack measurement needs (a :class:`SliceCycle`, a :class:`SliceBeat`: anything with a
+    ``slice_index``), gathered slice stream by slice stream. Bounded: at most ``max_stacks``
+    stacks are waiting for slices (beyond that the stack heard of longest ago is
+    forgotten), and a stack of more than ``max_slices`` slices is not gathered."""
 
-    def __init__(self, max_stacks: int = 16):
-        self.max_stacks = max_stacks
-        self._stacks: dict[str, dict[int, SliceCycle]] = {}
+    def __init__(self, max_stacks: int = 16, max_slices: int = 64):
+        self.max_stacks, self.max_slices = max_stacks, max_slices
+        self._stacks: dict[str, dict[int, Any]] = {}
+        #: how often each stack has been completed (the most recent ``max_stacks`` stacks)
+        self.rounds: dict[str, int] = {}
+        # slice streams of one stack may close beats at once (serve --max-batch runs
+        # streams in threads)
+        self._lock = threading.Lock()
 
-    def add(self, stack_id: str, n_slices: int, cycle: SliceCycle) -> list[SliceCycle] | None:
+    def add(self, stack_id: str, n_slices: int, cycle) -> list | None:
         """Record a slice's cycle; every slice's, in slice order, once all ``n_slices`` have
         one (the stack then starts afresh)."""
+        if not 0 < n_slices <= self.max_slices:
+            return None
+        with self._lock:
+            return self._add(stack_id, n_slices, cycle)
+
+    def _add(self, stack_id: str, n_slices: int, cycle) -> list | None:
         slices = self._stacks.pop(stack_id, {})
         slices[cycle.slice_index] = cycle
         if len(slices) >= n_slices:
+            self.rounds[stack_id] = self.rounds.pop(stack_id, 0) + 1
+            while len(self.rounds) > self.max_stacks:
+                del self.rounds[next(iter(self.rounds))]
             return [slices[k] for k in sorted(slices)]
         self._stacks[stack_id] = slices  # most recent last
         while len(self._stacks) > self.max_stacks:
             del self._stacks[next(iter(self._stacks))]
         return None
+
+
+#: a slice holds LV when its end-diastolic myocardium covers at least this area
+MIN_LV_MYOCARDIUM_MM2 = 50.0
+
+
+def stack_levels(myocardium_ed_mm2, lv_ed_mm2) -> list[str | None]:
+    """Each slice's AHA level (None: no LV) from the slices that hold LV myocardium at
+    end-diastole, thirds base to apex, the base where the LV (cavity and myocardium) is
+    larger; :class:`SaxGeometryError` when no slice holds LV."""
+    holds_lv = np.nan_to_num(np.asarray(myocardium_ed_mm2, float)) >= MIN_LV_MYOCARDIUM_MM2
+    lv_area = np.where(holds_lv, np.nan_to_num(np.asarray(lv_ed_mm2, float)), 0.0)
+    return sax_levels(holds_lv, base_first=base_is_first(lv_area))
 
 
 def _cover_fraction(cavity_ed_mm2: np.ndarray) -> float:
@@ -563,8 +606,6 @@ class SummariseStack(BeatStage):
     keeps = ("areas_mm2", "cardiac_phase", "stream_meta")
     outputs = ("stack",)
     max_end_cavity_fraction = 0.25
-    #: a slice holds LV when its end-diastolic myocardium covers at least this area
-    min_lv_myocardium_mm2 = 50.0
 
     def __init__(self, cycles: StackCycles):
         self.cycles = cycles
@@ -588,10 +629,8 @@ class SummariseStack(BeatStage):
         cav = np.stack([s.cavity_mm2 for s in slices])
         myo = np.stack([s.myocardium_mm2 for s in slices])
         out: dict[str, Any] = {"stack_id": stack_id, "n_slices": len(slices)}
-        holds_lv = np.nan_to_num(myo[:, 0]) >= self.min_lv_myocardium_mm2
-        lv_area = np.where(holds_lv, np.nan_to_num(cav[:, 0] + myo[:, 0]), 0.0)
         try:
-            levels = sax_levels(holds_lv, base_first=base_is_first(lv_area))
+            levels = stack_levels(myo[:, 0], cav[:, 0] + myo[:, 0])
         except SaxGeometryError:
             return {**out, "slice_levels": None, "covers_lv": False}
         out.update(slice_levels=levels)
@@ -611,6 +650,291 @@ class SummariseStack(BeatStage):
                 "mass_g": round(v.mass_g, 2)}
 
 
+@dataclass
+class SliceBeat:
+    """What one slice's beat gives its stack's wall-motion scoring: the LV crops over the
+    beat (``crops``: (T, 160, 160) uint8, :func:`streamer.measure.polar.normalised_crops`),
+    its end-diastolic RV insertion points (the sectors' anchor) and areas (the stack's
+    levels), or, where the slice cannot be scored, ``reason``."""
+
+    slice_index: int
+    myocardium_ed_mm2: float = 0.0
+    lv_ed_mm2: float = 0.0
+    crops: np.ndarray | None = None
+    insertion: RvInsertion | None = None
+    reason: str | None = None
+
+
+def resample_frames(x: np.ndarray, frames: int) -> np.ndarray:
+    """(T, ...) one beat -> ``frames`` frames, linear in circular beat time."""
+    t = x.shape[0]
+    if t == frames:
+        return x
+    position = np.arange(frames) * t / frames
+    lo = np.floor(position).astype(int)
+    w = (position - lo).reshape(-1, *([1] * (x.ndim - 1)))
+    return (x[lo] * (1 - w) + x[(lo + 1) % t] * w).astype(x.dtype)
+
+
+def starts_at_end_diastole(beat: BeatFrames) -> bool:
+    """Whether a beat's kept frames start at its first frame and that frame is phase 0 of
+    the gated cine (end-diastole), whether or not the wall tracker could start there."""
+    return bool(beat.seqs) and beat.seqs[0] == beat.boundary.ed_seq \
+        and beat.values["cardiac_phase"][0] == 0
+
+
+def stack_stream(stream: str) -> str:
+    """The stack's name of a slice stream ``NAME/slice-K`` (streamer.replay.slice_stream_name):
+    ``NAME``."""
+    name, sep, k = stream.rpartition("/slice-")
+    return name if sep and k.isdigit() else stream
+
+
+@dataclass(frozen=True)
+class WallMotionConfig:
+    """Segmental wall-motion scores per stack and beat (Cardiac-MOS)."""
+
+    mode: str = option(
+        "on", "score the 16 AHA segments of each short-axis stack per beat (Cardiac-MOS: "
+        "normal, hypokinetic, akinetic, dyskinetic, and the motion score index) once every "
+        "slice of the stack has closed a beat, as a wall_motion message; the network runs "
+        "in eager torch fp32 on the CPU whatever --backend says (once per stack and beat); "
+        "off: none", flag="--wall-motion", choices=("on", "off"))
+    weights: str | None = option(
+        None, "Cardiac-MOS weights, a state dict from python -m engines.train.wall_motion "
+        "(default: the shipped engines/weights/wall_motion.pt)", flag="--wall-motion-weights",
+        metavar="PATH")
+
+    def __post_init__(self):
+        if self.mode not in ("on", "off"):
+            raise ValueError(f"wall motion {self.mode!r} is not on or off")
+
+
+class ScoreWallMotion(BeatStage):
+    """Per stack and beat: the 16 AHA segments scored by Cardiac-MOS (Xue et al. 2018).
+
+    Each slice's closed beat becomes a :class:`SliceBeat`: its frames as the network saw
+    them (``grid_image``) cropped around the LV of its end-diastolic labels at 1.6 x the
+    epicardial radius, 160 x 160, percentile-scaled and CLAHE'd. When every slice of the
+    stack has one (:class:`StackCycles`), the slices that hold LV are split into thirds
+    base to apex (:func:`stack_levels`); per level the usable slice nearest the third's
+    middle is resampled to polar coordinates per AHA segment
+    (:func:`streamer.measure.polar.polar_segments`, sectors from the RV insertion points
+    of the level :attr:`anchor_order` names) and all segments go through the network at
+    once (the subject-level blocks see the whole heart). The result is a ``wall_motion`` message (docs/protocol.md): per segment
+    the score 1-4, its label and the four probabilities, the motion score index over the
+    scored segments, and which segments are missing and why. Slices of other frame counts
+    are resampled in beat time to the first scored slice's.
+
+    The network was trained on phantom hearts with exact per-segment labels (no public
+    data carries them); the message says so (``trained_on``)."""
+
+    name = "wall_motion"
+    keeps = ("grid_image", "grid_labels", "grid", "stream_meta", "cardiac_phase")
+    outputs = ()
+    sends = ("wall_motion",)
+    #: frames kept per beat: 64 covers a cine of up to 64 phases (the paper's are 20-25)
+    max_frames = 64
+    #: the fewest frames of a beat that is scored
+    min_frames = 8
+    #: what the scores were learnt on
+    trained_on = "phantom hearts (calib.datasets.wall_motion_stack_configs)"
+    #: whose RV insertion points anchor each level's sectors, in order of preference (the
+    #: first level scored that found them): the apex's own are the least reliable (the RV
+    #: barely reaches it: its contact arc is short and its ends wander), so the apical
+    #: sectors take the mid slice's angles, around the apical slice's own LV centre
+    anchor_order = {"basal": ("basal", "mid", "apical"), "mid": ("mid", "basal", "apical"),
+                    "apical": ("mid", "apical", "basal")}
+
+    def __init__(self, scorer, stacks: StackCycles):
+        self.scorer, self.stacks = scorer, stacks   # both shared by the app's streams
+
+    def process(self, beat: BeatFrames) -> dict[str, Any]:
+        meta = beat.values["stream_meta"][0] if beat.seqs else {}
+        stack_id, n_slices, k = meta.get("stack_id"), meta.get("n_slices"), meta.get("slice_index")
+        if not (isinstance(stack_id, str) and isinstance(n_slices, int) and isinstance(k, int)):
+            return {}                                   # a single slice: no stack to score
+        slices = self.stacks.add(stack_id, n_slices, self.slice_beat(beat, meta, k))
+        if slices is None:
+            return {}
+        index = self.stacks.rounds[stack_id] - 1          # read before another stack's
+        fields = {"stack_id": stack_id, **self.score(slices)}
+        return {SEND: [WallMotionMessage(stream=stack_stream(beat.stream), beat=index,
+                                         fields=fields)]}
+
+    def slice_beat(self, beat: BeatFrames, meta: dict, k: int) -> SliceBeat:
+        """A slice's beat as its stack's scoring needs it (or why it cannot be used)."""
+        images, labels = beat.values["grid_image"], beat.values["grid_labels"]
+        if beat.boundary.fields.get("closed_by") == "next_ed":  # the closing frame opens the next
+            images, labels = images[:-1], labels[:-1]
+        if not labels:
+            return SliceBeat(k, reason="no_frames")
+        spacing = np.asarray(beat.values["grid"][0].spacing_mm, float)
+        counts = np.bincount(labels[0].ravel(), minlength=4) * float(spacing[0] * spacing[1])
+        myo = float(counts[MRLabel.LV_MYOCARDIUM])
+        base = SliceBeat(k, myo, float(counts[MRLabel.LV_CAVITY] + myo))
+        if beat.incomplete:
+            base.reason = "beat_incomplete"
+        elif not starts_at_end_diastole(beat):
+            base.reason = "not_from_end_diastole"
+        elif len(images) < self.min_frames:
+            base.reason = "too_few_frames"
+        if base.reason is not None or myo < MIN_LV_MYOCARDIUM_MM2:
+            base.reason = base.reason or "no_lv"
+            return base
+        try:
+            base.insertion = rv_insertion_points(labels[0], anterior_dir=anterior_direction(meta))
+        except SaxGeometryError:   # another slice's insertion may anchor its sectors
+            centre = lv_centre_px(labels[0])
+        else:
+            centre = base.insertion.centre_px
+        base.crops = normalised_crops(np.stack(images), centre, epicardial_radius_px(labels[0]))
+        return base
+
+    def score(self, slices: list[SliceBeat]) -> dict[str, Any]:
+        """The wall_motion fields of a stack whose slices are all in."""
+        chosen, reasons = {}, {}
+        try:
+            levels = stack_levels([s.myocardium_ed_mm2 for s in slices],
+                                  [s.lv_ed_mm2 for s in slices])
+        except SaxGeometryError:
+            levels = [None] * len(slices)
+        for level in SAX_LEVELS:
+            idx = [i for i, lv in enumerate(levels) if lv == level]
+            usable = [i for i in idx if slices[i].crops is not None]
+            if usable:
+                middle = (idx[0] + idx[-1]) / 2
+                chosen[level] = min(usable, key=lambda i: (abs(i - middle), i))
+            else:
+                reasons[level] = ("no_lv_slice" if not idx else
+                                  slices[idx[(len(idx) - 1) // 2]].reason)
+        found = [level for level in chosen if slices[chosen[level]].insertion is not None]
+        anchors = {level: next((a for a in self.anchor_order[level] if a in found), None)
+                   for level in chosen}
+        for level in [level for level, a in anchors.items() if a is None]:
+            reasons[level] = "no_rv_insertion"
+            del chosen[level], anchors[level]
+        polar: dict[int, np.ndarray] = {}
+        frames = None
+        for level, i in chosen.items():
+            anchor = slices[chosen[anchors[level]]].insertion
+            for aha, segment in polar_segments(slices[i].crops, anchor, level).items():
+                frames = segment.shape[0] if frames is None else frames
+                polar[aha] = resample_frames(segment, frames)
+        ids = sorted(polar)
+        p = self.scorer(np.stack([polar[a] for a in ids])) if ids else np.zeros((0, 4))
+        segments = []
+        for aha in range(1, 17):
+            if aha in polar:
+                q = p[ids.index(aha)]
+                label = WALL_MOTION_CLASSES[int(np.argmax(q))]
+                segments.append({"aha": aha, "name": AHA_NAMES[aha],
+                                 "score": WALL_MOTION_SCORES[label], "label": label,
+                                 "p": [round(float(v), 4) for v in q]})
+            else:
+                segments.append({"aha": aha, "name": AHA_NAMES[aha], "score": None,
+                                 "label": None, "p": None})
+        scores = [s["score"] for s in segments if s["score"] is not None]
+        return {"segments": segments,
+                "msi": round(float(np.mean(scores)), 3) if scores else None,
+                "scored_segments": len(scores),
+                "missing_segments": [a for a in range(1, 17) if a not in polar],
+                "missing_reasons": reasons,
+                "slices": {level: chosen.get(level) for level in SAX_LEVELS},
+                "anchors": {level: anchors.get(level) for level in SAX_LEVELS},
+                "frames": frames, "trained_on": self.trained_on}
+
+
+@dataclass(frozen=True)
+class InfarctConfig:
+    """Pixel-level infarct maps per slice and beat from motion (OF-RNN)."""
+
+    mode: str = option(
+        "on", "map the infarct of each slice's beat from its motion, no contrast agent (OF-RNN: "
+        "the LV region's 11x11 patches over the beat and its DIS optical flow): the beat "
+        "message's infarct_area_mm2 and infarct_segment_share, and with --mr-labels the "
+        "map itself (infarct_p); eager torch fp32 on one CPU thread whatever --backend "
+        "says; off: none", flag="--infarct", choices=("on", "off"))
+    weights: str | None = option(
+        None, "OF-RNN weights, a state dict from python -m engines.train.infarct (default: "
+        "the shipped engines/weights/infarct.pt)", flag="--infarct-weights", metavar="PATH")
+
+    def __post_init__(self):
+        if self.mode not in ("on", "off"):
+            raise ValueError(f"infarct {self.mode!r} is not on or off")
+
+
+class MapInfarct(BeatStage):
+    """Per slice and beat: the infarct probability of every myocardial pixel (OF-RNN, Xu et
+    al. 2018), from how the wall moves, with no contrast agent.
+
+    The LV region of interest of the beat's end-diastolic labels
+    (:class:`streamer.measure.roi.LvRoi`: 64 x 64, 1.5 LV radii either side of the LV
+    centre) is cut from every frame as the MR network saw it, scaled over the beat
+    (:func:`~streamer.measure.roi.normalise_beat`), its DIS optical flow computed
+    (:func:`~streamer.measure.roi.roi_flow`), and the network maps the end-diastolic
+    myocardium's pixels. Beat fields: the infarct's area (pixels over ``threshold``),
+    each AHA segment's infarcted share of its myocardium (where the level and the RV
+    insertion points are known), the largest probability, ``infarct_status`` (``mapped``
+    or why not), and with ``send_map`` the probability map in the frame's rows and columns
+    (``infarct_p``). The segments are the slice's own level (its place in the stack, as
+    the frame results' ``aha_level``) anchored on its own RV insertion points. Trained on
+    phantom slices (exact infarct truth; no public cine data carries it): the app's
+    declaration says so (``engines.infarct.trained_on``)."""
+
+    name = "infarct"
+    keeps = ("grid_image", "grid_labels", "grid", "stream_meta", "cardiac_phase")
+    outputs = ("infarct_area_mm2", "infarct_segment_share", "infarct_p_max", "infarct_status",
+               "infarct_p")
+    max_frames = ScoreWallMotion.max_frames
+    min_frames = ScoreWallMotion.min_frames
+    #: a pixel is infarct above this probability
+    threshold = 0.5
+    trained_on = "phantom slices (calib.datasets.infarct_slice_config)"
+
+    def __init__(self, mapper, slices: SliceConfig, send_map: bool):
+        self.mapper, self.slices, self.send_map = mapper, slices, send_map
+
+    def process(self, beat: BeatFrames) -> dict[str, Any]:
+        out = dict.fromkeys(self.outputs)
+        images, labels = beat.values["grid_image"], beat.values["grid_labels"]
+        if beat.boundary.fields.get("closed_by") == "next_ed":  # the closing frame opens the next
+            images, labels = images[:-1], labels[:-1]
+        if beat.incomplete:
+            return {**out, "infarct_status": "beat_incomplete"}
+        if not labels or not starts_at_end_diastole(beat):
+            return {**out, "infarct_status": "not_from_end_diastole"}
+        if len(images) < self.min_frames:
+            return {**out, "infarct_status": "too_few_frames"}
+        grid, meta, ed = beat.values["grid"][0], beat.values["stream_meta"][0], labels[0]
+        px_mm2 = float(np.prod(grid.spacing_mm))
+        myocardium = ed == MRLabel.LV_MYOCARDIUM
+        if myocardium.sum() * px_mm2 < MIN_LV_MYOCARDIUM_MM2:
+            return {**out, "infarct_status": "no_lv"}
+        roi = LvRoi.around(lv_centre_px(ed), lv_radius_px(ed))
+        region = normalise_beat(roi.images(np.stack(images)))
+        mask = roi.images(myocardium.astype(np.uint8), nearest=True) > 0
+        p_region = self.mapper(region, roi_flow(region), mask)
+        p = np.where(myocardium, roi.to_image(p_region, ed.shape), 0.0).astype(np.float32)
+        infarct = p > self.threshold
+        out.update(infarct_area_mm2=round(float(infarct.sum()) * px_mm2, 1),
+                   infarct_p_max=round(float(p.max()), 4), infarct_status="mapped")
+        level = slice_level(meta, self.slices)
+        if level is not None:
+            try:
+                insertion = rv_insertion_points(ed, anterior_dir=anterior_direction(meta))
+            except SaxGeometryError:
+                insertion = None
+            if insertion is not None:
+                segments = aha_segment_map(ed, level, insertion)
+                out["infarct_segment_share"] = {
+                    str(aha): round(float(infarct[segments == aha].mean()), 3)
+                    for aha in AHA_SEGMENTS[level] if (segments == aha).any()}
+        if self.send_map and grid.frame_shape is not None:
+            out["infarct_p"] = labels_on_frame(p, grid, grid.frame_shape, nearest=False)
+        return out
+
+
 @dataclass(frozen=True)
 class MrShortAxisConfig:
     """The MR short-axis app's options."""
@@ -619,13 +943,16 @@ class MrShortAxisConfig:
     send_labels: bool = option(
         False, "send each frame's label map (uint8: 0 background, 1 LV cavity, 2 LV "
         "myocardium, 3 RV cavity; the frame's rows and columns) as the result's array part "
-        "labels", flag="--mr-labels")
+        "labels, and each beat's infarct probability map as the beat's array part infarct_p",
+        flag="--mr-labels")
     lv_component: str = option(
         "largest", "LV pixels kept: largest (the largest connected region of LV cavity and "
         "myocardium; stray LV islands become background) or all (the network's labels as "
         "they are)", flag="--mr-lv-component", choices=LV_COMPONENTS)
     tracker: SaxTrackerConfig = SaxTrackerConfig()
     quality: SaxQualityConfig = SaxQualityConfig()
+    wall_motion: WallMotionConfig = WallMotionConfig()
+    infarct: InfarctConfig = InfarctConfig()
 
 
 class MrShortAxisApp(App):
@@ -696,7 +1023,41 @@ class MrShortAxisApp(App):
         Field("reference_phase", "integer", "phase index of the beat's reference frame: 0 "
               "(end-diastole) unless the track started later in the cycle (then the beat "
               "is poor)"),
+        Field("infarct_area_mm2", "number", "area of the end-diastolic myocardium whose "
+              "infarct probability (OF-RNN, from motion) is over 0.5, mm^2; null when not "
+              "mapped (infarct_status)"),
+        Field("infarct_segment_share", "object", "per AHA segment of the slice, the share of "
+              "its end-diastolic myocardium over 0.5 ({\"9\": 0.42, ...}); null where the "
+              "level or the RV insertion points are unknown"),
+        Field("infarct_p_max", "number", "the largest infarct probability of the myocardium"),
+        Field("infarct_status", "string", "mapped, or why not: no_lv, not_from_end_diastole, "
+              "too_few_frames, beat_incomplete"),
+        Field("infarct_p", "array", "float32 infarct probability of each pixel (the frame's "
+              "rows and columns; 0 off the end-diastolic myocardium); with --mr-labels"),
     )
+
+    message_fields = {"wall_motion": (
+        Field("stack_id", "string", "the stack's id (its slices' start stack_id)"),
+        Field("segments", "list", "the 16 AHA segments in order: {aha (1-16), name, score "
+              "(1 normal, 2 hypokinetic, 3 akinetic, 4 dyskinetic), label, p (the four "
+              "classes' probabilities, that order)}; score, label and p null for a missing "
+              "segment"),
+        Field("msi", "number", "motion score index: the mean score of the scored segments "
+              "(1 = all normal); null when none was scored"),
+        Field("scored_segments", "integer", "how many of the 16 were scored"),
+        Field("missing_segments", "list", "AHA numbers of the segments not scored"),
+        Field("missing_reasons", "object", "per level without a scored slice, why: "
+              "no_lv_slice, not_from_end_diastole, too_few_frames, beat_incomplete, no_lv, "
+              "no_rv_insertion (no scored slice of the stack found them)"),
+        Field("slices", "object", "slice_index scored per level {basal, mid, apical} (the "
+              "usable slice nearest the middle of its third of the LV), null where none"),
+        Field("anchors", "object", "per level, whose RV insertion points set its sectors "
+              "(basal, mid or apical; the apical level takes the mid slice's: the RV barely "
+              "reaches the apex); null where the level was not scored"),
+        Field("frames", "integer", "frames of the beat the scores are from"),
+        Field("trained_on", "string", "what the network learnt from (phantom hearts: no "
+              "public data has per-segment wall-motion labels)"),
+    )}
 
     def stages(self) -> list[Stage]:
         cfg, engine = self.config, self.engines["mr"]
@@ -706,10 +1067,41 @@ class MrShortAxisApp(App):
 
     def __init__(self, config=None, engines=None):
         self.stacks = StackCycles()  # every slice stream's cycle, until its stack is whole
+        # every slice stream's beat for the wall-motion scores (LV crops: ~0.5 MB a slice)
+        self.wall_motion_stacks = StackCycles(max_stacks=4)
+        config = self.Config() if config is None else config
+        self.wall_motion = self.infarct = None
+        if config.wall_motion.mode == "on":
+            from engines.wall_motion import load_scorer
+
+            self.wall_motion = load_scorer(config.wall_motion.weights)
+        if config.infarct.mode == "on":
+            from engines.infarct import load_mapper
+
+            self.infarct = load_mapper(config.infarct.weights)
         super().__init__(config, engines)
 
     def beat_stages(self) -> list[BeatStage]:
-        return [SummariseSaxBeat(self.config.quality), SummariseStack(self.stacks)]
+        cfg = self.config
+        stages = [SummariseSaxBeat(cfg.quality), SummariseStack(self.stacks)]
+        if self.wall_motion is not None:
+            stages.append(ScoreWallMotion(self.wall_motion, self.wall_motion_stacks))
+        if self.infarct is not None:
+            stages.append(MapInfarct(self.infarct, cfg.slices, cfg.send_labels))
+        return stages
+
+    def declaration(self) -> dict:
+        """The app's declaration; its ``engines`` also name the per-beat Cardiac-MOS
+        (``wall_motion``: eager torch fp32 on the CPU) where it runs."""
+        out = super().declaration()
+        if self.wall_motion is not None:
+            out["engines"]["wall_motion"] = {**self.wall_motion.provenance(),
+                                             "variant": self.wall_motion.variant,
+                                             "trained_on": ScoreWallMotion.trained_on}
+        if self.infarct is not None:
+            out["engines"]["infarct"] = {**self.infarct.provenance(),
+                                         "trained_on": MapInfarct.trained_on}
+        return out
 
     def warmup(self) -> None:
         kalman_warmup()  # numba compiles (or loads its cache) now, not on the first frame

@@ -200,11 +200,19 @@ class ResultMessage:
 @dataclass
 class BeatMessage:
     """One completed cardiac cycle: its number in the stream (``beat``) and the beat fields
-    of the app (the echo app: ``ed_seq``, ``es_seq``, ``peak_gls_pct``, ...)."""
+    of the app (the echo app: ``ed_seq``, ``es_seq``, ``peak_gls_pct``, ...); ``arrays`` are
+    optional array parts (the MR app's ``infarct_p``), as a result's."""
 
     stream: str
     beat: int
     fields: dict[str, Any] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __eq__(self, other) -> bool:
+        return (type(other) is type(self) and (self.stream, self.beat, self.fields)
+                == (other.stream, other.beat, other.fields)
+                and self.arrays.keys() == other.arrays.keys()
+                and all(np.array_equal(a, other.arrays[k]) for k, a in self.arrays.items()))
 
     kind = "beat"
 
@@ -336,29 +344,13 @@ def encode(message: Message) -> list[Part]:
             header["n_frames"] = int(message.n_frames)
         return [_dumps(header)]
     if kind == "result":
-        header = result_header(message)
-        if not message.arrays:
-            return [_dumps(header)]
-        parts: list[Part] = [b""]
-        header["parts"] = list(message.arrays)
-        for name, array in message.arrays.items():
-            if not (1 <= array.ndim <= MAX_PART_AXES and all(
-                    0 < n <= MAX_SIDE_PX for n in array.shape)):
-                raise ProtocolError("bad_field", f"array part {name!r} has shape "
-                                    f"{list(array.shape)}: 1 to {MAX_PART_AXES} sides of "
-                                    f"1..{MAX_SIDE_PX}")
-            if name in RESULT_KEYS or name in message.fields:
-                raise ProtocolError("bad_field", f"array part {name!r} would overwrite a "
-                                    "result key or field")
-            wire, dtype = _wire_array(array, name)
-            header[name] = {"shape": list(wire.shape), "dtype": dtype}
-            parts.append(wire)
-        parts[0] = _dumps(header)
-        return parts
+        return _with_arrays(result_header(message), message.arrays, message.fields,
+                            RESULT_KEYS, "result")
     if kind in ("beat", "wall_motion"):
         _refuse_reserved(message.fields, BEAT_KEYS, kind, message.stream)
-        return [_dumps({"v": PROTOCOL_VERSION, "kind": kind, "stream": message.stream,
-                        "beat": int(message.beat), **message.fields})]
+        header = {"v": PROTOCOL_VERSION, "kind": kind, "stream": message.stream,
+                  "beat": int(message.beat), **message.fields}
+        return _with_arrays(header, message.arrays, message.fields, BEAT_KEYS, kind)
     if kind == "error":
         header = {"v": PROTOCOL_VERSION, "kind": "error", "code": message.code,
                   "message": message.message}
@@ -400,6 +392,30 @@ def result_header(message: ResultMessage) -> dict:
         _refuse_reserved(message.fields, RESULT_KEYS, "result", message.stream)
         header.update(message.fields)
     return header
+
+
+def _with_arrays(header: dict, arrays: dict, fields: dict, reserved: tuple[str, ...],
+                 kind: str) -> list[Part]:
+    """The parts of a header and its array parts (named in the header's ``parts``, each
+    with its shape and dtype under its name)."""
+    if not arrays:
+        return [_dumps(header)]
+    parts: list[Part] = [b""]
+    header["parts"] = list(arrays)
+    for name, array in arrays.items():
+        if not (1 <= array.ndim <= MAX_PART_AXES and all(
+                0 < n <= MAX_SIDE_PX for n in array.shape)):
+            raise ProtocolError("bad_field", f"array part {name!r} has shape "
+                                f"{list(array.shape)}: 1 to {MAX_PART_AXES} sides of "
+                                f"1..{MAX_SIDE_PX}")
+        if name in reserved or name in fields or name == "parts":
+            raise ProtocolError("bad_field", f"array part {name!r} would overwrite a "
+                                f"{kind} key or field")
+        wire, dtype = _wire_array(array, name)
+        header[name] = {"shape": list(wire.shape), "dtype": dtype}
+        parts.append(wire)
+    parts[0] = _dumps(header)
+    return parts
 
 
 def _refuse_reserved(fields: dict, reserved: tuple[str, ...], kind: str, stream) -> None:
@@ -480,7 +496,7 @@ def decode(parts: Sequence[Part], *, max_message_bytes: int = DEFAULT_MAX_MESSAG
     if kind == "frame":  # not plain (see above): full validation, precise errors
         return _decode_frame(_Fields(header, stream, seq), parts, max_message_bytes)
     reader = _Fields(header, stream, seq)
-    if kind in ("start", "end", "beat", "wall_motion", "error", "hello"):
+    if kind in ("start", "end", "error", "hello"):
         _expect_parts(parts, 1, kind, stream, seq)
     if kind == "start":
         return StartMessage(stream=reader.str("stream"), meta=reader.dict("meta", {}))
@@ -492,8 +508,12 @@ def decode(parts: Sequence[Part], *, max_message_bytes: int = DEFAULT_MAX_MESSAG
         return _decode_result(reader, parts)
     if kind in ("beat", "wall_motion"):
         cls = BeatMessage if kind == "beat" else WallMotionMessage
+        names = reader.str_list("parts", None) or []
+        arrays = _read_arrays(reader, parts, names, kind, stream, None)
         return cls(stream=reader.str("stream"), beat=reader.int("beat", minimum=0),
-                   fields={k: v for k, v in header.items() if k not in BEAT_KEYS})
+                   fields={k: v for k, v in header.items()
+                           if k not in BEAT_KEYS and k not in arrays and k != "parts"},
+                   arrays=arrays)
     if kind == "error":
         return ErrorMessage(code=reader.str("code"), message=reader.text("message"),
                             stream=stream, seq=seq)
@@ -598,14 +618,7 @@ def _decode_result(reader: _Fields, parts: Sequence[Part]) -> ResultMessage:
     if names is None:  # v1 before 'parts': a mask's shape and dtype, the mask in part 1
         mask = header.get("mask")
         names = ["mask"] if isinstance(mask, dict) and {"shape", "dtype"} <= set(mask) else []
-    _expect_parts(parts, 1 + len(names), "result" + (f" with {names}" if names else ""),
-                  stream, seq)
-    arrays = {}
-    for name, part in zip(names, parts[1:]):
-        spec = header.get(name)
-        sub = _Fields(spec if isinstance(spec, dict) else {}, stream, seq)
-        dtype, shape = sub.part_spec(name)
-        arrays[name] = _array_from_part(part, dtype, shape, name, stream, seq)
+    arrays = _read_arrays(reader, parts, names, "result", stream, seq)
     return ResultMessage(
         stream=stream, seq=seq, t_acq_ns=reader.int("t_acq_ns"),
         latency_ms=reader.dict("latency_ms", {}), t_recv_ns=reader.int("t_recv_ns", None),
@@ -615,6 +628,20 @@ def _decode_result(reader: _Fields, parts: Sequence[Part]) -> ResultMessage:
         batch=reader.dict("batch", None),
         fields={k: v for k, v in header.items() if k not in RESULT_KEYS and k not in arrays},
         arrays=arrays)
+
+
+def _read_arrays(reader: _Fields, parts: Sequence[Part], names: list[str], kind: str,
+                 stream, seq) -> dict[str, np.ndarray]:
+    """The array parts ``names`` (the header's ``parts``) of a result or beat."""
+    _expect_parts(parts, 1 + len(names), kind + (f" with {names}" if names else ""),
+                  stream, seq)
+    arrays = {}
+    for name, part in zip(names, parts[1:]):
+        spec = reader.header.get(name)
+        sub = _Fields(spec if isinstance(spec, dict) else {}, stream, seq)
+        dtype, shape = sub.part_spec(name)
+        arrays[name] = _array_from_part(part, dtype, shape, name, stream, seq)
+    return arrays
 
 
 def _array_from_part(part: Part, dtype: np.dtype, shape: tuple[int, ...], what: str,

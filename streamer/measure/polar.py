@@ -112,8 +112,20 @@ def segment_polar(frames: np.ndarray, ed_labels: np.ndarray, insertion: RvInsert
     radius = epicardial_radius_px(np.asarray(ed_labels))
     crops = normalised_crops(frames, insertion.centre_px, radius, crop_factor=crop_factor,
                              crop_px=crop_px, clahe_clip=clahe_clip)
+    return polar_segments(crops, insertion, level, angles=angles)
+
+
+def polar_segments(crops: np.ndarray, insertion: RvInsertion, level: str, *,
+                   angles: int = ANGLES) -> dict[int, np.ndarray]:
+    """Step 3 alone: (T, S, S) uint8 crops centred on the LV (:func:`normalised_crops`)
+    -> {AHA id: (T, S // 2, angles) float32 in [0, 1]} of ``level``, the sectors from
+    ``insertion``'s anterior angle in its numbering direction (its ``centre_px`` is not
+    used: the crop's centre is the LV's)."""
+    crops = np.asarray(crops)
+    if crops.ndim != 3 or crops.shape[1] != crops.shape[2] or crops.dtype != np.uint8:
+        raise ValueError(f"crops must be (T, S, S) uint8, got {crops.shape} {crops.dtype}")
     out = {}
-    for aha, (x, y) in polar_grid(insertion, level, crop_px, angles=angles).items():
+    for aha, (x, y) in polar_grid(insertion, level, int(crops.shape[1]), angles=angles).items():
         out[aha] = np.stack([cv2.remap(c, x, y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                                        borderValue=0) for c in crops]).astype(np.float32) / 255.0
     return out
