@@ -134,6 +134,8 @@ def test_result_and_beat_fields_are_top_level_header_keys():
         P.decode(parts[:1])
     with pytest.raises(P.ProtocolError, match="would overwrite"):
         P.encode(P.BeatMessage("s", 0, fields={"infarct_p": 1}, arrays={"infarct_p": p}))
+    assert P.WallMotionMessage("s", 0, {}, {"m": p}) == P.WallMotionMessage("s", 0, {}, {"m": p})
+    assert P.WallMotionMessage("s", 0) != P.BeatMessage("s", 0)
     wm = header_of(P.encode(P.WallMotionMessage("mr", 0, fields={"msi": 1.0})))
     assert wm == {"v": 1, "kind": "wall_motion", "stream": "mr", "beat": 0, "msi": 1.0}
     with pytest.raises(P.ProtocolError, match="wall_motion fields .*own keys"):

@@ -217,7 +217,7 @@ class BeatMessage:
     kind = "beat"
 
 
-@dataclass
+@dataclass(eq=False)  # BeatMessage's equality, which compares array parts by value
 class WallMotionMessage(BeatMessage):
     """One short-axis stack's beat, scored per AHA segment (Cardiac-MOS): sent once the
     stack's slices have each closed a beat. ``stream`` is the stack's name (its slice
