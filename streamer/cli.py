@@ -229,12 +229,13 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.set_defaults(func=cmd_analyze)
 
     bullseye = commands.add_parser(
-        "bullseye", help="bull's-eye PNGs of a short-axis stack's wall motion and strain",
+        "bullseye", help="bull's-eye PNGs of a short-axis stack's wall motion, strain and "
+                         "infarct share",
         description="Reads the JSON lines of `cardiostream analyze` of a short-axis stack and "
                     "writes one PNG per wall_motion message (a stack and beat): the 16 "
                     "segments' wall-motion scores with the motion score index, and each "
-                    "segment's peak circumferential strain (the median over the stack's "
-                    "slices), in the AHA 17-segment layout.")
+                    "segment's peak circumferential strain and infarcted share (the median "
+                    "over the stack's slices), in the AHA 17-segment layout.")
     bullseye.add_argument("analysis", type=Path, help="output of cardiostream analyze (.jsonl)")
     bullseye.add_argument("--out", required=True, type=Path, help="folder for the PNGs")
     bullseye.set_defaults(func=cmd_bullseye)
