@@ -303,7 +303,8 @@ def infarct_samples(split: str, n: int, offset: int = 0, frames: int = 25) -> di
     ``infarct_segments`` (n, 16) bool. The flow is the trainer's to compute
     (:func:`streamer.measure.roi.roi_flow`)."""
     from calib.mr import make_mr_clip
-    from streamer.measure.roi import ROI_PX, LvRoi, lv_radius_px, normalise_beat
+    from streamer.measure.polar import epicardial_radius_px
+    from streamer.measure.roi import ROI_PX, LvRoi, normalise_beat
     from streamer.measure.sax import lv_centre_px
 
     seeds = split_seeds(split, n, offset)
@@ -317,7 +318,7 @@ def infarct_samples(split: str, n: int, offset: int = 0, frames: int = 25) -> di
         clip = make_mr_clip(cfg)
         ed = int(clip.truth.ed_frames[0])
         labels = clip.truth.label_map()[ed]
-        roi = LvRoi.around(lv_centre_px(labels), lv_radius_px(labels))
+        roi = LvRoi.around(lv_centre_px(labels), epicardial_radius_px(labels))
         out["frames"][i] = np.round(normalise_beat(roi.images(clip.frames)) * 255.0)
         out["myocardium"][i] = roi.images((clip.truth.myocardium[ed] > 0).astype(np.uint8),
                                           nearest=True) > 0

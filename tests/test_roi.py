@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamer.measure.roi import ROI_PX, LvRoi, lv_radius_px, normalise_beat, roi_flow
+from streamer.measure.polar import epicardial_radius_px as lv_radius_px
+from streamer.measure.roi import ROI_PX, LvRoi, normalise_beat, roi_flow
 from streamer.vocab import MRLabel
 
 

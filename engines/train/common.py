@@ -224,6 +224,14 @@ def augment_scanner_fields(x: torch.Tensor, g: torch.Generator, gain_log_sd=(0.0
     return (x + amplitude * fade * speckle * sector).clamp(0, 1)
 
 
+def inverse_sqrt_weights(share) -> torch.Tensor:
+    """Cross-entropy class weights 1 / sqrt(each class's share of the training labels)
+    (shares under 0.1 % count as 0.1 %), scaled to a mean of 1."""
+    weight = torch.tensor(1.0 / np.sqrt(np.maximum(np.asarray(share, float), 1e-3)),
+                          dtype=torch.float32)
+    return weight / weight.mean()
+
+
 def random_affine(n: int, g: torch.Generator, scale=(0.9, 1.1), shift=0.06, rotate_deg=6.0) -> torch.Tensor:
     """(N, 2, 3) ``affine_grid`` matrices: isotropic scale, rotation, shift (fraction of the size)."""
     s = scale[0] + (scale[1] - scale[0]) * torch.rand(n, generator=g)

@@ -153,8 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     model = of_rnn.build()
     infarct = np.concatenate([d["infarct"][d["myocardium"]] for d in train])
     share = np.array([1 - infarct.mean(), infarct.mean()])
-    weight = torch.tensor(1.0 / np.sqrt(np.maximum(share, 1e-3)), dtype=torch.float32)
-    weight = weight / weight.mean()
+    weight = common.inverse_sqrt_weights(share)
     optimiser = torch.optim.Adam(model.parameters(), lr=args.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, args.epochs)
     history = []

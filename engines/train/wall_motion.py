@@ -169,8 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                              f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
     classes = np.concatenate([d["classes"].ravel() for d in train])
     share = np.bincount(classes, minlength=4) / classes.size
-    weight = torch.tensor(1.0 / np.sqrt(np.maximum(share, 1e-3)), dtype=torch.float32)
-    weight = weight / weight.mean()
+    weight = common.inverse_sqrt_weights(share)
     optimiser = torch.optim.Adam(model.parameters(), lr=args.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, args.epochs)
     history = []

@@ -54,7 +54,7 @@ from streamer.measure.kalman import warmup as kalman_warmup
 from streamer.measure.labels import argmax_labels
 from streamer.measure.labels import warmup as labels_warmup
 from streamer.measure.polar import epicardial_radius_px, normalised_crops, polar_segments
-from streamer.measure.roi import LvRoi, lv_radius_px, normalise_beat, roi_flow
+from streamer.measure.roi import LvRoi, normalise_beat, roi_flow
 from streamer.measure.sax import (
     RvInsertion,
     SaxGeometryError,
@@ -683,6 +683,23 @@ def starts_at_end_diastole(beat: BeatFrames) -> bool:
         and beat.values["cardiac_phase"][0] == 0
 
 
+def beat_images(beat: BeatFrames, min_frames: int) -> tuple[list, list, str | None]:
+    """A beat's images and labels as the MR network saw them (the closing frame of a beat
+    closed by the next end-diastole left out: it opens the next beat), and why the beat
+    cannot be analysed (``beat_incomplete``, ``not_from_end_diastole``, ``too_few_frames``;
+    None when it can)."""
+    images, labels = beat.values["grid_image"], beat.values["grid_labels"]
+    if beat.boundary.fields.get("closed_by") == "next_ed":
+        images, labels = images[:-1], labels[:-1]
+    if beat.incomplete:
+        return images, labels, "beat_incomplete"
+    if not labels or not starts_at_end_diastole(beat):
+        return images, labels, "not_from_end_diastole"
+    if len(images) < min_frames:
+        return images, labels, "too_few_frames"
+    return images, labels, None
+
+
 def stack_stream(stream: str) -> str:
     """The stack's name of a slice stream ``NAME/slice-K`` (streamer.replay.slice_stream_name):
     ``NAME``."""
@@ -764,21 +781,13 @@ class ScoreWallMotion(BeatStage):
 
     def slice_beat(self, beat: BeatFrames, meta: dict, k: int) -> SliceBeat:
         """A slice's beat as its stack's scoring needs it (or why it cannot be used)."""
-        images, labels = beat.values["grid_image"], beat.values["grid_labels"]
-        if beat.boundary.fields.get("closed_by") == "next_ed":  # the closing frame opens the next
-            images, labels = images[:-1], labels[:-1]
+        images, labels, reason = beat_images(beat, self.min_frames)
         if not labels:
             return SliceBeat(k, reason="no_frames")
         spacing = np.asarray(beat.values["grid"][0].spacing_mm, float)
         counts = np.bincount(labels[0].ravel(), minlength=4) * float(spacing[0] * spacing[1])
         myo = float(counts[MRLabel.LV_MYOCARDIUM])
-        base = SliceBeat(k, myo, float(counts[MRLabel.LV_CAVITY] + myo))
-        if beat.incomplete:
-            base.reason = "beat_incomplete"
-        elif not starts_at_end_diastole(beat):
-            base.reason = "not_from_end_diastole"
-        elif len(images) < self.min_frames:
-            base.reason = "too_few_frames"
+        base = SliceBeat(k, myo, float(counts[MRLabel.LV_CAVITY] + myo), reason=reason)
         if base.reason is not None or myo < MIN_LV_MYOCARDIUM_MM2:
             base.reason = base.reason or "no_lv"
             return base
@@ -897,21 +906,15 @@ class MapInfarct(BeatStage):
 
     def process(self, beat: BeatFrames) -> dict[str, Any]:
         out = dict.fromkeys(self.outputs)
-        images, labels = beat.values["grid_image"], beat.values["grid_labels"]
-        if beat.boundary.fields.get("closed_by") == "next_ed":  # the closing frame opens the next
-            images, labels = images[:-1], labels[:-1]
-        if beat.incomplete:
-            return {**out, "infarct_status": "beat_incomplete"}
-        if not labels or not starts_at_end_diastole(beat):
-            return {**out, "infarct_status": "not_from_end_diastole"}
-        if len(images) < self.min_frames:
-            return {**out, "infarct_status": "too_few_frames"}
+        images, labels, reason = beat_images(beat, self.min_frames)
+        if reason is not None:
+            return {**out, "infarct_status": reason}
         grid, meta, ed = beat.values["grid"][0], beat.values["stream_meta"][0], labels[0]
         px_mm2 = float(np.prod(grid.spacing_mm))
         myocardium = ed == MRLabel.LV_MYOCARDIUM
         if myocardium.sum() * px_mm2 < MIN_LV_MYOCARDIUM_MM2:
             return {**out, "infarct_status": "no_lv"}
-        roi = LvRoi.around(lv_centre_px(ed), lv_radius_px(ed))
+        roi = LvRoi.around(lv_centre_px(ed), epicardial_radius_px(ed))
         region = normalise_beat(roi.images(np.stack(images)))
         mask = roi.images(myocardium.astype(np.uint8), nearest=True) > 0
         p_region = self.mapper(region, roi_flow(region), mask)

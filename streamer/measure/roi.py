@@ -1,7 +1,8 @@
 """The LV region of interest of a short-axis slice, as OF-RNN takes it (issue 16).
 
 A square of side ``2 * factor * r`` image pixels centred on the LV centre (r: the radius of a
-disk with the area of the end-diastolic LV, cavity plus myocardium), resampled to ``roi_px``
+disk with the area of the end-diastolic LV, cavity plus myocardium:
+:func:`streamer.measure.polar.epicardial_radius_px`), resampled to ``roi_px``
 x ``roi_px`` (64): every heart fills the region alike. :class:`LvRoi` maps images, label
 maps and flow fields into the region and probability maps back; :func:`roi_flow` is the
 dense motion OF-RNN's global branch reads: OpenCV's DIS optical flow between consecutive
@@ -11,13 +12,10 @@ frames of the region (the classical flow, the same in training and in the app), 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
-
-from streamer.vocab import MRLabel
 
 #: side of the region, pixels (OF-RNN's input)
 ROI_PX = 64
@@ -72,15 +70,6 @@ class LvRoi:
     def image_px_area(self) -> float:
         """Image pixels per region pixel (area)."""
         return 1.0 / (self.scale * self.scale)
-
-
-def lv_radius_px(labels: np.ndarray) -> float:
-    """Radius (px) of a disk with the area of the LV (cavity and myocardium) of a label
-    image (:class:`streamer.vocab.MRLabel` values)."""
-    area = int(np.isin(labels, (MRLabel.LV_CAVITY, MRLabel.LV_MYOCARDIUM)).sum())
-    if area == 0:
-        raise ValueError("the label image holds no LV: no region of interest")
-    return math.sqrt(area / math.pi)
 
 
 def normalise_beat(region_frames: np.ndarray, low_pct: float = 1.0,
