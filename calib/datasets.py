@@ -328,6 +328,62 @@ def infarct_samples(split: str, n: int, offset: int = 0, frames: int = 25) -> di
     return {**out, "seeds": np.asarray(seeds), "split": split}
 
 
+def velocity_mapping_config(seed: int, frames: int | None = None, **overrides):
+    """One short-axis velocity-mapping slice (tissue phase mapping, issue 17):
+    :func:`random_mr_config`'s slice (level by seed; its anatomy, wall motion and infarct
+    draws, image quality) as a black-blood gradient-echo acquisition: blood at 8-35 % of the
+    bSSFP blood's signal, VENC 15-30 cm/s, a background phase offset of up to 0.2-2.5 cm/s
+    per channel, a pixel of 1.2-1.8 mm (a field of view of 307-461 mm), frames of one cycle
+    (``frames``; default 20-30 drawn; acquisitions have ~50)."""
+    seed = int(seed)
+    rng = np.random.default_rng([seed, 0x7E1])
+    kw = dict(blood_signal=_u(rng, 0.08, 0.35), venc_mm_s=_u(rng, 150.0, 300.0),
+              phase_offset_mm_s=_u(rng, 2.0, 25.0), pixel_mm=_u(rng, 1.2, 1.8))
+    if frames is not None:
+        kw["frames"] = int(frames)
+    return random_mr_config(seed, **{**kw, **overrides})
+
+
+def velocity_mapping_samples(split: str, n: int, offset: int = 0, frames: int | None = None) -> dict:
+    """``n`` velocity-mapping phantom slices (:func:`velocity_mapping_config`) as the
+    network sees them: the central region (:func:`streamer.measure.roi.central_roi`,
+    128 x 128 pixels of 1.4 mm), padded to ``T`` = the longest cycle with ``frames_n`` the
+    real count: ``magnitude`` (n, T, 128, 128) float16 (raw scale), ``velocity_cm_s``
+    (n, T, 128, 128, 3) float16 (measured: noisy, offset, wrapped as acquired),
+    ``myocardium`` (n, T, 128, 128) bool (the truth's, nearest), ``true_velocity_cm_s``
+    (n, T, 128, 128, 3) float16 (noise-free), ``segments`` (n, T, 128, 128) uint8 (AHA,
+    nearest), ``es_frame`` (n,), ``venc_cm_s`` (n,), ``level`` (n,) 0 basal .. 2 apical."""
+    from calib.mr import make_mr_clip
+    from streamer.measure.roi import VM_ROI_PX, central_roi, region_velocity
+    from streamer.vocab import SAX_LEVELS
+
+    seeds = split_seeds(split, n, offset)
+    cfgs = [velocity_mapping_config(int(s), frames=frames) for s in seeds]
+    T = max(c.frames for c in cfgs)
+    S = VM_ROI_PX
+    out = {"magnitude": np.zeros((n, T, S, S), np.float16),
+           "velocity_cm_s": np.zeros((n, T, S, S, 3), np.float16),
+           "true_velocity_cm_s": np.zeros((n, T, S, S, 3), np.float16),
+           "myocardium": np.zeros((n, T, S, S), bool),
+           "segments": np.zeros((n, T, S, S), np.uint8),
+           "frames_n": np.zeros(n, np.int64), "es_frame": np.zeros(n, np.int64),
+           "venc_cm_s": np.zeros(n, np.float32), "level": np.zeros(n, np.int64)}
+    for i, cfg in enumerate(cfgs):
+        clip = make_mr_clip(cfg)
+        roi = central_roi(clip.frames.shape[1:], clip.spacing_mm)
+        t = cfg.frames
+        out["frames_n"][i] = t
+        out["magnitude"][i, :t] = roi.images(clip.frames.astype(np.float32))
+        out["velocity_cm_s"][i, :t] = region_velocity(roi, clip.velocity_mm_s / 10.0)
+        out["true_velocity_cm_s"][i, :t] = region_velocity(roi, clip.truth.velocity_mm_s / 10.0)
+        out["myocardium"][i, :t] = roi.images(clip.truth.myocardium, nearest=True) > 0
+        out["segments"][i, :t] = roi.images(clip.truth.segments, nearest=True).astype(np.uint8)
+        out["es_frame"][i] = int(clip.truth.es_frames[0])
+        out["venc_cm_s"][i] = cfg.venc_mm_s / 10.0
+        out["level"][i] = SAX_LEVELS.index(cfg.slice_level)
+    return {**out, "seeds": np.asarray(seeds), "split": split}
+
+
 def _echo_clip(seed: int, **kw):
     """Clip for a seed; configs the motion model cannot realise are redrawn from a derived seed."""
     for attempt in range(5):

@@ -103,6 +103,13 @@ class MRPhantomConfig:
     lv_offset_mm: tuple = (0.0, 6.0)     # LV centre offset from the image centre [row, col]
     rv_insertion_deg: float = 120.0      # screen angle of the anterior RV insertion point
     venc_mm_s: float = 200.0
+    #: blood signal as a fraction of the bSSFP blood's: 1 = bright blood (cine SSFP); ~0.1-0.3
+    #: = the dark blood of a black-blood gradient-echo velocity-mapping acquisition
+    blood_signal: float = 1.0
+    #: background phase offset (eddy currents, concomitant gradients) of each velocity
+    #: channel: a smooth field, linear with a quadratic part, whose largest |value| in the
+    #: image is up to this, mm/s (0 = none; drawn per channel from the seed)
+    phase_offset_mm_s: float = 0.0
     noise_sigma: float = 7.0             # Rician noise (same scale as the intensities)
     acquisition_fraction: float = 0.875  # k-space matrix / image matrix (224 / 256)
     seed: int = 0
@@ -126,6 +133,8 @@ class MRPhantomConfig:
         require_range("rv_insertion_deg", self.rv_insertion_deg, 90.0, 160.0, "degrees")
         require_range("venc_mm_s", self.venc_mm_s, 10.0, 5000.0, "mm/s")
         require_range("noise_sigma", self.noise_sigma, 0.0, 200.0)
+        require_range("blood_signal", self.blood_signal, 0.0, 2.0)
+        require_range("phase_offset_mm_s", self.phase_offset_mm_s, 0.0, 1000.0, "mm/s")
         require_range("acquisition_fraction", self.acquisition_fraction, 0.3, 1.0)
         require_int_range("seed", self.seed, 0, 2**63 - 1)
         wm = {}
@@ -385,6 +394,7 @@ class _Scene:
         t = self.tex(pts)
         tb = self.tex_body(pts)
         c = self.centre
+        blood = I_BLOOD * self.cfg.blood_signal   # exact I_BLOOD for bright blood (1.0)
         img = np.zeros(r0.shape)
         # body: skin/subcutaneous fat of varying thickness, muscle, mediastinal fat
         fat_th = 9.0 + 6.0 * (0.5 + 0.5 * np.sin(ang * 2 + 0.7)) + 3.0 * tb
@@ -399,7 +409,7 @@ class _Scene:
         img = np.where(lung, I_LUNG * (1 + 0.6 * np.abs(t)), img)
         # pulmonary vessels: small bright dots in the lungs
         for (vr, vc, rad) in self.lung_vessels:
-            img = np.where(lung & (np.hypot(r0 - vr, r1 - vc) < rad), I_BLOOD * 0.7, img)
+            img = np.where(lung & (np.hypot(r0 - vr, r1 - vc) < rad), blood * 0.7, img)
         liver = an.ellipse_distance(r0, r1, c[0] + 88, c[1] - 55, 50, 90) + 3 * tb
         img = np.where((liver < 0) & inner, I_LIVER * np.exp(0.06 * t), img)
         stomach = an.ellipse_distance(r0, r1, c[0] + 70, c[1] + 85, 28, 38) + 3 * tb
@@ -407,7 +417,7 @@ class _Scene:
         spine = an.disc_distance(r0, r1, bc[0] + ba - 38, bc[1] + 5, 16)
         img = np.where(spine < 0, I_BONE * np.exp(0.3 * t), img)
         aorta = an.disc_distance(r0, r1, bc[0] + ba - 48, bc[1] + 32, 10)
-        img = np.where(aorta < 0, I_BLOOD * 1.05, img)
+        img = np.where(aorta < 0, blood * 1.05, img)
         sternum = an.ellipse_distance(r0, r1, c[0] - heart_r - 22, c[1] - 20, 7, 14)
         img = np.where(sternum < 0, I_BONE * 0.8, img)
         # mediastinum: patchy epicardial fat in the grooves and along the RV, thin dark pericardium
@@ -419,14 +429,14 @@ class _Scene:
         img = np.where(med & (dist_heart >= fat_w) & (dist_heart < fat_w + 1.3), I_MUSCLE * 0.35, img)
         # heart
         img = np.where(L["rv_wall"], I_MYO * np.exp(0.05 * t), img)
-        img = np.where(L["rv"], I_BLOOD * 1.08 * np.exp(0.04 * t), img)
-        img = np.where(L["cav"], I_BLOOD * np.exp(0.04 * t), img)
+        img = np.where(L["rv"], blood * 1.08 * np.exp(0.04 * t), img)
+        img = np.where(L["cav"], blood * np.exp(0.04 * t), img)
         for p, rp in self.papillary:
             dp = np.hypot(r0 - p[0], r1 - p[1]) - rp
             img = np.where(L["cav"] & (dp < 0), I_MYO * 1.05, img)
         # trabeculae: dark specks just inside the endocardium
         d_endo = (1.0 - np.interp(L["th"], THETA, self.lv.d0) - L["rh"]) * self.lv.a
-        img = np.where(L["cav"] & (d_endo < 2.5) & (t > 0.7), 0.5 * (I_BLOOD + I_MYO), img)
+        img = np.where(L["cav"] & (d_endo < 2.5) & (t > 0.7), 0.5 * (blood + I_MYO), img)
         img = np.where(L["myo"], I_MYO * np.exp(0.05 * t), img)
         return img
 
@@ -477,6 +487,24 @@ class _Scene:
         return self.rvmap.to_mm(*self.rvmap.inverse(th, rh, st_rv))
 
 
+def phase_offset_field(rng: np.random.Generator, rows: int, cols: int,
+                       max_mm_s: float) -> np.ndarray | None:
+    """(rows, cols, 3) float32 background phase offsets of the three velocity channels, mm/s:
+    per channel a plane with a quadratic part (random directions and curvature), scaled so
+    that its largest |value| in the image is max_mm_s times a factor in [0.3, 1]; None
+    for max_mm_s = 0 (and then nothing is drawn)."""
+    if max_mm_s <= 0:
+        return None
+    y = np.linspace(-1.0, 1.0, rows)[:, None]
+    x = np.linspace(-1.0, 1.0, cols)[None, :]
+    out = np.empty((rows, cols, 3), np.float32)
+    for k in range(3):
+        a = rng.normal(size=6)
+        f = a[0] * 0.3 + a[1] * y + a[2] * x + 0.4 * (a[3] * y * y + a[4] * x * x + a[5] * x * y)
+        out[..., k] = f * (max_mm_s * rng.uniform(0.3, 1.0) / max(float(np.abs(f).max()), 1e-9))
+    return out
+
+
 def _signed_px(f: np.ndarray) -> np.ndarray:
     gy, gx = np.gradient(f)
     return f / np.maximum(np.hypot(gx, gy), 1e-9)
@@ -490,7 +518,8 @@ def make_mr_clip(cfg: MRPhantomConfig | None = None, **overrides) -> MRClip:
         cfg = dataclasses.replace(cfg, **overrides)
     t0 = time.perf_counter()
     ss_seq = np.random.SeedSequence(cfg.seed)
-    rng_anat, rng_noise, rng_coil = [np.random.default_rng(s) for s in ss_seq.spawn(3)]
+    # a fourth generator (the background phase) leaves the first three's draws as they were
+    rng_anat, rng_noise, rng_coil, rng_phase = [np.random.default_rng(s) for s in ss_seq.spawn(4)]
     sc = _Scene(cfg, rng_anat)
     cyc = cfg.cycle
     n, rows, cols, sp = cfg.frames, cfg.rows, cfg.cols, cfg.pixel_mm
@@ -523,6 +552,7 @@ def make_mr_clip(cfg: MRPhantomConfig | None = None, **overrides) -> MRClip:
     ins_ed = sc.centre + sc.r_epi * np.stack([
         [-math.sin(math.radians(sc.phi_ant)), math.cos(math.radians(sc.phi_ant))],
         [-math.sin(math.radians(sc.phi_inf)), math.cos(math.radians(sc.phi_inf))]])
+    offset = phase_offset_field(rng_phase, rows, cols, cfg.phase_offset_mm_s)
     # through-plane displacement waveform (towards the apex in systole)
     for t in range(n):
         st_lv, st_rv = states[t]
@@ -591,6 +621,8 @@ def make_mr_clip(cfg: MRPhantomConfig | None = None, **overrides) -> MRClip:
         # measured velocity: phase noise and wrapping
         sig_v = cfg.venc_mm_s / math.pi * cfg.noise_sigma / np.maximum(mag, 1e-3)
         noisy = vel[t] + rng_noise.standard_normal((rows, cols, 3)).astype(np.float32) * np.minimum(sig_v, 10 * cfg.venc_mm_s)[..., None]
+        if offset is not None:
+            noisy = noisy + offset
         vel_noisy[t] = (noisy + cfg.venc_mm_s) % (2 * cfg.venc_mm_s) - cfg.venc_mm_s
         ins[t] = sc.forward_mm(ins_ed, st_lv, st_rv)
     c_t = cyc.contraction(phases[:n])

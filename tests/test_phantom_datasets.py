@@ -65,3 +65,21 @@ def test_view_samples_several_frames_per_clip():
     assert not np.array_equal(s["images"][0], s["images"][1])            # another phase of the cycle
     with pytest.raises(PhantomParameterError):
         view_samples("val", 2, rows=64, cols=64, frames_per_clip=0)
+
+
+def test_velocity_mapping_slices_are_black_blood_with_offsets_and_as_the_network_sees_them():
+    from calib.datasets import velocity_mapping_config, velocity_mapping_samples
+    from streamer.measure.roi import VM_ROI_PX
+
+    cfgs = [velocity_mapping_config(s) for s in range(20)]
+    assert all(0.08 <= c.blood_signal <= 0.35 and 150 <= c.venc_mm_s <= 300
+               and 2.0 <= c.phase_offset_mm_s <= 25.0 and 20 <= c.frames <= 30 for c in cfgs)
+    assert velocity_mapping_config(3, frames=50).frames == 50
+    d = velocity_mapping_samples("test", 2, frames=6)
+    assert d["magnitude"].shape == (2, 6, VM_ROI_PX, VM_ROI_PX)
+    assert d["velocity_cm_s"].shape == d["true_velocity_cm_s"].shape == (2, 6, VM_ROI_PX,
+                                                                        VM_ROI_PX, 3)
+    assert list(d["frames_n"]) == [6, 6] and d["myocardium"][:, 0].any(axis=(1, 2)).all()
+    # the myocardium's measured velocity is its true one plus noise and an offset of cm/s
+    err = (d["velocity_cm_s"] - d["true_velocity_cm_s"]).astype(np.float32)[d["myocardium"]]
+    assert np.abs(np.median(err, axis=0)).max() < 3.0

@@ -119,6 +119,29 @@ def test_velocity_channels(mid):
     assert np.abs(mid.velocity_mm_s).max() <= venc + 1e-3
 
 
+def test_black_blood_and_background_phase_offsets_of_velocity_mapping():
+    """blood_signal darkens the blood only; phase_offset_mm_s adds a smooth offset to the
+    measured velocities (not to the truth, not to the magnitude) within its bound; both off
+    by default leave the clip as it was."""
+    kw = dict(frames=3, rows=96, cols=96, pixel_mm=2.8, venc_mm_s=400.0, noise_sigma=2.0, seed=4)
+    plain = make_mr_clip(MRPhantomConfig(**kw))
+    dark = make_mr_clip(MRPhantomConfig(**kw, blood_signal=0.2))
+    offset = make_mr_clip(MRPhantomConfig(**kw, phase_offset_mm_s=30.0))
+    cavity = plain.truth.cavity[0] > 0
+    myo = plain.truth.myocardium[0] > 0
+    ratio = dark.frames[0][cavity].mean() / plain.frames[0][cavity].mean()
+    assert 0.15 < ratio < 0.3
+    assert abs(dark.frames[0][myo].mean() / plain.frames[0][myo].mean() - 1) < 0.1
+    assert np.array_equal(offset.frames, plain.frames)
+    assert np.array_equal(offset.truth.velocity_mm_s, plain.truth.velocity_mm_s)
+    venc = 400.0  # (in air the phase is noise and wraps: compare the phases modulo 2 VENC)
+    diff = (offset.velocity_mm_s - plain.velocity_mm_s + venc) % (2 * venc) - venc
+    assert 0.3 * 30.0 <= np.abs(diff).max() <= 30.0 + 1e-3
+    # smooth: a plane with a quadratic part, the same in every frame
+    assert np.allclose(diff[0], diff[2], atol=1e-3)
+    assert np.abs(np.diff(diff[0], axis=0)).max() < 30.0 * 4 / 96
+
+
 @pytest.mark.parametrize("level", ["basal", "apical"])
 def test_other_slices(level):
     c = make_mr_clip(MRPhantomConfig(slice_level=level, frames=4, rows=128, cols=128, pixel_mm=2.2))
@@ -131,6 +154,8 @@ def test_other_slices(level):
     (dict(wall_motion={"3": "floppy"}), "floppy"),
     (dict(peak_circ_strain_pct=-60), "peak_circ_strain_pct=-60"),
     (dict(frames=1), "frames=1"),
+    (dict(blood_signal=-0.1), "blood_signal"),
+    (dict(phase_offset_mm_s=-1.0), "phase_offset_mm_s"),
 ])
 def test_bad_parameters(kw, needle):
     with pytest.raises(PhantomParameterError) as e:

@@ -57,3 +57,21 @@ def test_normalise_beat_scales_the_region_over_the_beat():
     x[0, 0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         normalise_beat(x)
+
+
+def test_the_central_region_of_a_velocity_mapping_slice():
+    """128 x 128 pixels of 1.4 mm around the image centre, whatever the frame's spacing; the
+    velocities are resampled, not rescaled."""
+    from streamer.measure.roi import VM_ROI_PX, VM_ROI_SPACING_MM, central_roi, region_velocity
+
+    roi = central_roi((200, 240), (1.75, 1.75))
+    assert roi.roi_px == VM_ROI_PX and roi.scale == pytest.approx(1.75 / VM_ROI_SPACING_MM)
+    image = np.zeros((200, 240), np.float32)
+    image[99:101, 119:121] = 1.0          # the centre
+    out = roi.images(image)
+    r, c = np.unravel_index(np.argmax(out), out.shape)
+    assert abs(r - 63.5) <= 1 and abs(c - 63.5) <= 1
+    v = np.full((2, 200, 240, 3), 3.0, np.float32)
+    assert np.allclose(region_velocity(roi, v)[:, 40:80, 40:80], 3.0)
+    with pytest.raises(ValueError):
+        central_roi((10, 10), (0.0, 0.0))

@@ -1,4 +1,7 @@
-"""The LV region of interest of a short-axis slice, as OF-RNN takes it (issue 16).
+"""Regions of interest of a short-axis slice: the LV region as OF-RNN takes it (issue 16),
+and the central region of a velocity-mapping slice (:func:`central_roi`, issue 17).
+
+The LV region:
 
 A square of side ``2 * factor * r`` image pixels centred on the LV centre (r: the radius of a
 disk with the area of the end-diastolic LV, cavity plus myocardium:
@@ -21,6 +24,10 @@ import numpy as np
 ROI_PX = 64
 #: half the region's side in LV radii: the LV (diameter 2 r) fills 1 / factor of the side
 ROI_FACTOR = 1.5
+#: side of the central region the velocity-mapping network sees (issue 17), pixels
+VM_ROI_PX = 128
+#: its pixel size, mm: the region covers 179 mm around the image centre
+VM_ROI_SPACING_MM = 1.4
 
 
 @dataclass(frozen=True)
@@ -99,3 +106,21 @@ def roi_flow(frames: np.ndarray) -> np.ndarray:
         flow = dis.calc(grey[k], grey[(k + 1) % t], None)
         out[k] = flow.transpose(2, 0, 1)
     return out
+
+
+def central_roi(shape: tuple[int, int], spacing_mm) -> LvRoi:
+    """The network's region: :data:`VM_ROI_PX` pixels of :data:`VM_ROI_SPACING_MM` around
+    the image centre (the LV of a planned short-axis slice lies near the isocentre; a heart
+    more than ~45 mm off it is cut)."""
+    rows, cols = shape
+    sp = float(np.mean(np.asarray(spacing_mm, np.float64)))
+    if not sp > 0:
+        raise ValueError(f"spacing_mm {spacing_mm} must be > 0")
+    return LvRoi(((rows - 1) / 2.0, (cols - 1) / 2.0), sp / VM_ROI_SPACING_MM, VM_ROI_PX)
+
+
+def region_velocity(roi: LvRoi, velocity_cm_s: np.ndarray) -> np.ndarray:
+    """(T, rows, cols, 3) -> (T, S, S, 3) in the region (bilinear; velocities are not
+    rescaled: the region only resamples the grid)."""
+    v = np.asarray(velocity_cm_s, np.float32)
+    return np.stack([roi.images(v[..., k]) for k in range(3)], axis=-1)
