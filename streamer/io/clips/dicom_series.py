@@ -49,7 +49,7 @@ from .dicom import (
 )
 
 __all__ = ["DicomSeriesReader", "SeriesEntry", "SeriesIndex", "SeriesSlice", "group_by_position",
-           "index_series", "order_phases", "same_format"]
+           "index_series", "order_phases", "read_series_headers", "same_format"]
 
 #: Slice positions closer than this (mm) are the same slice.
 SLICE_TOLERANCE_MM = 0.01
@@ -162,15 +162,28 @@ def _entry(file: Path, header: Dataset) -> tuple[SeriesEntry, str]:
     ), source
 
 
-def index_series(path: Path) -> SeriesIndex:
+def index_series(
+    path: Path,
+    *,
+    headers: Sequence[tuple[Path, Dataset]] | None = None,
+    warnings: Sequence[str] = (),
+) -> SeriesIndex:
     """Index a directory of single-image DICOM files (headers only) into slices and phases.
+
+    ``headers`` (with the ``warnings`` of reading them): the directory's headers as
+    :func:`read_series_headers` read them, when the caller has them already (the folder
+    dispatch of :func:`.velocity_series.open_series_folder`).
 
     Raises :class:`ClipError` (naming the directory or the file) for a missing directory,
     no DICOM images, a multi-frame file, a truncated header, or several series mixed.
     """
     path = Path(path)
-    warnings: list[str] = []
-    headers = _read_headers(path, warnings)
+    warnings = list(warnings)
+    if headers is None:
+        headers = _read_headers(path, warnings)
+    else:
+        headers = list(headers)
+        _check_one_series(path, headers)
     entries, sources = [], set()
     for file, header in headers:
         entry, source = _entry(file, header)
@@ -193,8 +206,9 @@ def index_series(path: Path) -> SeriesIndex:
                        position_source=" / ".join(sorted(sources)), warnings=tuple(warnings))
 
 
-def _read_headers(path: Path, warnings: list[str]) -> list[tuple[Path, Dataset]]:
-    """Headers (no pixels) of every DICOM image file directly in the directory."""
+def _read_headers(path: Path, warnings: list[str], *, one_series: bool = True) -> list[tuple[Path, Dataset]]:
+    """Headers (no pixels) of every DICOM image file directly in the directory; with
+    ``one_series`` a :class:`ClipError` where they belong to several series."""
     if not path.is_dir():
         raise ClipError("no such directory", path=path)
     headers: list[tuple[Path, Dataset]] = []
@@ -228,6 +242,18 @@ def _read_headers(path: Path, warnings: list[str]) -> list[tuple[Path, Dataset]]
         warnings.append(f"{len(skipped)} file(s) that are not DICOM images were skipped: {shown}")
     if not headers:
         raise ClipError("directory holds no DICOM image files", path=path)
+    if one_series:
+        _check_one_series(path, headers)
+    return headers
+
+
+#: the headers of a directory's DICOM images, several series allowed (``one_series=False``):
+#: the velocity-mapping folders of :mod:`.velocity_series` hold a magnitude and phase series
+read_series_headers = _read_headers
+
+
+def _check_one_series(path: Path, headers: Sequence[tuple[Path, Dataset]]) -> None:
+    """A :class:`ClipError` where the images belong to several series."""
     first_file: dict[str, str] = {}
     for file, header in headers:
         first_file.setdefault(str(header.get("SeriesInstanceUID", "")), file.name)
@@ -238,7 +264,6 @@ def _read_headers(path: Path, warnings: list[str]) -> list[tuple[Path, Dataset]]
             "point at a directory with one series",
             path=path,
         )
-    return headers
 
 
 class DicomSeriesReader(ClipReader):

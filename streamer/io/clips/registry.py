@@ -18,9 +18,9 @@ import numpy as np
 
 from .base import ClipError, ClipReader, ReaderFactory, full_suffix, validate_write_args
 from .dicom import DicomClipReader, is_dicom_file, write_dicom
-from .dicom_series import DicomSeriesReader
 from .nifti import NiftiClipReader, write_nifti
 from .npz import NpzClipReader, write_npz
+from .velocity_series import open_series_folder
 from .video import VideoClipReader, write_video
 
 __all__ = ["ReaderRegistry", "open_clip", "read_frames", "reading", "register_reader",
@@ -108,7 +108,9 @@ def open_clip(
     """Open a clip for streaming, choosing the reader by suffix or content.
 
     * ``.dcm`` / ``.dicom``, or any file with the DICOM preamble: multi-frame DICOM;
-    * a directory: a DICOM series (one image per file);
+    * a directory: a DICOM series (one image per file); a folder of one slice's magnitude
+      and phase series (velocity mapping) is read as four channels, magnitude and v_x, v_y,
+      v_z in cm/s (:mod:`.velocity_series`);
     * ``.nii`` / ``.nii.gz``: NIfTI;  ``.avi`` / ``.mp4`` / ``.mov`` / ``.mkv``: video;
       ``.npz``: NumPy archive; plus suffixes added with :func:`register_reader`.
 
@@ -121,7 +123,7 @@ def open_clip(
     p = Path(path)
     factory: ReaderFactory | Callable[..., ClipReader] | None
     if p.is_dir():
-        factory = DicomSeriesReader
+        factory = open_series_folder  # velocity mapping, else DicomSeriesReader
     elif not p.exists():
         raise ClipError("no such file or directory", path=p)
     else:

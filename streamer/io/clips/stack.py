@@ -295,7 +295,15 @@ def open_input(
     if stack:
         return open_stack(p, spacing_mm=spacing_mm, fps=fps)
     if p.is_dir():
-        index = reading(p, lambda: index_series(p))
+        from .dicom_series import read_series_headers
+        from .velocity_series import VelocitySeriesReader, holds_velocity_mapping
+
+        warnings: list[str] = []
+        headers = reading(p, lambda: read_series_headers(p, warnings, one_series=False))
+        if holds_velocity_mapping(headers):  # magnitude and phase series of one slice
+            return reading(p, lambda: VelocitySeriesReader(
+                p, spacing_mm=spacing_mm, fps=fps, headers=headers, header_warnings=warnings))
+        index = reading(p, lambda: index_series(p, headers=headers, warnings=warnings))
         if len(index.slices) > 1:
             return reading(p, lambda: _series_stack(index, spacing_mm, fps))
         return reading(p, lambda: DicomSeriesReader(p, spacing_mm=spacing_mm, fps=fps, index=index))
