@@ -22,10 +22,12 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 BUILDERS = ("view_samples", "segmentation_samples", "flow_samples", "mr_segmentation_samples",
-            "mr_sequence_samples", "wall_motion_samples", "infarct_samples")
+            "mr_sequence_samples", "wall_motion_samples", "infarct_samples",
+            "velocity_mapping_samples")
 #: sources outside ``calib`` a builder's samples depend on (their digest joins its cache key)
 EXTRA_SOURCES = {"wall_motion_samples": ("streamer/measure/polar.py", "streamer/measure/sax.py"),
-                 "infarct_samples": ("streamer/measure/roi.py", "streamer/measure/sax.py")}
+                 "infarct_samples": ("streamer/measure/roi.py", "streamer/measure/sax.py"),
+                 "velocity_mapping_samples": ("streamer/measure/roi.py",)}
 
 
 def cache_dir() -> Path:
