@@ -758,6 +758,20 @@ def _ds(value: float) -> str:
     return format_number_as_ds(float(value))
 
 
+def new_dataset(sop_class) -> tuple[Dataset, _dt.datetime]:
+    """An empty Part-10 dataset of ``sop_class`` (explicit VR little endian, a new SOP
+    Instance UID) and the time it was made (for the dates the writer sets)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    return ds, _dt.datetime.now()
+
+
 def write_dicom(path: Path, args: WriteArgs) -> None:
     """Write an uncompressed multi-frame DICOM file (Explicit VR Little Endian).
 
@@ -795,15 +809,7 @@ def write_dicom(path: Path, args: WriteArgs) -> None:
     else:
         sop_class = MultiFrameGrayscaleWordSecondaryCaptureImageStorage
 
-    now = _dt.datetime.now()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds, now = new_dataset(sop_class)
     ds.StudyInstanceUID = generate_uid()
     ds.SeriesInstanceUID = generate_uid()
     ds.Modality = args.modality

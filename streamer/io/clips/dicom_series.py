@@ -184,18 +184,7 @@ def index_series(
     else:
         headers = list(headers)
         _check_one_series(path, headers)
-    entries, sources = [], set()
-    for file, header in headers:
-        entry, source = _entry(file, header)
-        entries.append(entry)
-        sources.add(source)
-    if "none" in sources:
-        if len(sources) > 1:
-            raise ClipError("some files state a slice position and others do not", path=path)
-        warnings.append("no SliceLocation or ImagePositionPatient: all files are taken as one slice")
-        groups = [entries]
-    else:
-        groups = group_by_position(entries)
+    entries, groups, sources = slice_groups(path, headers, warnings)
     slices = []
     for group in groups:
         phases, doubt = order_phases(group, "TriggerTime missing: phases ordered by InstanceNumber, "
@@ -204,6 +193,25 @@ def index_series(
                                   warnings=() if doubt is None else (doubt,)))
     return SeriesIndex(path=path, headers=dict(headers), slices=tuple(slices),
                        position_source=" / ".join(sorted(sources)), warnings=tuple(warnings))
+
+
+def slice_groups(path: Path, headers: Sequence[tuple[Path, Dataset]], warnings: list[str]
+                 ) -> tuple[list[SeriesEntry], list[list[SeriesEntry]], set[str]]:
+    """The directory's images as :class:`SeriesEntry` (in ``headers``' order), grouped by
+    slice position (:func:`group_by_position`; one group, with a warning, where no file
+    states a position), and where the positions came from. A mix of files with and without
+    a position is a :class:`ClipError`."""
+    entries, sources = [], set()
+    for file, header in headers:
+        entry, source = _entry(file, header)
+        entries.append(entry)
+        sources.add(source)
+    if "none" not in sources:
+        return entries, group_by_position(entries), sources
+    if len(sources) > 1:
+        raise ClipError("some files state a slice position and others do not", path=path)
+    warnings.append("no SliceLocation or ImagePositionPatient: all files are taken as one slice")
+    return entries, [entries], sources
 
 
 def _read_headers(path: Path, warnings: list[str], *, one_series: bool = True) -> list[tuple[Path, Dataset]]:

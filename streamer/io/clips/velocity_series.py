@@ -85,7 +85,6 @@ unsigned 12-bit phase, RescaleSlope 2, RescaleIntercept -4096) or ``style="stand
 
 from __future__ import annotations
 
-import datetime as _dt
 import math
 import re
 from collections.abc import Iterator, Sequence
@@ -93,8 +92,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import MRImageStorage, generate_uid
 from pydicom.valuerep import format_number_as_ds
 
 from .base import (
@@ -114,6 +113,7 @@ from .dicom import (
     decoded_frames,
     frame_format,
     header_spacing,
+    new_dataset,
     number,
     pair,
     read_header,
@@ -125,12 +125,11 @@ from .dicom_series import (
     DicomSeriesReader,
     SeriesEntry,
     SeriesIndex,
-    _entry,
-    group_by_position,
     index_series,
     order_phases,
     read_series_headers,
     same_format,
+    slice_groups,
 )
 
 __all__ = [
@@ -685,23 +684,13 @@ class VelocitySeriesReader(ClipReader):
             warnings.append("magnitude and phase told apart by SeriesDescription only (ImageType does "
                             f"not say) for {', '.join(sorted(hinted))}")
 
-        entries, sources = [], set()
-        for file, header in headers:
-            entry, source = _entry(file, header)
-            entries.append(entry)
-            sources.add(source)
-        if "none" in sources:
-            if len(sources) > 1:
-                raise ClipError("some files state a slice position and others do not", path=path)
-            warnings.append("no SliceLocation or ImagePositionPatient: all files are taken as one slice")
-        else:
-            slices = group_by_position(entries)
-            if len(slices) > 1:
-                shown = ", ".join(f"{s[0].slice_pos_mm:g}" for s in slices[:6])
-                raise ClipError(f"the folder holds {len(slices)} slice positions ({shown}"
-                                f"{' ...' if len(slices) > 6 else ''} mm) with phase images: one slice "
-                                "per folder is read for velocity mapping (put each slice's magnitude "
-                                "and phase series in a folder of its own)", path=path)
+        entries, slices, _ = slice_groups(path, headers, warnings)
+        if len(slices) > 1:
+            shown = ", ".join(f"{s[0].slice_pos_mm:g}" for s in slices[:6])
+            raise ClipError(f"the folder holds {len(slices)} slice positions ({shown}"
+                            f"{' ...' if len(slices) > 6 else ''} mm) with phase images: one slice "
+                            "per folder is read for velocity mapping (put each slice's magnitude "
+                            "and phase series in a folder of its own)", path=path)
         orientation = _same_orientation(entries, by_path, path)
 
         # the magnitude: the first series by SeriesNumber
@@ -995,15 +984,7 @@ def _mr_image(*, study: str, frame_of_reference: str, series_uid: str, series_nu
               position: np.ndarray, slice_location: float, spacing: tuple[float, float],
               thickness: float) -> Dataset:
     """The header of one single-frame MR image of the folder (no pixels yet)."""
-    now = _dt.datetime.now()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = MRImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds, now = new_dataset(MRImageStorage)
     ds.StudyInstanceUID = study
     ds.SeriesInstanceUID = series_uid
     ds.FrameOfReferenceUID = frame_of_reference
