@@ -10,9 +10,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from engines.cache import file_digest
+
+
+def resample_cycle(x: np.ndarray, frames: int) -> np.ndarray:
+    """(T, ...) one cardiac cycle -> ``frames`` frames at the same beat times, linear in
+    circular beat time (frame k of the result at k / frames of the cycle; the frame after
+    the last is the first)."""
+    t = x.shape[0]
+    if t == frames:
+        return x
+    position = np.arange(frames) * t / frames
+    lo = np.floor(position).astype(int)
+    w = (position - lo).reshape(-1, *([1] * (x.ndim - 1)))
+    return (x[lo] * (1 - w) + x[(lo + 1) % t] * w).astype(x.dtype)
 
 
 class BeatNetworkWeightsError(ValueError):

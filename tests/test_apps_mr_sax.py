@@ -32,7 +32,6 @@ from streamer.apps.mr_sax import (
     StackCycles,
     SummariseSaxBeat,
     SummariseStack,
-    resample_frames,
     slice_level,
     stack_stream,
 )
@@ -399,8 +398,6 @@ def test_a_single_slice_gives_no_wall_motion_and_stacks_are_bounded():
     assert stage.process(beat) == {}
     assert stack_stream("stack-ab/slice-12") == "stack-ab" and stack_stream("echo") == "echo"
     assert stack_stream("x/slice-y") == "x/slice-y"
-    x = np.arange(4.0)[:, None]
-    assert resample_frames(x, 8).ravel().tolist() == [0, 0.5, 1, 1.5, 2, 2.5, 3, 1.5]
 
 
 # -- infarct maps per slice and beat (OF-RNN) ------------------------------------------------

@@ -6,7 +6,9 @@ VENC, phase noise growing where the magnitude is low, background phase offsets, 
 each as the central region the app reads (:func:`streamer.measure.roi.central_roi`:
 128 x 128 pixels of 1.4 mm) over one cycle. Training on the ``train`` split at
 ``--train-frames`` (20 and 25 frames per cycle), judged on held-out ``test`` slices at
-``--test-frames`` (50: the acquisitions' count, which training never saw).
+``--test-frames`` (50: the acquisitions' count, which training never saw). Every cycle
+reaches the network in beat time (:data:`engines.velocity.BEAT_FRAMES` frames), as the app
+runs it.
 
 Input: :func:`engines.nets.ear3d.normalise` of the magnitude and the measured velocities
 (``--channels magnitude`` for the magnitude-only ablation). Loss: ``--loss`` (cross-entropy,
@@ -35,8 +37,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engines.beat_networks import resample_cycle
 from engines.nets import ear3d
 from engines.train import common
+from engines.velocity import BEAT_FRAMES, cycle_probability
 
 ROLE = "velocity"
 BUILDER = "velocity_mapping_samples"
@@ -55,10 +59,18 @@ def load(split: str, n: int, frames: int, offset: int = 0) -> dict:
 
 
 def network_input(magnitude: np.ndarray, velocity_cm_s: np.ndarray | None) -> torch.Tensor:
-    """One cycle (T, S, S) magnitude and (T, S, S, 3) velocity (None: magnitude only) ->
-    (1, C, T, S, S) float32, as the app feeds the network."""
+    """One cycle in beat time (BEAT_FRAMES, S, S) magnitude and (.., 3) velocity (None:
+    magnitude only) -> (1, C, BEAT_FRAMES, S, S) float32, as the app feeds the network."""
     return ear3d.normalise(np.asarray(magnitude, np.float32),
                            None if velocity_cm_s is None else np.asarray(velocity_cm_s, np.float32))[None]
+
+
+def in_beat_time(magnitude: np.ndarray, velocity: np.ndarray, myocardium: np.ndarray):
+    """A training cycle re-sampled to :data:`engines.velocity.BEAT_FRAMES` frames (the mask
+    by its interpolated share, over a half)."""
+    return (resample_cycle(magnitude.astype(np.float32), BEAT_FRAMES),
+            resample_cycle(velocity.astype(np.float32), BEAT_FRAMES),
+            resample_cycle(myocardium.astype(np.float32), BEAT_FRAMES) > 0.5)
 
 
 def turn(magnitude: np.ndarray, velocity: np.ndarray, masks: list[np.ndarray], k: int, flip: bool):
@@ -108,16 +120,15 @@ def segmentation_metrics(truth: np.ndarray, predicted: np.ndarray) -> dict:
             "ppv": float(tp.sum() / max(tp.sum() + fp.sum(), 1))}
 
 
-@torch.inference_mode()
 def predict(model: ear3d.EAR3D, data: dict, magnitude_only: bool = False) -> np.ndarray:
-    """Myocardium probability (N, T, S, S) of a data set's cycles (each its own frames)."""
+    """Myocardium probability (N, T, S, S) of a data set's cycles (each its own frames, the
+    network in beat time as the app runs it: engines.velocity.cycle_probability)."""
     model.eval()
     out = np.zeros(data["myocardium"].shape, np.float32)
     for i in range(len(out)):
         t = int(data["frames_n"][i])
-        x = network_input(data["magnitude"][i, :t],
-                          None if magnitude_only else data["velocity_cm_s"][i, :t])
-        out[i, :t] = ear3d.myocardium_probability(model(x))[0].numpy()
+        out[i, :t] = cycle_probability(model, data["magnitude"][i, :t],
+                                       None if magnitude_only else data["velocity_cm_s"][i, :t])
     return out
 
 
@@ -191,8 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         k, i = pool[int(torch.randint(len(pool), (1,), generator=g))]
         d = train[k]
         t = int(d["frames_n"][i])
-        m, v, y = augment(d["magnitude"][i, :t], d["velocity_cm_s"][i, :t],
-                          d["myocardium"][i, :t], g, args.crop)
+        m, v, y = augment(*in_beat_time(d["magnitude"][i, :t], d["velocity_cm_s"][i, :t],
+                                        d["myocardium"][i, :t]), g, args.crop)
         x = network_input(m, None if magnitude_only else v)
         loss = ear3d.loss(model(x), torch.from_numpy(y[None]), args.loss)
         optimiser.zero_grad()

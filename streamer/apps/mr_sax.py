@@ -46,6 +46,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from engines.beat_networks import resample_cycle
 from engines.spec import fit_to_input, percentile_normalise
 from streamer.app import BEAT_CLOSED, SEND, App, BeatBoundary, BeatFrames, BeatStage, Field, Stage
 from streamer.apps.common import Preprocess, TrackingGrid, beat_grade, softmax
@@ -665,17 +666,6 @@ class SliceBeat:
     reason: str | None = None
 
 
-def resample_frames(x: np.ndarray, frames: int) -> np.ndarray:
-    """(T, ...) one beat -> ``frames`` frames, linear in circular beat time."""
-    t = x.shape[0]
-    if t == frames:
-        return x
-    position = np.arange(frames) * t / frames
-    lo = np.floor(position).astype(int)
-    w = (position - lo).reshape(-1, *([1] * (x.ndim - 1)))
-    return (x[lo] * (1 - w) + x[(lo + 1) % t] * w).astype(x.dtype)
-
-
 def starts_at_end_diastole(beat: BeatFrames) -> bool:
     """Whether a beat's kept frames start at its first frame and that frame is phase 0 of
     the gated cine (end-diastole), whether or not the wall tracker could start there."""
@@ -829,7 +819,7 @@ class ScoreWallMotion(BeatStage):
             anchor = slices[chosen[anchors[level]]].insertion
             for aha, segment in polar_segments(slices[i].crops, anchor, level).items():
                 frames = segment.shape[0] if frames is None else frames
-                polar[aha] = resample_frames(segment, frames)
+                polar[aha] = resample_cycle(segment, frames)
         ids = sorted(polar)
         p = self.scorer(np.stack([polar[a] for a in ids])) if ids else np.zeros((0, 4))
         segments = []
