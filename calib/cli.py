@@ -104,6 +104,16 @@ def add_phantom_parser(subparsers) -> None:
     m.add_argument("--infarct", default=None, metavar="SEGMENTS",
                    help="comma-separated AHA segments with a (subendocardial to transmural) infarct")
     m.add_argument("--venc-mm-s", type=float, default=None, help="velocity encoding, mm/s")
+    m.add_argument("--velocity-mapping", action="store_true",
+                   help="a velocity-mapping acquisition as the 3D-EAR network learnt them "
+                        "(calib.datasets.velocity_mapping_config from the seed: black blood, "
+                        "VENC 15-30 cm/s, background phase offsets, the anatomy varied; 50 "
+                        "frames unless --frames); write .npz or .nii.gz to keep the velocities")
+    m.add_argument("--blood-signal", type=float, default=None,
+                   help="blood signal as a fraction of the bright-blood cine's (black blood: "
+                        "~0.03-0.15)")
+    m.add_argument("--phase-offset-mm-s", type=float, default=None,
+                   help="largest background phase offset of each velocity channel, mm/s")
     m.set_defaults(func=run_mr)
 
 
@@ -140,7 +150,11 @@ def echo_config_from_args(args):
 def mr_config_from_args(args):
     from calib.mr import MRPhantomConfig
     kw: dict = {}
-    if args.vary_anatomy:
+    if args.velocity_mapping:
+        from calib.datasets import velocity_mapping_config
+        kw.update(velocity_mapping_config(args.seed, frames=args.frames or 50,
+                                          slice_level=args.slice).to_dict())
+    elif args.vary_anatomy:
         from calib.datasets import random_mr_config
         kw.update(random_mr_config(args.seed, slice_level=args.slice).to_dict())
     kw["slice_level"] = args.slice
@@ -151,6 +165,8 @@ def mr_config_from_args(args):
     _set(kw, "peak_circ_strain_pct", args.peak_circ_strain_pct)
     _set(kw, "peak_radial_strain_pct", args.peak_radial_strain_pct)
     _set(kw, "venc_mm_s", args.venc_mm_s)
+    _set(kw, "blood_signal", args.blood_signal)
+    _set(kw, "phase_offset_mm_s", args.phase_offset_mm_s)
     if args.size is not None:
         kw["rows"], kw["cols"] = parse_size(args.size)
     wm = parse_assignments(args.wall_motion, "wall_motion")

@@ -41,6 +41,24 @@ def test_mr_command(tmp_path):
     assert list(t["segment_scores"]) == [1, 2, 0, 0, 0, 0]
 
 
+def test_mr_velocity_mapping_command(tmp_path):
+    from calib.datasets import velocity_mapping_config
+    from streamer.io.clips import open_clip
+
+    out = tmp_path / "vm.npz"
+    args = _parser().parse_args(["phantom", "mr", "--velocity-mapping", "--slice", "basal",
+                                 "--frames", "4", "--size", "96", "--pixel-mm", "3",
+                                 "--phase-offset-mm-s", "12", "--seed", "5", "--out", str(out)])
+    assert args.func(args) == 0
+    p = read_truth(out)["params"]["params"]
+    drawn = velocity_mapping_config(5)
+    assert p["blood_signal"] == drawn.blood_signal and p["venc_mm_s"] == drawn.venc_mm_s
+    assert p["phase_offset_mm_s"] == 12.0 and p["frames"] == 4 and p["slice_level"] == "basal"
+    with open_clip(out) as reader:
+        assert reader.info.channels[0] == "magnitude" and len(reader.info.channels) == 4
+        assert reader.info.metadata["venc_mm_s"] == drawn.venc_mm_s
+
+
 def test_vary_anatomy_is_reproducible(tmp_path):
     a = _parser().parse_args(["phantom", "echo", "--vary-anatomy", "--frames", "2", "--size", "64",
                               "--seed", "5", "--out", str(tmp_path / "x.npz")])
