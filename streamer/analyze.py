@@ -49,7 +49,8 @@ class LabelMaps:
     Written with :meth:`write` as an .npz: ``labels`` uint8 (slices, phases, rows, cols) in
     the rows and columns of the frames the reader yields (0 background, 1 LV cavity, 2 LV
     myocardium, 3 RV cavity; :data:`NOT_ANALYSED` where the frame got an error instead of a
-    result), ``infarct_p`` float32 (slices, rows, cols) the infarct probability map of each
+    result; a velocity-mapping slice's frames come with its cycle's beat message, label 2
+    only, with ``--vm-labels``), ``infarct_p`` float32 (slices, rows, cols) the infarct probability map of each
     slice's first beat that was mapped (OF-RNN; NaN for a slice without one), only where the
     app maps infarcts, ``instance_number`` int64 (slices, phases), the DICOM InstanceNumber of each
     image or -1, ``slice_position_mm`` float64 (slices,) and ``trigger_time_ms`` float64
@@ -68,6 +69,11 @@ class LabelMaps:
 
     def add(self, message) -> None:
         """A message sent (start, frame) or answered (result, beat) in the run."""
+        if isinstance(message, BeatMessage) and "labels" in message.arrays:
+            # a velocity-mapping cycle's labels, one per frame of label_seqs
+            seqs = message.fields.get("label_seqs") or []
+            for seq, labels in zip(seqs, np.asarray(message.arrays["labels"])):
+                self.labels[(message.stream, int(seq))] = labels
         if isinstance(message, BeatMessage) and "infarct_p" in message.arrays:
             self.infarct.setdefault(message.stream, np.asarray(message.arrays["infarct_p"]))
         elif isinstance(message, StartMessage):
@@ -81,7 +87,8 @@ class LabelMaps:
     def write(self, path: str | Path) -> Path:
         if not self.labels:
             raise ValueError("no label maps to write: --masks-out needs MR frames analysed "
-                             "by the mr-sax app")
+                             "by the mr-sax app, or velocity-mapping cycles by the mr-velocity "
+                             "app with --vm-labels")
         info = self.source.info
         streams = sorted(self.starts, key=lambda s: self.starts[s].get("slice_index", 0))
         stack = isinstance(self.source, StackReader)

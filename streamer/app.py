@@ -356,6 +356,13 @@ class App(ABC):
         """The per-beat stages for one new stream (none by default)."""
         return []
 
+    @classmethod
+    def takes(cls, channels) -> bool:
+        """Whether a stream of one of ``modalities`` whose frames carry these ``channels``
+        (None: greyscale or RGB, or not said) is this app's; the routing asks each app in
+        turn (streamer.apps)."""
+        return True
+
     def warmup(self) -> None:  # noqa: B027 (optional hook)
         """Compile or load what the first frame would otherwise wait for."""
 

@@ -411,7 +411,7 @@ class FrameProcessor:
                                      or frame.modality in instance.app.modalities):
             return instance  # the common case: no routing per frame
         try:
-            app = self.analysis.route(frame.modality)
+            app = self.analysis.route(frame.modality, frame.channels)
         except NoAppError as exc:
             raise FrameRejected("no_app", str(exc)) from None
         if instance is None:

@@ -22,6 +22,7 @@ from streamer.io.clips import ClipInfo, ClipReader, SliceClip, StackFrame, Stack
 from streamer.io.protocol import MODALITIES, EndMessage, FrameMessage, Message, StartMessage
 from streamer.io.security import CurveConfig
 from streamer.io.sockets import FrameSender, SenderConfig
+from streamer.measure.velocity import velocity_encoding_cm_s
 from streamer.vocab import VIEW_CLASSES
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,11 @@ def clip_messages(reader: ClipReader, config: ReplayConfig = ReplayConfig(), *,
     meta = {"format": info.format, "n_frames": info.n_frames,
             "loops": config.loop, "fps": fps, "spacing_mm": list(spacing_mm),
             "modality": modality, "shape": list(info.shape)}
+    if info.channels is not None:
+        meta["channels"] = list(info.channels)
+    venc = velocity_encoding_cm_s(info.metadata)  # velocity mapping: phase wraps beyond it
+    if venc is not None:
+        meta["venc_cm_s"] = venc
     if config.keep_identifiers:
         meta["source"] = str(info.path)
     if isinstance(reader, SliceClip):  # a stack's slice: which stack, which slice, where

@@ -113,6 +113,22 @@ def test_clips_without_spacing_fps_or_modality_say_what_to_pass(tmp_path):
         assert len(list(clip_messages(reader, ReplayConfig(modality="MR")))) == 4
 
 
+def test_a_clip_with_named_channels_announces_them_and_its_venc_in_its_start(tmp_path):
+    """Velocity mapping: the start names the channels (the routing reads them before the
+    first frame) and the velocity encoding in cm/s (the phantoms write venc_mm_s)."""
+    import json
+
+    path = tmp_path / "vm.npz"
+    np.savez(path, frames=np.zeros((2, 4, 4, 4), np.float32), spacing_mm=np.array([1.0, 1.0]),
+             fps=np.array(10.0), modality=np.array("MR"),
+             channels=np.array(["magnitude", "v_x", "v_y", "v_z"]),
+             metadata_json=np.array(json.dumps({"venc_mm_s": 150.0})))
+    with open_clip(path) as reader:
+        start, frame, *_ = [t.message for t in clip_messages(reader)]
+    assert start.meta["channels"] == ["magnitude", "v_x", "v_y", "v_z"]
+    assert start.meta["venc_cm_s"] == 15.0 and frame.channels == ("magnitude", "v_x", "v_y", "v_z")
+
+
 def test_float64_frames_go_out_as_float32_and_bad_config_is_refused(tmp_path):
     path = tmp_path / "f64.npz"
     np.savez(path, frames=np.zeros((1, 4, 4), np.float64), spacing_mm=np.array([1.0, 1.0]),

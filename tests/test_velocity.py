@@ -56,6 +56,14 @@ def test_channel_names_units_and_errors():
         vm.velocity_channels(None)
 
 
+def test_the_velocity_encoding_from_metadata():
+    assert vm.velocity_encoding_cm_s({"venc_cm_s": 20}) == 20.0
+    assert vm.velocity_encoding_cm_s({"venc_mm_s": 150.0}) == 15.0
+    assert vm.velocity_encoding_cm_s({"venc_mm_s": -1.0}) is None
+    assert vm.velocity_encoding_cm_s({"venc_cm_s": True}) is None
+    assert vm.velocity_encoding_cm_s({}) is None
+
+
 @pytest.mark.parametrize("kind, expect", [("inward", (2.0, 0.0, 0.0)), ("ccw", (0.0, 2.0, 0.0)),
                                           ("shift", (0.0, 0.0, 0.0)),
                                           ("through", (0.0, 0.0, 2.0))])

@@ -12,7 +12,7 @@ runs it.
 
 Input: :func:`engines.nets.ear3d.normalise` of the magnitude and the measured velocities
 (``--channels magnitude`` for the magnitude-only ablation). Loss: ``--loss`` (cross-entropy,
-Dice or Dice-IoU: :func:`engines.nets.ear3d.loss`). Augmentation: a random 96 x 96 window
+Dice or Dice-IoU: :func:`engines.nets.ear3d.loss`). Augmentation: a random 88 x 88 window
 of the region (the network is convolutional in space), one of the eight flips and quarter
 turns **with the in-plane velocity components turned alike** (a horizontal flip negates
 v_x, a transpose swaps v_x and v_y: the velocities stay those of the moved tissue), a gain
@@ -45,7 +45,7 @@ from engines.velocity import BEAT_FRAMES, cycle_probability
 ROLE = "velocity"
 BUILDER = "velocity_mapping_samples"
 #: side of the random training window, pixels (a multiple of 2 ** levels)
-CROP_PX = 96
+CROP_PX = 88
 INPUT_CHANNELS = ("all", "magnitude")
 
 
@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-slices", type=int, default=24,
                    help="held-out slices (default %(default)s)")
     p.add_argument("--test-frames", type=int, default=50)
-    p.add_argument("--steps", type=int, default=600, help="training cycles seen (default %(default)s)")
+    p.add_argument("--steps", type=int, default=1700, help="training cycles seen (default %(default)s)")
     p.add_argument("--crop", type=int, default=CROP_PX,
                    help="side of the random training window, pixels, a multiple of 8 "
                         "(default %(default)s)")

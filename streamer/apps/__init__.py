@@ -5,8 +5,10 @@ An app is one modality's analysis (:class:`streamer.app.App`), in a file of its 
 
 A stream goes to the app named with ``--app``, or else (``--app auto``) to the first app
 whose ``modalities`` hold the stream's modality (the ``start`` message's
-``meta.modality``, else its first frame's ``modality``). ``--app none`` is the runtime
-alone, for transport and latency checks.
+``meta.modality``, else its first frame's ``modality``) and that takes its channels
+(``App.takes``: the start's ``meta.channels``, else the first frame's ``channels``; an MR
+stream with magnitude and three velocity channels goes to mr-velocity, other MR to
+mr-sax). ``--app none`` is the runtime alone, for transport and latency checks.
 """
 
 from __future__ import annotations
@@ -24,12 +26,15 @@ from streamer.app import App, StreamApp
 from streamer.apps.common import DebugDelayConfig, with_debug_delay
 from streamer.apps.echo import EchoApp
 from streamer.apps.mr_sax import MrShortAxisApp
+from streamer.apps.mr_velocity import VelocityMappingApp
 from streamer.apps.none import NoAnalysisApp
 from streamer.io.protocol import StartMessage
 from streamer.options import add_options, from_args, option, to_argv
 
-#: every app, by name, in routing order: a stream of modality M goes to the first that takes M
-APPS: dict[str, type[App]] = {app.name: app for app in (EchoApp, MrShortAxisApp, NoAnalysisApp)}
+#: every app, by name, in routing order: a stream of modality M goes to the first that takes
+#: M and its channels (App.takes: velocity-mapping MR before the short axis)
+APPS: dict[str, type[App]] = {app.name: app for app in (EchoApp, VelocityMappingApp,
+                                                        MrShortAxisApp, NoAnalysisApp)}
 AUTO = "auto"
 
 
@@ -105,10 +110,13 @@ class AnalysisConfig:
     app's options by app name (its ``Config``; missing ones take the defaults)."""
 
     app: str = option(
-        AUTO, "which analysis each stream gets: auto routes it by its modality (US: echo, "
-        "MR: mr-sax); echo: view -> myocardium -> flow -> tracking -> strain; mr-sax: "
+        AUTO, "which analysis each stream gets: auto routes it by its modality and channels "
+        "(US: echo; MR with magnitude and three velocity channels: mr-velocity; other MR: "
+        "mr-sax); echo: view -> myocardium -> flow -> tracking -> strain; mr-sax: "
         "cardiac-MR short axis: labels, AHA segments, circumferential and radial strain; "
-        "none: preprocessing only, for transport and latency checks", aliases=("--analysis",), choices=(AUTO, *APPS))
+        "mr-velocity: MR velocity mapping: the myocardium per cycle (3D-EAR), velocity "
+        "curves and peaks; none: preprocessing only, for transport and latency checks",
+        aliases=("--analysis",), choices=(AUTO, *APPS))
     engines: EngineConfig = EngineConfig()
     apps: Mapping[str, Any] = field(default_factory=dict)
     #: test hook: extra delay per frame, ms, in a stage of its own or in a named stage
@@ -196,24 +204,27 @@ class Analysis:
     def declarations(self) -> dict[str, dict]:
         return {name: app.declaration() for name, app in self.apps.items()}
 
-    def route(self, modality: str | None) -> App | None:
-        """The app for a stream of this modality; None while the modality is unknown."""
+    def route(self, modality: str | None, channels=None) -> App | None:
+        """The app for a stream of this modality and these channels (None: not said); None
+        while the modality is unknown."""
         if self.forced is not None:
             return self.apps[self.forced]
         if modality is None:
             return None
         for app in self.apps.values():
-            if modality in app.modalities:
+            if modality in app.modalities and app.takes(channels):
                 return app
         raise NoAppError(f"no app analyses modality {modality!r} (apps: "
                          + ", ".join(f"{a.name} for {'/'.join(a.modalities) or 'none'}"
                                      for a in self.apps.values()) + ")")
 
     def route_start(self, start: StartMessage) -> App | None:
-        """The app for a stream by its start: its ``meta.modality`` (or the named app);
-        None while that does not say; NoAppError when no app takes the modality."""
-        modality = start.meta.get("modality")
-        return self.route(modality if isinstance(modality, str) else None)
+        """The app for a stream by its start: its ``meta.modality`` and ``meta.channels``
+        (or the named app); None while that does not say; NoAppError when no app takes the
+        modality."""
+        modality, channels = start.meta.get("modality"), start.meta.get("channels")
+        return self.route(modality if isinstance(modality, str) else None,
+                          channels if isinstance(channels, list) else None)
 
     def declare_start(self, start: StartMessage) -> StartMessage:
         """A stream's start with the declaration of its app in ``meta.app``, where the start

@@ -97,6 +97,17 @@ def velocity_channels(channels) -> ChannelMap:
                       tuple(found[a][1] for a in _AXES))
 
 
+def velocity_encoding_cm_s(metadata: dict) -> float | None:
+    """A clip's or stream's velocity encoding (VENC: the speed at which the phase wraps),
+    cm/s, from its metadata: ``venc_cm_s``, or ``venc_mm_s`` as the phantoms write it; None
+    when it does not say (or says something that is not a positive number)."""
+    for key, scale in (("venc_cm_s", 1.0), ("venc_mm_s", 0.1)):
+        value = metadata.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            return round(float(value) * scale, 6)
+    return None
+
+
 # --------------------------------------------------------------------------------------
 # measurement chores: background offset, wraps, the mask
 # --------------------------------------------------------------------------------------
