@@ -18,7 +18,7 @@ true myocardium): RMS error of the global radial, circumferential and longitudin
 (goal <= 0.5 cm/s) and each peak's error (goal within 10 %, judged on peaks of at least
 1 cm/s: a relative error of a peak near zero says nothing), and a plot of one slice's curves.
 
-    python bench/velocity_mapping.py ablation --out /tmp/vm [--steps 600] [--reuse]
+    python bench/velocity_mapping.py ablation --out /tmp/vm [--steps 600] [--reuse [--table-only]]
     python bench/velocity_mapping.py curves [--weights engines/weights/velocity.pt]
         [--out docs/img/velocity]
 """
@@ -61,6 +61,8 @@ def ablation(args) -> int:
     for variant, loss, channels in runs(args):
         folder = args.out / name_of(variant, loss, channels)
         record_path = folder / "velocity.json"
+        if getattr(args, "table_only", False) and not record_path.is_file():
+            continue
         if not (args.reuse and record_path.is_file()):
             argv = ["--variant", variant, "--loss", loss, "--channels", channels,
                     "--steps", str(args.steps), "--threads", str(args.threads),
@@ -197,6 +199,8 @@ def main(argv=None) -> int:
     a.add_argument("--crop", type=int, default=trainer.CROP_PX)
     a.add_argument("--threads", type=int, default=2)
     a.add_argument("--reuse", action="store_true", help="tabulate models already trained")
+    a.add_argument("--table-only", action="store_true",
+                   help="train nothing: tabulate the models already trained (with --reuse)")
     a.set_defaults(func=ablation)
     c = sub.add_parser("curves", help="velocity curves from a model's masks against truth")
     c.add_argument("--weights", type=Path, default=None, help="default: the shipped")

@@ -224,7 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "infarct_p float32 (slices, rows, cols), each slice's first "
                               "mapped beat's infarct probability (OF-RNN), NaN where none; "
                               "instance_number (DICOM InstanceNumber or -1), "
-                              "slice_position_mm, trigger_time_ms; turns on --mr-labels")
+                              "slice_position_mm, trigger_time_ms; a velocity-mapping slice's "
+                              "myocardium (2) from its cycle's 3D-EAR masks; turns on "
+                              "--mr-labels and --vm-labels")
     analyze.add_argument("--no-progress", action="store_true", help="no progress bar")
     analyze.set_defaults(func=cmd_analyze)
 
@@ -239,6 +241,17 @@ def build_parser() -> argparse.ArgumentParser:
     bullseye.add_argument("analysis", type=Path, help="output of cardiostream analyze (.jsonl)")
     bullseye.add_argument("--out", required=True, type=Path, help="folder for the PNGs")
     bullseye.set_defaults(func=cmd_bullseye)
+
+    velocity_plot = commands.add_parser(
+        "velocity-plot", help="PNGs of velocity-mapping cycles' velocity curves",
+        description="Reads the JSON lines of `cardiostream analyze` of a velocity-mapping clip "
+                    "and writes one PNG per measured cycle: the global radial (inwards +), "
+                    "circumferential (counter-clockwise from the apex +) and longitudinal "
+                    "(towards the apex +) velocities in cm/s with end-systole and the peaks, "
+                    "and each AHA segment's curves where the slice's level was known.")
+    velocity_plot.add_argument("analysis", type=Path, help="output of cardiostream analyze (.jsonl)")
+    velocity_plot.add_argument("--out", required=True, type=Path, help="folder for the PNGs")
+    velocity_plot.set_defaults(func=cmd_velocity_plot)
 
     demo = commands.add_parser(
         "demo", parents=[hooked, budget],
@@ -432,6 +445,7 @@ def cmd_analyze(args) -> int:
         raise CLIError("--masks-out writes the label maps of one clip or stack; give one")
     if args.masks_out:
         args.mr_labels = True  # the MR app's --mr-labels: the maps ride on the results
+        args.vm_labels = True  # velocity mapping: on the cycle's beat message
     names = [args.stream or default_stream_name(clip, args.keep_identifiers) for clip in clips]
     streams = [name if names.count(name) == 1 else f"{name}-{k + 1}"
                for k, name in enumerate(names)]  # same file names: numbered in order given
@@ -455,17 +469,29 @@ def cmd_analyze(args) -> int:
     return 0
 
 
-def cmd_bullseye(args) -> int:
-    from streamer.bullseye import write_bullseyes
-
+def _write_pngs(command: str, write, args) -> int:
+    """A plotting command: ``write(analysis, out)`` -> the PNGs written, printed one a line;
+    a file it cannot read or use is exit status 2 with the reason."""
     try:
-        paths = write_bullseyes(args.analysis, args.out)
+        paths = write(args.analysis, args.out)
     except (OSError, ValueError) as exc:
-        print(f"cardiostream bullseye: {exc}", file=sys.stderr)
+        print(f"cardiostream {command}: {exc}", file=sys.stderr)
         return 2
     for path in paths:
         print(path)
     return 0
+
+
+def cmd_bullseye(args) -> int:
+    from streamer.bullseye import write_bullseyes
+
+    return _write_pngs("bullseye", write_bullseyes, args)
+
+
+def cmd_velocity_plot(args) -> int:
+    from streamer.velocity_plot import write_velocity_plots
+
+    return _write_pngs("velocity-plot", write_velocity_plots, args)
 
 
 def cmd_demo(args) -> int:
