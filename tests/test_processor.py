@@ -298,12 +298,14 @@ def auto_analysis():
     return build_analysis(AnalysisConfig())
 
 
-def test_auto_routes_a_stream_by_modality(auto_analysis):
-    assert set(auto_analysis.apps) == {"echo", "mr-sax"}
+def test_auto_routes_a_stream_by_modality_and_channels(auto_analysis):
+    assert set(auto_analysis.apps) == {"echo", "mr-velocity", "mr-sax"}
     assert auto_analysis.route("US").name == "echo"
     assert auto_analysis.route("MR").name == "mr-sax"
+    assert auto_analysis.route("MR", ["magnitude", "v_x", "v_y", "v_z"]).name == "mr-velocity"
+    assert auto_analysis.route("MR", ["magnitude", "phase"]).name == "mr-sax"
     assert auto_analysis.route(None) is None
-    assert set(auto_analysis.declarations()) == {"echo", "mr-sax"}
+    assert set(auto_analysis.declarations()) == {"echo", "mr-velocity", "mr-sax"}
 
 
 def test_mr_slices_go_to_the_mr_app_each_with_its_own_state(auto_analysis):

@@ -206,7 +206,7 @@ def test_mr_slices_go_to_the_mr_app_and_echo_to_the_echo_app(serve, clips, tmp_p
                        ReplayConfig(stream=f"stack/slice-{k}")) for k in range(2)]
     echo = messages(*clips["real"])[:8] + [EndMessage("real")]
     with ResultSubscriber(SubscriberConfig(sidecar.ready["publish"])) as subscriber:
-        assert set(subscriber.hello.apps) == {"echo", "mr-sax"}
+        assert set(subscriber.hello.apps) == {"echo", "mr-velocity", "mr-sax"}
         fields = [f["name"] for f in subscriber.hello.apps["mr-sax"]["result_fields"]]
         assert fields == [f.name for f in MrShortAxisApp.result_fields]
     received = run(sidecar, interleave(slices[0], interleave(slices[1], echo, 0), 0), 3)
