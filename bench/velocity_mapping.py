@@ -6,7 +6,7 @@ trained with each loss (cross-entropy, Dice, Dice-IoU) by ``python -m engines.tr
 on the same phantom slices and steps, and ``ear3d`` with Dice-IoU on the magnitude alone
 (the multichannel ablation), each judged on the ``test`` split's slices at 50 frames per
 cycle (a count training never saw): myocardium Dice (per slice, mean), sensitivity and PPV,
-after the morphological post-processing (raw Dice beside). The paper (Wu et al., FIMH
+after the morphological post-processing (raw Dice beside). The paper (Kuang et al., FIMH
 2021) reports 0.91 for its best, 3D-EAR with Dice-IoU, on patients' velocity-mapping MR;
 these are phantom slices. Each model's weights and record go to ``OUT/VARIANT-LOSS[-mag]/``;
 ``--reuse`` tabulates models whose record is there.
@@ -83,7 +83,7 @@ def ablation(args) -> int:
         print(f"{r['variant']:<12} {r['loss']:<14} {r['channels']:<10} {r['dice']:7.4f} "
               f"{r['dice_raw']:7.4f} {r['sensitivity']:7.4f} {r['ppv']:7.4f} "
               f"{r['seconds_per_cycle']:8.2f} {r['parameters']:>8}")
-    print(f"paper (Wu et al. 2021, 3D-EAR with Dice-IoU, patients): Dice {PAPER_BEST_DICE}")
+    print(f"paper (Kuang et al. 2021, 3D-EAR with Dice-IoU, patients): Dice {PAPER_BEST_DICE}")
     args.out.mkdir(parents=True, exist_ok=True)
     out = {"command": " ".join(["python bench/velocity_mapping.py", *sys.argv[1:]]),
            "paper_best_dice": PAPER_BEST_DICE, "rows": rows}
