@@ -155,8 +155,14 @@ class CentralRegion(Stage):
     inputs = ("frame", "magnitude", "velocity_cm_s")
     outputs = ("region", "region_magnitude", "region_velocity_cm_s")
 
+    def __init__(self):
+        self._roi: tuple[tuple, LvRoi] | None = None  # (frame shape and spacing, region)
+
     def process(self, frame: FrameMessage, magnitude, velocity_cm_s) -> dict[str, Any]:
-        roi = central_roi(magnitude.shape, frame.spacing_mm)
+        key = (magnitude.shape, tuple(frame.spacing_mm))
+        if self._roi is None or self._roi[0] != key:
+            self._roi = (key, central_roi(magnitude.shape, frame.spacing_mm))
+        roi = self._roi[1]
         return {"region": roi, "region_magnitude": roi.images(magnitude),
                 "region_velocity_cm_s": region_velocity(roi, velocity_cm_s[None])[0]}
 
@@ -175,6 +181,15 @@ class FollowCycle(Stage):
         self.beat_index = 0
         self.start_seq: int | None = None
         self.last_phase: int | None = None
+        # what the stream's start says once: VENC, AHA level, anterior (screen angle)
+        self._context: tuple[float | None, str | None, float] | None = None
+
+    def _stream_context(self, meta: dict) -> tuple[float | None, str | None, float]:
+        if self._context is None:
+            up = anterior_direction(meta)
+            self._context = (stream_venc_cm_s(meta, self.config), slice_level(meta, self.config),
+                             float(np.arctan2(-up[0], up[1])))
+        return self._context
 
     def process(self, frame: FrameMessage, stream_meta: dict, region: LvRoi, region_magnitude,
                 region_velocity_cm_s) -> dict[str, Any]:
@@ -193,14 +208,11 @@ class FollowCycle(Stage):
         beat = self.beat_index
         if n is not None and phase == n - 1:
             closed = closed or self._close(frame.seq, "last_phase")
-        venc = stream_venc_cm_s(stream_meta, self.config)
+        venc, level, anterior_rad = self._stream_context(stream_meta)
         if venc is None:
             flags.append("venc_unknown")
-        up = anterior_direction(stream_meta)
         sample = CycleFrame(int(phase), region_magnitude, region_velocity_cm_s, region,
-                            tuple(frame.pixels.shape[:2]), venc, slice_level(stream_meta,
-                                                                             self.config),
-                            float(np.arctan2(-up[0], up[1])))
+                            tuple(frame.pixels.shape[:2]), venc, level, anterior_rad)
         return {"beat": beat, "cycle_frame": int(phase), "venc_cm_s": venc,
                 "cycle_sample": sample, BEAT_CLOSED: closed, "flags": flags}
 
