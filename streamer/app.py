@@ -42,6 +42,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from streamer import __version__
 from streamer.budget import FULL, FrameControls
 from streamer.io.protocol import BEAT_KEYS, RESULT_KEYS, BeatMessage, FrameMessage, Message
 
@@ -371,10 +372,12 @@ class App(ABC):
         its fields, and in ``engines`` how each of its networks runs (backend, precision,
         device, where the weights came from: the results' provenance)."""
         engines = {role: {key: getattr(self.engines[role], key, None)
-                          for key in ("backend", "precision", "device", "origin")}
+                          for key in ("backend", "precision", "device", "origin",
+                                      "weights_sha256")}
                    | {"max_batch": getattr(self.engines[role], "max_batch", 1)}
                    for role in self.roles}
-        return {"name": self.name, "modalities": list(self.modalities),
+        return {"name": self.name, "cardiostream_version": __version__,
+                "modalities": list(self.modalities),
                 "roles": list(self.roles), "gate": self.gate, "engines": engines,
                 "result_fields": [f.declaration() for f in self.result_fields],
                 "beat_fields": [f.declaration() for f in self.beat_fields],

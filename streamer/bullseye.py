@@ -114,8 +114,9 @@ def _wedges(ax, colours: dict[int, str], texts: dict[int, str]) -> None:
                 rotation=90 if label in ("septal", "lateral") else 0)
 
 
-def draw(beat: StackBeat, path: Path) -> Path:
-    """The bull's-eye PNG of one stack beat (module docstring)."""
+def figure(beat: StackBeat):
+    """The bull's-eye figure of one stack beat (module docstring): a matplotlib Figure, which
+    the caller saves and closes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -155,6 +156,14 @@ def draw(beat: StackBeat, path: Path) -> Path:
     fig.suptitle(f"{wm['stream']}, stack beat {wm['beat']} ({wm.get('frames')} frames; "
                  f"scores learnt on {str(wm.get('trained_on', '?')).split(' (')[0]})",
                  fontsize=9)
+    return fig
+
+
+def draw(beat: StackBeat, path: Path) -> Path:
+    """The bull's-eye PNG of one stack beat."""
+    from matplotlib import pyplot as plt
+
+    fig = figure(beat)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)

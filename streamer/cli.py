@@ -253,6 +253,33 @@ def build_parser() -> argparse.ArgumentParser:
     velocity_plot.add_argument("--out", required=True, type=Path, help="folder for the PNGs")
     velocity_plot.set_defaults(func=cmd_velocity_plot)
 
+    report = commands.add_parser(
+        "report", help="one self-contained HTML report of recorded results",
+        description="Reads the JSON lines of `cardiostream analyze` and writes one HTML file "
+                    "that needs no network to view: the provenance (cardiostream version, "
+                    "networks, backends, weights sha256, the clips' metadata without "
+                    "identifiers); per echo stream the clip as a video with the tracked "
+                    "centreline (with --clip), GLS and regional strain over time with ED/ES, "
+                    "the per-beat table and the flags and drops over time; per MR short-axis "
+                    "stack the slices as one video with the tracked walls (and label maps with "
+                    "--masks), strain per slice, the beat table, volumes and EF, wall-motion "
+                    "scores, MSI and bull's-eyes; per velocity-mapping cycle its curves and "
+                    "peaks.")
+    report.add_argument("results", type=Path, help="output of cardiostream analyze (.jsonl)")
+    report.add_argument("--out", required=True, type=Path, help="the HTML file to write")
+    report.add_argument("--clip", type=Path,
+                        help="the clip or stack the results are of, for the video (as given to "
+                             "analyze); without it the report has no video")
+    report.add_argument("--masks", type=Path, metavar="MASKS.npz",
+                        help="analyze --masks-out of that clip or stack: label maps drawn on "
+                             "the MR video")
+    report.add_argument("--max-video-frames", type=int, default=300, metavar="N",
+                        help="the video holds the first N frames (phases of a stack; default "
+                             "300)")
+    report.add_argument("--video-width-px", type=int, default=480, metavar="PX",
+                        help="the video's width in pixels (default 480)")
+    report.set_defaults(func=cmd_report)
+
     demo = commands.add_parser(
         "demo", parents=[hooked, budget],
         help="start a side-car, replay a real echo clip into it, print results",
@@ -492,6 +519,16 @@ def cmd_velocity_plot(args) -> int:
     from streamer.velocity_plot import write_velocity_plots
 
     return _write_pngs("velocity-plot", write_velocity_plots, args)
+
+
+def cmd_report(args) -> int:
+    from streamer.report import ReportConfig, write_report
+
+    path = write_report(ReportConfig(results=args.results, out=args.out, clip=args.clip,
+                                     masks=args.masks, max_video_frames=args.max_video_frames,
+                                     video_width_px=args.video_width_px))
+    print(path)
+    return 0
 
 
 def cmd_demo(args) -> int:

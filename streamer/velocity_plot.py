@@ -26,7 +26,9 @@ def velocity_beats(rows) -> list[dict]:
             and r.get("radial_velocity_cm_s") is not None]
 
 
-def draw(beat: dict, path: Path) -> Path:
+def figure(beat: dict):
+    """The velocity curves of one measured cycle: a matplotlib Figure, which the caller saves
+    and closes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -57,6 +59,14 @@ def draw(beat: dict, path: Path) -> Path:
     fig.suptitle(f"{beat['stream']}: cycle {beat['beat']} ({beat.get('aha_level') or 'level unknown'}"
                  f", {n} frames, {beat.get('velocity_status')})", fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def draw(beat: dict, path: Path) -> Path:
+    """The PNG of one measured cycle's velocity curves."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(beat)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -3,9 +3,14 @@ hook that the runtime puts into a stream's stages; the runtime-only app ``none``
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+import engines
+from streamer import __version__
 from streamer.app import FrameRejected, Pipeline, PipelineWiringError, Stage
 from streamer.apps import Analysis, AnalysisConfig, EngineConfig, build_analysis
 from streamer.apps.common import (
@@ -165,9 +170,15 @@ def test_an_app_declares_how_each_of_its_networks_runs():
     precision = "bf16" if cpu_has_bf16() else "fp32"
     analysis = build_analysis(AnalysisConfig(app="mr-sax", engines=EngineConfig(
         backend="openvino", precision=precision, threads=1)))
-    declared = analysis.apps["mr-sax"].declaration()["engines"]
+    declaration = analysis.apps["mr-sax"].declaration()
+    assert declaration["cardiostream_version"] == __version__
+    declared = declaration["engines"]
+    digest = declared["mr"].pop("weights_sha256")
     assert declared["mr"] == {"backend": "openvino", "precision": precision, "device": "cpu",
                               "origin": "shipped mr.pt", "max_batch": 1}
+    # the sha256 of the shipped weights file the engine runs (as sha256sum prints it)
+    shipped = Path(engines.__file__).parent / "weights" / "mr.pt"
+    assert digest == hashlib.sha256(shipped.read_bytes()).hexdigest()
     # the per-beat wall-motion network runs in eager torch fp32 whatever the frame networks do
     wall = declared.pop("wall_motion")
     assert (wall["backend"], wall["precision"], wall["device"]) == ("torch", "fp32", "cpu")

@@ -189,5 +189,6 @@ def create_engine(role: str, backend: str = "auto", precision: str = "fp32",
         source = _batched(source, batch, precision)
     engine = module.build(source, precision, device, n_threads, calibration=calibration,
                           use_cache=use_cache)
+    engine.weights_sha256 = source.digest
     log.info("engine %s: %s %s on %s (%s)", role, name, precision, engine.device, source.origin)
     return engine

@@ -69,6 +69,9 @@ class Engine:
         #: the cached file the engine runs from (ONNX, OpenVINO IR, TensorRT program), if any
         self.artefact = artefact
         self.threads = threads
+        #: sha256 of the weights it runs (the state dict's tensors, or the model file), set by
+        #: engines.backends.build_engine; the results' provenance
+        self.weights_sha256 = ""
 
     @property
     def role(self) -> str:
