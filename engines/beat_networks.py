@@ -42,16 +42,18 @@ class BeatNetwork:
     backend: str = "torch"
     precision: str = "fp32"
     device: str = "cpu"
+    #: sha256 of the weights file
+    weights_sha256: str = ""
 
     def provenance(self) -> dict:
         """The app declaration's entry: how it runs and where its weights came from."""
         return {"backend": self.backend, "precision": self.precision, "device": self.device,
-                "origin": self.origin, "max_batch": 1}
+                "origin": self.origin, "weights_sha256": self.weights_sha256, "max_batch": 1}
 
 
-def read_state_dict(path: Path, what: str, hint: str) -> tuple[dict, str]:
-    """The state dict in ``path`` and its origin (path and sha256); ``hint`` (how to get
-    weights) joins the error when the file is missing."""
+def read_state_dict(path: Path, what: str, hint: str) -> tuple[dict, str, str]:
+    """The state dict in ``path``, its origin (path and the start of its sha256) and the
+    file's sha256; ``hint`` (how to get weights) joins the error when the file is missing."""
     if not path.is_file():
         raise BeatNetworkWeightsError(f"no {what} weights at {path}{': ' + hint if hint else ''}")
     try:
@@ -60,7 +62,8 @@ def read_state_dict(path: Path, what: str, hint: str) -> tuple[dict, str]:
         raise BeatNetworkWeightsError(f"{path}: not a readable state dict ({exc})") from None
     if not isinstance(state, dict):
         raise BeatNetworkWeightsError(f"{path}: holds a {type(state).__name__}, not a state dict")
-    return state, f"{path} (sha256 {file_digest(path)[:12]})"
+    sha256 = file_digest(path)
+    return state, f"{path} (sha256 {sha256[:12]})", sha256
 
 
 def load_into(model: torch.nn.Module, state: dict, path: Path, what: str) -> torch.nn.Module:

@@ -50,5 +50,5 @@ def load_mapper(weights: str | Path | None = None) -> InfarctMapper:
     path = Path(weights) if weights is not None else SHIPPED
     hint = ("train it with `python -m engines.train.infarct` (docs/benchmarks.md) or run with "
             "--infarct off") if weights is None else ""
-    state, origin = read_state_dict(path, "OF-RNN", hint)
-    return InfarctMapper(load_into(of_rnn.build(), state, path, "OF-RNN"), origin=origin)
+    state, origin, sha256 = read_state_dict(path, "OF-RNN", hint)
+    return InfarctMapper(load_into(of_rnn.build(), state, path, "OF-RNN"), origin=origin, weights_sha256=sha256)

@@ -69,7 +69,7 @@ def load_segmenter(weights: str | Path | None = None) -> CycleSegmenter:
     path = Path(weights) if weights is not None else SHIPPED
     hint = ("train it with `python -m engines.train.velocity` (docs/benchmarks.md)"
             if weights is None else "")
-    state, origin = read_state_dict(path, "3D-EAR", hint)
+    state, origin, sha256 = read_state_dict(path, "3D-EAR", hint)
     variant, channels = ear3d.DEFAULT_VARIANT, "all"
     record = path.with_name("velocity.json")
     if record.is_file():
@@ -81,5 +81,5 @@ def load_segmenter(weights: str | Path | None = None) -> CycleSegmenter:
             pass
     magnitude_only = channels == "magnitude"
     model = ear3d.build(variant, in_channels=1 if magnitude_only else len(ear3d.CHANNELS))
-    return CycleSegmenter(load_into(model, state, path, f"3D-EAR ({variant})"), origin=origin,
+    return CycleSegmenter(load_into(model, state, path, f"3D-EAR ({variant})"), origin=origin, weights_sha256=sha256,
                           variant=variant, magnitude_only=magnitude_only)

@@ -67,8 +67,8 @@ def load_scorer(weights: str | Path | None = None) -> WallMotionScorer:
     path = Path(weights) if weights is not None else SHIPPED
     hint = ("train it with `python -m engines.train.wall_motion` (docs/benchmarks.md) or run "
             "with --wall-motion off") if weights is None else ""
-    state, origin = read_state_dict(path, "Cardiac-MOS", hint)
+    state, origin, sha256 = read_state_dict(path, "Cardiac-MOS", hint)
     model = cardiac_mos.CardiacMOS(**{**cardiac_mos.DEFAULTS,
                                       "segment_nl": blocks_in(state, "seg_nl"),
                                       "subject_nl": blocks_in(state, "sub_nl")})
-    return WallMotionScorer(load_into(model, state, path, "Cardiac-MOS"), origin=origin)
+    return WallMotionScorer(load_into(model, state, path, "Cardiac-MOS"), origin=origin, weights_sha256=sha256)

@@ -3,6 +3,8 @@ slice's region; a missing or foreign weights file is refused with the path named
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 import torch
@@ -14,7 +16,8 @@ from engines.infarct import SHIPPED, load_mapper
 def test_the_shipped_weights_map_the_masked_pixels_on_one_thread():
     mapper = load_mapper()
     assert mapper.provenance() == {"backend": "torch", "precision": "fp32", "device": "cpu",
-                                   "origin": mapper.origin, "max_batch": 1}
+                                   "origin": mapper.origin, "max_batch": 1,
+                                   "weights_sha256": hashlib.sha256(SHIPPED.read_bytes()).hexdigest()}
     assert str(SHIPPED) in mapper.origin
     rng = np.random.default_rng(0)
     mask = np.zeros((64, 64), bool)
