@@ -299,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     from calib.cli import add_phantom_parser
     from engines.cli import add_engines_parser
     from streamer.bench import add_parser as add_bench_parser
+    from streamer.export import add_parser as add_export_parser
     from streamer.io.clips import read_frames
     from streamer.io.sunnybrook import read_patient
 
@@ -306,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     # engines read no clips themselves
     add_engines_parser(commands, read_frames=read_frames, read_mr_patient=read_patient)
     add_bench_parser(commands)
+    add_export_parser(commands)
     return parser
 
 

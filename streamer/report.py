@@ -604,7 +604,7 @@ def _provenance(config: ReportConfig, streams: dict[str, StreamRecord]) -> str:
             f"<li>results file {_esc(config.results.name)}, sha256 {_sha256(config.results)}</li>"
             f"<li>analysed by cardiostream {_esc(', '.join(versions) or 'version not recorded')}; "
             f"report by cardiostream {__version__} on "
-            f"{_dt.datetime.now(_dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}</li></ul>"
+            f"{_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}</li></ul>"
             '<table class="engines"><tr><th>app</th><th>network</th><th>backend</th>'
             "<th>precision</th><th>device</th><th>weights</th><th>weights sha256</th></tr>"
             + "".join(rows) + "</table>"
