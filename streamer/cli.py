@@ -302,12 +302,14 @@ def build_parser() -> argparse.ArgumentParser:
     from streamer.export import add_parser as add_export_parser
     from streamer.io.clips import read_frames
     from streamer.io.sunnybrook import read_patient
+    from streamer.viewer import add_parser as add_view_parser
 
     add_phantom_parser(commands)
     # engines read no clips themselves
     add_engines_parser(commands, read_frames=read_frames, read_mr_patient=read_patient)
     add_bench_parser(commands)
     add_export_parser(commands)
+    add_view_parser(commands)
     return parser
 
 
