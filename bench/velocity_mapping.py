@@ -49,7 +49,15 @@ def runs(args) -> list[tuple[str, str, str]]:
     on the magnitude alone, then the rest of Table 1 (tabulated in the paper's order)."""
     rest = [(v, loss, "all") for v in ear3d.VARIANTS for loss in ear3d.LOSSES
             if (v, loss) != ("ear3d", "dice_iou")]
-    return [("ear3d", "dice_iou", "all"), ("ear3d", "dice_iou", "magnitude"), *rest]
+    every = [("ear3d", "dice_iou", "all"), ("ear3d", "dice_iou", "magnitude"), *rest]
+    if not getattr(args, "only", None):
+        return every
+    by_name = {name_of(*run): run for run in every}
+    unknown = [name for name in args.only if name not in by_name]
+    if unknown:
+        raise SystemExit(f"--only: no run named {', '.join(unknown)}; the runs are "
+                         f"{', '.join(by_name)}")
+    return [by_name[name] for name in args.only]
 
 
 def name_of(variant: str, loss: str, channels: str) -> str:
@@ -201,6 +209,9 @@ def main(argv=None) -> int:
     a.add_argument("--reuse", action="store_true", help="tabulate models already trained")
     a.add_argument("--table-only", action="store_true",
                    help="train nothing: tabulate the models already trained (with --reuse)")
+    a.add_argument("--only", nargs="+", metavar="RUN",
+                   help="these runs only, in this order, named as their folders: "
+                        "VARIANT-LOSS[-mag], e.g. unet3d-dice_iou ear3d-dice_iou-mag")
     a.set_defaults(func=ablation)
     c = sub.add_parser("curves", help="velocity curves from a model's masks against truth")
     c.add_argument("--weights", type=Path, default=None, help="default: the shipped")

@@ -1007,7 +1007,7 @@ main { display: grid; grid-template-columns: minmax(300px, 1fr) minmax(320px, 1f
        gap: 12px; padding: 12px 16px; }
 @media (max-width: 900px) { main { grid-template-columns: 1fr; } }
 section { background: var(--panel); border: 1px solid var(--line); border-radius: 6px;
-          padding: 10px 12px; min-width: 0; }
+          padding: 10px 12px; min-width: 0; contain: content; }
 section h2 { font-size: 13px; margin: 0 0 8px; color: var(--dim); font-weight: 600;
              text-transform: uppercase; letter-spacing: .04em; }
 #frame-box { position: relative; background: #000; border-radius: 4px; min-height: 240px;
@@ -1053,7 +1053,15 @@ _SCRIPT = r"""
     d.connected = V.connected; d.stream = V.stream || "";
   }
   const fmt = (v, digits = 1) => (typeof v === "number" && isFinite(v)) ? v.toFixed(digits) : "–";
-  const text = (id, value) => { $(id).textContent = value; };
+  const text = (id, value) => { const node = $(id); if (node.textContent !== String(value)) node.textContent = value; };
+  // rebuild a box's children only when what it shows changed (each rebuild is a layout and
+  // a paint in the browser, which on a side-car's own machine competes with the side-car)
+  const shown = new Map();
+  function changed(id, content) {
+    const key = JSON.stringify(content);
+    if (shown.get(id) === key) return false;
+    shown.set(id, key); return true;
+  }
   function el(tag, attrs = {}, children = []) {
     const node = document.createElement(tag);
     for (const [k, v] of Object.entries(attrs)) {
@@ -1159,6 +1167,7 @@ _SCRIPT = r"""
   });
 
   function renderFlags(s) {
+    if (!changed("flags", [s.flags, s.error])) return;
     const box = $("flags");
     const flags = (s.flags || []).map((f) => el("span", {
       class: "flag" + (f.startsWith("not_measurable") ? " bad" : ""), text: f}));
@@ -1185,6 +1194,7 @@ _SCRIPT = r"""
   }
 
   function renderRegional(s) {
+    if (!changed("regional", s.regional)) return;
     const regional = s.regional || {};
     const colours = Object.fromEntries(cfg.segments.map((x) => [x.name, x.color]));
     const keys = Object.keys(regional);
@@ -1196,6 +1206,7 @@ _SCRIPT = r"""
   }
 
   function renderBeats() {
+    if (!changed("beats", beats.slice(-6))) return;
     const rows = beats.slice(-6).reverse().map((b) => el("tr", {}, [
       el("td", {text: "beat " + b.beat}), el("td", {class: "num", text: fmt(b.peak_pct)}),
       el("td", {text: b.quality || "–"}),

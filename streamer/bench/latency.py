@@ -81,6 +81,7 @@ reports; ``streamer.bench.plots`` draws one.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -93,10 +94,12 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -409,7 +412,13 @@ class StampingSender:
         self.sender.send(message, block=block)
 
 
-def run_sockets(args, source: ClipSource, recv_timeout_s: float = 60.0) -> dict:
+def run_sockets(args, source: ClipSource, recv_timeout_s: float = 60.0, *,
+                serve_extra: Sequence[str] = (),
+                attach: Callable[[Any], AbstractContextManager] | None = None) -> dict:
+    """The sockets run (module docstring). ``serve_extra``: more ``serve`` options (e.g.
+    ``--republish-frames``); ``attach(sidecar)``: a context entered once the side-car is
+    ready and left before it stops (another consumer on its publish endpoint, such as the
+    viewer: bench/viewer_overhead.py)."""
     from streamer.apps import analysis_argv, analysis_config
     from streamer.io.sockets import FrameSender, ResultSubscriber, SenderConfig, SubscriberConfig
     from streamer.options import to_argv
@@ -419,7 +428,8 @@ def run_sockets(args, source: ClipSource, recv_timeout_s: float = 60.0) -> dict:
     config = replay_config(args, source)
     total = args.warmup + args.frames
     serve_args = [*analysis_argv(analysis_config(args)),
-                  *(["--lossless"] if args.lossless else []), *to_argv(budget_config(args))]
+                  *(["--lossless"] if args.lossless else []), *to_argv(budget_config(args)),
+                  *serve_extra]
     print(f"sockets: starting `cardiostream serve {shlex.join(serve_args)}` on free loopback "
           "ports (a first start on a machine builds the engines and compiles the tracking "
           "code: a minute or two; later starts take seconds)", file=sys.stderr, flush=True)
@@ -430,7 +440,10 @@ def run_sockets(args, source: ClipSource, recv_timeout_s: float = 60.0) -> dict:
           f"{sidecar.process.pid}); sending {total} frames at "
           f"{config.fps or source.info.fps:g} fps", file=sys.stderr, flush=True)
     stopped: dict = {}
+    attached = contextlib.ExitStack()
     try:
+        if attach is not None:
+            attached.enter_context(attach(sidecar))
         subscriber = ResultSubscriber(SubscriberConfig(sidecar.ready["publish"]))
         sender_box: dict = {}
         failure: list[BaseException] = []
@@ -493,6 +506,7 @@ def run_sockets(args, source: ClipSource, recv_timeout_s: float = 60.0) -> dict:
         if failure:
             raise failure[0]
     finally:
+        attached.close()
         try:
             stopped = sidecar.stop()
         except Exception as exc:  # the report still stands; say so
