@@ -46,10 +46,11 @@ import numpy as np
 
 from streamer import __version__
 from streamer.bullseye import StackBeat, read_rows, stack_beats
+from streamer.overlay import SEGMENT_RGB, draw_overlay, hex_colour
 from streamer.vocab import A4C_SEGMENTS
 
-#: colours of the six A4C segments (BGR for OpenCV, hex for the plots), basal septal first
-SEGMENT_HEX = ("#1f77b4", "#2ca02c", "#17becf", "#bcbd22", "#ff7f0e", "#d62728")
+#: the six A4C segments' colours in the plots: the overlay's
+SEGMENT_HEX = tuple(hex_colour(rgb) for rgb in SEGMENT_RGB)
 #: MR labels drawn on the video: 1 LV cavity, 2 LV myocardium, 3 RV cavity (BGR)
 LABEL_BGR = {1: (60, 60, 230), 2: (60, 200, 60), 3: (230, 120, 40)}
 #: keys of a start's meta that may identify a patient or a site and stay out of the report
@@ -308,11 +309,6 @@ def _resize(image: np.ndarray, scale: float) -> np.ndarray:
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
-def _mm_to_px(points_mm, spacing_mm, scale: float) -> np.ndarray:
-    p = np.asarray(points_mm, dtype=np.float64)
-    return np.stack([p[:, 1] / spacing_mm[1], p[:, 0] / spacing_mm[0]], axis=1) * scale
-
-
 def _echo_frame(image: np.ndarray, result: dict | None, spacing_mm, scale: float) -> np.ndarray:
     """One echo video frame: the image with the centreline in its segments' colours and the
     frame's GLS (or why there is none)."""
@@ -322,21 +318,18 @@ def _echo_frame(image: np.ndarray, result: dict | None, spacing_mm, scale: float
     if result is None:
         text = "no result"
     else:
-        points = result.get("points_mm")
-        if points and spacing_mm:
-            xy = _mm_to_px(points, spacing_mm, scale)
-            n = len(xy)
-            for k in range(len(A4C_SEGMENTS)):
-                piece = xy[k * n // 6: (k + 1) * n // 6 + 1]
-                colour = tuple(int(SEGMENT_HEX[k][i:i + 2], 16) for i in (5, 3, 1))
-                cv2.polylines(out, [np.round(piece).astype(np.int32)], False, colour, 2,
-                              cv2.LINE_AA)
+        if spacing_mm:
+            draw_overlay(out, result, spacing_mm, _scales(image, out))
         gls = result.get("gls_pct")
         text = (f"#{result.get('seq')}  GLS {gls:.1f} %" if gls is not None else
                 f"#{result.get('seq')}  " + (", ".join(result.get("flags") or []) or "no strain"))
     cv2.putText(out, text[:60], (6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1,
                 cv2.LINE_AA)
     return out
+
+
+def _scales(image: np.ndarray, resized: np.ndarray) -> tuple[float, float]:
+    return resized.shape[0] / image.shape[0], resized.shape[1] / image.shape[1]
 
 
 def _mr_frame(image: np.ndarray, result: dict | None, labels: np.ndarray | None, spacing_mm,
@@ -352,11 +345,8 @@ def _mr_frame(image: np.ndarray, result: dict | None, labels: np.ndarray | None,
             tint[labels == value] = colour
         out = cv2.addWeighted(out, 0.65, tint, 0.35, 0)
     out = _resize(out, scale)
-    for key, colour in (("endo_mm", (0, 0, 255)), ("epi_mm", (0, 255, 0))):
-        contour = (result or {}).get(key)
-        if contour and spacing_mm:
-            xy = np.round(_mm_to_px(contour, spacing_mm, scale)).astype(np.int32)
-            cv2.polylines(out, [xy], True, colour, 1, cv2.LINE_AA)
+    if result is not None and spacing_mm:
+        draw_overlay(out, result, spacing_mm, _scales(image, out))
     cv2.putText(out, title, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1,
                 cv2.LINE_AA)
     return out

@@ -97,6 +97,15 @@ from streamer.io.protocol import (
 )
 from streamer.io.security import CurveConfig, InsecureBindError
 from streamer.io.sockets import ResultSubscriber, SubscriberConfig
+from streamer.overlay import (
+    ENDO_RGB,
+    EPI_RGB,
+    SEGMENT_RGB,
+    draw_overlay,
+    has_overlay,
+    hex_colour,
+)
+from streamer.vocab import A4C_SEGMENTS
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -112,14 +121,6 @@ CURVE_FIELDS = (("gls_pct", "GLS"), ("circumferential_strain_pct", "circumferent
 REGIONAL_FIELDS = ("regional_pct", "segment_circumferential_strain_pct")
 #: the beat's peak value shown, by app field
 PEAK_FIELDS = ("peak_gls_pct", "peak_circumferential_strain_pct")
-#: echo's centreline: 120 points, basal septum -> apex -> basal lateral, six segments of 20
-ECHO_SEGMENTS = ("basal_septal", "mid_septal", "apical_septal",
-                 "apical_lateral", "mid_lateral", "basal_lateral")
-POINTS_PER_SEGMENT = 20
-#: one colour per echo segment (RGB), the same in the overlay and in the page's table
-SEGMENT_RGB = ((31, 119, 180), (44, 160, 44), (255, 187, 0),
-               (255, 127, 14), (214, 39, 40), (148, 103, 189))
-ENDO_RGB, EPI_RGB = (255, 80, 80), (80, 220, 120)
 #: per stream: results kept to match a frame to its result, latencies for the medians
 RESULTS_KEPT, LATENCIES_KEPT, FRAMES_KEPT = 16, 64, 64
 #: the newest frame is shown without waiting for its result once the stream's latest result
@@ -570,12 +571,12 @@ def render_jpeg(frame: FrameMessage, result: ResultMessage | None, max_side_px: 
         size = (max(1, round(cols * scale)), max(1, round(rows * scale)))
         image = cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1
                            else cv2.INTER_LINEAR)
-    if result is not None and _has_overlay(result):
+    if result is not None and has_overlay(result.fields):
         if image.ndim == 2:
             image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
         sy = image.shape[0] / rows
         sx = image.shape[1] / cols
-        _draw_overlay(image, result, frame.spacing_mm, (sy, sx))
+        draw_overlay(image, result.fields, frame.spacing_mm, (sy, sx))
     params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
     if image.ndim == 3:  # full-resolution colour: thin coloured lines keep their colour
         params += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
@@ -583,47 +584,6 @@ def render_jpeg(frame: FrameMessage, result: ResultMessage | None, max_side_px: 
     if not ok:  # pragma: no cover - cv2 encodes any uint8 image
         raise RuntimeError("cv2.imencode failed")
     return encoded.tobytes()
-
-
-def _has_overlay(result: ResultMessage) -> bool:
-    return any(isinstance(result.fields.get(k), list) for k in ("points_mm", "endo_mm", "epi_mm"))
-
-
-def _to_pixels(points_mm: Any, spacing_mm: tuple[float, float], scale: tuple[float, float]
-               ) -> np.ndarray | None:
-    """[row, col] mm from the frame's top-left pixel -> (x, y) in the scaled image, fixed
-    point with 4 fractional bits (cv2's ``shift``); pixel centres aligned as cv2.resize."""
-    try:
-        mm = np.asarray(points_mm, dtype=np.float64)
-    except (TypeError, ValueError):
-        return None
-    if mm.ndim != 2 or mm.shape[1] != 2 or len(mm) < 2 or not np.isfinite(mm).all():
-        return None
-    rows = (mm[:, 0] / spacing_mm[0] + 0.5) * scale[0] - 0.5
-    cols = (mm[:, 1] / spacing_mm[1] + 0.5) * scale[1] - 0.5
-    return np.round(np.stack([cols, rows], axis=1) * 16).astype(np.int32)
-
-
-def _bgr(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
-    return rgb[2], rgb[1], rgb[0]
-
-
-def _draw_overlay(image: np.ndarray, result: ResultMessage, spacing_mm: tuple[float, float],
-                  scale: tuple[float, float]) -> None:
-    fields = result.fields
-    thickness = max(2, round(max(image.shape[:2]) / 200))
-    points = _to_pixels(fields.get("points_mm"), spacing_mm, scale)
-    if points is not None:
-        n = POINTS_PER_SEGMENT
-        for i, rgb in enumerate(SEGMENT_RGB):
-            # each segment joined to the next one's first point: one unbroken line
-            part = points[i * n:(i + 1) * n + 1]
-            if len(part) >= 2:
-                cv2.polylines(image, [part], False, _bgr(rgb), thickness, cv2.LINE_AA, 4)
-    for key, rgb in (("endo_mm", ENDO_RGB), ("epi_mm", EPI_RGB)):
-        contour = _to_pixels(fields.get(key), spacing_mm, scale)
-        if contour is not None:
-            cv2.polylines(image, [contour], True, _bgr(rgb), thickness, cv2.LINE_AA, 4)
 
 
 # --------------------------------------------------------------------------
@@ -776,9 +736,9 @@ class Viewer:
         app.on_shutdown.append(self._close_sockets)
         settings = {"source": self.config.source, "history_s": self.config.history_s,
                     "max_points": self.config.max_points, "max_fps": self.config.max_fps,
-                    "segments": [{"name": name, "color": _hex(rgb)}
-                                 for name, rgb in zip(ECHO_SEGMENTS, SEGMENT_RGB)],
-                    "endo_color": _hex(ENDO_RGB), "epi_color": _hex(EPI_RGB)}
+                    "segments": [{"name": name, "color": hex_colour(rgb)}
+                                 for name, rgb in zip(A4C_SEGMENTS, SEGMENT_RGB)],
+                    "endo_color": hex_colour(ENDO_RGB), "epi_color": hex_colour(EPI_RGB)}
         # "</" escaped: the settings cannot close the <script> element that holds them
         self._page_bytes = PAGE_HTML.replace(
             "__CONFIG__", json.dumps(settings).replace("</", "<\\/")).encode()
@@ -880,9 +840,6 @@ def _aiohttp():
 async def _no_content(request: web.Request) -> web.Response:
     return _aiohttp().Response(status=204)
 
-
-def _hex(rgb: tuple[int, int, int]) -> str:
-    return "#" + "".join(f"{c:02x}" for c in rgb)
 
 
 def _host_guard(loopback_only: bool):

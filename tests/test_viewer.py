@@ -34,8 +34,8 @@ from streamer.io.protocol import (
 )
 from streamer.io.security import CurveConfig, CurveServer, InsecureBindError, generate_keys
 from streamer.io.sockets import EndpointError
+from streamer.overlay import SEGMENT_RGB
 from streamer.viewer import (
-    SEGMENT_RGB,
     Cursor,
     Viewer,
     ViewerConfig,
