@@ -5,6 +5,11 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+# CI (.ci/run runs with CI=true) also installs the optional Ray extra, so that the Ray test
+# of tests/test_study.py runs there; elsewhere `make` installs the test extra alone and that
+# test skips, saying why.
+comma  := ,
+EXTRAS := test$(if $(CI),$(comma)ray)
 
 .PHONY: install browser demo lint test test-all bench fast-peer clean
 
@@ -12,7 +17,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -204,18 +204,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     analyze = commands.add_parser(
         "analyze", parents=[clip, analysis],
-        help="run clips through the side-car's apps in one process",
+        help="run clips through the side-car's apps in one process, or an archive into a "
+             "folder (--out-dir)",
         description="The side-car's analysis without sockets: writes start, one result (or "
                     "error) per frame, beat messages (and a short-axis stack's wall_motion "
                     "per beat) and end as JSON lines, the same headers a subscriber receives. Several clips go in as several streams, their "
                     "frames interleaved by acquisition time, each with its own state; a "
                     "short-axis stack goes in slice after slice, each slice its own stream "
-                    "NAME/slice-K, as replay sends it.")
+                    "NAME/slice-K, as replay sends it. With --out-dir DIR the paths are an "
+                    "archive (files, folders walked recursively, glob patterns; a DICOM "
+                    "series folder is one clip): each clip is analysed alone into "
+                    "DIR/clips/NAME.jsonl, in parallel with --workers N or --ray, clips "
+                    "already done are skipped (DIR/index.jsonl), and DIR/study.csv gets a "
+                    "row per clip and beat; exit status 1 when some clip failed "
+                    "(DIR/errors.txt says why).")
     analyze.add_argument("more_clips", nargs="*", type=Path, metavar="CLIP",
                          help="more clips: each is a stream of its own (named after its "
                               "file; a stack's slices NAME/slice-K), their frames interleaved "
                               "by acquisition time as a side-car would receive them")
-    analyze.add_argument("--out", required=True, type=Path, help="output file (.jsonl)")
+    output = analyze.add_mutually_exclusive_group(required=True)
+    output.add_argument("--out", type=Path, help="output file (.jsonl)")
+    output.add_argument("--out-dir", type=Path, metavar="DIR",
+                        help="analyse an archive: every clip under the paths alone, into "
+                             "DIR/clips/NAME.jsonl (NAME: the file's stem and a hash of its "
+                             "path), resumable (DIR/index.jsonl: clips done with the same "
+                             "settings and content are skipped, failed ones retried; other "
+                             "settings are refused), the study table DIR/study.csv and the "
+                             "failed clips' errors DIR/errors.txt; see docs/architecture.md, "
+                             "Archives")
     analyze.add_argument("--masks-out", type=Path, metavar="FILE.npz",
                          help="also write the MR label maps of every slice and phase (one "
                               "clip or stack): labels uint8 (slices, phases, rows, cols) in "
@@ -227,6 +243,23 @@ def build_parser() -> argparse.ArgumentParser:
                               "slice_position_mm, trigger_time_ms; a velocity-mapping slice's "
                               "myocardium (2) from its cycle's 3D-EAR masks; turns on "
                               "--mr-labels and --vm-labels")
+    analyze.add_argument("--t0-ns", type=int, metavar="NS",
+                         help="acquisition time of every clip's first frame, ns since the "
+                              "epoch (default: now; with --out-dir a fixed "
+                              "1700000000000000000): a fixed value makes two runs give the "
+                              "same results to the last bit")
+    analyze.add_argument("--workers", type=int, metavar="N",
+                         help="with --out-dir: N worker processes, each analysing one clip at "
+                              "a time (default 1: in this process; with --ray: the cluster's "
+                              "CPUs / --threads); each runs the networks on --threads threads, "
+                              "with --out-dir 1 unless given, whatever N, so that the results "
+                              "do not depend on N")
+    analyze.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                         help="with --out-dir: run the clips as Ray actors (pip install "
+                              "'cardiostream[ray]'); without ADDRESS on a Ray started on this "
+                              "machine, else on the cluster at ADDRESS (auto, HOST:6379 or "
+                              "ray://HOST:10001; every node must see the inputs and DIR at "
+                              "the same paths). Write it as --ray=ADDRESS, or after the paths")
     analyze.add_argument("--no-progress", action="store_true", help="no progress bar")
     analyze.set_defaults(func=cmd_analyze)
 
@@ -468,6 +501,11 @@ def cmd_analyze(args) -> int:
     from streamer.apps import analysis_config, build_analysis
     from streamer.replay import default_stream_name
 
+    if args.out_dir is not None:
+        return _analyze_study(args)
+    if args.workers is not None or args.ray is not None:
+        raise CLIError("--workers and --ray analyse an archive into --out-dir DIR; --out "
+                       "writes the clips as streams of one file")
     clips = [args.clip, *args.more_clips]
     if len(clips) > 1 and args.stream:
         raise CLIError("--stream names one clip's stream; with several clips each stream "
@@ -488,7 +526,8 @@ def cmd_analyze(args) -> int:
             try:
                 summary = analyze(readers, args.out, build_analysis(analysis_config(args)),
                                   [_replay_config(args, stream=name) for name in streams],
-                                  on_frame=lambda _: bar.update(1), masks_out=args.masks_out)
+                                  on_frame=lambda _: bar.update(1), t0_ns=args.t0_ns,
+                                  masks_out=args.masks_out)
             except ValueError as exc:
                 if args.masks_out and "label maps" in str(exc):
                     raise CLIError(str(exc)) from None
@@ -498,6 +537,36 @@ def cmd_analyze(args) -> int:
                  elapsed_s=round(summary.elapsed_s, 3),
                  **({"masks_out": str(args.masks_out)} if args.masks_out else {}))
     return 0
+
+
+def _analyze_study(args) -> int:
+    """``analyze PATHS... --out-dir DIR``: every clip alone, the same options for each
+    (streamer/study.py); exit status 0 when every clip ran, 1 when some failed."""
+    from streamer.apps import analysis_config
+    from streamer.study import STUDY_T0_NS, StudyConfig, run_study
+
+    one_clip = [flag for flag, value in (("--stream", args.stream),
+                                         ("--masks-out", args.masks_out),
+                                         ("--slice", args.slice_index)) if value is not None]
+    if one_clip:
+        raise CLIError(f"{', '.join(one_clip)} choose(s) for one clip; with --out-dir every "
+                       "clip is analysed with the same options (run `analyze CLIP --out` "
+                       "for that clip)")
+    config = StudyConfig(
+        paths=tuple(str(path) for path in (args.clip, *args.more_clips)),
+        out_dir=args.out_dir, analysis=analysis_config(args), replay=_replay_config(args),
+        spacing_mm=tuple(args.spacing_mm) if args.spacing_mm else None, stack=args.stack,
+        workers=args.workers, ray=args.ray,
+        t0_ns=STUDY_T0_NS if args.t0_ns is None else args.t0_ns,
+        progress=not args.no_progress)
+    summary = run_study(config)
+    if summary.failed:
+        print(f"{len(summary.failed)} of {summary.ran} clip(s) failed "
+              f"({summary.out_dir / 'errors.txt'}):", file=sys.stderr)
+        for name, message in summary.failed:
+            print(f"  {name}: {message}", file=sys.stderr)
+    _print_event("study", **summary.event())
+    return 1 if summary.failed else 0
 
 
 def _write_pngs(command: str, write, args) -> int:

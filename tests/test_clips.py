@@ -500,6 +500,11 @@ def test_register_reader_plugs_a_format_into_open_clip(tmp_path):
         def close(self):
             pass
 
+    from streamer.io.clips.registry import has_reader
+
+    assert not has_reader(tmp_path / "rec.cstestplugin2") and has_reader("a.nii.gz")
+    register_reader((".cstestplugin2",), OneFrameReader)
+    assert has_reader(tmp_path / "REC.CSTESTPLUGIN2")
     register_reader((".cstestplugin",), OneFrameReader)
     register_reader((".cstestplugin",), OneFrameReader)  # the same factory again is fine
     with pytest.raises(ValueError, match="already handled"):

@@ -77,8 +77,8 @@ class EngineConfig:
         "engines/backends/tolerance.py; the format each network runs at is in the app's "
         "declaration (hello, start)",
         choices=PRECISION_CHOICES)
-    threads: int | None = option(None, "CPU threads for the networks (default: all cores)",
-                                 metavar="N")
+    threads: int | None = option(None, "CPU threads for the networks (default: all cores; "
+                                 "analyze --out-dir: 1 per worker)", metavar="N")
     device: str | None = option(
         None, "cpu or cuda[:i] for --backend torch / tensorrt (default: the backend's own: "
         "torch on the CPU, tensorrt on cuda)", metavar="DEV")

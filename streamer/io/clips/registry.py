@@ -87,6 +87,12 @@ def _builtin_registry() -> ReaderRegistry:
 _REGISTRY = _builtin_registry()
 
 
+def has_reader(path: str | os.PathLike[str]) -> bool:
+    """Whether a registered reader takes files named like ``path`` (by suffix; DICOM files
+    without a suffix are not known here)."""
+    return _REGISTRY.factory_for(Path(path)) is not None
+
+
 def register_reader(suffixes: tuple[str, ...], factory: ReaderFactory) -> None:
     """Let ``open_clip`` open files ending in ``suffixes`` (e.g. ``(".csrec",)``) with ``factory``.
 
