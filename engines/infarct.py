@@ -51,4 +51,5 @@ def load_mapper(weights: str | Path | None = None) -> InfarctMapper:
     hint = ("train it with `python -m engines.train.infarct` (docs/benchmarks.md) or run with "
             "--infarct off") if weights is None else ""
     state, origin, sha256 = read_state_dict(path, "OF-RNN", hint)
-    return InfarctMapper(load_into(of_rnn.build(), state, path, "OF-RNN"), origin=origin, weights_sha256=sha256)
+    return InfarctMapper(load_into(of_rnn.build(), state, path, "OF-RNN"), origin=origin,
+                         weights_sha256=sha256)

@@ -81,5 +81,5 @@ def load_segmenter(weights: str | Path | None = None) -> CycleSegmenter:
             pass
     magnitude_only = channels == "magnitude"
     model = ear3d.build(variant, in_channels=1 if magnitude_only else len(ear3d.CHANNELS))
-    return CycleSegmenter(load_into(model, state, path, f"3D-EAR ({variant})"), origin=origin, weights_sha256=sha256,
-                          variant=variant, magnitude_only=magnitude_only)
+    return CycleSegmenter(load_into(model, state, path, f"3D-EAR ({variant})"), origin=origin,
+                          weights_sha256=sha256, variant=variant, magnitude_only=magnitude_only)

@@ -71,4 +71,5 @@ def load_scorer(weights: str | Path | None = None) -> WallMotionScorer:
     model = cardiac_mos.CardiacMOS(**{**cardiac_mos.DEFAULTS,
                                       "segment_nl": blocks_in(state, "seg_nl"),
                                       "subject_nl": blocks_in(state, "sub_nl")})
-    return WallMotionScorer(load_into(model, state, path, "Cardiac-MOS"), origin=origin, weights_sha256=sha256)
+    return WallMotionScorer(load_into(model, state, path, "Cardiac-MOS"), origin=origin,
+                            weights_sha256=sha256)

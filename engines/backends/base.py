@@ -70,7 +70,7 @@ class Engine:
         self.artefact = artefact
         self.threads = threads
         #: sha256 of the weights it runs (the state dict's tensors, or the model file), set by
-        #: engines.backends.build_engine; the results' provenance
+        #: engines.backends.create_engine; the results' provenance
         self.weights_sha256 = ""
 
     @property
