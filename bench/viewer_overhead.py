@@ -11,6 +11,9 @@ view hint a4c, ``--warmup`` untimed then ``--frames`` timed frames) under one co
 * ``viewer_no_page``: ``--republish-frames`` and ``cardiostream view --from`` the side-car's
   publish endpoint as a child process, no page open (the viewer's own cost: reading every
   message; a browser on another machine adds only the WebSocket pushes);
+* ``viewer_remote_page``: the same with a page open that draws nothing: a WebSocket client
+  in a process of its own that takes the viewer's pushes (state and JPEG) and drops them,
+  which is what a browser on another machine costs this one;
 * ``viewer``: the same with a headless Chromium tab open on its page for the whole run (all
   on this machine: the browser's and the viewer's CPU compete with the side-car's);
 * ``viewer_5fps``: the same with ``view --max-fps 5`` (the page updated 5 times a second,
@@ -48,11 +51,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from streamer.bench.latency import clip_source, machine_info, run_sockets  # noqa: E402
 from streamer.cli import build_parser  # noqa: E402
 
-#: condition -> (serve --republish-frames, a viewer, a browser tab on it, their nice value,
-#: the viewer's --max-fps)
-CONDITIONS = {"plain": (False, False, False, 0, 15), "republish": (True, False, False, 0, 15),
-              "viewer_no_page": (True, True, False, 0, 15), "viewer": (True, True, True, 0, 15),
-              "viewer_5fps": (True, True, True, 0, 5), "viewer_niced": (True, True, True, 19, 15)}
+#: condition -> (serve --republish-frames, a viewer, its page: None, "browser" (a Chromium
+#: tab here) or "remote" (a WebSocket client that takes the page's pushes without drawing
+#: them, as a browser on another machine costs this one), their nice value, view --max-fps)
+CONDITIONS = {"plain": (False, False, None, 0, 15), "republish": (True, False, None, 0, 15),
+              "viewer_no_page": (True, True, None, 0, 15),
+              "viewer_remote_page": (True, True, "remote", 0, 15),
+              "viewer": (True, True, "browser", 0, 15),
+              "viewer_5fps": (True, True, "browser", 0, 5),
+              "viewer_niced": (True, True, "browser", 19, 15)}
+#: the page's WebSocket, read and dropped (the "remote" page): a child process of its own
+REMOTE_PAGE = """
+import asyncio, sys
+import aiohttp
+async def main(url):
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(url + "ws", origin=url.rstrip("/")) as ws:
+            async for _ in ws:
+                pass
+asyncio.run(main(sys.argv[1]))
+"""
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
                   "--no-first-run", "--disable-background-networking",
@@ -79,7 +97,7 @@ class ViewerWithPage:
     ``record`` gets the page's connection, the viewer's CPU seconds and how long the viewer
     took to drop the page's WebSocket once the browser had closed."""
 
-    def __init__(self, record: dict, page: bool, nice: int, max_fps: float):
+    def __init__(self, record: dict, page: str | None, nice: int, max_fps: float):
         self.record, self.page, self.nice, self.max_fps = record, page, nice, max_fps
 
     @contextlib.contextmanager
@@ -93,10 +111,11 @@ class ViewerWithPage:
         profile = tempfile.TemporaryDirectory()
         try:
             url = json.loads(viewer.stdout.readline())["url"]
-            if self.page:
-                browser = subprocess.Popen([*niced, CHROMIUM, *CHROMIUM_FLAGS,
-                                            f"--user-data-dir={profile.name}", url],
-                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if self.page is not None:
+                page = ([sys.executable, "-c", REMOTE_PAGE, url] if self.page == "remote" else
+                        [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile.name}", url])
+                browser = subprocess.Popen([*niced, *page], stdout=subprocess.DEVNULL,
+                                           stderr=subprocess.DEVNULL)
                 self.record["page_connected_s"] = round(wait_for(
                     lambda: stats(url)["clients"] == 1, 60, "the page did not connect"), 2)
             cpu0 = cpu_seconds(viewer.pid), cpu_seconds(browser.pid, tree=True) if browser else 0

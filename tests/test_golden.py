@@ -1,6 +1,6 @@
 """The echo app's results do not move: fixed clips (held-out phantom A4C clips, pydicom's real
 A4C cines) through `analyze` give, frame by frame and beat by beat, the results stored in
-tests/golden/echo_results.json (made by tests/golden/make_echo_golden.py) to 1e-6."""
+tests/golden/echo_results.json (made by tests/golden/make_echo_golden.py) to TOLERANCE."""
 
 import json
 import math
@@ -8,7 +8,11 @@ from pathlib import Path
 
 from golden import make_echo_golden as golden
 
-TOLERANCE = 1e-6
+#: the results are published to 3 decimals; the networks' kernels differ by CPU (OpenVINO
+#: picks AVX-512 or AVX2 ones, whose sums round differently), which moved 278 of the stored
+#: numbers by 0.001-0.002 on a 2-core AMD EPYC without AVX-512 (2026-12-07; the file was
+#: made on a CPU with AVX-512), and nothing else: flags, beats, frames and keys stay exact.
+TOLERANCE = 0.005
 #: keys a change added on purpose since the file was made (not results: each result's app)
 ADDED_KEYS = {"app"}
 
@@ -35,8 +39,8 @@ def differences(expected, actual, path: str = ""):
 
 
 def test_the_comparison_can_fail():
-    assert not list(differences({"a": [1.0, None]}, {"a": [1.0 + 1e-7, None]}))
-    assert list(differences({"a": [1.0]}, {"a": [1.00001]}))
+    assert not list(differences({"a": [1.0, None]}, {"a": [1.0 + 0.002, None]}))
+    assert list(differences({"a": [1.0]}, {"a": [1.006]}))
     assert list(differences({"a": 1}, {"b": 1}))
     assert list(differences([{"flags": []}], [{"flags": ["x"]}]))
     assert not list(differences({"seq": 1}, {"seq": 1, "app": "echo"}))
