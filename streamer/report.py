@@ -18,7 +18,8 @@ What a reader of EchoPAC, TomTec or cvi42 expects, in one file that needs no net
   each slice's circumferential and radial strain over the phases; the per-slice beat table
   (areas, strains, infarct), the stack's volumes and EF, and per stack beat the wall-motion
   scores, MSI and the bull's-eye plots;
-- per **velocity-mapping** cycle: the velocity curves and the nine peaks.
+- per **velocity-mapping** clip: its magnitude as a video (with ``--masks``, the 3D-EAR
+  myocardium on it), and per cycle the velocity curves and the nine peaks.
 
 The curves' numbers travel with the page as JSON (``<script type="application/json"
 id="cardiostream-data">``: per stream its frames' ``seq``, ``t_s`` and plotted values), and
@@ -468,10 +469,10 @@ def _beat_table(record: StreamRecord) -> str:
 
 
 def _counts(record: StreamRecord, label: str = "") -> str:
-    measured = [r.get("measurable") for r in record.results]
     end_meta = (record.end or {}).get("meta") or {}
-    items = [f"{len(record.results)} results", f"{len(record.errors)} errors",
-             f"{sum(1 for m in measured if m)} measurable frames"]
+    items = [f"{len(record.results)} results", f"{len(record.errors)} errors"]
+    if any("measurable" in r for r in record.results):   # apps that judge each frame
+        items.append(f"{sum(1 for r in record.results if r.get('measurable'))} measurable frames")
     items += [f"{k} {end_meta[k]}" for k in ("processed", "dropped", "stale", "errors")
               if k in end_meta]
     errors = sorted({e.get("code", "?") for e in record.errors})
@@ -556,7 +557,8 @@ def _stack_video(records: list[StreamRecord], source, masks: dict | None,
                        + ("; labels: LV cavity red, myocardium green, RV blue" if masks else ""))
 
 
-def _velocity_section(record: StreamRecord, data: dict) -> str:
+def _velocity_section(record: StreamRecord, frames: list[np.ndarray] | None,
+                      masks: dict | None, config: ReportConfig, data: dict) -> str:
     from streamer.velocity_plot import figure
 
     data[record.name] = {"app": "mr-velocity", "seq": [r.get("seq") for r in record.results],
@@ -564,6 +566,14 @@ def _velocity_section(record: StreamRecord, data: dict) -> str:
                                      for key in ("radial", "circumferential", "longitudinal")}
                                     | {"beat": b.get("beat")} for b in record.beats]}
     parts = [f"<h2>{_esc(record.name)}: MR velocity mapping</h2>"]
+    if frames:
+        labels = masks["labels"][0] if masks is not None else None
+        scale = config.video_width_px / frames[0].shape[1]
+        video = [_mr_frame(f, None, labels[i] if labels is not None and i < len(labels) else None,
+                           None, scale, f"frame {i}") for i, f in enumerate(frames)]
+        parts.append(_html_video(write_webm(video, record.meta.get("fps") or 20.0), len(video),
+                                 f"the magnitude, {len(video)} frames"
+                                 + ("; the 3D-EAR myocardium green" if masks else "")))
     parts += [_svg(figure(b)) for b in record.beats if b.get("radial_velocity_cm_s") is not None]
     parts.append("<h3>Cycles</h3>")
     parts.append(_beat_table(record) if record.beats else "<p>No cycle closed.</p>")
@@ -607,6 +617,7 @@ body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1100px
 h1 { font-size: 1.4em; } h2 { font-size: 1.15em; border-bottom: 1px solid #ccc; margin-top: 2em; }
 h3 { font-size: 1em; } table { border-collapse: collapse; font-size: 0.8em; margin: 0.5em 0; }
 td, th { border: 1px solid #ddd; padding: 2px 6px; text-align: right; }
+table { display: block; overflow-x: auto; max-width: 100%; }
 table.engines td, table.clips td { text-align: left; } svg { max-width: 100%; height: auto; }
 video { max-width: 100%; background: #000; } code { font-size: 0.9em; word-break: break-all; }
 p.counts { color: #555; font-size: 0.85em; }
@@ -644,15 +655,15 @@ def write_report(config: ReportConfig) -> Path:
         raise ReportError(f"--clip is a stack; {config.results.name} holds {len(stacks)} stacks")
     for record in singles:
         app = record.app
+        frames = None
+        if source is not None and not is_stack_source:
+            frames = list(display_uint8(np.stack(_read_frames(source, config.max_video_frames))))
         if app == "mr-velocity":
-            body.append(_velocity_section(record, data))
+            body.append(_velocity_section(record, frames, masks, config, data))
+        elif app == "echo":
+            body.append(_echo_section(record, frames, config, data))
         else:
-            frames = None
-            if source is not None and not is_stack_source:
-                frames = list(display_uint8(np.stack(_read_frames(source,
-                                                                  config.max_video_frames))))
-            body.append(_echo_section(record, frames, config, data) if app == "echo"
-                        else _generic_section(record, data))
+            body.append(_generic_section(record, data))
     for name, records in stacks.items():
         body.append(_stack_section(name, records, source if is_stack_source else None, masks,
                                    config, data, rows))

@@ -209,3 +209,24 @@ def test_an_mr_stack_report_holds_its_slices_volumes_and_wall_motion(phantom_hea
     assert [c["value"] for c in page.cells if c["table"] == "wall-motion"
             and c["field"] == "score"] == [s["score"] for s in wall["segments"]]
     assert f"MSI {format_value(wall['msi'])}" in html.read_text()
+
+
+def test_a_velocity_mapping_report_holds_its_video_curves_and_peaks(tmp_path):
+    clip, results, masks = tmp_path / "vm.npz", tmp_path / "vm.jsonl", tmp_path / "vm_masks.npz"
+    assert main(["phantom", "mr", "--velocity-mapping", "--slice", "basal", "--frames", "50",
+                 "--seed", "5", "--out", str(clip)]) == 0
+    assert main(["analyze", str(clip), "--out", str(results), "--no-progress", "--masks-out",
+                 str(masks)]) == 0
+    page = Page(write_report(ReportConfig(results, tmp_path / "vm.html", clip=clip,
+                                          masks=masks)).read_text())
+    rows = rows_of(results)
+    [beat] = [r for r in rows if r["kind"] == "beat"]
+    assert beat["velocity_status"] == "measured"
+    [video] = page.videos
+    assert decode_video(video, tmp_path)[0] == int(video["data-frames"]) == 50
+    [(name, data)] = page.data.items()
+    assert data["app"] == "mr-velocity" and name == beat["stream"]
+    [cycle] = data["cycles"]
+    for key in ("radial", "circumferential", "longitudinal"):
+        assert cycle[key] == beat[f"{key}_velocity_cm_s"]
+    assert check_cells(page, [beat], "beats") == 14
