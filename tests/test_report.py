@@ -211,6 +211,7 @@ def test_an_mr_stack_report_holds_its_slices_volumes_and_wall_motion(phantom_hea
     assert f"MSI {format_value(wall['msi'])}" in html.read_text()
 
 
+@pytest.mark.slow
 def test_a_velocity_mapping_report_holds_its_video_curves_and_peaks(tmp_path):
     clip, results, masks = tmp_path / "vm.npz", tmp_path / "vm.jsonl", tmp_path / "vm_masks.npz"
     assert main(["phantom", "mr", "--velocity-mapping", "--slice", "basal", "--frames", "50",
