@@ -75,18 +75,25 @@ def stack_beats(rows: Iterable[dict]) -> Iterator[StackBeat]:
             yield StackBeat(row, pending.pop(stream, []))
 
 
-def read_rows(path: Path) -> list[dict]:
-    """The JSON headers of an ``analyze`` output file; a line that is not JSON is an error
-    naming the line."""
-    rows = []
+def iter_rows(path: Path) -> Iterator[dict]:
+    """The JSON headers of an ``analyze`` output file, a line at a time; a line that is not
+    a JSON object is an error naming the line."""
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{n}: not a JSON line ({exc.msg})") from None
-    return rows
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{n}: not a JSON line ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{n}: not a JSON object (a {type(row).__name__})")
+            yield row
+
+
+def read_rows(path: Path) -> list[dict]:
+    """All the JSON headers of an ``analyze`` output file (:func:`iter_rows`)."""
+    return list(iter_rows(path))
 
 
 def _wedges(ax, colours: dict[int, str], texts: dict[int, str]) -> None:

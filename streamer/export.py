@@ -87,6 +87,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from streamer.bullseye import iter_rows
+
 __all__ = ["TABLES", "UNITS", "ROW_GROUP_ROWS", "Column", "export_results", "read_table",
            "column_name", "add_parser", "cmd_export"]
 
@@ -364,21 +366,6 @@ class _Table:
 # -- reading the results file -------------------------------------------------------------
 
 
-def _messages(path: Path) -> Iterator[tuple[int, dict]]:
-    """(line number, JSON object) of each non-blank line."""
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                message = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{n}: not a JSON line ({exc.msg})") from None
-            if not isinstance(message, dict):
-                raise ValueError(f"{path}:{n}: not a JSON object (a {type(message).__name__})")
-            yield n, message
-
-
 def _table_of(message: dict) -> str | None:
     kind = message.get("kind")
     return TABLE_OF_KIND.get(kind) if isinstance(kind, str) else None
@@ -413,7 +400,7 @@ def _scan(path: Path) -> list[_Table]:
     tables = {name: _Table(name) for name in TABLES}
     declared: dict[str, dict[str, tuple[str, str]]] = {name: {} for name in TABLES}
     lines = 0
-    for _, message in _messages(path):
+    for message in iter_rows(path):
         lines += 1
         table = _table_of(message)
         if table is None:
@@ -556,7 +543,7 @@ def export_results(results_jsonl: Path, out_dir: Path, fmt: str) -> list[Path]:
     try:
         for t in tables:
             writers[t.name] = (t, opener(partial[t.name], t))
-        for _, message in _messages(results_jsonl):
+        for message in iter_rows(results_jsonl):
             name = _table_of(message)
             if name is not None:
                 table, writer = writers[name]

@@ -533,11 +533,11 @@ def _stack_video(records: list[StreamRecord], source, masks: dict | None,
     n = min(len(f) for _, f in slices)
     width = config.video_width_px // 2   # a tile per slice, up to four a row
     video = []
+    results = [{r.get("seq"): r for r in record.results} for record, _ in slices]
     for phase in range(n):
         tiles = []
-        for record, frames in slices:
+        for (record, frames), by_seq in zip(slices, results):
             k = record.slice_index or 0
-            by_seq = {r.get("seq"): r for r in record.results}
             labels = None
             if masks is not None and k < masks["labels"].shape[0] and phase < masks["labels"].shape[1]:
                 labels = masks["labels"][k, phase]

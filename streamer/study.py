@@ -858,10 +858,6 @@ TABLE_COLUMNS = ("clip", "input", "status", "error", "stream", "app", "beat", "e
                  *_SAX_COLUMNS, *_STACK_COLUMNS, "msi", *_VELOCITY_COLUMNS)
 
 
-#: a result line's start, as ``encode`` writes it, up to its stream name (a JSON string)
-_RESULT_STREAM = re.compile(rb'\{"v":1,"kind":"result","stream":("(?:[^"\\]|\\.)*")')
-
-
 def clip_rows(results: Path) -> list[dict[str, Any]]:
     """The table rows of one results file (without the clip's own columns): one per
     beat message, a stack's volumes on the beat that completed it, its wall_motion's MSI
@@ -871,15 +867,11 @@ def clip_rows(results: Path) -> list[dict[str, Any]]:
     first_stream: str | None = None
     with open(results, "rb") as fh:
         for line in fh:
-            result = _RESULT_STREAM.match(line)
-            if result:  # the bulk of the file: read only where its stream's app is not known
-                stream = orjson.loads(result.group(1))
-                if stream not in apps:
-                    apps[stream] = orjson.loads(line).get("app")
-                continue
             message = orjson.loads(line)
             kind, stream = message.get("kind"), message.get("stream")
-            if kind == "start":
+            if kind == "result":  # routed at its first frame: the start did not say the app
+                apps.setdefault(stream, message.get("app"))
+            elif kind == "start":
                 first_stream = first_stream or stream
                 app = (message.get("meta") or {}).get("app")
                 if isinstance(app, dict) and app.get("name"):
