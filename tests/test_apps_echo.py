@@ -325,7 +325,10 @@ def test_a_completed_cycle_publishes_a_beat_message(echo_analysis):
     results = {m.seq: m for m in messages if m.kind == "result"}
     f = beat.fields
     assert f["ed_seq"] < f["es_seq"] and f["peak_gls_pct"] < -5
-    assert f["ed_source"] in ("ecg", "length") and f["duration_s"] > 0.5
+    assert f["ed_source"] == "cavity_area" and f["duration_s"] > 0.5
+    # end-diastole: the largest cavity, within two frames of the phantom's (it starts at ED)
+    period = clip.fps * 60.0 / clip.config.heart_rate_bpm
+    assert abs(f["ed_seq"] - period * round(f["ed_seq"] / period)) <= 2, (f, period)
     assert results[f["es_seq"]].fields["gls_pct"] is not None
     # the beat message follows the result of the frame that closed the beat
     closing = messages.index(beat) - 1
@@ -464,7 +467,7 @@ def test_the_strain_stage_keeps_a_bounded_history_over_a_long_stream():
         message = FrameMessage(stream="s", seq=seq, t_acq_ns=int(t_s * 1e9), modality="US",
                                pixels=np.zeros((2, 2), np.uint8), spacing_mm=(0.3, 0.3),
                                fps=fps, ecg_r=seq % 50 == 0)
-        out = stage.process(message, track)
+        out = stage.process(message, track, None)
         if out[BEAT_CLOSED] is not None:
             closed.append(out[BEAT_CLOSED])
     assert len(closed) == 119 and closed[-1].ed_seq == 5_900 and closed[-1].end_seq == 5_950

@@ -98,7 +98,7 @@ def test_ed_from_length_is_robust_to_noise_and_short_cycles():
     t = frame_times(200, jitter=0.002)
     L = 80 * (1 + HS.e(t)) + rng.normal(0, 0.25, len(t))  # 0.25 mm noise on 80 mm
     L[37] += 3.0  # a spike mid-systole
-    ed = S.ed_from_length(t, L)
+    ed = S.ed_from_cycle(t, L)
     near = [int(np.argmin(np.abs(t - k))) for k in range(6)]
     true_ed = [i for k, i in enumerate(near) if abs(t[i] - k) < 0.03]  # incl. a last-frame ED
     assert len(ed) == len(true_ed)
@@ -106,14 +106,14 @@ def test_ed_from_length_is_robust_to_noise_and_short_cycles():
     assert np.abs(ed - np.array(true_ed)).max() <= 3
     # a minimum beat duration: two maxima 0.2 s apart count once
     L2 = np.cos(2 * np.pi * t / 0.25)
-    ed2 = S.ed_from_length(t, L2, S.BeatConfig(min_beat_s=0.4))
+    ed2 = S.ed_from_cycle(t, L2, S.BeatConfig(min_beat_s=0.4))
     assert np.all(np.diff(t[ed2]) >= 0.4)
 
 
 def test_clip_starting_mid_systole_has_no_false_ed():
     t = frame_times(150) + 0.2  # starts 0.2 s after ED
     L = 80 * (1 + HS.e(t))
-    ed = S.ed_from_length(t, L)
+    ed = S.ed_from_cycle(t, L)
     assert np.all(np.abs((t[ed] + 0.02) % 1.0) < 0.06)  # only true EDs (t = 1, 2)
 
 
@@ -184,6 +184,60 @@ def test_online_monitor_does_not_close_a_beat_from_a_mid_systolic_start():
     beats = [f.beat for f in frames if f.beat is not None]
     assert beats and all(b.ed_index + start in off.ed_indices.tolist() for b in beats)
     assert beats[0].peak_gls_pct == pytest.approx(off.beats[1].peak_gls_pct, abs=0.01)
+
+
+def test_online_monitor_finds_ed_at_the_largest_cavity_through_short_glitches():
+    """Without an ECG, end-diastole is the largest LV cavity; a mask that breaks for one or
+    two frames (its cavity area dips) neither confirms an early maximum nor becomes one."""
+    t = frame_times(150)
+    P = np.stack([HS.points_mm(U, tk) for tk in t])
+    area = 2000.0 * (1 + 3 * HS.e(t))  # mm²: largest at the horseshoe's EDs
+    true_ed = S.StrainMonitor()
+    for k, tk in enumerate(t):
+        true_ed.update(tk, P[k], cavity_area=area[k])
+    expected = true_ed.ed_frames
+    assert len(expected) >= 3
+    glitchy = area.copy()
+    for ed in expected[1:]:
+        glitchy[ed - 4:ed - 2] *= 0.6  # two broken frames on the way to end-diastole
+        glitchy[ed + 8] *= 1.3  # and a single spike in systole
+    mon = S.StrainMonitor()
+    frames = [mon.update(tk, P[k], cavity_area=glitchy[k]) for k, tk in enumerate(t)]
+    assert mon.ed_frames == expected
+    assert all(b.ed_source == "cavity_area" for b in mon.beats) and mon.beats
+    # the length decides where cavity_area is not given, or not asked for
+    by_length = S.StrainMonitor(S.BeatConfig(ed_from="length"))
+    for k, tk in enumerate(t):
+        by_length.update(tk, P[k], cavity_area=glitchy[k])
+    assert {b.ed_source for b in by_length.beats} == {"length"}
+    assert frames[-1].gls_pct == pytest.approx(by_length.update(t[-1] + 0.02, P[-1]).gls_pct,
+                                               abs=5.0)
+    with pytest.raises(ValueError, match="ed_from"):
+        S.BeatConfig(ed_from="ecg")
+
+
+def test_a_beat_takes_its_peak_only_from_usable_frames():
+    """A frame quality control refused (its mask lost a piece of wall: the centreline is
+    short) is not the beat's end-systole, and gives none of its peaks."""
+    t = frame_times(60)
+    P = np.stack([HS.points_mm(U, tk) for tk in t])
+    ed = [int(i) for i in S.analyse_a4c(t, P).ed_indices[:2]]
+    a, b = ed[0], ed[1]
+    clean = S.beat_from_points(0, t[a:b + 1], P[a:b + 1], "length")
+    broken = P.copy()
+    k = a + 3  # early systole: a frame whose centreline lost a third of its length
+    broken[k] = np.concatenate([broken[k][:80], np.repeat(broken[k][79:80], 40, 0)])
+    everything = S.beat_from_points(0, t[a:b + 1], broken[a:b + 1], "length")
+    assert everything.es_index == k - a  # the glitch wins where every frame counts
+    usable = np.ones(b - a, dtype=bool)
+    usable[k - a] = False
+    checked = S.beat_from_points(0, t[a:b + 1], broken[a:b + 1], "length", usable=usable)
+    assert checked.es_index == clean.es_index
+    assert checked.peak_gls_pct == pytest.approx(clean.peak_gls_pct)
+    assert np.allclose(checked.regional_peak_pct, clean.regional_peak_pct)
+    none = S.beat_from_points(0, t[a:b + 1], P[a:b + 1], "length",
+                              usable=np.zeros(b - a, dtype=bool))
+    assert "no_valid_frames" in none.flags and np.isnan(none.peak_gls_pct)
 
 
 def test_online_monitor_with_ecg():

@@ -147,25 +147,30 @@ class ClassifyView(Stage):
 
 
 class SegmentMyocardium(Stage):
-    """Image -> LV myocardium ``mask`` (uint8, on the segmenter's grid) and that ``grid``."""
+    """Image -> LV myocardium ``mask`` (uint8, on the segmenter's grid), that ``grid``, and
+    ``lv_cavity_area_mm2``: the LV cavity's expected area (the segmenter's cavity
+    probability summed over the grid, in mm²), the curve whose maxima are end-diastole."""
 
     name = "segment"
     inputs = ("frame", "image", "analyse")
-    outputs = ("mask", "grid")
+    outputs = ("mask", "grid", "lv_cavity_area_mm2")
     sheddable = True
 
     def __init__(self, engine):
         self.engine = engine
         self.myocardium = SEG_CLASSES.index("myocardium")
+        self.cavity = SEG_CLASSES.index("cavity")
 
     def process(self, frame: FrameMessage, image: np.ndarray, analyse: bool) -> dict[str, Any]:
         if not analyse:
-            return {"mask": None, "grid": None}
+            return {"mask": None, "grid": None, "lv_cavity_area_mm2": None}
         x, fit = fit_to_input(image, self.engine.spec.size)
         logits = self.engine(x[None, None])[0]
         mask = (argmax_labels(logits) == self.myocardium).view(np.uint8)
         spacing = (frame.spacing_mm[0] / fit.scale, frame.spacing_mm[1] / fit.scale)
-        return {"mask": mask, "grid": TrackingGrid(fit, spacing)}
+        cavity = softmax(logits.astype(np.float32))[self.cavity]
+        area = float(cavity.sum(dtype=np.float64)) * spacing[0] * spacing[1]
+        return {"mask": mask, "grid": TrackingGrid(fit, spacing), "lv_cavity_area_mm2": area}
 
 
 class EstimateMotion(Stage):
@@ -228,11 +233,12 @@ class MeasureStrain(Stage):
     ``beat_closed`` (a :class:`~streamer.app.BeatBoundary`) when a cycle completes.
 
     Strain is against the current beat's end-diastole (the first tracked frame until one
-    is found). A re-initialised track follows new material points, so strain restarts
-    with it (flag ``strain_restarted``)."""
+    is found): the sender's R wave where it flags one, else a maximum of the curve
+    ``BeatConfig.ed_from`` names (the LV cavity area by default). A re-initialised track
+    follows new material points, so strain restarts with it (flag ``strain_restarted``)."""
 
     name = "strain"
-    inputs = ("frame", "track")
+    inputs = ("frame", "track", "lv_cavity_area_mm2")
     outputs = ("gls_unchecked_pct", "regional_unchecked_pct", "beat", "phase", "strain_sample",
                BEAT_CLOSED)
     sheddable = True
@@ -245,7 +251,7 @@ class MeasureStrain(Stage):
         self.monitor = StrainMonitor(self.config)
         self.seqs: dict[int, int] = {}  # the frame each of the monitor's kept frames was
 
-    def process(self, frame: FrameMessage, track) -> dict[str, Any]:
+    def process(self, frame: FrameMessage, track, lv_cavity_area_mm2) -> dict[str, Any]:
         none = dict.fromkeys(self.outputs)
         if track is None:
             return none
@@ -253,7 +259,8 @@ class MeasureStrain(Stage):
         if "reinitialised" in track.flags and self.seqs:
             self._restart()
             flags.append("strain_restarted")
-        fs = self.monitor.update(track.t_s, track.points_mm, frame.ecg_r)
+        fs = self.monitor.update(track.t_s, track.points_mm, frame.ecg_r,
+                                 cavity_area=lv_cavity_area_mm2)
         self.seqs[fs.frame] = frame.seq
         while next(iter(self.seqs)) < self.monitor.first_frame:  # bounded, as the monitor
             del self.seqs[next(iter(self.seqs))]
@@ -398,7 +405,8 @@ class CheckMeasurability(Stage):
 
 class SummariseBeat(BeatStage):
     """Per beat: end-systole (the frame of peak shortening), peak GLS and the six regional
-    peak strains, over the beat's frames from its end-diastole to the next one; and a grade
+    peak strains, over the beat's frames from its end-diastole to the next one on which
+    the wall was followed (a frame quality control refused gives no peak); and a grade
     from the share of its frames on which the wall was followed (view, mask, centreline and
     tracking tests passed: good >= 90 %, fair >= 60 %, else poor). A poor beat, or one whose
     peak is outside the physiological ranges, publishes no peak numbers."""
@@ -423,7 +431,7 @@ class SummariseBeat(BeatStage):
         quality = beat_grade(fraction, cfg.good_fraction, cfg.fair_fraction)
         b = beat_from_points(beat.boundary.index, [s.t_s for s in samples],
                              np.stack([s.points_mm for s in samples]),
-                             beat.boundary.fields.get("ed_source", ""))
+                             beat.boundary.fields.get("ed_source", ""), usable=followed)
         out.update(duration_s=round(b.duration_s, 4), quality=quality,
                    measurable_fraction=round(fraction, 3))
         peak, regional = float(b.peak_gls_pct), [float(v) for v in b.regional_peak_pct]
@@ -482,8 +490,8 @@ class EchoApp(App):
         Field("measurable_fraction", "number", "share of the beat's frames on which the wall "
               "was followed (view, mask, centreline and tracking tests passed)"),
         Field("duration_s", "number", "end-diastole to the next, s"),
-        Field("ed_source", "string", "how end-diastole was found: ecg or length (written by "
-              "the strain stage when the beat closes)"),
+        Field("ed_source", "string", "how end-diastole was found: ecg, cavity_area or length "
+              "(written by the strain stage when the beat closes)"),
     )
 
     def stages(self) -> list[Stage]:

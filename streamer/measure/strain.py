@@ -28,9 +28,11 @@ basal lateral)
   by up to ~0.6 %.
 - Strain rate (1/s): (dl/dt) / l0, by finite differences over the timestamps (central
   offline, backward online).
-- ED: from ECG R-wave flags when the stream has them, else from the centreline length cycle
-  (ED at length maxima with a prominence of at least ``prominence_frac`` of the length
-  range and at least ``min_beat_s`` apart).  ES: the frame of the most negative GLS of the
+- ED: from ECG R-wave flags when the stream has them, else at the maxima of a cycle curve
+  (prominence at least ``prominence_frac`` of its range, at least ``min_beat_s`` apart):
+  online, the LV cavity area where the caller gives it (``BeatConfig.ed_from``: the
+  frame of the largest cavity, as echocardiography defines end-diastole without an ECG),
+  else the centreline length.  ES: the frame of the most negative GLS of the
   beat; peak-systolic GLS is the GLS there; regional peaks are each segment's own most
   negative value in the beat.
 
@@ -44,8 +46,10 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.ndimage import median_filter
 from scipy.signal import find_peaks
 
+from streamer.options import option
 from streamer.vocab import A4C_SEGMENTS
 
 # --------------------------------------------------------------------------------------
@@ -122,6 +126,15 @@ class BeatConfig:
     prominence_frac: float = 0.3  # ED peak prominence, fraction of the length range
     smooth_s: float = 0.04  # moving-average window on the length curve for ED detection
     online_window_s: float = 4.0  # history the online detector looks back over
+    median_frames: int = 5  # running median on the cycle curve (odd): mask glitches of up to 2 frames
+    ed_from: str = option(
+        "cavity_area", "without an ECG, end-diastole is the frame of largest LV cavity "
+        "(cavity_area: the segmenter's cavity, summed) or of the longest tracked centreline "
+        "(length)", flag="--ed-from", choices=("cavity_area", "length"))
+
+    def __post_init__(self):
+        if self.ed_from not in ("cavity_area", "length"):
+            raise ValueError(f"ed_from {self.ed_from!r} is unknown; choose cavity_area or length")
 
 
 @dataclass
@@ -179,27 +192,41 @@ def ed_from_ecg(t_s: np.ndarray, ecg_r: np.ndarray, min_beat_s: float = 0.4) -> 
     return _debounce(np.flatnonzero(np.asarray(ecg_r, dtype=bool)), t, min_beat_s)
 
 
-def ed_from_length(t_s: np.ndarray, length: np.ndarray, config: BeatConfig | None = None,
-                   confirmed_only: bool = False) -> np.ndarray:
-    """ED frame indices at maxima of the centreline length cycle.
+def ed_from_cycle(t_s: np.ndarray, curve: np.ndarray, config: BeatConfig | None = None,
+                  confirmed_only: bool = False) -> np.ndarray:
+    """ED frame indices at maxima of a cycle curve: the centreline length, or the LV
+    cavity area.
 
-    Maxima must stand out by ``prominence_frac`` of the length range (5th-95th
+    Maxima must stand out by ``prominence_frac`` of the curve's range (5th-95th
     percentile) and be ``min_beat_s`` apart (the higher one wins).  The first frame counts
     as a candidate (a clip that starts at ED); the last frame only when
     ``confirmed_only`` is False and it stands out like the others.
+
+    The curve is first taken through a running median of ``median_frames`` frames (in
+    frames, not seconds: a segmentation glitch is a frame's): up to two frames in a row
+    whose mask lost or gained a piece neither make a maximum nor confirm one by their
+    dip.  With ``confirmed_only`` the last frames, whose window is not complete
+    yet, are left out (a maximum is confirmed half a window later).
     """
     cfg = config or BeatConfig()
     t = np.asarray(t_s, dtype=np.float64)
-    L = _fill_nan(np.asarray(length, dtype=np.float64), t)
+    L = _fill_nan(np.asarray(curve, dtype=np.float64), t)
     if len(L) < 3 or not np.all(np.isfinite(L)):
         return np.zeros(0, dtype=int)
     dt = float(np.median(np.diff(t))) if len(t) > 1 else 1.0
+    m = max(1, int(cfg.median_frames) // 2 * 2 + 1)  # odd
+    Lm = median_filter(L, size=m, mode="nearest")
+    if confirmed_only:
+        n = len(L) - m // 2
+        if n < 3:
+            return np.zeros(0, dtype=int)
+        t, L, Lm = t[:n], L[:n], Lm[:n]
     w = max(1, int(round(cfg.smooth_s / max(dt, 1e-9))))
     if w > 1:
         k = np.ones(w) / w
-        Ls = np.convolve(np.pad(L, (w // 2, w - 1 - w // 2), mode="edge"), k, mode="valid")
+        Ls = np.convolve(np.pad(Lm, (w // 2, w - 1 - w // 2), mode="edge"), k, mode="valid")
     else:
-        Ls = L
+        Ls = Lm
     amp = float(np.percentile(Ls, 95) - np.percentile(Ls, 5))
     if amp <= 0:
         return np.zeros(0, dtype=int)
@@ -217,14 +244,17 @@ def ed_from_length(t_s: np.ndarray, length: np.ndarray, config: BeatConfig | Non
     if len(interior):
         floor = Ls[interior].min() - 0.25 * amp
         peaks = np.array([p for p in peaks if (0 < p < len(L) - 1) or Ls[p] >= floor], dtype=int)
-    # refine on the raw curve within the smoothing window
+    # refine within the median's and the smoothing's window on the raw curve (a median
+    # flattens the cusp of end-diastole and can move its maximum by a frame or two; a
+    # spike within that window can take it instead)
+    h = max(w, m) // 2
     ref = []
     for p in peaks:
-        a, b = max(0, p - w // 2), min(len(L), p + w // 2 + 1)
+        a, b = max(0, p - h), min(len(L), p + h + 1)
         ref.append(a + int(np.argmax(L[a:b])))
     peaks = np.asarray(ref, dtype=int)
     # minimum separation, higher peak first
-    order = np.argsort(-L[peaks])
+    order = np.argsort(-Lm[peaks])
     kept: list[int] = []
     for i in order:
         if all(abs(t[peaks[i]] - t[k]) >= cfg.min_beat_s for k in kept):
@@ -261,8 +291,13 @@ class A4CStrain:
 
 
 def _beat(k: int, a: int, b: int, t: np.ndarray, L: np.ndarray, gls: np.ndarray,
-          reg: np.ndarray, source: str) -> Beat:
-    g = gls[a:b]
+          reg: np.ndarray, source: str, usable: np.ndarray | None = None) -> Beat:
+    """Beat ``k`` from frame ``a`` to ``b`` (excluded); end-systole and the peaks are taken
+    over the frames ``usable`` (a, ..., b - 1) allows, all when None."""
+    g, r = gls[a:b], reg[a:b]
+    if usable is not None:
+        usable = np.asarray(usable, dtype=bool)
+        g, r = np.where(usable, g, np.nan), np.where(usable[:, None], r, np.nan)
     flags: list[str] = []
     if not np.any(np.isfinite(g)):
         es = a
@@ -273,25 +308,28 @@ def _beat(k: int, a: int, b: int, t: np.ndarray, L: np.ndarray, gls: np.ndarray,
         flags.append("missing_frames")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN segments stay NaN
-        rpk = np.nanmin(reg[a:b], axis=0)
+        rpk = np.nanmin(r, axis=0)
     dur = float(t[b] - t[a]) if b < len(t) else float(t[b - 1] - t[a])
+    peak = float("nan") if "no_valid_frames" in flags else float(gls[es])
     return Beat(k, a, es, b, float(t[a]), float(t[es]), dur, float(L[a]), float(L[es]),
-                float(gls[es]), rpk, reg[es].copy(), source, flags)
+                peak, rpk, reg[es].copy(), source, flags)
 
 
 def beat_from_points(index: int, t_s: np.ndarray, points_mm: np.ndarray, ed_source: str,
-                     n_segments: int = 6) -> Beat:
+                     n_segments: int = 6, usable: np.ndarray | None = None) -> Beat:
     """One closed beat from its frames: ``t_s`` (T,) and ``points_mm`` (T, N, 2) from its
     end-diastole to the next one (both included; the closing ED is the beat's end).
 
     Segments are equal in arc length at the opening ED and material through the beat (as
-    :class:`StrainMonitor` draws them); strain is against the opening ED."""
+    :class:`StrainMonitor` draws them); strain is against the opening ED.  ``usable``
+    (T - 1,) bool, when given, says which frames may be the beat's end-systole and give
+    its peaks (those whose measurement passed quality control)."""
     t = np.asarray(t_s, dtype=np.float64)
     P = np.asarray(points_mm, dtype=np.float64)
     L = polyline_length(P)  # (T,): each frame's length, as StrainMonitor computes it
     S = segment_lengths(P, n_segments, bounds=equal_arc_bounds(P[0], n_segments))
     return _beat(index, 0, len(t) - 1, t, L, strain_pct(L, L[0]), strain_pct(S, S[0]),
-                 ed_source)
+                 ed_source, usable)
 
 
 def analyse_a4c(t_s: np.ndarray, points_mm: np.ndarray, ecg_r: np.ndarray | None = None,
@@ -315,7 +353,7 @@ def analyse_a4c(t_s: np.ndarray, points_mm: np.ndarray, ecg_r: np.ndarray | None
     else:
         if ecg_r is not None:
             flags.append("no_ecg_r")
-        ed = ed_from_length(t, L, cfg)
+        ed = ed_from_cycle(t, L, cfg)
         source = "length" if len(ed) else "none"
     # a detected ED on an invalid frame moves to the nearest valid one
     ok = np.isfinite(L)
@@ -380,9 +418,11 @@ class FrameStrain:
 class StrainMonitor:
     """Per-frame GLS, regional strain, strain rate and beat segmentation for a live stream.
 
-    ``update(t_s, points_mm, ecg_r=None)`` once per frame.  Once any R flag has been seen
-    the ECG alone sets ED; otherwise ED comes from the length cycle (confirmed a few frames
-    after the maximum, so GLS of those frames is reported against the previous ED).  The
+    ``update(t_s, points_mm, ecg_r=None, cavity_area=None)`` once per frame.  Once any R
+    flag has been seen the ECG alone sets ED; otherwise ED comes from the cycle of the LV
+    cavity area (``config.ed_from == "cavity_area"`` and the caller gives it) or of the
+    centreline length, confirmed a few frames after its maximum (GLS of those frames is
+    reported against the previous ED).  The
     stream's first frame becomes an ED only when the next ED shows it as long (a stream that
     starts mid-systole closes no beat from it); until the first ED, GLS is against the first
     frame and flagged ``no_ed_yet``.
@@ -403,12 +443,14 @@ class StrainMonitor:
         self._first = 0  # frame number of the first kept frame
         self._t: deque[float] = deque()
         self._L: deque[float] = deque()
+        self._C: deque[float] = deque()  # the curve whose maxima are ED (area or length)
         self._S: deque[np.ndarray] = deque()
         self._ed_frames: deque[int] = deque(maxlen=self.KEEP_BEATS)
         self._beats: deque[Beat] = deque(maxlen=self.KEEP_BEATS)
         self._n_beats = 0
         self._n_eds = 0
         self.use_ecg = False
+        self._cycle_source = "length"  # what the ED detector's curve is (without an ECG)
         self._ref: int | None = None
         self._ref_L = float("nan")
         self._ref_S: np.ndarray | None = None
@@ -459,7 +501,7 @@ class StrainMonitor:
             gls = strain_pct(L, L[a - off])
             reg = strain_pct(S, S[a - off])
             beat = _beat(self._n_beats, a - off, new_ed - off, t, L, gls, reg,
-                         "ecg" if self.use_ecg else "length")
+                         "ecg" if self.use_ecg else self._cycle_source)
             beat.ed_index += off
             beat.es_index += off
             beat.end_index += off
@@ -476,11 +518,13 @@ class StrainMonitor:
         while len(self._t) > 1 and self._t[0] < horizon:
             self._t.popleft()
             self._L.popleft()
+            self._C.popleft()
             self._S.popleft()
             self._P.pop(self._first, None)
             self._first += 1
 
-    def update(self, t_s: float, points_mm: np.ndarray, ecg_r: bool | None = None) -> FrameStrain:
+    def update(self, t_s: float, points_mm: np.ndarray, ecg_r: bool | None = None,
+               cavity_area: float | None = None) -> FrameStrain:
         cfg = self.config
         frame = self.n_frames
         off = self._first
@@ -488,6 +532,9 @@ class StrainMonitor:
         L = float(polyline_length(P))
         self._t.append(float(t_s))
         self._L.append(L)
+        by_area = cfg.ed_from == "cavity_area" and cavity_area is not None
+        self._C.append(float(cavity_area) if by_area else L)
+        self._cycle_source = "cavity_area" if by_area else "length"
         if np.isfinite(L):
             self._P[frame] = P.copy()
         self._S.append(segment_lengths(P, self.n_segments, bounds=self._bounds))
@@ -509,10 +556,10 @@ class StrainMonitor:
         elif ok:
             t = np.asarray(self._t)
             lo = int(np.searchsorted(t, t_s - cfg.online_window_s))
-            cand = ed_from_length(t[lo:], np.asarray(self._L)[lo:], cfg, confirmed_only=True) + lo
+            cand = ed_from_cycle(t[lo:], np.asarray(self._C)[lo:], cfg, confirmed_only=True) + lo
             if not (cand > lo).any():
                 # the window's first frame is an ED only next to an interior ED as high as it
-                # (ed_from_length's rule): on its own it may be a clip that starts mid-systole
+                # (ed_from_cycle's rule): on its own it may be a clip that starts mid-systole
                 cand = cand[cand > lo]
             last = self._ed_frames[-1] - off if self._ed_frames else -1
             for c in cand:
