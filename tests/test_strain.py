@@ -205,6 +205,11 @@ def test_online_monitor_finds_ed_at_the_largest_cavity_through_short_glitches():
     frames = [mon.update(tk, P[k], cavity_area=glitchy[k]) for k, tk in enumerate(t)]
     assert mon.ed_frames == expected
     assert all(b.ed_source == "cavity_area" for b in mon.beats) and mon.beats
+    # a frame without an area (not segmented) is a gap in the curve, not a length
+    gappy = S.StrainMonitor()
+    for k, tk in enumerate(t):
+        gappy.update(tk, P[k], cavity_area=None if k in (5, 60, 61) else glitchy[k])
+    assert gappy.ed_frames == expected
     # the length decides where cavity_area is not given, or not asked for
     by_length = S.StrainMonitor(S.BeatConfig(ed_from="length"))
     for k, tk in enumerate(t):

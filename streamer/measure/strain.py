@@ -123,10 +123,10 @@ def strain_pct(length, length0) -> np.ndarray:
 @dataclass(frozen=True)
 class BeatConfig:
     min_beat_s: float = 0.4  # shortest accepted RR interval (150 bpm)
-    prominence_frac: float = 0.3  # ED peak prominence, fraction of the length range
-    smooth_s: float = 0.04  # moving-average window on the length curve for ED detection
+    prominence_frac: float = 0.3  # ED peak prominence, fraction of the cycle curve's range
+    smooth_s: float = 0.04  # moving-average window on the cycle curve for ED detection
     online_window_s: float = 4.0  # history the online detector looks back over
-    median_frames: int = 5  # running median on the cycle curve (odd): mask glitches of up to 2 frames
+    median_frames: int = 5  # running median (odd) on the cycle curve: glitches of <= 2 frames
     ed_from: str = option(
         "cavity_area", "without an ECG, end-diastole is the frame of largest LV cavity "
         "(cavity_area: the segmenter's cavity, summed) or of the longest tracked centreline "
@@ -532,9 +532,16 @@ class StrainMonitor:
         L = float(polyline_length(P))
         self._t.append(float(t_s))
         self._L.append(L)
-        by_area = cfg.ed_from == "cavity_area" and cavity_area is not None
-        self._C.append(float(cavity_area) if by_area else L)
-        self._cycle_source = "cavity_area" if by_area else "length"
+        if cfg.ed_from == "cavity_area" and cavity_area is not None \
+                and self._cycle_source != "cavity_area":
+            # the first area: the curve holds areas from now on (lengths before are unknown
+            # areas, and a frame without one is a gap the detector interpolates)
+            self._C = deque([float("nan")] * len(self._C))
+            self._cycle_source = "cavity_area"
+        if self._cycle_source == "cavity_area":
+            self._C.append(float("nan") if cavity_area is None else float(cavity_area))
+        else:
+            self._C.append(L)
         if np.isfinite(L):
             self._P[frame] = P.copy()
         self._S.append(segment_lengths(P, self.n_segments, bounds=self._bounds))
