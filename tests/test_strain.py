@@ -202,7 +202,8 @@ def test_online_monitor_finds_ed_at_the_largest_cavity_through_short_glitches():
         glitchy[ed - 4:ed - 2] *= 0.6  # two broken frames on the way to end-diastole
         glitchy[ed + 8] *= 1.3  # and a single spike in systole
     mon = S.StrainMonitor()
-    frames = [mon.update(tk, P[k], cavity_area=glitchy[k]) for k, tk in enumerate(t)]
+    for k, tk in enumerate(t):
+        mon.update(tk, P[k], cavity_area=glitchy[k])
     assert mon.ed_frames == expected
     assert all(b.ed_source == "cavity_area" for b in mon.beats) and mon.beats
     # a frame without an area (not segmented) is a gap in the curve, not a length
@@ -215,8 +216,6 @@ def test_online_monitor_finds_ed_at_the_largest_cavity_through_short_glitches():
     for k, tk in enumerate(t):
         by_length.update(tk, P[k], cavity_area=glitchy[k])
     assert {b.ed_source for b in by_length.beats} == {"length"}
-    assert frames[-1].gls_pct == pytest.approx(by_length.update(t[-1] + 0.02, P[-1]).gls_pct,
-                                               abs=5.0)
     with pytest.raises(ValueError, match="ed_from"):
         S.BeatConfig(ed_from="ecg")
 
