@@ -653,11 +653,11 @@ def write_report(config: ReportConfig) -> Path:
                           f"{len(singles)} single-clip streams")
     if is_stack_source and len(stacks) != 1:
         raise ReportError(f"--clip is a stack; {config.results.name} holds {len(stacks)} stacks")
+    frames = None  # the one single-clip stream's video (checked above), read once
+    if source is not None and not is_stack_source and singles[0].app in ("echo", "mr-velocity"):
+        frames = list(display_uint8(np.stack(_read_frames(source, config.max_video_frames))))
     for record in singles:
         app = record.app
-        frames = None
-        if source is not None and not is_stack_source:
-            frames = list(display_uint8(np.stack(_read_frames(source, config.max_video_frames))))
         if app == "mr-velocity":
             body.append(_velocity_section(record, frames, masks, config, data))
         elif app == "echo":

@@ -168,7 +168,7 @@ class SegmentMyocardium(Stage):
         logits = self.engine(x[None, None])[0]
         mask = (argmax_labels(logits) == self.myocardium).view(np.uint8)
         spacing = (frame.spacing_mm[0] / fit.scale, frame.spacing_mm[1] / fit.scale)
-        cavity = softmax(logits.astype(np.float32))[self.cavity]
+        cavity = softmax(np.asarray(logits, dtype=np.float32))[self.cavity]
         area = float(cavity.sum(dtype=np.float64)) * spacing[0] * spacing[1]
         return {"mask": mask, "grid": TrackingGrid(fit, spacing), "lv_cavity_area_mm2": area}
 
