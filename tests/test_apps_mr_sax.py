@@ -120,13 +120,13 @@ def mr_frame(seq: int, phase: int | None) -> FrameMessage:
 
 def run_strain(phases, n_phases=None, invalid=()):
     stage, outs = MeasureSaxStrain(), []
-    areas = {"lv_cavity": 1000.0}
     for seq, phase in enumerate(phases):
         p = phase if phase is not None else seq
         scale = 1.0 - 0.15 * np.sin(np.pi * p / 10.0) ** 2
         track = ring_track(seq * 0.04, scale, valid=seq not in invalid,
                            flags=("reinitialised",) if seq - 1 in invalid else ())
         meta = {} if n_phases is None else {"n_phases": n_phases}
+        areas = {"lv_cavity": round(1000.0 * scale ** 2, 2)}  # smallest at phase 5: ES
         outs.append(stage.process(mr_frame(seq, phase), meta, track, None, "mid", areas))
     return outs
 
@@ -136,7 +136,7 @@ def test_a_beat_closes_at_the_last_phase_the_start_announces():
     closed = [o[BEAT_CLOSED] for o in outs]
     assert closed[:9] == [None] * 9
     assert (closed[9].ed_seq, closed[9].end_seq, closed[9].fields) == (
-        0, 9, {"closed_by": "last_phase", "reference_phase": 0})
+        0, 9, {"closed_by": "last_phase", "reference_phase": 0, "reference_until_seq": 9})
     assert outs[0]["phase"] == "ED" and outs[0]["circumferential_unchecked_pct"] == 0.0
     circ = [o["circumferential_unchecked_pct"] for o in outs]
     assert min(circ) == pytest.approx(PEAK_CIRC, abs=0.01) and np.argmin(circ) == 5
@@ -152,19 +152,38 @@ def test_without_n_phases_the_next_phase_0_closes_the_beat():
     assert outs[4]["phase"] == "ED"
 
 
-def test_a_lost_track_restarts_strain_and_the_beat_is_poor():
-    outs = run_strain(range(10), n_phases=10, invalid=(3,))
-    assert outs[3]["circumferential_unchecked_pct"] is None
-    assert "reference_not_ed" in outs[4]["flags"]
-    assert outs[4]["circumferential_unchecked_pct"] == 0.0  # the new reference
-    boundary = outs[9][BEAT_CLOSED]
-    assert boundary.fields["reference_phase"] == 4
+def _summary(outs):
+    boundary = next(o[BEAT_CLOSED] for o in outs if o[BEAT_CLOSED] is not None)
     samples = [o["sax_sample"] for o in outs if o["sax_sample"] is not None]
     seqs = [s for s, o in enumerate(outs) if o["sax_sample"] is not None]
     beat = BeatFrames("s/slice-0", boundary, seqs,
                       {"sax_sample": samples, "measurable": [True] * len(samples)})
-    summary = SummariseSaxBeat().process(beat)
+    return boundary, SummariseSaxBeat().process(beat)
+
+
+def test_a_track_lost_before_end_systole_restarts_strain_and_the_beat_is_poor():
+    outs = run_strain(range(10), n_phases=10, invalid=(3,))
+    assert outs[3]["circumferential_unchecked_pct"] is None
+    assert "reference_not_ed" in outs[4]["flags"]
+    assert outs[4]["circumferential_unchecked_pct"] == 0.0  # the new reference
+    boundary, summary = _summary(outs)
+    assert boundary.fields["reference_phase"] == 0 and boundary.fields["reference_until_seq"] == 2
+    assert summary["es_seq"] == 5                            # the smallest cavity, after the gap
     assert summary["quality"] == "poor" and summary["peak_circumferential_strain_pct"] is None
+    assert summary["flags"] == ["es_not_tracked"]
+
+
+def test_a_track_lost_in_diastole_keeps_the_systolic_peaks():
+    """A wall lost after end-systole and found again: the peaks are over the frames tracked
+    against end-diastole, the frames after the restart (strain against a new reference)
+    do not count towards them."""
+    outs = run_strain(range(10), n_phases=10, invalid=(7,))
+    assert "strain_restarted" not in outs[8]["flags"] and "reference_not_ed" in outs[8]["flags"]
+    boundary, summary = _summary(outs)
+    assert boundary.fields["reference_phase"] == 0 and boundary.fields["reference_until_seq"] == 6
+    assert summary["es_seq"] == 5 and summary["quality"] == "good"
+    assert summary["peak_circumferential_strain_pct"] == pytest.approx(PEAK_CIRC, abs=0.01)
+    assert "flags" not in summary
 
 
 def test_the_beat_summary_finds_end_systole_and_the_peaks():

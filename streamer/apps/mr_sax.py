@@ -337,10 +337,12 @@ class MeasureSaxStrain(Stage):
     Beats follow the gated cine's phases: one opens at phase 0 (end-diastole; or at the
     stream's first frame) and closes at the start's last phase (``n_phases - 1``:
     ``closed_by`` last_phase) or at the next phase 0 (``next_ed``), whether or not the wall
-    was tracked throughout. Strain is against the beat's first tracked frame (its
-    ``reference_phase``; flag ``reference_not_ed`` when that is not phase 0). A track that
-    is lost and found again follows new points: strain restarts there (flag
-    ``strain_restarted``)."""
+    was tracked throughout. Strain is against the beat's first tracked frame (flag
+    ``reference_not_ed`` when that is not phase 0). A track that is lost and found again
+    follows new points: strain restarts there (flag ``strain_restarted``). The closed beat
+    says the phase of its first reference (``reference_phase``) and the last frame tracked
+    against it without a break (``reference_until_seq``): the part of the beat whose strain
+    is against end-diastole."""
 
     name = "strain"
     inputs = ("frame", "stream_meta", "track", "insertion", "aha_level", "areas_mm2")
@@ -354,11 +356,17 @@ class MeasureSaxStrain(Stage):
         self.beat_start_seq: int | None = None  # None: no beat open
         self.last_phase: int | None = None
         self._previous: tuple[float, float] | None = None  # (t_s, circumferential %)
+        # the beat's first reference: its phase and the last frame tracked against it
+        # without a break ([phase, seq]; None before the beat's first tracked frame), and
+        # whether it is still the reference
+        self._first: list | None = None
+        self._first_live = False
 
     def _close(self, end_seq: int, closed_by: str) -> BeatBoundary:
+        first = self._first or [None, None]
         boundary = BeatBoundary(self.beat_index, self.beat_start_seq, end_seq,
-                                {"closed_by": closed_by, "reference_phase":
-                                 None if self.ref is None else self.ref.phase_index})
+                                {"closed_by": closed_by, "reference_phase": first[0],
+                                 "reference_until_seq": first[1]})
         self.beat_index += 1
         self.beat_start_seq, self.ref = None, None
         return boundary
@@ -374,6 +382,7 @@ class MeasureSaxStrain(Stage):
             out[BEAT_CLOSED] = self._close(frame.seq, "next_ed")
         if self.beat_start_seq is None:
             self.beat_start_seq, self.ref = frame.seq, None
+            self._first, self._first_live = None, False
         out["beat"] = self.beat_index
         last = isinstance(n_phases, int) and phase == n_phases - 1
         if not track.valid:
@@ -381,13 +390,19 @@ class MeasureSaxStrain(Stage):
         elif "reinitialised" in track.flags and self.ref is not None:
             self.ref = None
             flags.append("strain_restarted")
+        if self.ref is None:
+            self._first_live = False
         if track.valid:
             if self.ref is None:
                 self.ref = _Reference(frame.seq, phase, track.endo_mm, track.epi_mm,
                                       insertion, aha_level)
                 self._previous = None
+                if self._first is None:
+                    self._first, self._first_live = [phase, frame.seq], True
                 if phase != 0:
                     flags.append("reference_not_ed")
+            if self._first_live:
+                self._first[1] = frame.seq
             out.update(self._strain(frame, track, areas_mm2))
         if last and out[BEAT_CLOSED] is None:
             out[BEAT_CLOSED] = self._close(frame.seq, "last_phase")
@@ -471,10 +486,13 @@ class CheckSaxMeasurability(Stage):
 class SummariseSaxBeat(BeatStage):
     """Per slice and beat: end-systole (the frame of smallest LV cavity), the cavity's
     areas at ED and ES and its fractional area change, peak circumferential (most negative)
-    and radial (largest) strain, globally and per AHA segment, over the beat's frames; and
-    a grade from the share of its frames that were measurable (good >= 90 %, fair >= 60 %,
-    else poor: no peak numbers). A beat whose track did not start at end-diastole (phase
-    0) is poor."""
+    and radial (largest) strain, globally and per AHA segment; and a grade from the share
+    of its frames that were measurable (good >= 90 %, fair >= 60 %, else poor: no peak
+    numbers). The peaks are over the frames tracked against end-diastole without a break
+    (up to the boundary's ``reference_until_seq``): a track lost and found again in
+    diastole leaves the systolic peaks measured, one lost before end-systole makes the
+    beat poor (flag ``es_not_tracked``), as does a track that did not start at
+    end-diastole (phase 0)."""
 
     name = "beat_summary"
     keeps = ("sax_sample", "measurable")
@@ -506,6 +524,11 @@ class SummariseSaxBeat(BeatStage):
                    if cavity[0] > 0 else None,
                    quality=quality, measurable_fraction=round(fraction, 3),
                    duration_s=round(samples[-1].t_s - samples[0].t_s, 4))
+        until = beat.boundary.fields.get("reference_until_seq")
+        if until is not None:  # the frames whose strain is against end-diastole
+            samples = [x for x, q in zip(samples, beat.seqs) if q <= until]
+        if es >= len(samples):
+            return {**out, "quality": "poor", "flags": ["es_not_tracked"]}
         first = samples[0]
         s = strain_of(np.stack([x.endo_mm for x in samples]),
                       np.stack([x.epi_mm for x in samples]), first.insertion, first.level)
@@ -1013,9 +1036,12 @@ class MrShortAxisApp(App):
               "{stack_id, n_slices, slice_levels, covers_lv, phases_missing} and, when the "
               "stack covers the LV, slice_spacing_mm, ed_phase, es_phase, edv_ml, esv_ml, "
               "sv_ml, ef_pct, mass_g (disk summation); null on the other slices' beats"),
-        Field("reference_phase", "integer", "phase index of the beat's reference frame: 0 "
-              "(end-diastole) unless the track started later in the cycle (then the beat "
-              "is poor)"),
+        Field("reference_phase", "integer", "phase index of the beat's first reference "
+              "frame: 0 (end-diastole) unless the track started later in the cycle (then "
+              "the beat is poor)"),
+        Field("reference_until_seq", "integer", "the last frame tracked against that "
+              "reference without a break: the peaks are over the frames up to it (a track "
+              "lost before end-systole makes the beat poor, flag es_not_tracked)"),
         Field("infarct_area_mm2", "number", "area of the end-diastolic myocardium whose "
               "infarct probability (OF-RNN, from motion) is over 0.5, mm^2; null when not "
               "mapped (infarct_status)"),
