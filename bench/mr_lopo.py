@@ -9,10 +9,12 @@ phantoms, and judged on the held-out patient (``engines.train.mr.evaluate_patien
   images (acceptance, issue 13: mean myocardium >= 0.80, cavity >= 0.90), of the labels the
   app publishes (the largest connected LV region kept, ``--mr-lv-component largest``) and,
   beside them, of the network's raw arg-max;
-* motion as Qin et al. judge it: the ES endocardial contour warped to ED by the composed
-  frame-to-frame motion, mean contour distance to the expert ED contour in mm (acceptance
-  <= 1.5 mm), beside the distance without motion;
-* Dice of cavity / myocardium / RV and the motion's end-point error on held-out phantoms.
+* motion as Qin et al. judge it: the ES endocardial contour brought to ED by the network's
+  motion from ED to ES (every frame of the sequence against ED, as the app runs it), mean
+  contour distance to the expert ED contour in mm (acceptance <= 1.5 mm), beside the
+  distance without motion;
+* Dice of cavity / myocardium / RV and the motion's end-point error on held-out phantoms
+  (frame 0 -> every later frame, in frame 0's myocardium).
 
 Prints a table and writes ``mr_lopo.json`` (the folds' records: command, data, metrics).
 Each fold's weights and record go to ``OUT/fold-PATIENT/``; ``--reuse`` tabulates folds

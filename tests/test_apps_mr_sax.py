@@ -278,6 +278,61 @@ def test_a_second_heart_pasted_into_the_frame_is_dropped_unless_all_lv_is_asked_
         SegmentAndMove(engine, lv_component="biggest")
 
 
+class _RecordingEngine:
+    """A stand-in for the joint network's engine that records its inputs and answers a
+    flow of (seq, 2 seq) px against the reference and a state plane of seq + 1."""
+
+    class spec:
+        size = (32, 32)
+
+    def __init__(self):
+        self.inputs = []
+
+    def __call__(self, x):
+        self.inputs.append(x[0].copy())
+        k = len(self.inputs)
+        out = np.zeros((1, 7, 32, 32), np.float32)
+        out[0, 0] = 1.0                                          # background everywhere
+        out[0, 4], out[0, 5], out[0, 6] = k, 2 * k, k
+        return out
+
+
+def _mr_frame(seq, phase, value):
+    """A frame whose image differs from frame to frame (normalised per image, so a pattern
+    rolled by ``value`` / 10 columns, not a gain)."""
+    base = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    return FrameMessage(stream="s", seq=seq, t_acq_ns=seq * 40_000_000, modality="MR",
+                        pixels=np.roll(base, int(value) // 10, axis=1),
+                        spacing_mm=(1.5, 1.5), fps=25.0, phase_index=phase)
+
+
+def test_segment_and_move_pairs_each_frame_with_the_cycles_first():
+    """The network sees (reference, this frame, state): the reference is the stream's first
+    frame until the phase index wraps, where the next cycle's first frame takes its place
+    and the state starts at zero again; the frame-to-frame flow is only made on request."""
+    from streamer.measure.sampling import step_flow_from_reference
+
+    engine = _RecordingEngine()
+    stage = SegmentAndMove(engine, lv_component="all", step_flow=True)
+    outs = [stage.process(f, np.asarray(f.pixels)) for f in
+            (_mr_frame(0, 0, 0.0), _mr_frame(1, 1, 10.0), _mr_frame(2, 2, 20.0),
+             _mr_frame(3, 0, 30.0), _mr_frame(4, 1, 40.0))]
+    ref0, ref3 = engine.inputs[0][1], engine.inputs[3][1]
+    assert [np.array_equal(x[0], ref0) for x in engine.inputs[:3]] == [True] * 3
+    assert np.array_equal(engine.inputs[3][0], ref3) and np.array_equal(engine.inputs[4][0], ref3)
+    assert not np.array_equal(ref0, ref3)
+    states = [float(x[2].max()) for x in engine.inputs]
+    assert states == [0.0, 0.0, 2.0, 0.0, 0.0]                  # carried in a cycle, zero at its start
+    assert outs[0]["flow"] is None and outs[3]["flow"] is None  # a cycle's first frame
+    assert np.allclose(outs[1]["flow"], [2.0, 4.0])            # the reference -> frame 1 itself
+    expect = step_flow_from_reference(np.full((32, 32, 2), [2.0, 4.0], np.float32),
+                                      np.full((32, 32, 2), [3.0, 6.0], np.float32))
+    assert np.allclose(outs[2]["flow"], expect) and np.allclose(expect, [1.0, 2.0])
+    plain = SegmentAndMove(_RecordingEngine(), lv_component="all")
+    assert all(plain.process(f, np.asarray(f.pixels))["flow"] is None
+               for f in (_mr_frame(0, 0, 0.0), _mr_frame(1, 1, 10.0)))
+
+
 # -- the stack's volumes, gathered slice stream by slice stream ----------------------------
 
 

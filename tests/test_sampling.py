@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from scipy.ndimage import map_coordinates
 
 from streamer.measure.sampling import (
@@ -67,3 +68,25 @@ def test_bad_dt_gives_no_velocity():
     for dt in (0.0, -0.02, float("nan"), float("inf")):
         sv = sample_velocity_mm_s(flow, np.array([[3.0, 3.0]]), (1.0, 1.0), dt)
         assert not sv.valid.any() and "bad_dt" in sv.flags and np.all(np.isnan(sv.velocity_mm_s))
+
+
+def test_step_flow_from_reference_inverts_the_previous_motion():
+    """Two affine motions against one reference: the step between them, on the previous
+    frame's grid, is (I + A2)(I + A1)^-1 y - y."""
+    from streamer.measure.sampling import step_flow_from_reference
+
+    n = 128
+    gx, gy = np.meshgrid(np.arange(n, dtype=np.float64), np.arange(n, dtype=np.float64))
+    X = np.stack([gx - 64.0, gy - 64.0], -1)                 # (dx, dy) order, about the centre
+
+    def aff(s, r):
+        return np.array([[1 + s, -r], [r, 1 + s]])
+    A1, A2 = aff(0.03, 0.01), aff(0.06, 0.02)
+    phi1, phi2 = X @ A1.T - X, X @ A2.T - X
+    step = step_flow_from_reference(phi1.astype(np.float32), phi2.astype(np.float32))
+    truth = X @ np.linalg.inv(A1).T @ A2.T - X
+    assert np.abs(step - truth)[10:-10, 10:-10].max() < 0.01
+    first = step_flow_from_reference(None, phi2.astype(np.float32))   # the previous frame is the reference
+    assert np.allclose(first, phi2, atol=1e-5)
+    with pytest.raises(ValueError, match="two"):
+        step_flow_from_reference(phi1[:10].astype(np.float32), phi2.astype(np.float32))

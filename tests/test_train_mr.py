@@ -209,19 +209,50 @@ def test_real_patients_need_a_reader_and_a_known_holdout(tmp_path, monkeypatch):
         mr.load_patients(args)
 
 
-def test_compose_motion_follows_the_points_along_the_flows(monkeypatch):
-    """Frame-to-frame flows composed on frame 0's grid: constant flows add up; a flow that
-    differs across the image is sampled where the point has got to."""
+def test_motion_to_last_is_the_last_flow_against_the_first_frame(monkeypatch):
+    """Every frame is paired with frame 0, so the motion from frame 0 to the last frame is
+    the sequence's last flow, not a sum of steps."""
     model = mr_joint.build()
     flows = torch.zeros(1, 2, 2, 32, 32)
-    flows[:, 0, 0] = 1.0                                       # frame 0 -> 1: +1 col everywhere
-    flows[:, 1, 1, :, 16:] = 2.0                               # frame 1 -> 2: +2 rows, right half only
-    monkeypatch.setattr(model, "sequence", lambda x, segment=False: (None, flows))
-    phi = mr.compose_motion(model, np.zeros((3, 32, 32), np.float32))
-    assert phi.shape == (32, 32, 2)
-    assert np.allclose(phi[:, 20, 0], 1.0) and np.allclose(phi[:, 20, 1], 2.0)
-    assert np.allclose(phi[:, 5, 1], 0.0)
-    assert np.allclose(phi[:, 15, 1], 2.0)                     # col 15 has moved to col 16
+    flows[:, 0, 0] = 1.0
+    flows[:, 1, 1] = 2.0
+    seen = {}
+
+    def sequence(x, segment=False):
+        seen["frames"] = tuple(x.shape)
+        return None, flows
+    monkeypatch.setattr(model, "sequence", sequence)
+    phi = mr.motion_to_last(model, np.zeros((3, 32, 32), np.float32))
+    assert seen["frames"] == (1, 3, 32, 32) and phi.shape == (32, 32, 2)
+    assert np.allclose(phi[..., 0], 0.0) and np.allclose(phi[..., 1], 2.0)
+
+
+def test_displacement_from_first_follows_the_points_along_the_steps():
+    """Frame-to-frame truth composed on frame 0's grid: constant steps add up; a step that
+    differs across the image is sampled where the point has got to."""
+    steps = np.zeros((2, 32, 32, 2), np.float32)
+    steps[0, ..., 0] = 1.0                                     # frame 0 -> 1: +1 col everywhere
+    steps[1, :, 16:, 1] = 2.0                                  # frame 1 -> 2: +2 rows, right half
+    d = mr.displacement_from_first(steps)
+    assert d.shape == (2, 32, 32, 2)
+    assert np.allclose(d[0, ..., 0], 1.0) and np.allclose(d[0, ..., 1], 0.0)
+    assert np.allclose(d[1, :, 20, 0], 1.0) and np.allclose(d[1, :, 20, 1], 2.0)
+    assert np.allclose(d[1, :, 5, 1], 0.0)
+    assert np.allclose(d[1, :, 15, 1], 2.0)                    # col 15 has moved to col 16
+
+
+def test_motion_loss_pairs_every_frame_with_the_first():
+    img = _blob_image()
+    frames = torch.stack([img, torch.roll(img, shifts=(0, 2), dims=(0, 1)),
+                          torch.roll(img, shifts=(0, 5), dims=(0, 1))])[None]
+    against_first = torch.zeros(1, 2, 2, 48, 48)
+    against_first[:, 0, 0], against_first[:, 1, 0] = 2.0, 5.0  # frame 0 -> 1, frame 0 -> 2
+    loss, _ = mr.motion_loss(frames, against_first, 0.0, 0.0)
+    assert abs(float(loss)) < 1e-7
+    steps = against_first.clone()
+    steps[:, 1, 0] = 3.0                                       # frame 1 -> 2: the wrong pairing
+    wrong, _ = mr.motion_loss(frames, steps, 0.0, 0.0)
+    assert float(wrong) > 1e-4
 
 
 # ------------------------------------------------------------------ strong augmentation

@@ -6,7 +6,7 @@ motion task learns from every (unlabelled) frame helps the segmentation of the f
 labelled ones.  The parts, in the order a frame meets them:
 
 * :class:`FeatureEncoder` -- the shared feature encoder, used as a Siamese pair (the same
-  weights on the previous and the current frame): strided 3x3 convolutions, features at
+  weights on the reference and the current frame): strided 3x3 convolutions, features at
   1/2, 1/4, 1/8 and 1/16 of the input grid;
 * :class:`MotionBranch` -- the multi-scale features of both frames brought to 1/8 and
   concatenated (with their difference), a :class:`ConvGRU` whose hidden state is carried
@@ -20,23 +20,31 @@ labelled ones.  The parts, in the order a frame meets them:
   bilinearly upsampled to the input grid.
 
 Labels (:class:`streamer.vocab.MRLabel`): 0 background, 1 LV cavity, 2 LV myocardium,
-3 RV cavity.  Flow: channels (dx = d_col, dy = d_row) in pixels of the input grid,
-previous -> current, on the previous frame's grid (the ``flow`` role's convention), so
-``bilinear_sampler(current, flow)`` brings the current frame onto the previous grid.
+3 RV cavity.  Flow: channels (dx = d_col, dy = d_row) in pixels of the input grid, from
+the **reference** frame to the current one, on the reference's grid, so
+``bilinear_sampler(current, flow)`` brings the current frame onto the reference grid.
+
+Motion against a reference, as Qin et al. estimate it: every frame of a cycle is paired
+with the cycle's first (end-diastole in a gated cine), the recurrent state carried along
+the cycle, so the motion from end-diastole to any phase is one estimate, not a sum of
+frame-to-frame ones whose errors add up. Trained so (:mod:`engines.train.mr`), the
+leave-one-patient-out end-systole -> end-diastole contour distance went from 1.75 to
+1.68 mm on average, and segmentation gained a little with it (docs/benchmarks.md,
+issue 13).
 
 The engine contract (role ``mr`` in :mod:`engines.spec`) keeps one input and one output
 tensor, so every existing backend runs it unchanged; the recurrent state rides as one
 extra channel of each:
 
-* input ``frames`` (1, 3, H, W): previous image, current image, state plane;
+* input ``frames`` (1, 3, H, W): reference image, current image, state plane;
 * output ``joint`` (1, 7, H, W): 4 label logits of the current frame, flow (dx, dy)
-  previous -> current, the next state plane.
+  reference -> current, the next state plane.
 
 The state plane holds the ConvGRU's hidden state ((1, ``hidden``, H/8, W/8), pixel-shuffled
 by 4 into the top-left (H/2, W/2) block of an (H, W) plane, zeros elsewhere:
-:func:`pack_state` / :func:`unpack_state`).  A stream starts with a zero plane and the
-previous image equal to the current one, and feeds each output's channel 6 back as the
-next input's channel 2.
+:func:`pack_state` / :func:`unpack_state`).  A cycle starts with a zero plane and its
+first image as the reference (the first call pairs it with itself), and feeds each
+output's channel 6 back as the next input's channel 2.
 
 Images go in normalised per image by :func:`normalise` (percentile scaling), the same
 function in training and at run time.
@@ -74,7 +82,7 @@ STATE_CHANNEL = 6
 NORMALISE_PERCENTILES = MR_PERCENTILES
 #: the grid of the recurrent state and of the motion fusion, relative to the input
 STATE_STRIDE = 8
-#: channels of the motion branch's own view of the image pair ([previous, current,
+#: channels of the motion branch's own view of the image pair ([reference, current,
 #: difference] at 1/4): the brightness-constancy cue of sub-pixel motion
 PAIR_WIDTH = 8
 
@@ -103,8 +111,8 @@ def _conv(cin: int, cout: int, stride: int = 1, k: int = 3, act: bool = True) ->
 
 def bilinear_sampler(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     """The bilinear sampler: ``x`` (N, C, H, W) sampled at (col + dx, row + dy) for the flow
-    (N, 2, H, W) in pixels, border values repeated outside.  With the previous -> current
-    flow, ``bilinear_sampler(current, flow)`` is the current frame on the previous grid.
+    (N, 2, H, W) in pixels, border values repeated outside.  With the reference -> current
+    flow, ``bilinear_sampler(current, flow)`` is the current frame on the reference grid.
     A whole-pixel flow reproduces the shifted pixels exactly.  The same warp as the echo
     flow network's (:func:`engines.nets.flownet.warp`, one implementation)."""
     return flownet.warp(x, flow)
@@ -158,7 +166,7 @@ class ConvGRU(nn.Module):
 
 
 class MotionBranch(nn.Module):
-    """Features of the previous and current frame at every scale -> flow (previous ->
+    """Features of the reference and current frame at every scale -> flow (reference ->
     current, input pixels) and the next hidden state.
 
     Fusion at 1/8: the 1/4 features average-pooled, the 1/8 ones as they are, the 1/16
@@ -182,23 +190,23 @@ class MotionBranch(nn.Module):
         h, w = size
         return like.new_zeros(n, self.hidden, h // STATE_STRIDE, w // STATE_STRIDE)
 
-    def forward(self, prev: list[torch.Tensor], cur: list[torch.Tensor], state: torch.Tensor,
+    def forward(self, ref: list[torch.Tensor], cur: list[torch.Tensor], state: torch.Tensor,
                 size, images: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``prev`` / ``cur``: encoder features; ``state`` (N, hidden, H/8, W/8); ``size``
-        the input (H, W); ``images`` the (previous, current) frames (N, 1, H, W). Returns
+        """``ref`` / ``cur``: encoder features; ``state`` (N, hidden, H/8, W/8); ``size``
+        the input (H, W); ``images`` the (reference, current) frames (N, 1, H, W). Returns
         (flow (N, 2, H, W) in input pixels, next state)."""
-        g = prev[2].shape[-2:]
+        g = ref[2].shape[-2:]
         a, b = images
         pair = self.pair(torch.cat([a, b, (b - a) * 4.0], 1))        # 1/4: the intensity change
         parts = [F.avg_pool2d(pair, 2)]
-        for f in (prev, cur):
+        for f in (ref, cur):
             parts += [F.avg_pool2d(f[1], 2), f[2], upsample(f[3], g)]
-        parts.append(cur[2] - prev[2])
+        parts.append(cur[2] - ref[2])
         h = self.gru(self.fuse(torch.cat(parts, 1)), state)
         coarse = self.coarse(h)                                  # 1/8 pixels
-        q = prev[1].shape[-2:]
+        q = ref[1].shape[-2:]
         up = upsample(coarse, q, 2.0)                            # 1/4 pixels
-        x = torch.cat([self.reduce(torch.cat([prev[1], cur[1]], 1)), pair, upsample(h, q), up], 1)
+        x = torch.cat([self.reduce(torch.cat([ref[1], cur[1]], 1)), pair, upsample(h, q), up], 1)
         flow = up + self.refine(x)
         return upsample(flow, size, float(size[0]) / float(q[0])), h
 
@@ -288,21 +296,22 @@ class MRJointNet(nn.Module):
         itself, which the full-resolution decoder uses)."""
         return self.segmentation_branch(feats, size, image)
 
-    def motion(self, prev, cur, state, size, images):
-        return self.motion_branch(prev, cur, state, size, images)
+    def motion(self, ref, cur, state, size, images):
+        return self.motion_branch(ref, cur, state, size, images)
 
     def sequence(self, frames: torch.Tensor, segment: bool = True):
         """A batch of sequences (N, T, H, W) -> (logits (N, T, 4, H, W) or None,
-        flows (N, T-1, 2, H, W): frame t -> t+1 on frame t's grid), the hidden state
-        starting at zero. The encoder runs once per frame."""
+        flows (N, T-1, 2, H, W): frame 0 -> frame k+1 on frame 0's grid), the hidden
+        state starting at zero. Every frame is paired with the sequence's first (the
+        reference); the encoder runs once per frame."""
         n, t, h, w = frames.shape
         feats = self.encode(frames.reshape(n * t, 1, h, w))
         per = [[f.reshape(n, t, *f.shape[1:])[:, k] for f in feats] for k in range(t)]
         state = self.motion_branch.zero_state(n, (h, w), frames)
         flows = []
         for k in range(t - 1):
-            flow, state = self.motion(per[k], per[k + 1], state, (h, w),
-                                      (frames[:, k:k + 1], frames[:, k + 1:k + 2]))
+            flow, state = self.motion(per[0], per[k + 1], state, (h, w),
+                                      (frames[:, 0:1], frames[:, k + 1:k + 2]))
             flows.append(flow)
         logits = None
         if segment:
@@ -310,14 +319,14 @@ class MRJointNet(nn.Module):
         return logits, torch.stack(flows, 1)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        """Engine contract: (N, 3, H, W) [previous, current, state plane] -> (N, 7, H, W)
+        """Engine contract: (N, 3, H, W) [reference, current, state plane] -> (N, 7, H, W)
         [4 label logits of the current frame, flow (dx, dy), next state plane]."""
         n, _, h, w = frames.shape
         feats = self.encode(torch.cat([frames[:, 0:1], frames[:, 1:2]], 0))
-        prev = [f[:n] for f in feats]
+        ref = [f[:n] for f in feats]
         cur = [f[n:] for f in feats]
         state = unpack_state(frames[:, 2:3], self.motion_branch.hidden)
-        flow, state = self.motion(prev, cur, state, (h, w), (frames[:, 0:1], frames[:, 1:2]))
+        flow, state = self.motion(ref, cur, state, (h, w), (frames[:, 0:1], frames[:, 1:2]))
         logits = self.segment(cur, (h, w), frames[:, 1:2])
         return torch.cat([logits, flow, pack_state(state, (h, w))], 1)
 

@@ -9,10 +9,10 @@ method::
                -> CheckSaxMeasurability                                   (per frame)
     SummariseSaxBeat, SummariseStack                                       (per closed beat)
 
-- :class:`SegmentAndMove` runs the joint network (role ``mr``) on the previous and this
-  frame with the recurrent state the previous call returned: this frame's labels
-  (0 background, 1 LV cavity, 2 LV myocardium, 3 RV cavity), its myocardium probability
-  and the motion from the previous frame.
+- :class:`SegmentAndMove` runs the joint network (role ``mr``) on the cycle's first frame
+  (the reference) and this frame with the recurrent state the previous call returned:
+  this frame's labels (0 background, 1 LV cavity, 2 LV myocardium, 3 RV cavity), its
+  myocardium probability and, for the tracker, the motion from the previous frame.
 - :class:`SaxGeometry`: areas, the LV centre, the RV insertion points (ends of the
   RV-myocardium contact) and the slice's AHA level.
 - :class:`TrackWall`: 48 endo- and epicardial points on rays from the LV centre, followed
@@ -56,6 +56,7 @@ from streamer.measure.labels import argmax_labels
 from streamer.measure.labels import warmup as labels_warmup
 from streamer.measure.polar import epicardial_radius_px, normalised_crops, polar_segments
 from streamer.measure.roi import LvRoi, normalise_beat, roi_flow
+from streamer.measure.sampling import step_flow_from_reference
 from streamer.measure.sax import (
     RvInsertion,
     SaxGeometryError,
@@ -102,39 +103,57 @@ def labels_on_frame(grid_labels: np.ndarray, grid: TrackingGrid,
 class SegmentAndMove(Stage):
     """Image -> ``grid_labels`` (uint8 on the network's grid), ``myocardium_p`` (the LV
     myocardium's probability there), ``flow`` (rows, cols, 2) [dx, dy] px from the previous
-    frame to this one (None on the stream's first frame), the ``grid`` and the image on it
-    as the network saw it (``grid_image``, normalised); with
-    ``send_labels``, ``labels``: the label map in the frame's rows and columns (the
-    result's array part). With ``lv_component="largest"`` the LV pixels outside the
-    largest connected LV region become background, in the labels and in ``myocardium_p``
+    frame to this one on the previous frame's grid (None on a cycle's first frame, and
+    always None without ``step_flow``), the ``grid`` and the image on it as the network
+    saw it (``grid_image``, normalised); with ``send_labels``, ``labels``: the label map in
+    the frame's rows and columns (the result's array part). With
+    ``lv_component="largest"`` the LV pixels outside the largest connected LV region become
+    background, in the labels and in ``myocardium_p``
     (:func:`streamer.measure.sax.largest_lv_component`).
 
-    The recurrent state starts at zero for the first frame pair, as in training; images are
-    normalised per image (:func:`engines.spec.percentile_normalise`)."""
+    The network's motion is against a reference, as it was trained: the cycle's first
+    frame (the stream's first, then each frame whose phase index wraps: end-diastole of a
+    gated cine), with the recurrent state starting at zero there. The frame-to-frame
+    ``flow`` that :class:`TrackWall` reads when it follows the wall by the flow is derived
+    from two consecutive motions against the reference
+    (:func:`~streamer.measure.sampling.step_flow_from_reference`, ~2 ms), only when
+    ``step_flow`` asks for it. Images are normalised per image
+    (:func:`engines.spec.percentile_normalise`)."""
 
     name = "mr_net"
     inputs = ("frame", "image")
     outputs = ("grid_labels", "myocardium_p", "flow", "grid", "labels", "grid_image")
 
-    def __init__(self, engine, send_labels: bool = False, *, lv_component: str):
+    def __init__(self, engine, send_labels: bool = False, *, lv_component: str,
+                 step_flow: bool = False):
         if lv_component not in LV_COMPONENTS:
             raise ValueError(f"lv_component {lv_component!r} is unknown; choose "
                              f"{' or '.join(LV_COMPONENTS)}")
         self.engine, self.send_labels, self.lv_component = engine, send_labels, lv_component
+        self.step_flow = step_flow
         self.size = tuple(engine.spec.size)
-        self._previous: np.ndarray | None = None
+        self._reference: np.ndarray | None = None  # the cycle's first image, normalised
         self._state = np.zeros(self.size, np.float32)
+        self._motion: np.ndarray | None = None     # reference -> previous frame (None: it is the reference)
+        self._last_phase: int | None = None
 
     def process(self, frame: FrameMessage, image: np.ndarray) -> dict[str, Any]:
         x, fit = fit_to_input(percentile_normalise(image), self.size)
-        first = self._previous is None
-        previous = x if first else self._previous
-        out = self.engine(np.stack([previous, x, self._state])[None])[0]
-        self._previous = x
+        phase = frame.phase_index
+        wrapped = phase is not None and self._last_phase is not None and phase <= self._last_phase
+        self._last_phase = phase
+        first = self._reference is None or wrapped
+        if first:  # a new cycle: this frame is the reference, the state starts at zero
+            self._reference, self._motion = x, None
+            self._state = np.zeros(self.size, np.float32)
+        out = self.engine(np.stack([self._reference, x, self._state])[None])[0]
         flow = None
         if not first:
             self._state = np.ascontiguousarray(out[_STATE], np.float32)
-            flow = np.ascontiguousarray(out[_FLOW].transpose(1, 2, 0), np.float32)
+            if self.step_flow:
+                motion = np.ascontiguousarray(out[_FLOW].transpose(1, 2, 0), np.float32)
+                flow = step_flow_from_reference(self._motion, motion)
+                self._motion = motion
         p = softmax(out[_LOGITS].astype(np.float32))
         labels = argmax_labels(p)
         myocardium_p = p[MRLabel.LV_MYOCARDIUM]
@@ -1080,7 +1099,8 @@ class MrShortAxisApp(App):
 
     def stages(self) -> list[Stage]:
         cfg, engine = self.config, self.engines["mr"]
-        return [Preprocess(), SegmentAndMove(engine, cfg.send_labels, lv_component=cfg.lv_component),
+        return [Preprocess(), SegmentAndMove(engine, cfg.send_labels, lv_component=cfg.lv_component,
+                                             step_flow=cfg.tracker.along_wall == "flow"),
                 SaxGeometry(cfg.slices),
                 TrackWall(cfg.tracker), MeasureSaxStrain(), CheckSaxMeasurability(cfg.quality)]
 

@@ -20,6 +20,7 @@ Conventions
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
@@ -124,3 +125,43 @@ def sample_velocity_mm_s(flow: np.ndarray, points_px: np.ndarray, spacing_mm,
     else:
         v = flow_to_velocity_mm_s(d, spacing_mm, dt_s)
     return SampledVelocity(v, d, valid, flags)
+
+
+@lru_cache(maxsize=4)
+def _pixel_grid(rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) float32 pixel coordinates of a (rows, cols) grid, read-only (cached)."""
+    gx, gy = np.meshgrid(np.arange(cols, dtype=np.float32), np.arange(rows, dtype=np.float32))
+    gx.flags.writeable = gy.flags.writeable = False
+    return gx, gy
+
+
+def step_flow_from_reference(phi_previous: np.ndarray | None, phi: np.ndarray,
+                             iterations: int = 4) -> np.ndarray:
+    """The motion from frame t-1 to frame t, from two motions against one reference frame.
+
+    ``phi_previous`` and ``phi``: (rows, cols, 2) [dx, dy] px, the displacement from the
+    reference frame to frame t-1 and to frame t, both on the reference's grid (tissue at
+    x in the reference is at x + phi(x) in frame t); ``phi_previous`` None when frame t-1
+    is the reference itself (zero motion). Returns (rows, cols, 2) [dx, dy] px on frame
+    t-1's grid, this module's flow convention: for each pixel y of frame t-1 the reference
+    point x with x + phi_previous(x) = y (fixed-point iteration, bilinear samples, the
+    border's value beyond it; each iteration shrinks the error by the motion's gradient,
+    a few % of a pixel per pixel in a heart, so 4 are ample), then
+    phi(x) - phi_previous(x). About 2 ms for 256 x 256 on one core of this project's CPU."""
+    import cv2
+
+    phi = np.ascontiguousarray(phi, dtype=np.float32)
+    if phi_previous is None:
+        return phi.copy()
+    phi_previous = np.ascontiguousarray(phi_previous, dtype=np.float32)
+    if phi_previous.shape != phi.shape or phi.ndim != 3 or phi.shape[2] != 2:
+        raise ValueError(f"two (rows, cols, 2) motions expected, got {phi_previous.shape} "
+                         f"and {phi.shape}")
+    gx, gy = _pixel_grid(*phi.shape[:2])
+    x, y = gx - phi_previous[..., 0], gy - phi_previous[..., 1]
+    for _ in range(iterations):
+        d = cv2.remap(phi_previous, x, y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        x, y = gx - d[..., 0], gy - d[..., 1]
+    at = cv2.remap(phi, x, y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    before = cv2.remap(phi_previous, x, y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return at - before
