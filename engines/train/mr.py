@@ -62,8 +62,9 @@ Evaluation on a held-out patient (:func:`evaluate_patient`): Dice of the LV myoc
 the contoured end-diastolic images (the only ones with an epicardial contour) and of the LV
 cavity at the contoured end-diastolic and end-systolic images; motion as Qin et al. judge
 it: the end-systolic endocardial contour brought to end-diastole by the motion from
-end-diastole to end-systole (:func:`motion_to_last`), its contour against the expert end-diastolic one as mean contour distance in mm
-(the myocardium's inner border; these patients have no end-systolic epicardium).
+end-diastole to end-systole (:func:`motion_to_last`), against the expert end-diastolic one
+as mean contour distance in mm (the myocardium's inner border; these patients have no
+end-systolic epicardium).
 """
 
 from __future__ import annotations
