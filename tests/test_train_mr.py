@@ -94,6 +94,66 @@ def test_warped_segmentation_loss():
     assert float(mr.warped_segmentation_loss(logits, flows)) == pytest.approx(0.0, abs=1e-5)
 
 
+def test_label_motion_loss_rewards_a_flow_that_carries_the_labels_onto_the_reference():
+    codes = torch.full((1, 3, 24, 24), mr.BG_OR_RV, dtype=torch.long)
+    codes[:, :, 6:16, 6:16] = MRLabel.LV_MYOCARDIUM
+    codes[:, :, 8:14, 8:14] = MRLabel.LV_CAVITY
+    codes[:, 1] = mr.IGNORE                                   # an unlabelled phase in between
+    codes[:, 2] = torch.roll(codes[:, 2], shifts=3, dims=-1)  # the labelled one shows the LV 3 px right
+    flows = torch.zeros(1, 2, 2, 24, 24)
+    off = float(mr.label_motion_loss(codes, flows))
+    assert off > 0.2
+    flows[:, 1, 0] = 3.0                                      # frame 0 -> 2: the flow says 3 px right
+    assert float(mr.label_motion_loss(codes, flows)) == pytest.approx(0.0, abs=0.02)
+    flows[:, 0, 0] = 7.0                                      # the unlabelled frame's flow is not judged
+    assert float(mr.label_motion_loss(codes, flows)) == pytest.approx(0.0, abs=0.02)
+    # an end-systolic real image (no epicardium: NOT_CAVITY outside the cavity) judges the cavity only
+    es = codes.clone()
+    es[:, 2] = torch.where(es[:, 2] == MRLabel.LV_CAVITY, es[:, 2], torch.full_like(es[:, 2], mr.NOT_CAVITY))
+    flows[:, 1, 0] = 0.0
+    cavity_only = float(mr.label_motion_loss(es, flows))
+    assert 0.2 < cavity_only
+    assert float(mr.label_motion_loss(torch.full_like(codes, mr.IGNORE), flows)) == 0.0
+
+
+def test_warped_truth_loss_judges_later_frames_through_the_motion_against_the_reference_labels():
+    lab = torch.zeros(1, 2, 16, 16, dtype=torch.long)
+    lab[:, :, 4:10, 4:10] = MRLabel.LV_CAVITY
+    codes = lab.clone()
+    codes[:, 1] = mr.IGNORE                                   # only the reference is labelled
+    moved = lab.clone()
+    moved[:, 1] = torch.roll(lab[:, 1], shifts=3, dims=-1)   # frame 1 shows the cavity 3 px right
+    logits = _logits_for(moved.reshape(2, 16, 16)).reshape(1, 2, 4, 16, 16)
+    flows = torch.zeros(1, 1, 2, 16, 16)
+    assert float(mr.warped_truth_loss(logits, flows, codes)) > 0.5
+    flows[:, :, 0] = 3.0                                      # the motion carries it back
+    assert float(mr.warped_truth_loss(logits, flows, codes)) == pytest.approx(0.0, abs=1e-4)
+    # a partial label (anything but cavity) accepts myocardium, background or RV there
+    partial = codes.clone()
+    partial[:, 0] = torch.where(lab[:, 0] == MRLabel.LV_CAVITY, lab[:, 0], torch.full_like(lab[:, 0], mr.NOT_CAVITY))
+    assert float(mr.warped_truth_loss(logits, flows, partial)) == pytest.approx(0.0, abs=1e-4)
+    assert float(mr.warped_truth_loss(logits, flows, torch.full_like(codes, mr.IGNORE))) == 0.0
+
+
+def test_real_sequences_can_start_at_a_contoured_phase():
+    ph = mr.Phantoms(np.zeros((1, 4, 32, 32), np.float32), np.zeros((1, 4, 32, 32), np.uint8), np.array([[16.0, 16.0]]))
+    images = np.random.default_rng(0).random((1, 6, 32, 32)).astype(np.float32)
+    target = np.full((32, 32), mr.BG_OR_RV, np.uint8)
+    target[12:20, 12:20] = MRLabel.LV_CAVITY
+    patient = mr.Patient("P", images, np.array([1.0, 1.0]), np.array([0]), np.array([4]), target[None],
+                         None, None, np.array([True]), [], np.array([[16.0, 16.0]]))
+    sampler = mr.Sampler([patient], ph, 32, 1.0, torch.Generator().manual_seed(0), augment="basic")
+    starts = set()
+    for _ in range(12):
+        x, codes = sampler.sequences(1, 3, labelled_start=1.0)
+        assert x.shape == (1, 3, 32, 32) and codes.shape == (1, 3, 32, 32)
+        labelled = [(codes[0, k] != mr.IGNORE).any().item() for k in range(3)]
+        starts.add(tuple(labelled))
+    assert starts == {(True, False, False)}                   # phase 4, the contoured one, first
+    _, codes = sampler.sequences(1, 3, labelled_start=0.0)
+    assert codes.shape == (1, 3, 32, 32)
+
+
 # ------------------------------------------------------------------ evaluation helpers
 def _circle(cx, cy, r, n=64):
     a = np.linspace(0, 2 * np.pi, n, endpoint=False)
@@ -165,7 +225,7 @@ def _synthetic_phantoms(split: str, n: int, motion: bool = False):
     return ph, {"builder": "synthetic", "split": split, "samples": n}
 
 
-def _run(tmp_path, name, monkeypatch, holdout="B"):
+def _run(tmp_path, name, monkeypatch, holdout="B", extra=()):
     monkeypatch.setattr(mr, "load_phantoms", _synthetic_phantoms)
     patients = {"A": _synthetic_patient(1), "B": _synthetic_patient(2)}
     parser = mr.argparse.ArgumentParser()
@@ -174,7 +234,7 @@ def _run(tmp_path, name, monkeypatch, holdout="B"):
     args = parser.parse_args(["mr", "--patients", "A,B", "--holdout-patient", holdout, "--samples", "2",
                               "--test-samples", "1", "--motion-steps", "2", "--seg-steps", "2",
                               "--joint-steps", "2", "--batch-size", "2", "--sequence-length", "3",
-                              "--seg-batch-size", "2", "--crop", "32", "--out", str(out)])
+                              "--seg-batch-size", "2", "--crop", "32", "--out", str(out), *extra])
     args.read_patient = lambda root, pid: patients[pid]
     args.command_line = "test"
     assert args.func(args) == 0
@@ -196,6 +256,21 @@ def test_a_tiny_seeded_run_writes_weights_and_record_reproducibly(tmp_path, monk
     assert [e["stage"] for e in rec1["history"]][::2] == ["motion", "segmentation", "joint"]
     model = mr_joint.build()
     model.load_state_dict(torch.load(out1, weights_only=True))
+
+
+def test_the_label_terms_join_the_steps_they_are_asked_for(tmp_path, monkeypatch):
+    monkeypatch.setenv("CARDIOSTREAM_NO_PROGRESS", "1")
+    on = ["--label-motion", "0.01", "--labelled-start", "1", "--warp-truth", "0.2"]
+    _, rec = _run(tmp_path, "all", monkeypatch, extra=on)
+    terms = {e["stage"]: set(e) for e in rec["history"]}
+    assert "label_motion" in terms["motion"] and "label_motion" in terms["joint"]
+    assert "warp_truth" in terms["segmentation"] and "warp_truth" in terms["joint"]
+    assert "warp_truth" not in terms["motion"]
+    _, rec = _run(tmp_path, "step1", monkeypatch, extra=[*on, "--label-motion-in", "motion"])
+    terms = {e["stage"]: set(e) for e in rec["history"]}
+    assert "label_motion" in terms["motion"] and "label_motion" not in terms["joint"]
+    _, rec = _run(tmp_path, "off", monkeypatch)
+    assert not any({"label_motion", "warp_truth"} & set(e) for e in rec["history"])
 
 
 def test_real_patients_need_a_reader_and_a_known_holdout(tmp_path, monkeypatch):
@@ -291,12 +366,13 @@ def test_sequences_and_labelled_frames_take_their_own_augmentation(monkeypatch):
     original = mr.augment_strong
 
     def spy(x, t, g):
-        seen.append("labelled" if t is not None else "sequence")
+        seen.append("labelled" if x.shape[1] == 1 else "sequence")
         return original(x, t, g)
 
     monkeypatch.setattr(mr, "augment_strong", spy)
     sampler = mr.Sampler([], ph, 32, 0.0, torch.Generator().manual_seed(0), augment="strong")
-    assert sampler.sequences(2, 3).shape == (2, 3, 32, 32)
+    x, codes = sampler.sequences(2, 3)
+    assert x.shape == (2, 3, 32, 32) and codes.shape == (2, 3, 32, 32)
     x, codes = sampler.labelled(2)
     assert x.shape == (2, 1, 32, 32) and codes.shape == (2, 32, 32)
     assert seen == ["labelled"]                     # by default the strong recipe on labelled frames only

@@ -39,7 +39,16 @@ Losses (Qin et al. 2018)
   plus the warped-segmentation loss on the frames of the sequences (``--warp-seg``): the
   predicted label probabilities of frame k warped onto the reference by the motion are the
   (detached) target of the reference's prediction (KL divergence: zero for a perfect
-  match).
+  match);
+* optional, off by default (docs/benchmarks.md, issue 13, fifteenth session): the labels
+  the motion carries (``--label-motion``: each labelled frame's LV cavity and myocardium
+  warped onto the reference, soft Dice against the reference's, in steps 1 and 3 or step 1
+  only, ``--label-motion-in``; with ``--labelled-start`` real sequences start at a contoured
+  phase so the ED and ES contours of a slice meet in one sequence), and Qin et al.'s weak
+  supervision of unlabelled frames (``--warp-truth``: later frames' predicted labels warped
+  onto a labelled reference, cross-entropy against its labels). Over the three folds they
+  took the ES->ED contour distance to 1.51 mm and segmentation down (one seed each), so
+  the shipped recipe does not use them.
 
 Schedule (the paper's three steps): (1) ``--motion-steps`` on the motion loss (encoder and
 motion branch), (2) ``--seg-steps`` on the segmentation losses with the encoder frozen
@@ -317,23 +326,36 @@ class Sampler:
         frames = common.augment_intensity(frames, self.g, gain=(0.8, 1.25), gamma=AUGMENT_GAMMA, noise=0.03)
         return frames, targets
 
-    def sequences(self, n: int, length: int) -> torch.Tensor:
-        """(n, length, crop, crop) consecutive frames (cyclic), real or phantom."""
-        out = []
+    def sequences(self, n: int, length: int, labelled_start: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n, length, crop, crop) consecutive frames (cyclic), real or phantom, and their
+        partial-label codes (:data:`IGNORE` on frames without labels: the real patients'
+        uncontoured phases). A real sequence starts at a contoured phase (end-diastole or
+        end-systole) with probability ``labelled_start``, else at any phase."""
+        frames, codes = [], []
         for _ in range(n):
             if self._rand() < self.real_fraction:
                 i, s = self.real_slices[self._int(len(self.real_slices))]
                 p = self.patients[i]
                 seq, centre = p.images[s], p.centres[s]
+                labelled = {int(p.label_phase[k]): p.targets[k] for k in np.flatnonzero(p.label_slice == s)}
+                starts = sorted(labelled)
+                t0 = (starts[self._int(len(starts))] if starts and labelled_start > 0 and self._rand() < labelled_start
+                      else self._int(seq.shape[0]))
+                idx = [(t0 + k) % seq.shape[0] for k in range(length)]
+                blank = np.full(seq.shape[-2:], IGNORE, np.uint8)
+                lab = np.stack([labelled.get(t, blank) for t in idx])
             else:
                 i = self._int(len(self.ph.frames))
                 seq, centre = self.ph.frames[i], self.ph.centres[i]
-            t0 = self._int(seq.shape[0])
-            idx = [(t0 + k) % seq.shape[0] for k in range(length)]
+                t0 = self._int(seq.shape[0])
+                idx = [(t0 + k) % seq.shape[0] for k in range(length)]
+                lab = self.ph.labels[i][idx]
             r, c = self._corner(centre, seq.shape[-2:])
-            out.append(seq[idx, r:r + self.crop, c:c + self.crop])
-        x = torch.from_numpy(np.stack(out))
-        return self._augment(x, None, self.sequence_augment)[0]
+            frames.append(seq[idx, r:r + self.crop, c:c + self.crop])
+            codes.append(lab[:, r:r + self.crop, c:c + self.crop])
+        x, t = self._augment(torch.from_numpy(np.stack(frames)), torch.from_numpy(np.stack(codes)),
+                             self.sequence_augment)
+        return x, t.long()
 
     def labelled(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(n, 1, crop, crop) frames and their partial-label codes (n, crop, crop)."""
@@ -381,6 +403,35 @@ def motion_loss(frames: torch.Tensor, flows: torch.Tensor, smooth_spatial: float
                   "smooth_temporal": float(temporal.detach())}
 
 
+def label_motion_loss(codes: torch.Tensor, flows: torch.Tensor) -> torch.Tensor:
+    """The motion judged by the labels it carries: each labelled later frame's LV cavity
+    and myocardium, warped onto the reference by its flow, against the reference's own
+    (soft Dice, one term per frame pair and class where both frames say which pixels are
+    in the class: a real end-systolic image has no epicardium, so its myocardium is not
+    used). ``codes`` (N, T, H, W) long partial-label codes (:data:`IGNORE` on unlabelled
+    frames), ``flows`` (N, T-1, 2, H, W) as :func:`motion_loss`'s. Zero when every
+    warped region covers its reference exactly; zero (no term) without labelled pairs."""
+    n, t1, _, h, w = flows.shape
+    allowed = ALLOWED.to(codes.device)[codes]                                  # (N, T, H, W, 4)
+    valid = codes != IGNORE
+    terms = []
+    for cls in (MRLabel.LV_CAVITY, MRLabel.LV_MYOCARDIUM):
+        ambiguous = valid & (allowed.sum(-1) > 1) & allowed[..., cls]         # a set holding cls
+        known = valid.flatten(2).any(-1) & ~ambiguous.flatten(2).any(-1)      # (N, T)
+        inside = (codes == cls).float()
+        ok = known[:, :1] & known[:, 1:] & (inside[:, 0].flatten(1).sum(-1) > 0)[:, None]
+        if not bool(ok.any()):
+            continue
+        moved = mr_joint.bilinear_sampler(inside[:, 1:].reshape(n * t1, 1, h, w),
+                                          flows.reshape(n * t1, 2, h, w)).reshape(n, t1, h, w)
+        ref = inside[:, :1].expand(n, t1, h, w)
+        d = 1.0 - (2 * (moved * ref).flatten(2).sum(-1) + 1.0) / (moved.flatten(2).sum(-1) + ref.flatten(2).sum(-1) + 1.0)
+        terms.append(d[ok])
+    if not terms:
+        return flows.new_zeros(())
+    return torch.cat(terms).mean()
+
+
 def partial_label_loss(logits: torch.Tensor, codes: torch.Tensor, dice_weight: float = 1.0) -> torch.Tensor:
     """Cross-entropy with partial labels plus soft Dice of LV cavity and myocardium.
 
@@ -422,6 +473,31 @@ def warped_segmentation_loss(logits: torch.Tensor, flows: torch.Tensor) -> torch
     logp = F.log_softmax(reference, 1)
     ent = (target * torch.log(target.clamp(min=1e-8))).sum(1).mean()      # so a perfect match gives 0
     return -(target * logp).sum(1).mean() + ent
+
+
+def warped_truth_loss(logits: torch.Tensor, flows: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """Qin et al.'s weakly supervised segmentation of unlabelled frames: each later frame's
+    predicted label probabilities, warped onto the reference by the motion, against the
+    reference's labels (partial-label cross-entropy, :func:`partial_label_loss`'s without
+    the Dice), so a contoured image teaches the segmentation of every frame of its cycle
+    through the motion, and the motion learns from the labels it carries. ``logits`` (N,
+    T, 4, H, W), ``flows`` (N, T-1, 2, H, W) as :func:`warped_segmentation_loss`'s,
+    ``codes`` (N, T, H, W) long (only frame 0's are read; :data:`IGNORE` where unknown).
+    Zero where the warped prediction puts all its mass on an allowed label; zero (no term)
+    where no reference is labelled."""
+    n, t, c, h, w = logits.shape
+    ref = codes[:, 0]
+    valid = ref != IGNORE                                                          # (N, H, W)
+    has = valid.flatten(1).any(-1)
+    if not bool(has.any()):
+        return logits.new_zeros(())
+    nxt = logits[has, 1:].reshape(-1, c, h, w).softmax(1)
+    m = int(has.sum())
+    warped = mr_joint.bilinear_sampler(nxt, flows[has].reshape(-1, 2, h, w)).reshape(m, t - 1, c, h, w)
+    allowed = ALLOWED.to(logits.device)[ref[has]].permute(0, 3, 1, 2)[:, None]   # (M, 1, 4, H, W)
+    p_ok = (warped * allowed).sum(2).clamp(min=1e-6)                             # (M, T-1, H, W)
+    ok = valid[has][:, None].expand_as(p_ok)
+    return -(torch.log(p_ok) * ok).sum() / ok.sum().clamp(min=1)
 
 
 # ------------------------------------------------------------------ evaluation
@@ -616,9 +692,11 @@ def train_stage(model: mr_joint.MRJointNet, stage: str, steps: int, sampler: Sam
     for step in range(steps):
         loss = torch.zeros((), device=device)
         parts = {}
-        need_seq = stage == "motion" or (stage == "joint" and args.motion_weight > 0) or args.warp_seg > 0
+        need_seq = (stage == "motion" or (stage == "joint" and args.motion_weight > 0) or args.warp_seg > 0
+                    or args.warp_truth > 0)
         if need_seq:
-            seq = sampler.sequences(args.batch_size, args.sequence_length).to(device)
+            seq, seq_codes = sampler.sequences(args.batch_size, args.sequence_length, args.labelled_start)
+            seq, seq_codes = seq.to(device), seq_codes.to(device)
             if stage == "segmentation":
                 with torch.no_grad():
                     _, flows = model.sequence(seq, segment=False)
@@ -627,15 +705,23 @@ def train_stage(model: mr_joint.MRJointNet, stage: str, steps: int, sampler: Sam
                                        seq.reshape(-1, 1, *seq.shape[-2:])).reshape(
                     *seq.shape[:2], len(mr_joint.CLASSES), *seq.shape[-2:])
             else:
-                logits, flows = model.sequence(seq, segment=stage == "joint" and args.warp_seg > 0)
+                logits, flows = model.sequence(seq, segment=stage == "joint" and (args.warp_seg > 0 or args.warp_truth > 0))
             if stage == "motion" or (stage == "joint" and args.motion_weight > 0):
                 ml, mparts = motion_loss(seq, flows, args.smooth_spatial, args.smooth_temporal)
+                if args.label_motion > 0 and (stage == "motion" or args.label_motion_in == "all"):
+                    lm = label_motion_loss(seq_codes, flows)
+                    ml = ml + args.label_motion * lm
+                    mparts["label_motion"] = float(lm.detach())
                 loss = loss + args.motion_weight * ml if stage == "joint" else loss + ml
                 parts.update(mparts)
             if stage != "motion" and args.warp_seg > 0:
                 ws = warped_segmentation_loss(logits, flows.detach() if stage == "segmentation" else flows)
                 loss = loss + args.warp_seg * ws
                 parts["warp_seg"] = float(ws.detach())
+            if stage != "motion" and args.warp_truth > 0:
+                wt = warped_truth_loss(logits, flows.detach() if stage == "segmentation" else flows, seq_codes)
+                loss = loss + args.warp_truth * wt
+                parts["warp_truth"] = float(wt.detach())
         if stage in ("segmentation", "joint"):
             x, codes = sampler.labelled(args.seg_batch_size)
             x, codes = x.to(device), codes.to(device)
@@ -727,8 +813,23 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="weight of the Huber penalty of the flow's spatial gradients (default %(default)s)")
     p.add_argument("--smooth-temporal", type=float, default=0.005,
                    help="weight of the Huber penalty of the flow's change between frame pairs (default %(default)s)")
+    p.add_argument("--label-motion", type=float, default=0.0,
+                   help="weight, beside the motion loss, of the labels the motion carries: each "
+                        "labelled frame's LV cavity and myocardium warped onto the sequence's "
+                        "reference, soft Dice against the reference's (the real patients' ED and "
+                        "ES contours, every phantom frame) (default %(default)s)")
+    p.add_argument("--label-motion-in", choices=("motion", "all"), default="all",
+                   help="the steps --label-motion joins: step 1 only ('motion') or steps 1 and 3 "
+                        "('all') (default %(default)s)")
+    p.add_argument("--labelled-start", type=float, default=0.0,
+                   help="share of real sequences that start at a contoured phase (end-diastole "
+                        "or end-systole), so that --label-motion sees real label pairs "
+                        "(default %(default)s)")
     p.add_argument("--warp-seg", type=float, default=0.1,
                    help="weight of the warped-segmentation loss (default %(default)s)")
+    p.add_argument("--warp-truth", type=float, default=0.0,
+                   help="weight of Qin et al.'s weakly supervised term: later frames' predicted labels "
+                        "warped onto a labelled reference, cross-entropy against its labels (default %(default)s)")
     p.add_argument("--motion-weight", type=float, default=10.0,
                    help="weight of the motion loss in step 3, where the segmentation losses are "
                         "~100x larger (default %(default)s)")
