@@ -3,14 +3,16 @@
 
 Issue 15 asks the networks' total time to come within 1.6x of their floor: their FLOPs at
 the rate of a large matrix product in the engine's precision (:mod:`engines.flops`). This
-bench runs each role's network in OpenVINO as the engine does (batch 1,
-``PERFORMANCE_HINT=LATENCY``, the thread count, the precision hint) with OpenVINO's own
-per-layer counters on (``PERF_COUNT``) and splits the time of one inference by layer type:
+bench compiles the OpenVINO IR each role's engine runs (shipped weights, torch -> ONNX ->
+OpenVINO, from the engine cache) with the engine's settings (batch 1,
+``PERFORMANCE_HINT=LATENCY``, the thread count, the precision hint) and OpenVINO's own
+per-layer counters on (``PERF_COUNT``, which adds a few per cent to the call), and splits
+the time of one inference by layer type:
 the convolutions, which hold all the arithmetic, against the floor, and everything else
 (resizes, concatenations, layout reorders, pooling, element-wise work) which the floor
 counts as zero. The U-Net FAST was measured with (issue 15, point 1: 16-64 filters on a 256
-x 256 input) runs beside them: its wide layers show what the same backend reaches when a
-layer has arithmetic enough.
+x 256 input; converted straight from torch) runs beside them: its wide layers show what the
+same backend reaches when a layer has arithmetic enough.
 
 Prints a table and writes JSON::
 
@@ -41,14 +43,30 @@ OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
 ARITHMETIC = ("Convolution", "GroupConvolution", "MatMul", "FullyConnected", "Deconvolution")
 
 
-def compile_ov(module: torch.nn.Module, input_shape: tuple, precision: str, threads: int):
+def compile_ov(model, precision: str, threads: int):
+    """``model`` (an OpenVINO model or the path of an IR) compiled with the engine's
+    settings and the per-layer counters on."""
+    import openvino as ov
+
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": int(threads),
+              "INFERENCE_PRECISION_HINT": OV_PRECISION[precision], "PERF_COUNT": True}
+    return ov.Core().compile_model(model if not isinstance(model, Path) else str(model), "CPU", config)
+
+
+def role_ir(role: str, precision: str, threads: int) -> Path:
+    """The OpenVINO IR the engine runs for ``role`` (shipped weights, torch -> ONNX ->
+    OpenVINO, from the engine cache)."""
+    from engines.backends import create_engine
+
+    return create_engine(role, "openvino", precision, threads=threads).artefact
+
+
+def torch_model(module: torch.nn.Module, input_shape: tuple):
+    """A torch module converted straight to OpenVINO (the peer's U-Net, which has no role)."""
     import openvino as ov
 
     with torch.no_grad():
-        model = ov.convert_model(module.eval(), example_input=torch.zeros(input_shape))
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": int(threads),
-              "INFERENCE_PRECISION_HINT": OV_PRECISION[precision], "PERF_COUNT": True}
-    return ov.Core().compile_model(model, "CPU", config)
+        return ov.convert_model(module.eval(), example_input=torch.zeros(input_shape))
 
 
 def profile(compiled, input_shape: tuple, calls: int) -> dict:
@@ -81,10 +99,13 @@ def fast_unet() -> torch.nn.Module:
 
 
 def probe(name: str, module: torch.nn.Module, input_shape: tuple, precision: str, threads: int,
-          calls: int, peak: float) -> dict:
+          calls: int, peak: float, model=None) -> dict:
+    """One network: its FLOPs (``module``) and the per-layer time of ``model`` (an OpenVINO
+    model or IR path; default: ``module`` converted straight to OpenVINO)."""
     gflop = flops.network_gflop(module.eval(), input_shape)
     floor = flops.floor_ms(gflop, peak)
-    p = profile(compile_ov(module, input_shape, precision, threads), input_shape, calls)
+    compiled = compile_ov(model if model is not None else torch_model(module, input_shape), precision, threads)
+    p = profile(compiled, input_shape, calls)
     conv = sum(v for k, v in p["layer_ms"].items() if k in ARITHMETIC)
     other = sum(v for k, v in p["layer_ms"].items() if k not in ARITHMETIC)
     return {"network": name, "input": list(input_shape), "gflop": gflop, "floor_ms": floor,
@@ -109,15 +130,16 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     peak = flops.gemm_peak_gflops(args.precision)
     print(f"GEMM peak {peak:.0f} GFLOP/s ({args.precision}, {args.threads} threads, 1024 x 1024 torch.mm)", flush=True)
-    todo = [(r, nets.build(r), tuple(nets.spec(r).input.shape)) for r in args.roles.split(",") if r]
+    todo = [(r, nets.build(r), tuple(nets.spec(r).input.shape), role_ir(r, args.precision, args.threads))
+            for r in args.roles.split(",") if r]
     if not args.no_peer:
-        todo.append(("fast-peer-unet", fast_unet(), (1, 1, 256, 256)))
+        todo.append(("fast-peer-unet", fast_unet(), (1, 1, 256, 256), None))
     head = (f"{'network':15s} {'GFLOP':>6s} {'floor ms':>8s} {'wall ms':>8s} {'x floor':>7s} "
             f"{'convs ms':>8s} {'x floor':>7s} {'other layers ms':>15s} {'outside ms':>10s}  largest other layers")
     print(head + "\n" + "-" * len(head))
     results = []
-    for name, module, shape in todo:
-        r = probe(name, module, shape, args.precision, args.threads, args.calls, peak)
+    for name, module, shape, model in todo:
+        r = probe(name, module, shape, args.precision, args.threads, args.calls, peak, model)
         results.append(r)
         others = sorted(((v, k) for k, v in r["layer_ms"].items() if k not in ARITHMETIC), reverse=True)[:3]
         print(f"{name:15s} {r['gflop']:6.3f} {r['floor_ms']:8.3f} {r['wall_ms']:8.3f} {r['wall_x_floor']:7.2f} "

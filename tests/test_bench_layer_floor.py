@@ -1,5 +1,6 @@
 """bench/layer_floor.py: OpenVINO's per-layer counters are read and split into the
-arithmetic layers (against the floor) and the rest; the figures add up to what was run."""
+arithmetic layers (against the floor) and the rest; the figures add up to what was run; a
+role is profiled on the IR its engine runs."""
 
 import json
 
@@ -11,6 +12,11 @@ from torch import nn
 @pytest.fixture(scope="module")
 def bench(bench_module):
     return bench_module("layer_floor")
+
+
+@pytest.fixture(autouse=True)
+def engine_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("CARDIOSTREAM_CACHE", str(tmp_path_factory.getbasetemp() / "engine-cache"))
 
 
 class TwoConvsAndAResize(nn.Module):
