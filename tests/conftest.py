@@ -123,3 +123,10 @@ def serve():
         if process.process.poll() is None:
             process.process.kill()
             process.process.wait()
+
+
+@pytest.fixture
+def engine_cache(tmp_path_factory, monkeypatch):
+    """Engines built by a test go to one cache under the session's temporary folder, not the
+    user's (``pytestmark = pytest.mark.usefixtures("engine_cache")``)."""
+    monkeypatch.setenv("CARDIOSTREAM_CACHE", str(tmp_path_factory.getbasetemp() / "engine-cache"))

@@ -15,17 +15,13 @@ import torch
 
 from engines.flops import network_gflop
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the legacy ONNX export
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"),  # the legacy ONNX export
+              pytest.mark.usefixtures("engine_cache")]
 
 
 @pytest.fixture(scope="module")
 def bench(bench_module):
     return bench_module("fast_peer")
-
-
-@pytest.fixture(autouse=True)
-def engine_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("CARDIOSTREAM_CACHE", str(tmp_path_factory.getbasetemp() / "engine-cache"))
 
 
 @pytest.fixture(scope="module")

@@ -8,15 +8,12 @@ import pytest
 import torch
 from torch import nn
 
+pytestmark = pytest.mark.usefixtures("engine_cache")
+
 
 @pytest.fixture(scope="module")
 def bench(bench_module):
     return bench_module("layer_floor")
-
-
-@pytest.fixture(autouse=True)
-def engine_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("CARDIOSTREAM_CACHE", str(tmp_path_factory.getbasetemp() / "engine-cache"))
 
 
 class TwoConvsAndAResize(nn.Module):

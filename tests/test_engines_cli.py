@@ -12,10 +12,7 @@ import torch
 from engines import cli
 from engines.backends import onnx_export
 
-
-@pytest.fixture(autouse=True)
-def engine_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("CARDIOSTREAM_CACHE", str(tmp_path_factory.getbasetemp() / "engine-cache"))
+pytestmark = pytest.mark.usefixtures("engine_cache")
 
 
 def run(argv, capsys, read_frames=None):
