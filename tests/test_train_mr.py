@@ -273,6 +273,41 @@ def test_the_label_terms_join_the_steps_they_are_asked_for(tmp_path, monkeypatch
     assert not any({"label_motion", "warp_truth"} & set(e) for e in rec["history"])
 
 
+def test_step_4_refines_the_motion_branch_alone_from_given_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("CARDIOSTREAM_NO_PROGRESS", "1")
+    base, _ = _run(tmp_path, "base", monkeypatch)
+    refine = ["--init", str(base), "--motion-steps", "0", "--seg-steps", "0", "--joint-steps", "0",
+              "--refine-motion-steps", "3", "--refine-label-motion", "0.5", "--refine-warp-truth", "0.5",
+              "--refine-labelled-start", "1", "--refine-lr", "0.01"]
+    out, rec = _run(tmp_path, "refined", monkeypatch, extra=refine)
+    assert [e["stage"] for e in rec["history"]] == ["refine_motion"] * 3
+    assert {"label_motion", "warp_truth", "mse"} <= set(rec["history"][-1])
+    assert rec["init"]["path"] == str(base) and len(rec["init"]["sha256"]) == 64
+    # the initial weights' own record travels with the new one's
+    assert rec["init"]["record"]["weights_sha256"] == rec["init"]["sha256"]
+    assert rec["init"]["record"]["schedule"]["joint_steps"] == 2
+    assert rec["schedule"]["refine_motion_steps"] == 3
+    before = torch.load(base, weights_only=True)
+    after = torch.load(out, weights_only=True)
+    for k in before:
+        same = torch.equal(before[k], after[k])
+        # the encoder and the segmentation branch are frozen: the labels stay step 3's
+        assert same != k.startswith("motion_branch."), k
+    # the same labels on the held-out patient, bit for bit
+    base_rec = json.loads((base.parent / "mr.json").read_text())
+    assert rec["test"]["holdout"]["cavity_dice_mean"] == base_rec["test"]["holdout"]["cavity_dice_mean"]
+
+
+def test_init_must_be_weights_of_the_same_network(tmp_path, monkeypatch):
+    monkeypatch.setenv("CARDIOSTREAM_NO_PROGRESS", "1")
+    bad = tmp_path / "bad.pt"
+    torch.save({"encoder.nope": torch.zeros(1)}, bad)
+    with pytest.raises(SystemExit, match="not a state dict of this network"):
+        _run(tmp_path, "x", monkeypatch, extra=["--init", str(bad)])
+    with pytest.raises(SystemExit, match="not a state dict of this network"):
+        _run(tmp_path, "y", monkeypatch, extra=["--init", str(tmp_path / "missing.pt")])
+
+
 def test_real_patients_need_a_reader_and_a_known_holdout(tmp_path, monkeypatch):
     parser = mr.argparse.ArgumentParser()
     mr.add_parser(parser.add_subparsers(dest="role"))
