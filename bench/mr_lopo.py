@@ -22,7 +22,7 @@ whose record is already there instead of training them again (a fold trained on 
 with ``cardiostream engines train mr --holdout-patient P --out OUT/fold-P/mr.pt``).
 
     python bench/mr_lopo.py --out /tmp/mr_lopo --threads 2 [--folds SCD0000101,...] [--reuse]
-        [-- trainer options, e.g. --joint-steps 2000]
+        [--init-from EARLIER_OUT] [-- trainer options, e.g. --joint-steps 2000]
 """
 
 from __future__ import annotations
@@ -41,14 +41,29 @@ from engines.train import mr  # noqa: E402
 ACCEPT = {"myocardium_dice_mean": 0.80, "cavity_dice_mean": 0.90, "mcd_endo_mm_mean": 1.5}
 
 
-def train_fold(patient: str, out_dir: Path, threads: int, extra: list[str]) -> dict:
-    """Train with ``patient`` held out (in this process); returns the fold's record."""
+def fold_weights(folds_dir: Path, patient: str) -> Path:
+    """The weights of ``patient``'s fold in a folder of folds (``DIR/fold-P/mr.pt``)."""
+    return folds_dir / f"fold-{patient}" / "mr.pt"
+
+
+def train_fold(patient: str, out_dir: Path, threads: int, extra: list[str],
+               init_from: Path | None = None) -> dict:
+    """Train with ``patient`` held out (in this process); returns the fold's record.
+    ``init_from``: a folder of earlier folds; this fold starts from the weights of the same
+    held-out patient there (never from weights that saw it)."""
     from streamer.io.sunnybrook import read_patient
 
     parser = argparse.ArgumentParser(prog="cardiostream engines train")
     mr.add_parser(parser.add_subparsers(dest="role"))
-    out = out_dir / f"fold-{patient}" / "mr.pt"
-    argv = ["mr", "--holdout-patient", patient, "--threads", str(threads), "--out", str(out), *extra]
+    out = fold_weights(out_dir, patient)
+    init = []
+    if init_from is not None:
+        start = fold_weights(init_from, patient)
+        if not start.is_file():
+            raise SystemExit(f"--init-from {init_from}: no fold weights {start} for {patient}")
+        init = ["--init", str(start)]
+    argv = ["mr", "--holdout-patient", patient, "--threads", str(threads), "--out", str(out), *init,
+            *extra]
     args = parser.parse_args(argv)
     args.read_patient = read_patient
     args.command_line = "cardiostream engines train " + " ".join(argv)
@@ -128,6 +143,10 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default %(default)s)")
     parser.add_argument("--reuse", action="store_true",
                         help="tabulate a fold whose record OUT/fold-P/mr.json exists instead of training it")
+    parser.add_argument("--init-from", type=Path, default=None, metavar="DIR",
+                        help="each fold starts from DIR/fold-P/mr.pt, the weights of an earlier run's "
+                             "same fold (e.g. step 4 alone: -- --motion-steps 0 --seg-steps 0 "
+                             "--joint-steps 0 --refine-motion-steps 1500 ...)")
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
@@ -137,7 +156,7 @@ def main(argv=None) -> int:
         if args.reuse and js.is_file():
             records[p] = json.loads(js.read_text())
         else:
-            records[p] = train_fold(p, args.out, args.threads, extra)
+            records[p] = train_fold(p, args.out, args.threads, extra, args.init_from)
     print(table(records))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "mr_lopo.json").write_text(json.dumps(summary(records), indent=1) + "\n")
