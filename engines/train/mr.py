@@ -693,11 +693,7 @@ def train_stage(model: mr_joint.MRJointNet, stage: str, steps: int, sampler: Sam
         return []
     if stage == "refine_motion":
         return refine_motion_stage(model, steps, sampler, args, device)
-    params = _set_trainable(model, stage)
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=0.1)
-    log = _StageLog(stage, steps)
-    model.train()
+    run = _StageRun(model, stage, steps, args.lr, args.clip)
     for _ in range(steps):
         loss = torch.zeros((), device=device)
         parts = {}
@@ -737,28 +733,37 @@ def train_stage(model: mr_joint.MRJointNet, stage: str, steps: int, sampler: Sam
             sl = partial_label_loss(model.segment(model.encode(x), x.shape[-2:], x), codes, args.dice_weight)
             loss = loss + sl
             parts["seg"] = float(sl.detach())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, args.clip)
-        opt.step()
-        sched.step()
-        parts["loss"] = float(loss.detach())
-        log.step(parts)
-    return log.close(model)
+        run.update(loss, parts)
+    return run.close()
 
 
-class _StageLog:
-    """A step's progress bar and its loss summary every ``max(1, steps // 10)`` steps."""
+class _StageRun:
+    """One step of the schedule: its trainable parts, optimiser (AdamW, one-cycle learning
+    rate, gradient-norm clipping), progress bar and loss summary every ``max(1, steps //
+    10)`` steps."""
 
-    def __init__(self, stage: str, steps: int):
+    def __init__(self, model: mr_joint.MRJointNet, stage: str, steps: int, lr: float, clip: float):
+        self.model, self.clip = model, clip
+        self.params = _set_trainable(model, stage)
+        self.opt = torch.optim.AdamW(self.params, lr=lr, weight_decay=1e-4)
+        self.sched = torch.optim.lr_scheduler.OneCycleLR(self.opt, max_lr=lr, total_steps=steps,
+                                                         pct_start=0.1)
         self.stage, self.steps, self.every = stage, steps, max(1, steps // 10)
         self.history: list[dict] = []
         self.acc: dict[str, float] = {}
         self.done = 0
         self.bar = common.progress(total=steps, desc=f"mr {stage}")
         self.t0 = time.perf_counter()
+        model.train()
 
-    def step(self, parts: dict[str, float]) -> None:
+    def update(self, loss: torch.Tensor, parts: dict[str, float]) -> None:
+        """One optimiser step on ``loss``; ``parts`` (its terms) join the summary."""
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+        self.opt.step()
+        self.sched.step()
+        parts["loss"] = float(loss.detach())
         for k, v in parts.items():
             self.acc[k] = self.acc.get(k, 0.0) + v
         self.done += 1
@@ -772,12 +777,12 @@ class _StageLog:
                 f"{k} {v / m:.4g}" for k, v in self.acc.items()) + f" ({time.perf_counter() - self.t0:.0f} s)")
             self.acc = {}
 
-    def close(self, model: torch.nn.Module) -> list[dict]:
+    def close(self) -> list[dict]:
         """End the step: every parameter trainable again, the model in eval mode."""
         self.bar.close()
-        for p in model.parameters():
+        for p in self.model.parameters():
             p.requires_grad_(True)
-        model.eval()
+        self.model.eval()
         return self.history
 
 
@@ -790,11 +795,7 @@ def refine_motion_stage(model: mr_joint.MRJointNet, steps: int, sampler: Sampler
     al.'s weak supervision (:func:`warped_truth_loss`; the frozen branch's label
     probabilities, warped by the flow, against a labelled reference). Real sequences start
     at a contoured phase with probability ``--refine-labelled-start``."""
-    params = _set_trainable(model, "refine_motion")
-    opt = torch.optim.AdamW(params, lr=args.refine_lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.refine_lr, total_steps=steps, pct_start=0.1)
-    log = _StageLog("refine_motion", steps)
-    model.train()
+    run = _StageRun(model, "refine_motion", steps, args.refine_lr, args.clip)
     for _ in range(steps):
         seq, seq_codes = sampler.sequences(args.batch_size, args.sequence_length, args.refine_labelled_start)
         seq, seq_codes = seq.to(device), seq_codes.to(device)
@@ -808,14 +809,8 @@ def refine_motion_stage(model: mr_joint.MRJointNet, steps: int, sampler: Sampler
             wt = warped_truth_loss(logits.detach(), flows, seq_codes)
             loss = loss + args.refine_warp_truth * wt
             parts["warp_truth"] = float(wt.detach())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, args.clip)
-        opt.step()
-        sched.step()
-        parts["loss"] = float(loss.detach())
-        log.step(parts)
-    return log.close(model)
+        run.update(loss, parts)
+    return run.close()
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
