@@ -306,6 +306,10 @@ def test_init_must_be_weights_of_the_same_network(tmp_path, monkeypatch):
         _run(tmp_path, "x", monkeypatch, extra=["--init", str(bad)])
     with pytest.raises(SystemExit, match="not a state dict of this network"):
         _run(tmp_path, "y", monkeypatch, extra=["--init", str(tmp_path / "missing.pt")])
+    # weights that saw the held-out patient cannot start its fold
+    saw_b, _ = _run(tmp_path, "saw_b", monkeypatch, holdout="A")
+    with pytest.raises(SystemExit, match="trained on B, the patient --holdout-patient leaves out"):
+        _run(tmp_path, "z", monkeypatch, holdout="B", extra=["--init", str(saw_b)])
 
 
 def test_real_patients_need_a_reader_and_a_known_holdout(tmp_path, monkeypatch):

@@ -976,8 +976,12 @@ def run(args: argparse.Namespace) -> int:
         digest = common.sha256_file(args.init)
         beside = Path(args.init).with_name(f"{ROLE}.json")
         made = json.loads(beside.read_text()) if beside.is_file() else None
-        init_rec = {"path": str(args.init), "sha256": digest,
-                    "record": made if made and made.get("weights_sha256") == digest else None}
+        made = made if made and made.get("weights_sha256") == digest else None
+        seen = ((made or {}).get("data") or {}).get("train_patients") or []
+        if args.holdout_patient and args.holdout_patient in seen:
+            raise SystemExit(f"--init {args.init}: these weights were trained on "
+                             f"{args.holdout_patient}, the patient --holdout-patient leaves out")
+        init_rec = {"path": str(args.init), "sha256": digest, "record": made}
         print(f"mr: starting from {args.init}", flush=True)
     model = model.to(device)
     print(f"mr: network {model.hparams}, {sum(p.numel() for p in model.parameters())} parameters", flush=True)
