@@ -821,8 +821,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "with Qin et al. 2018's losses and three-step schedule: (1) unsupervised motion "
                     "(MSE of the warped frame + Huber smoothness in space and time), (2) "
                     "segmentation on the frozen encoder (cross-entropy with partial labels + soft "
-                    "Dice on labelled frames, warped-segmentation loss on sequences), (3) joint. "
-                    "--holdout-patient leaves one patient out of all training and judges the "
+                    "Dice on labelled frames, warped-segmentation loss on sequences), (3) joint; "
+                    "optionally (4) the motion branch alone, the rest frozen, on the motion loss and "
+                    "the labels the motion carries (--refine-motion-steps; --init starts from "
+                    "trained weights). --holdout-patient leaves one patient out of all training and judges the "
                     "network on it (myocardium / cavity Dice at the contoured ED / ES images, "
                     "mean contour distance of the ES endocardium warped to ED). Writes the state "
                     "dict and a JSON record (command, data, metrics, sha256).")
