@@ -6,7 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamer.io.sunnybrook import ContourError, rasterise_contour, read_contour, read_patient
+from streamer.io.sunnybrook import (
+    CONTOUR_PIXEL_CENTRE,
+    ContourError,
+    rasterise_contour,
+    read_contour,
+    read_patient,
+)
 
 
 def _shoelace(xy: np.ndarray) -> float:
@@ -62,3 +68,13 @@ def test_read_patient_gives_the_stack_and_its_contoured_images(sunnybrook_root):
 def test_an_unknown_patient_is_refused(sunnybrook_root):
     with pytest.raises(ContourError, match="SCD0000999"):
         read_patient(sunnybrook_root, "SCD0000999")
+
+
+def test_read_patient_counts_pixels_from_zero_where_the_files_count_from_one(sunnybrook_root):
+    p = read_patient(sunnybrook_root, "SCD0000301")
+    path = next((sunnybrook_root / "contours/SC-HF-I-4/i-contours").glob(
+        f"IM-0001-{int(p['label_instance'][0]):04d}-icontour-manual.txt"))
+    assert CONTOUR_PIXEL_CENTRE == 1.0
+    first = p["endo_points"][p["endo_offsets"][0]:p["endo_offsets"][1]]
+    assert np.array_equal(first, read_contour(path) - 1.0)
+    assert np.array_equal(p["cavity"][0], rasterise_contour(first, p["cavity"].shape[1:]))

@@ -1,15 +1,25 @@
 """Sunnybrook Cardiac Data: a patient's short-axis cine with its expert contours, as arrays.
 
     patient = read_patient(root, "SCD0000101")      # dict of arrays (below)
-    xy = read_contour(path)                         # (K, 2) x = column, y = row, pixels
+    xy = read_contour(path)                         # (K, 2) x = column, y = row, as in the file
     mask = rasterise_contour(xy, (256, 256))        # uint8 1 inside the contour
 
 The layout (``../shared/data/sunnybrook/README.md``): ``dicoms/SCD0000N01/K.dcm`` single-frame
 DICOM images, read as a stack (slices x phases) by :func:`streamer.io.clips.open_stack`;
 ``contours/SC-HF-I-n/{i,o}-contours/IM-0001-KKKK-{i,o}contour-manual.txt`` expert
 endocardial (i) and epicardial (o) contours of the image with InstanceNumber KKKK, one
-"x y" point per line in pixel coordinates (x = column, y = row, pixel centres at whole
-numbers); ``link.csv`` maps the DICOM folder id to the contour folder's patient id.
+"x y" point per line in pixel coordinates (x = column, y = row); ``link.csv`` maps the
+DICOM folder id to the contour folder's patient id.
+
+**The files' pixel grid.** Their coordinates count pixels from 1 at pixel centres (as
+MATLAB's image axes do; the points lie on a half-pixel lattice), not from 0 as the image
+arrays do. Measured against the images themselves (``bench/sunnybrook_contours.py``): the
+translation that carries the endocardial contours onto the blood-to-myocardium edges is
+zero within 0.25 px in x and y on all three patients once 1 is subtracted, and 0.3-0.6 px
+up and left with 0.5 subtracted (the "pixel corner at whole numbers" reading).
+:func:`read_patient` therefore returns points with pixel centres at whole numbers from 0
+(the file's minus :data:`CONTOUR_PIXEL_CENTRE`), the convention of the image arrays and of
+:func:`rasterise_contour`; :func:`read_contour` returns the file's numbers.
 Endocardial contours exist at end-diastole and end-systole of the annotated slices,
 epicardial ones (in these three patients) at end-diastole only.
 
@@ -29,7 +39,8 @@ cavity              (K, rows, cols) uint8        1 inside the endocardial contou
 myocardium          (K, rows, cols) uint8        1 inside the epicardial and outside the
                                                  endocardial contour (0 where no epicardium)
 has_epicardium      (K,) bool                    whether the image has an epicardial contour
-endo_points         (sum K_i, 2) float64         endocardial contours, (x, y) pixels, concatenated
+endo_points         (sum K_i, 2) float64         endocardial contours, (x, y) pixels (centres at
+                                                 whole numbers), concatenated
 endo_offsets        (K + 1,) int64               contour i is endo_points[off[i]:off[i+1]]
 epi_points          (sum, 2) float64             epicardial contours (none for images without)
 epi_offsets         (K + 1,) int64
@@ -51,7 +62,11 @@ import numpy as np
 
 from .clips import StackInfo, open_stack
 
-__all__ = ["ContourError", "patient_ids", "rasterise_contour", "read_contour", "read_patient"]
+__all__ = ["CONTOUR_PIXEL_CENTRE", "ContourError", "patient_ids", "rasterise_contour",
+           "read_contour", "read_patient"]
+
+#: the first pixel's centre in the contour files' coordinates (module docstring)
+CONTOUR_PIXEL_CENTRE = 1.0
 
 _CONTOUR_NAME = re.compile(r"IM-\d+-(\d+)-([io])contour-manual\.txt$")
 
@@ -61,7 +76,8 @@ class ContourError(ValueError):
 
 
 def read_contour(path: str | Path) -> np.ndarray:
-    """(K, 2) float64 points "x y" of one contour file (x = column, y = row, pixels)."""
+    """(K, 2) float64 points "x y" of one contour file (x = column, y = row, pixels), the
+    file's numbers (the first pixel's centre at :data:`CONTOUR_PIXEL_CENTRE`)."""
     p = Path(path)
     try:
         pts = np.loadtxt(p, dtype=np.float64, ndmin=2)
@@ -169,8 +185,8 @@ def read_patient(root: str | Path, patient: str) -> dict[str, np.ndarray]:
     for n in sorted(endo):
         if n not in where:
             raise ContourError(f"{endo[n]}: instance {n} is not in the series {series}")
-        e = read_contour(endo[n])
-        o = read_contour(epi[n]) if n in epi else None
+        e = read_contour(endo[n]) - CONTOUR_PIXEL_CENTRE
+        o = read_contour(epi[n]) - CONTOUR_PIXEL_CENTRE if n in epi else None
         cav = rasterise_contour(e, shape)
         myo = (rasterise_contour(o, shape) & (1 - cav)) if o is not None else np.zeros(shape, np.uint8)
         rows.append((n, where[n], e, o, cav, myo))
