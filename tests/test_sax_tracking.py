@@ -103,3 +103,14 @@ def test_the_track_restarts_after_a_frame_without_lv():
     assert again.valid and "reinitialised" in again.flags
     rv_only = np.where(labels[3] == MRLabel.RV_CAVITY, labels[3], 0).astype(np.uint8)
     assert tracker.step(rv_only, None, 0.12, sp).flags == ["no_lv"]
+
+
+def test_a_wall_without_a_cavity_has_no_endocardium():
+    """A disk of myocardium (the apical cap, or a stray blob): every ray starts inside it,
+    so no ray is valid and the tracker reports the wall lost instead of a strain."""
+    disk = ring(r_in=0.0, r_out=6.0)
+    endo, epi, valid = wall_boundaries_px(disk, (64.0, 60.0), np.linspace(0, 2 * np.pi, 12, endpoint=False))
+    assert not valid.any() and np.isnan(endo).all() and np.isnan(epi).all()
+    labels = np.where(disk >= 0.5, MRLabel.LV_MYOCARDIUM, MRLabel.BACKGROUND).astype(np.uint8)
+    track = SaxWallTracker().step(labels, None, 0.0, (1.4, 1.4))
+    assert not track.valid and track.flags == ["wall_lost"]

@@ -52,7 +52,10 @@ def wall_boundaries_px(myocardium: np.ndarray, centre_px, angles_rad, *, step_px
     sampled every ``step_px`` (bilinear), the endocardial point is the first crossing of 0.5
     and the epicardial point the next crossing back (the end of that myocardial run), each
     interpolated linearly between its two samples. Returns endo (M, 2), epi (M, 2)
-    [row, col] px and valid (M,): the ray met myocardium (NaN points where not)."""
+    [row, col] px and valid (M,): the ray left a cavity and met myocardium (NaN points
+    where not). A ray that starts in the myocardium (the centre lies in the wall: no
+    cavity on it, as on a slice through the apical cap or a stray blob the segmentation
+    called myocardium) has no endocardial point and is not valid."""
     p_map = np.ascontiguousarray(myocardium, dtype=np.float32)
     if p_map.ndim != 2:
         raise ValueError(f"myocardium must be (rows, cols), got {p_map.shape}")
@@ -68,9 +71,9 @@ def wall_boundaries_px(myocardium: np.ndarray, centre_px, angles_rad, *, step_px
                   cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
     p = p.astype(np.float64)
     inside = p >= 0.5
-    valid = inside.any(1)
     rows = np.arange(len(angles))
     first = np.argmax(inside, 1)
+    valid = inside.any(1) & (first > 0)
     k = np.arange(r.size)[None, :]
     after = ~inside & (k > first[:, None])
     end = np.where(after.any(1), np.argmax(after, 1), r.size - 1)
@@ -81,7 +84,7 @@ def wall_boundaries_px(myocardium: np.ndarray, centre_px, angles_rad, *, step_px
         frac = np.clip((0.5 - p_out) / np.where(p_in != p_out, p_in - p_out, 1.0), 0.0, 1.0)
         return r[k_out] + frac * (r[k_in] - r[k_out])
 
-    r_endo = np.where(first > 0, crossing(first, np.maximum(first - 1, 0)), 0.0)
+    r_endo = crossing(first, np.maximum(first - 1, 0))
     r_epi = crossing(np.maximum(end - 1, 0), end)
     endo = centre + r_endo[:, None] * d
     epi = centre + r_epi[:, None] * d
@@ -116,8 +119,9 @@ class SaxTrackerConfig(KalmanConfig):
                          carried by the flow; velocity measured by it) or ``rays`` (across
                          the wall only, on the ray from the LV centre; the flow is not
                          used)
-    min_valid_fraction   a frame whose rays meet the myocardium on fewer than this share
-                         gives no position measurement (flag ``wall_lost``); at
+    min_valid_fraction   a frame whose rays cross from cavity into myocardium on fewer
+                         than this share gives no position measurement (flag
+                         ``wall_lost``; a slice with no cavity has none); at
                          (re-)initialisation it starts no track
     max_radius_mm        how far from the LV centre a ray looks for the wall
     """
