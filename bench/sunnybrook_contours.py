@@ -70,10 +70,11 @@ def fit_translation(normals: np.ndarray, offsets: np.ndarray) -> dict:
     ok = np.isfinite(offsets)
     A = np.column_stack([normals[ok], np.ones(ok.sum())])
     b = offsets[ok]
-    for _ in range(3):
-        sol, *_ = np.linalg.lstsq(A, b, rcond=None)
+    sol, *_ = np.linalg.lstsq(A, b, rcond=None)
+    for _ in range(2):
         keep = np.abs(A @ sol - b) < 1.5
         A, b = A[keep], b[keep]
+        sol, *_ = np.linalg.lstsq(A, b, rcond=None)
     return {"translation_x_px": round(float(sol[0]), 3), "translation_y_px": round(float(sol[1]), 3),
             "radial_px": round(float(sol[2]), 3), "points": int(len(b))}
 
